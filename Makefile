@@ -1,0 +1,52 @@
+# Tollgate — everything starts here. `make run` and `make test` work on a
+# fresh machine: they install what they need first (idempotently).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+APT_PACKAGES := build-essential pkg-config cmake openssl ca-certificates curl \
+                postgresql redis-server nginx haproxy wrk iproute2 psmisc
+
+.PHONY: help deps rust-deps test lint fmt crds crds-check unit build release run
+
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+deps: rust-deps ## install system packages and Rust components (idempotent)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+rust-deps:
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+lint: rust-deps ## format check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+crds: ## regenerate crds/*.yaml from the Rust types
+	$(CARGO) run -q --locked -p tollgate-crds --bin crdgen -- crds
+
+crds-check:
+	$(CARGO) run -q --locked -p tollgate-crds --bin crdgen -- --check crds
+
+unit: ## unit and integration tests (no cluster)
+	$(CARGO) test --workspace --locked
+
+test: deps lint crds-check unit ## every test (installs what it needs first)
+
+build:
+	$(CARGO) build --workspace --locked
+
+release:
+	$(CARGO) build --release --locked -p tollgate-gateway -p tollgate-operator
+
+-include mk/cluster.mk

@@ -1,0 +1,480 @@
+//! `ApiManager`: one Tollgate installation in one of the deployment patterns.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, Quantity, SecretKeyRef, conditions_schema, quantity_schema};
+
+/// An API-manager deployment: store, key manager, gateways and analytics run
+/// in one of the classic deployment patterns, reconciled by tollgate-operator.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "tollgate.dev",
+    version = "v1alpha1",
+    kind = "ApiManager",
+    plural = "apimanagers",
+    shortname = "apim",
+    category = "tollgate",
+    namespaced,
+    derive = "PartialEq",
+    doc = "An API-manager deployment in one of the deployment patterns (AllInOne, HighAvailability, DistributedGateways), reconciled by tollgate-operator.",
+    status = "ApiManagerStatus",
+    printcolumn = r#"{"name":"Pattern","type":"string","jsonPath":".spec.pattern"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.pattern != 'AllInOne' || !has(self.controlPlane) || !has(self.controlPlane.replicas) || self.controlPlane.replicas == 1",
+        "message": "pattern AllInOne runs exactly one control-plane replica (controlPlane.replicas must be 1)",
+        "fieldPath": ".controlPlane.replicas",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.pattern != 'AllInOne' || !has(self.controlPlane) || !has(self.controlPlane.autoscaling)",
+        "message": "pattern AllInOne cannot autoscale (remove controlPlane.autoscaling or use HighAvailability)",
+        "fieldPath": ".controlPlane.autoscaling",
+        "reason": "FieldValueForbidden"
+    },
+    {
+        "rule": "self.pattern == 'DistributedGateways' || !has(self.gateways) || size(self.gateways) == 0",
+        "message": "gateways may only be set with pattern DistributedGateways",
+        "fieldPath": ".gateways",
+        "reason": "FieldValueForbidden"
+    },
+    {
+        "rule": "self.pattern != 'DistributedGateways' || (has(self.gateways) && size(self.gateways) >= 1)",
+        "message": "pattern DistributedGateways needs at least one entry in gateways",
+        "fieldPath": ".gateways",
+        "reason": "FieldValueRequired"
+    },
+    {
+        "rule": "self.pattern != 'HighAvailability' || !has(self.controlPlane) || !has(self.controlPlane.replicas) || self.controlPlane.replicas >= 2",
+        "message": "pattern HighAvailability runs at least 2 control-plane replicas",
+        "fieldPath": ".controlPlane.replicas",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.pattern == 'AllInOne' || (has(self.database) && has(self.database.external))",
+        "message": "patterns HighAvailability and DistributedGateways need an external PostgreSQL database (database.external.urlSecretRef)",
+        "fieldPath": ".database",
+        "reason": "FieldValueRequired"
+    },
+    {
+        "rule": "self.pattern == 'AllInOne' || (has(self.trafficManager) && has(self.trafficManager.redis)) || (self.pattern == 'DistributedGateways' && has(self.gateways) && size(self.gateways) == 1 && self.gateways.all(g, (!has(g.replicas) || g.replicas <= 1) && (!has(g.autoscaling) || g.autoscaling.maxReplicas <= 1)))",
+        "message": "more than one pod serves traffic, so cluster-wide throttling needs trafficManager.redis.urlSecretRef",
+        "fieldPath": ".trafficManager",
+        "reason": "FieldValueRequired"
+    }
+]))]
+pub struct ApiManagerSpec {
+    /// Deployment pattern: AllInOne (single node, embedded database),
+    /// HighAvailability (several identical all-in-one pods, external PostgreSQL
+    /// and Redis) or DistributedGateways (a control plane plus separately
+    /// scaled gateway groups).
+    pub pattern: Pattern,
+
+    /// Container image for the Tollgate pods; defaults to the operator's own
+    /// gateway image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
+
+    /// Which namespaces may deploy APIs (ApiDeployments) onto this manager.
+    #[serde(default)]
+    pub allowed_namespaces: AllowedNamespaces,
+
+    /// The control-plane pods: every role for AllInOne and HighAvailability;
+    /// store, key manager and analytics for DistributedGateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<ControlPlaneSpec>,
+
+    /// Gateway groups, each its own StatefulSet with its own scaling
+    /// (DistributedGateways only). APIs choose groups through their spec.gateways.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]), length(max = 32))]
+    pub gateways: Vec<GatewayGroup>,
+
+    /// Ports and TLS of the pods.
+    #[serde(default)]
+    pub listeners: Listeners,
+
+    /// Per-pod persistent volumes.
+    #[serde(default)]
+    pub persistence: Persistence,
+
+    /// The API-manager database. AllInOne uses an embedded SQLite database on
+    /// the pod's database volume; the other patterns need an external PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSpec>,
+
+    /// Cluster-wide throttle counters shared by every gateway pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_manager: Option<TrafficManagerSpec>,
+
+    /// Analytics (business intelligence) role on the control-plane pods.
+    #[serde(default)]
+    pub analytics: AnalyticsSpec,
+}
+
+/// Deployment pattern of an ApiManager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Pattern {
+    /// Pattern 1: one pod with every role and an embedded SQLite database.
+    AllInOne,
+    /// Pattern 1-HA / 2-HA: two or more identical pods with every role,
+    /// external PostgreSQL and cluster-wide throttling through Redis.
+    HighAvailability,
+    /// Pattern 3: a control plane (store, key manager, analytics) plus one
+    /// separately scaled gateway StatefulSet per spec.gateways entry.
+    DistributedGateways,
+}
+
+/// Container image of the Tollgate pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Image repository, for example ghcr.io/tollgate-dev/tollgate-gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// Image tag; defaults to the operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Kubernetes image pull policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<PullPolicy>,
+}
+
+/// Kubernetes image pull policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull only when the image is not present on the node.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+/// Which namespaces may deploy APIs onto an ApiManager.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.from != 'Selector' || has(self.selector)",
+    "message": "allowedNamespaces.selector is required when from is Selector",
+    "fieldPath": ".selector",
+    "reason": "FieldValueRequired"
+}]))]
+pub struct AllowedNamespaces {
+    /// Same: only the ApiManager's namespace; All: every namespace;
+    /// Selector: namespaces matching selector.
+    #[serde(default)]
+    pub from: NamespacesFrom,
+    /// Label selector on namespaces (with from: Selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Where ApiDeployments may come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NamespacesFrom {
+    /// Only the ApiManager's own namespace.
+    #[default]
+    Same,
+    /// Any namespace.
+    All,
+    /// Namespaces whose labels match allowedNamespaces.selector.
+    Selector,
+}
+
+/// Horizontal autoscaling of a StatefulSet through a HorizontalPodAutoscaler.
+/// When set, the operator leaves `replicas` to the autoscaler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.minReplicas <= self.maxReplicas",
+    "message": "autoscaling.minReplicas must not be greater than autoscaling.maxReplicas",
+    "fieldPath": ".minReplicas",
+    "reason": "FieldValueInvalid"
+}]))]
+pub struct AutoscalingSpec {
+    /// Fewest replicas the autoscaler keeps.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most replicas the autoscaler may create.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of requests) the autoscaler aims for.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+    /// Optional second target: average gateway requests per second per pod
+    /// (the `tollgate_requests_per_second` pod metric, served through a
+    /// custom-metrics adapter such as Prometheus Adapter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_requests_per_second: Option<i32>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// The control-plane StatefulSet.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneSpec {
+    /// Number of pods (AllInOne: 1; HighAvailability: 2 or more, default 2;
+    /// DistributedGateways: default 1). Ignored when autoscaling is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+    /// CPU and memory requests and limits of each pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Autoscale the control plane (not for AllInOne).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// One separately scaled group of gateway pods (DistributedGateways).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayGroup {
+    /// Group name, unique in this ApiManager (a DNS label, for example
+    /// production or sandbox). ApiDeployments target it by this name.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Number of gateway pods (ignored when autoscaling is set). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Autoscale this group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// CPU and memory requests and limits of each gateway pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Listener ports and TLS of the Tollgate pods.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Listeners {
+    /// API traffic over HTTP.
+    #[serde(default = "default_http")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub http: i32,
+    /// API traffic over HTTPS (needs tlsSecretName).
+    #[serde(default = "default_https")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub https: i32,
+    /// Management API (health, metrics, store, key manager) over HTTP.
+    #[serde(default = "default_management")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub management: i32,
+    /// Management API over HTTPS (needs tlsSecretName).
+    #[serde(default = "default_management_tls")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub management_tls: i32,
+    /// Secret of type kubernetes.io/tls with the server certificate and key;
+    /// enables the HTTPS listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Secret with a `ca.crt` used to verify client certificates (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret_name: Option<String>,
+    /// Whether HTTPS clients must present a certificate signed by the client CA.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            http: default_http(),
+            https: default_https(),
+            management: default_management(),
+            management_tls: default_management_tls(),
+            tls_secret_name: None,
+            client_ca_secret_name: None,
+            client_auth: ClientAuth::None,
+        }
+    }
+}
+
+fn default_http() -> i32 {
+    8280
+}
+fn default_https() -> i32 {
+    8243
+}
+fn default_management() -> i32 {
+    9763
+}
+fn default_management_tls() -> i32 {
+    9443
+}
+
+/// Client-certificate policy of the HTTPS listeners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ClientAuth {
+    /// No client certificates are requested.
+    #[default]
+    None,
+    /// Client certificates are verified when presented.
+    Optional,
+    /// Every HTTPS client must present a valid certificate.
+    Required,
+}
+
+/// Per-pod persistent volumes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Persistence {
+    /// The `search-index` volume (the API search index).
+    #[serde(default)]
+    pub search_index: VolumeSpec,
+    /// The `database` volume (the embedded SQLite database).
+    #[serde(default)]
+    pub database: VolumeSpec,
+}
+
+/// Size and class of a per-pod PersistentVolumeClaim.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    /// Requested size, for example 1Gi.
+    #[serde(default = "default_volume_size")]
+    #[schemars(schema_with = "quantity_schema")]
+    pub size: Quantity,
+    /// StorageClass of the claim; the cluster default when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for VolumeSpec {
+    fn default() -> Self {
+        VolumeSpec { size: default_volume_size(), storage_class_name: None }
+    }
+}
+
+fn default_volume_size() -> Quantity {
+    Quantity("1Gi".into())
+}
+
+/// The API-manager database.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// External PostgreSQL; required unless the pattern is AllInOne.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalDatabase>,
+}
+
+/// An external PostgreSQL database.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalDatabase {
+    /// Secret key holding the postgres:// connection URL. The URL is passed to
+    /// the pods as an environment reference and never copied elsewhere.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// Cluster-wide throttling.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficManagerSpec {
+    /// Redis holding the shared counters; required when more than one pod
+    /// serves traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// What gateways do while Redis is unreachable: Open admits and counts
+    /// locally, Closed answers 503.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+}
+
+/// Connection to Redis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Secret key holding the redis:// (or rediss://, redis+sentinel://)
+    /// URL, passed to the pods as an environment reference.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// Behaviour while the traffic manager (Redis) is unreachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FailureMode {
+    /// Admit traffic and count in each pod until Redis is back.
+    #[default]
+    Open,
+    /// Reject throttled traffic with 503 until Redis is back.
+    Closed,
+}
+
+/// Analytics role.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalyticsSpec {
+    /// Run the analytics role on the control-plane pods.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Observed state of an ApiManager.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiManagerStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// One entry per StatefulSet the operator runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentStatus>,
+    /// In-cluster addresses of the listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+}
+
+/// State of one StatefulSet of an ApiManager.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// Component name: control-plane, or gateway-<group>.
+    pub name: String,
+    /// Name of the StatefulSet.
+    pub stateful_set: String,
+    /// Desired replicas.
+    pub replicas: i32,
+    /// Replicas that are ready.
+    pub ready_replicas: i32,
+}
+
+/// In-cluster URLs of an ApiManager's listeners.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// API traffic over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// API traffic over HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<String>,
+    /// Management API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management: Option<String>,
+}

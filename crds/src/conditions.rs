@@ -1,0 +1,40 @@
+//! Condition types and reasons used in the `status.conditions` of every
+//! resource, kept in one place so operator, gateway and tests agree.
+
+/// ApiManager: every component is ready.
+pub const READY: &str = "Ready";
+/// ApiManager: a rollout or scale is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// ApiManager: something is wrong that needs attention.
+pub const DEGRADED: &str = "Degraded";
+/// ApiDeployment / ThrottlePolicy: the spec was accepted.
+pub const ACCEPTED: &str = "Accepted";
+/// ApiDeployment: every reference (ApiManager, policies, definition) resolved.
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
+/// ApiDeployment: the artifact is written and served by the gateways.
+pub const DEPLOYED: &str = "Deployed";
+
+/// Reasons carried by conditions. One constant per reason so the strings are
+/// stable and greppable.
+pub mod reasons {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const INVALID: &str = "Invalid";
+    pub const CONFLICT: &str = "Conflict";
+    pub const NOT_ALLOWED: &str = "NotAllowed";
+    pub const API_MANAGER_NOT_FOUND: &str = "ApiManagerNotFound";
+    pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
+    pub const DEFINITION_NOT_FOUND: &str = "DefinitionNotFound";
+    pub const INVALID_DEFINITION: &str = "InvalidDefinition";
+    pub const RESOLVED: &str = "Resolved";
+    pub const DEPLOYED: &str = "Deployed";
+    pub const NOT_SERVED: &str = "NotServed";
+    pub const RETIRED: &str = "Retired";
+    pub const ARTIFACT_WRITE_FAILED: &str = "ArtifactWriteFailed";
+    pub const ALL_READY: &str = "AllComponentsReady";
+    pub const COMPONENTS_NOT_READY: &str = "ComponentsNotReady";
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const STABLE: &str = "Stable";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const AS_EXPECTED: &str = "AsExpected";
+}

@@ -1,0 +1,407 @@
+//! Reads folders of multi-document YAML manifests into typed Tollgate
+//! resources, shared by the operator and the gateway.
+//!
+//! - Folders are read recursively in a stable (sorted) order; only `.yaml`,
+//!   `.yml` and `.json` files are read, and names that look like files being
+//!   written (hidden names, `~`, `.tmp`, `.swp`, `.part`) are skipped, so an
+//!   atomic writer (temp file + rename) is never read half-way.
+//! - Documents of other kinds (Deployments, ConfigMaps, ...) are ignored, so a
+//!   folder of mixed manifests works.
+//! - Every Tollgate document is checked against its CRD schema and CEL rules
+//!   (see [`crate::validate`]); errors name the file, the document (1-based)
+//!   and the field path.
+//! - Objects without `metadata.namespace` are placed in `default`, as
+//!   `kubectl apply` would with the default context.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::resource::{ObjectRef, Resource};
+use crate::validate::{FieldError, validate_object};
+
+/// Largest manifest file read; bigger files are reported, not parsed.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// Deepest folder nesting followed.
+const MAX_DEPTH: usize = 16;
+/// Namespace given to objects that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Where a document came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Source {
+    /// The file, as found under the folder that was loaded.
+    pub file: PathBuf,
+    /// 1-based index of the YAML document in the file (empty documents
+    /// are not counted).
+    pub document: usize,
+    /// 1-based line where the document starts (0 when unknown).
+    pub line: u64,
+}
+
+/// A valid resource and where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    pub source: Source,
+    pub resource: Resource,
+}
+
+/// Why a file or a document could not be loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based document index; `None` when the whole file failed.
+    pub document: Option<usize>,
+    /// 1-based line where the document starts (0 when unknown).
+    pub line: u64,
+    /// The object, when its kind and name could be read.
+    pub object: Option<ObjectRef>,
+    /// Dotted field path, when one field is at fault.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(d) = self.document {
+            write!(f, ": document {d}")?;
+            if self.line > 0 {
+                write!(f, " (line {})", self.line)?;
+            }
+        }
+        if let Some(o) = &self.object {
+            write!(f, ": {o}")?;
+        }
+        if let Some(p) = &self.field {
+            write!(f, ": {p}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Everything found in a folder: the valid resources and the errors, file by
+/// file. One bad document never hides the good ones next to it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadReport {
+    pub resources: Vec<Loaded>,
+    pub errors: Vec<LoadError>,
+    /// Every manifest file that was read (valid or not).
+    pub files: Vec<PathBuf>,
+}
+
+impl LoadReport {
+    /// The resources of one kind.
+    pub fn api_deployments(&self) -> impl Iterator<Item = &crate::ApiDeployment> {
+        self.resources.iter().filter_map(|l| match &l.resource {
+            Resource::ApiDeployment(r) => Some(r.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The ThrottlePolicies found.
+    pub fn throttle_policies(&self) -> impl Iterator<Item = &crate::ThrottlePolicy> {
+        self.resources.iter().filter_map(|l| match &l.resource {
+            Resource::ThrottlePolicy(r) => Some(r.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The ApiManagers found.
+    pub fn api_managers(&self) -> impl Iterator<Item = &crate::ApiManager> {
+        self.resources.iter().filter_map(|l| match &l.resource {
+            Resource::ApiManager(r) => Some(r.as_ref()),
+            _ => None,
+        })
+    }
+}
+
+/// Whether a file name is a manifest to read (and not a file being written).
+pub fn is_manifest_name(name: &str) -> bool {
+    if name.starts_with('.') || name.ends_with('~') {
+        return false;
+    }
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(".yaml") || lower.ends_with(".yml") || lower.ends_with(".json")
+}
+
+/// Loads every manifest under `dir` (recursively). Fails only when `dir`
+/// itself cannot be read; problems with files and documents are in the report.
+pub fn load_dir(dir: &Path) -> Result<LoadReport, Box<LoadError>> {
+    let folder_error = |message: String| {
+        Box::new(LoadError { file: dir.to_path_buf(), document: None, line: 0, object: None, field: None, message })
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| folder_error(format!("cannot read folder: {e}")))?;
+    if !meta.is_dir() {
+        return Err(folder_error("not a folder".into()));
+    }
+    let mut report = LoadReport::default();
+    let mut files = Vec::new();
+    collect_files(dir, 0, &mut files, &mut report.errors);
+    for file in files {
+        let text = match read_limited(&file) {
+            Ok(t) => t,
+            Err(message) => {
+                report.errors.push(LoadError {
+                    file: file.clone(),
+                    document: None,
+                    line: 0,
+                    object: None,
+                    field: None,
+                    message,
+                });
+                report.files.push(file);
+                continue;
+            }
+        };
+        let (loaded, errors) = load_str(&file, &text);
+        report.resources.extend(loaded);
+        report.errors.extend(errors);
+        report.files.push(file);
+    }
+    reject_duplicates(&mut report);
+    Ok(report)
+}
+
+fn read_limited(file: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read file: {e}"))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("file is {} bytes, larger than the {} byte limit", meta.len(), MAX_FILE_BYTES));
+    }
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read file: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| format!("file is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
+}
+
+fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(LoadError {
+                file: dir.to_path_buf(),
+                document: None,
+                line: 0,
+                object: None,
+                field: None,
+                message: format!("cannot read folder: {e}"),
+            });
+            return;
+        }
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // Follow symlinks (ConfigMap volumes link every key into ..data/).
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            if depth < MAX_DEPTH {
+                collect_files(&path, depth + 1, out, errors);
+            }
+        } else if meta.is_file() && is_manifest_name(name) {
+            out.push(path);
+        }
+    }
+}
+
+/// Loads the documents of one file's text. `file` only labels errors.
+pub fn load_str(file: &Path, text: &str) -> (Vec<Loaded>, Vec<LoadError>) {
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    let is_json = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let docs: Result<Vec<(Value, u64)>, String> = if is_json {
+        serde_json::from_str::<Value>(text).map(|v| vec![(v, 1)]).map_err(|e| format!("invalid JSON: {e}"))
+    } else {
+        serde_saphyr::from_multiple::<serde_saphyr::Spanned<Value>>(text)
+            .map(|docs| docs.into_iter().map(|d| (d.value, d.referenced.line())).collect())
+            .map_err(|e| format!("invalid YAML: {e}"))
+    };
+    let docs = match docs {
+        Ok(d) => d,
+        Err(message) => {
+            errors.push(LoadError {
+                file: file.to_path_buf(),
+                document: None,
+                line: 0,
+                object: None,
+                field: None,
+                message,
+            });
+            return (loaded, errors);
+        }
+    };
+    for (i, (doc, line)) in docs.into_iter().enumerate() {
+        let document = i + 1;
+        match parse_document(doc) {
+            Ok(None) => {}
+            Ok(Some(resource)) => {
+                loaded.push(Loaded { source: Source { file: file.to_path_buf(), document, line }, resource })
+            }
+            Err((object, field_errors)) => {
+                for fe in field_errors {
+                    errors.push(LoadError {
+                        file: file.to_path_buf(),
+                        document: Some(document),
+                        line,
+                        object: object.clone(),
+                        field: (!fe.path.is_empty()).then_some(fe.path),
+                        message: fe.message,
+                    });
+                }
+            }
+        }
+    }
+    (loaded, errors)
+}
+
+type DocError = (Option<ObjectRef>, Vec<FieldError>);
+
+fn fe(path: &str, message: impl Into<String>) -> Vec<FieldError> {
+    vec![FieldError { path: path.into(), message: message.into() }]
+}
+
+/// Parses one document. `Ok(None)` for empty documents and kinds Tollgate
+/// does not own.
+pub fn parse_document(mut doc: Value) -> Result<Option<Resource>, DocError> {
+    if doc.is_null() {
+        return Ok(None);
+    }
+    let Some(map) = doc.as_object() else {
+        return Err((None, fe("", format!("document is a {}, not a mapping with apiVersion and kind", kind_of(&doc)))));
+    };
+    let api_version = match map.get("apiVersion") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err((None, fe("apiVersion", "must be a string"))),
+        None => return Err((None, fe("apiVersion", "Required value"))),
+    };
+    let kind = match map.get("kind") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err((None, fe("kind", "must be a string"))),
+        None => return Err((None, fe("kind", "Required value"))),
+    };
+    let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+    if group != crate::GROUP {
+        return Ok(None);
+    }
+    if !matches!(kind.as_str(), "ApiManager" | "ApiDeployment" | "ThrottlePolicy") {
+        return Err((
+            None,
+            fe(
+                "kind",
+                format!(
+                    "unknown kind {kind:?} in {}; supported: ApiManager, ApiDeployment, ThrottlePolicy",
+                    crate::GROUP
+                ),
+            ),
+        ));
+    }
+    if api_version != crate::API_VERSION {
+        return Err((
+            None,
+            fe("apiVersion", format!("unsupported version {api_version:?}; expected {:?}", crate::API_VERSION)),
+        ));
+    }
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    if name.is_empty() {
+        return Err((None, fe("metadata.name", "Required value")));
+    }
+    if let Some(obj) = doc.as_object_mut() {
+        let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+        if let Some(m) = meta.as_object_mut()
+            && !m.get("namespace").is_some_and(Value::is_string)
+        {
+            m.insert("namespace".into(), Value::String(DEFAULT_NAMESPACE.into()));
+        }
+    }
+    let namespace = doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+    let object = ObjectRef { kind: kind.clone(), namespace: namespace.clone(), name: name.clone() };
+    let mut meta_errors = Vec::new();
+    if !is_dns_subdomain(&name) {
+        meta_errors.push(FieldError {
+            path: "metadata.name".into(),
+            message: format!("Invalid value: {name:?}: must be a lowercase RFC 1123 subdomain (a-z, 0-9, '-', '.'; at most 253 characters)"),
+        });
+    }
+    if !is_dns_label(&namespace) {
+        meta_errors.push(FieldError {
+            path: "metadata.namespace".into(),
+            message: format!("Invalid value: {namespace:?}: must be a lowercase RFC 1123 label"),
+        });
+    }
+    if !meta_errors.is_empty() {
+        return Err((Some(object), meta_errors));
+    }
+    validate_object(&kind, &doc).map_err(|e| (Some(object.clone()), e))?;
+    let typed = match kind.as_str() {
+        "ApiManager" => typed(doc).map(|r| Resource::ApiManager(Box::new(r))),
+        "ApiDeployment" => typed(doc).map(|r| Resource::ApiDeployment(Box::new(r))),
+        _ => typed(doc).map(|r| Resource::ThrottlePolicy(Box::new(r))),
+    };
+    typed.map(Some).map_err(|e| (Some(object), e))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(doc: Value) -> Result<T, Vec<FieldError>> {
+    serde_path_to_error::deserialize::<_, T>(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        fe(&path, e.into_inner().to_string())
+    })
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Array(_) => "sequence",
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "boolean",
+        _ => "scalar",
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn reject_duplicates(report: &mut LoadReport) {
+    let mut first: HashMap<ObjectRef, Source> = HashMap::new();
+    let mut kept = Vec::with_capacity(report.resources.len());
+    for l in std::mem::take(&mut report.resources) {
+        let r = l.resource.object_ref();
+        if let Some(src) = first.get(&r) {
+            report.errors.push(LoadError {
+                file: l.source.file.clone(),
+                document: Some(l.source.document),
+                line: l.source.line,
+                object: Some(r),
+                field: None,
+                message: format!(
+                    "duplicate object: already defined in {} document {}; this copy is ignored",
+                    src.file.display(),
+                    src.document
+                ),
+            });
+        } else {
+            first.insert(r, l.source.clone());
+            kept.push(l);
+        }
+    }
+    report.resources = kept;
+}

@@ -1,0 +1,45 @@
+//! A typed Tollgate resource as read from a manifest or artifact.
+
+use std::fmt;
+
+use kube::ResourceExt;
+
+use crate::{ApiDeployment, ApiManager, ThrottlePolicy};
+
+/// Any of the three Tollgate resources.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    ApiManager(Box<ApiManager>),
+    ApiDeployment(Box<ApiDeployment>),
+    ThrottlePolicy(Box<ThrottlePolicy>),
+}
+
+impl Resource {
+    /// Kind, namespace and name of the resource.
+    pub fn object_ref(&self) -> ObjectRef {
+        let (kind, ns, name) = match self {
+            Resource::ApiManager(r) => ("ApiManager", r.namespace(), r.name_any()),
+            Resource::ApiDeployment(r) => ("ApiDeployment", r.namespace(), r.name_any()),
+            Resource::ThrottlePolicy(r) => ("ThrottlePolicy", r.namespace(), r.name_any()),
+        };
+        ObjectRef { kind: kind.to_string(), namespace: ns.unwrap_or_default(), name }
+    }
+}
+
+/// Identity of an object: kind, namespace (empty when none was given) and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The manifest loader: valid folders, foreign kinds, and precise errors.
+
+use std::path::Path;
+
+use tollgate_crds::Resource;
+use tollgate_crds::loader::{LoadError, load_dir, load_str};
+
+const POLICY: &str = "apiVersion: tollgate.dev/v1alpha1
+kind: ThrottlePolicy
+metadata: {name: gold, namespace: banking}
+spec:
+  limit: {requests: 5000, per: 1m}
+";
+
+const API: &str = "apiVersion: tollgate.dev/v1alpha1
+kind: ApiDeployment
+metadata: {name: accounts, namespace: banking}
+spec:
+  apiManagerRef: {name: apim}
+  context: /open-banking/aisp
+  version: v3.1
+  throttling: {policy: gold}
+  operations:
+  - {method: GET, path: '/accounts/{accountId}'}
+  backend:
+    endpoints: [{url: 'http://accounts.banking.svc:8080/v3'}]
+";
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn only_error(text: &str) -> LoadError {
+    let (loaded, errors) = load_str(Path::new("x.yaml"), text);
+    assert!(loaded.is_empty(), "nothing should load: {loaded:?}");
+    assert_eq!(errors.len(), 1, "exactly one error expected: {errors:#?}");
+    errors.into_iter().next().unwrap()
+}
+
+#[test]
+fn valid_folder_loads_recursively_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "policies.yaml", POLICY);
+    write(dir.path(), "apis/accounts.yml", API);
+    write(dir.path(), "apis/.accounts.yaml.tmp", "garbage: [");
+    write(dir.path(), "apis/.hidden.yaml", "garbage: [");
+    write(dir.path(), "apis/README.md", "not a manifest");
+    let report = load_dir(dir.path()).unwrap();
+    assert!(report.errors.is_empty(), "{:#?}", report.errors);
+    assert_eq!(report.resources.len(), 2);
+    assert_eq!(report.files.len(), 2);
+    let api = report.api_deployments().next().unwrap();
+    assert_eq!(api.spec.context, "/open-banking/aisp");
+    assert_eq!(api.spec.backend.retries, 1, "default retries");
+    assert_eq!(api.spec.backend.timeout.0, "30s", "default timeout");
+    assert_eq!(api.spec.backend.endpoints[0].weight, 1, "default weight");
+    let tp = report.throttle_policies().next().unwrap();
+    assert!(tp.spec.stop_on_quota_reach, "default stopOnQuotaReach");
+    assert_eq!(tp.spec.limit.per.seconds(), Some(60));
+}
+
+#[test]
+fn multi_document_file_and_default_namespace() {
+    let text = format!("{POLICY}---\n---\n{}", API.replace("namespace: banking", "labels: {a: b}"));
+    let (loaded, errors) = load_str(Path::new("all.yaml"), &text);
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded[0].source.document, 1);
+    assert_eq!(loaded[1].source.document, 2, "empty documents are not counted");
+    assert_eq!(loaded[1].source.line, 8, "line where the document starts");
+    let r = loaded[1].resource.object_ref();
+    assert_eq!((r.kind.as_str(), r.namespace.as_str(), r.name.as_str()), ("ApiDeployment", "default", "accounts"));
+}
+
+#[test]
+fn foreign_kinds_are_ignored() {
+    let text = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm}}\ndata: {{a: b}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec: {{}}\n---\n{POLICY}"
+    );
+    let (loaded, errors) = load_str(Path::new("mixed.yaml"), &text);
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(loaded.len(), 1);
+    assert!(matches!(loaded[0].resource, Resource::ThrottlePolicy(_)));
+    assert_eq!(loaded[0].source.document, 3);
+}
+
+#[test]
+fn unknown_kind_in_our_group_is_an_error() {
+    let e = only_error("apiVersion: tollgate.dev/v1alpha1\nkind: ApiProduct\nmetadata: {name: x}\nspec: {}\n");
+    assert_eq!(e.document, Some(1));
+    assert_eq!(e.field.as_deref(), Some("kind"));
+    assert!(e.message.contains("unknown kind \"ApiProduct\""), "{e}");
+    assert!(e.message.contains("ApiManager, ApiDeployment, ThrottlePolicy"), "{e}");
+}
+
+#[test]
+fn invalid_yaml_names_file_and_position() {
+    let e = only_error("apiVersion: tollgate.dev/v1alpha1\nkind: ThrottlePolicy\nspec: {limit: [\n");
+    assert_eq!(e.document, None, "a YAML syntax error fails the whole file");
+    assert!(e.message.starts_with("invalid YAML"), "{e}");
+    assert!(e.message.contains("line"), "position expected: {e}");
+    assert!(e.to_string().starts_with("x.yaml: invalid YAML"), "{e}");
+}
+
+#[test]
+fn missing_required_field_names_its_path() {
+    let e = only_error(&POLICY.replace("limit: {requests: 5000, per: 1m}", "limit: {per: 1m}"));
+    assert_eq!(e.field.as_deref(), Some("spec.limit.requests"));
+    assert_eq!(e.message, "Required value");
+    assert_eq!(e.object.as_ref().unwrap().to_string(), "ThrottlePolicy banking/gold");
+    assert_eq!(
+        e.to_string(),
+        "x.yaml: document 1 (line 1): ThrottlePolicy banking/gold: spec.limit.requests: Required value"
+    );
+}
+
+#[test]
+fn wrong_type_names_its_path() {
+    let e = only_error(&POLICY.replace("requests: 5000", "requests: lots"));
+    assert_eq!(e.field.as_deref(), Some("spec.limit.requests"));
+    assert!(e.message.contains("must be of type integer, got string"), "{e}");
+
+    let e = only_error(&API.replace("- {method: GET,", "- {method: FETCH,"));
+    assert_eq!(e.field.as_deref(), Some("spec.operations[0].method"));
+    assert!(e.message.starts_with("Unsupported value: \"FETCH\""), "{e}");
+}
+
+#[test]
+fn unknown_field_is_reported() {
+    let e = only_error(&POLICY.replace("spec:\n", "spec:\n  limt: 3\n"));
+    assert_eq!(e.field.as_deref(), Some("spec.limt"));
+    assert_eq!(e.message, "unknown field \"limt\"");
+}
+
+#[test]
+fn cel_rule_failure_is_reported_with_its_message() {
+    let e = only_error(&POLICY.replace("per: 1m", "per: 45d"));
+    assert_eq!(e.field.as_deref(), Some("spec.limit.per"));
+    assert!(e.message.contains("between 1s and 30d"), "{e}");
+}
+
+#[test]
+fn one_bad_document_does_not_hide_good_ones() {
+    let text = format!("{POLICY}---\n{}", API.replace("context: /open-banking/aisp", "context: nope"));
+    let (loaded, errors) = load_str(Path::new("f.yaml"), &text);
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].document, Some(2));
+    assert_eq!(errors[0].object.as_ref().unwrap().name, "accounts");
+}
+
+#[test]
+fn duplicates_and_unreadable_files_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", POLICY);
+    write(dir.path(), "b.yaml", POLICY);
+    std::fs::write(dir.path().join("c.yaml"), [0xff, 0xfe, 0x00]).unwrap();
+    let report = load_dir(dir.path()).unwrap();
+    assert_eq!(report.resources.len(), 1);
+    assert_eq!(report.errors.len(), 2, "{:#?}", report.errors);
+    assert!(report.errors.iter().any(|e| e.message.contains("duplicate object: already defined in")));
+    assert!(report.errors.iter().any(|e| e.message.contains("not UTF-8")));
+    assert!(load_dir(&dir.path().join("missing")).is_err());
+}
+
+#[test]
+fn non_mapping_document_and_bad_names() {
+    let e = only_error("- just\n- a list\n");
+    assert!(e.message.contains("not a mapping"), "{e}");
+    let e = only_error(&POLICY.replace("name: gold", "name: Gold_Tier"));
+    assert_eq!(e.field.as_deref(), Some("metadata.name"));
+}

@@ -1,0 +1,1 @@
+//! End-to-end test support for Tollgate (tests live in `e2e/tests/`).
