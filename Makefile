@@ -50,3 +50,7 @@ release:
 	$(CARGO) build --release --locked -p tollgate-gateway -p tollgate-operator
 
 -include mk/cluster.mk
+
+run: deps ## the single-node pattern without a cluster (sample backend + gateway on examples/local)
+	$(CARGO) build --release --locked -p tollgate-gateway
+	scripts/run-local.sh

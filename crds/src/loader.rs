@@ -178,6 +178,15 @@ fn read_limited(file: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| format!("file is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
 }
 
+/// The manifest files `load_dir` would read, in the same order, with the
+/// folders it could not read as errors.
+pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<LoadError>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    collect_files(dir, 0, &mut files, &mut errors);
+    (files, errors)
+}
+
 fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

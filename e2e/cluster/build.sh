@@ -10,7 +10,7 @@
 #        FORCE=1          rebuild even when present
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command -v go >/dev/null 2>&1 || die "go not found (looked in PATH and /usr/local/go/bin)"

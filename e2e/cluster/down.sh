@@ -7,7 +7,7 @@
 # Usage: e2e/cluster/down.sh [--keep-logs]
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KEEP_LOGS=0
@@ -30,42 +30,66 @@ ours() { # NAME PID
   [[ -r "/proc/$2/cmdline" ]] && tr '\0' ' ' <"/proc/$2/cmdline" | grep -q -- "$(bin_path "$1")"
 }
 
-# Stop in reverse start order so nothing reconnects to a dying apiserver.
-stopped=()
-for name in metrics-server kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-  f="${PIDS}/${name}.pid"
-  [[ -f "${f}" ]] || continue
-  pid="$(<"${f}")"
-  if [[ -n "${pid}" ]] && ours "${name}" "${pid}"; then
-    kill -TERM "${pid}" 2>/dev/null || true
-    stopped+=("${name}:${pid}")
-  fi
-  rm -f "${f}"
-done
+# running PID: the process exists and is not a zombie. (Its command line
+# empties before its sockets close, so that is no test for "gone"; a zombie
+# has closed everything. Our processes are zombies until up.sh exits when
+# up.sh itself calls down.sh after a failed start.)
+running() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z && "${stat:0:1}" != X ]]
+}
 
-deadline=$((SECONDS + 10))
-for entry in "${stopped[@]}"; do
-  name="${entry%%:*}"; pid="${entry#*:}"
-  while ours "${name}" "${pid}" && ((SECONDS < deadline)); do
-    sleep 0.1
+# stop_group NAME... : TERM all of them, wait up to 10 s, then KILL.
+stop_group() {
+  local name f pid entry deadline stopped=()
+  for name in "$@"; do
+    f="${PIDS}/${name}.pid"
+    [[ -f "${f}" ]] || continue
+    pid="$(<"${f}")"
+    if [[ -n "${pid}" ]] && ours "${name}" "${pid}"; then
+      kill -TERM "${pid}" 2>/dev/null || true
+      stopped+=("${name}:${pid}")
+    fi
+    rm -f "${f}"
   done
-  if ours "${name}" "${pid}"; then
-    log "${name} (pid ${pid}) ignored TERM: sending KILL"
-    kill -KILL "${pid}" 2>/dev/null || true
-    while ours "${name}" "${pid}"; do sleep 0.1; done
-  fi
-  log "stopped ${name} (pid ${pid})"
-done
+  deadline=$((SECONDS + 10))
+  for entry in "${stopped[@]}"; do
+    name="${entry%%:*}"; pid="${entry#*:}"
+    while running "${pid}" && ((SECONDS < deadline)); do
+      sleep 0.1
+    done
+    if running "${pid}"; then
+      log "${name} (pid ${pid}) still running 10s after TERM: sending KILL"
+      kill -KILL "${pid}" 2>/dev/null || true
+      while running "${pid}"; do sleep 0.1; done
+    fi
+    log "stopped ${name} (pid ${pid})"
+  done
+}
+
+# etcd last: kube-apiserver's graceful shutdown still talks to it (stopped
+# together, the apiserver hangs on etcd until KILLed).
+stop_group metrics-server kwok kube-scheduler kube-controller-manager kube-apiserver
+stop_group etcd
 
 # Check that none of the recorded ports is still listening.
-if [[ -f "${STATE_DIR}/state.env" ]]; then
-  leftover=""
+listening_ports() {
+  local key port out=""
   while IFS='=' read -r key port; do
     [[ "${key}" == *_PORT && -n "${port}" ]] || continue
     if ss -Htln "sport = :${port}" 2>/dev/null | grep -q .; then
-      leftover+=" ${key}=${port}"
+      out+=" ${key}=${port}"
     fi
   done <"${STATE_DIR}/state.env"
+  echo "${out}"
+}
+if [[ -f "${STATE_DIR}/state.env" ]]; then
+  deadline=$((SECONDS + 5))
+  while leftover="$(listening_ports)" && [[ -n "${leftover}" ]] && ((SECONDS < deadline)); do
+    sleep 0.2
+  done
   [[ -z "${leftover}" ]] || die "still listening after stop:${leftover} (see ss -ltnp)"
 fi
 

@@ -5,7 +5,7 @@
 # With --bin-dirs, print only the colon-separated bin directories.
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 dirs=""

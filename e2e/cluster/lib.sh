@@ -4,7 +4,7 @@
 
 CLUSTER_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${CLUSTER_DIR}/../.." && pwd)"
-# shellcheck source=versions.env
+# shellcheck source=versions.env source-path=SCRIPTDIR
 source "${CLUSTER_DIR}/versions.env"
 
 TOLLGATE_CACHE="${TOLLGATE_CACHE:-${HOME}/.cache/tollgate}"

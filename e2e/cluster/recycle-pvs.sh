@@ -5,7 +5,7 @@
 # run this between e2e runs that reuse one cluster.
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 kctl() { "$(bin_path kubectl)" --kubeconfig "${STATE_DIR}/kubeconfig" "$@"; }

@@ -5,7 +5,7 @@
 # (up.sh --metrics) it also waits for pod metrics from metrics.k8s.io.
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 kctl() { "$(bin_path kubectl)" --kubeconfig "${STATE_DIR}/kubeconfig" "$@"; }
@@ -63,7 +63,7 @@ kctl -n "${NS}" get pod,pvc -o wide
   || die "pod is not Running"
 
 if kctl get apiservice v1beta1.metrics.k8s.io >/dev/null 2>&1; then
-  log "waiting for pod metrics (metrics-server scrapes every 15s) ..."
+  log "waiting for pod metrics (metrics-server scrapes every 10s) ..."
   deadline=$((SECONDS + 90))
   until kctl -n "${NS}" top pod "${NAME}-0" --no-headers 2>/dev/null; do
     ((SECONDS < deadline)) || die "no pod metrics after 90s"

@@ -15,7 +15,7 @@
 # path (and starts metrics-server if asked for and not running yet).
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 METRICS="${CLUSTER_METRICS:-0}"
@@ -53,7 +53,8 @@ pid_alive() {
   tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -q -- "$(bin_path "$1")"
 }
 
-# Ports handed out during this run, so two components never get the same one.
+# free_port VAR: store a free 127.0.0.1 TCP port in VAR. (Not a $(...)
+# function: USED_PORTS must survive, so two components never get one port.)
 USED_PORTS=" "
 free_port() {
   local port listening
@@ -62,7 +63,7 @@ free_port() {
     port=$((20000 + RANDOM % 12000))
     [[ " ${listening} " == *" ${port} "* || "${USED_PORTS}" == *" ${port} "* ]] && continue
     USED_PORTS+="${port} "
-    echo "${port}"
+    printf -v "$1" '%s' "${port}"
     return 0
   done
   die "no free port found"
@@ -178,24 +179,34 @@ EOF
   chmod 600 "${file}"
 }
 
-# kube-apiserver picks its advertise address from the default route. With no
-# default route it cannot start unless told one: use a non-loopback local
-# address then. It is only written into the "kubernetes" Service endpoints,
-# which nothing here dials.
+# kube-apiserver picks its advertise address from the default route; with no
+# default route it refuses to start ("Unable to find suitable network
+# address") unless given one. The address only goes into the "kubernetes"
+# Service's endpoints, which nothing here dials. Fallbacks: a global address
+# of this host, else 127.0.0.1, which works except that the apiserver then
+# logs every few seconds that it cannot write those endpoints (loopback
+# addresses are invalid in Endpoints).
 pick_advertise_address() {
+  local addr
   if [[ -n "${CLUSTER_ADVERTISE_ADDRESS:-}" ]]; then
     echo "${CLUSTER_ADVERTISE_ADDRESS}"
-  elif ip -4 route show default 2>/dev/null | grep -q .; then
+  elif ip -4 route show default 2>/dev/null | grep -q . \
+       || ip -6 route show default 2>/dev/null | grep -q .; then
     echo ""
   else
-    ip -4 -o addr show scope global 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1
+    addr="$(ip -4 -o addr show scope global 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1)"
+    if [[ -z "${addr}" ]]; then
+      log "no default route and no global address: advertising 127.0.0.1 (the kubernetes Service gets no endpoints)"
+      addr=127.0.0.1
+    fi
+    echo "${addr}"
   fi
 }
 
 # ---------------------------------------------------------------- metrics
 
 start_metrics_server() {
-  METRICS_PORT="$(free_port)"
+  free_port METRICS_PORT
   start metrics-server \
     --bind-address=127.0.0.1 \
     --secure-port="${METRICS_PORT}" \
@@ -207,7 +218,8 @@ start_metrics_server() {
     --kubelet-preferred-address-types=InternalIP \
     --kubelet-use-node-status-port \
     --kubelet-insecure-tls \
-    --metric-resolution=15s
+    --metric-resolution=10s \
+    --kubelet-request-timeout=5s
   echo "METRICS_PORT=${METRICS_PORT}" >>"${STATE_FILE}"
   wait_for metrics-server 60 curl -sfk "https://127.0.0.1:${METRICS_PORT}/livez"
   # --enable-aggregator-routing would make the aggregator dial the Service's
@@ -311,12 +323,12 @@ trap on_exit EXIT
 
 mkdir -p "${STATE_DIR}" "${LOGS}" "${PIDS}" "${STATE_DIR}/etcd" "${STATE_DIR}/volumes"
 
-ETCD_PORT="$(free_port)"
-ETCD_PEER_PORT="$(free_port)"
-APISERVER_PORT="$(free_port)"
-KCM_PORT="$(free_port)"
-SCHEDULER_PORT="$(free_port)"
-KWOK_PORT="$(free_port)"
+free_port ETCD_PORT
+free_port ETCD_PEER_PORT
+free_port APISERVER_PORT
+free_port KCM_PORT
+free_port SCHEDULER_PORT
+free_port KWOK_PORT
 ADVERTISE_ADDRESS="$(pick_advertise_address)"
 cat >"${STATE_FILE}" <<EOF
 ETCD_PORT=${ETCD_PORT}
@@ -367,6 +379,10 @@ apiserver_args=(
   --requestheader-extra-headers-prefix=X-Remote-Extra-
   --proxy-client-cert-file="${PKI}/front-proxy-client.crt"
   --proxy-client-key-file="${PKI}/front-proxy-client.key"
+  # TaintNodesByCondition taints every new Node not-ready; only the
+  # node-lifecycle controller (not run: kwok heartbeats are too sparse for
+  # its grace period) would remove the taint again.
+  --disable-admission-plugins=TaintNodesByCondition
   --profiling=false
 )
 [[ -n "${ADVERTISE_ADDRESS}" ]] && apiserver_args+=(--advertise-address="${ADVERTISE_ADDRESS}")
@@ -374,6 +390,32 @@ start kube-apiserver "${apiserver_args[@]}"
 wait_for kube-apiserver 90 kctl get --raw /readyz
 log "kube-apiserver ready on https://127.0.0.1:${APISERVER_PORT} ($(elapsed))"
 
+# Controllers (1.34 names). No node-lifecycle: kwok nodes need no eviction.
+KCM_CONTROLLERS=(
+  statefulset-controller
+  deployment-controller
+  replicaset-controller
+  daemonset-controller
+  job-controller
+  cronjob-controller
+  ttl-after-finished-controller
+  garbage-collector-controller
+  horizontal-pod-autoscaler-controller
+  persistentvolume-binder-controller
+  persistentvolumeclaim-protection-controller
+  persistentvolume-protection-controller
+  namespace-controller
+  serviceaccount-controller
+  serviceaccount-token-controller
+  disruption-controller
+  endpoints-controller
+  endpointslice-controller
+  endpointslice-mirroring-controller
+  root-ca-certificate-publisher-controller
+  pod-garbage-collector-controller
+  clusterrole-aggregation-controller
+  resourcequota-controller
+)
 start kube-controller-manager \
   --kubeconfig="${STATE_DIR}/controller-manager.kubeconfig" \
   --authentication-kubeconfig="${STATE_DIR}/controller-manager.kubeconfig" \
@@ -384,7 +426,7 @@ start kube-controller-manager \
   --use-service-account-credentials=true \
   --root-ca-file="${PKI}/ca.crt" \
   --service-account-private-key-file="${PKI}/sa.key" \
-  --controllers=statefulset,deployment,replicaset,daemonset,job,cronjob,ttl-after-finished,garbage-collector,horizontal-pod-autoscaler,persistentvolume-binder,pvc-protection,pv-protection,namespace,serviceaccount,serviceaccount-token,disruption,endpoint,endpointslice,endpointslice-mirroring,root-ca-cert-publisher,podgc \
+  --controllers="$(IFS=,; echo "${KCM_CONTROLLERS[*]}")" \
   --horizontal-pod-autoscaler-sync-period=5s \
   --horizontal-pod-autoscaler-downscale-stabilization=30s \
   --kube-api-qps=100 \

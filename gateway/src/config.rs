@@ -1,0 +1,359 @@
+//! The gateway's configuration: one struct filled in layers — built-in
+//! defaults, then an optional YAML file (`--config`), then environment
+//! variables (`TOLLGATE_*`), then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use serde::Deserialize;
+
+/// The roles a gateway process can play.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Gateway,
+    Store,
+    KeyManager,
+    Analytics,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "gateway" => Ok(Role::Gateway),
+            "store" => Ok(Role::Store),
+            "key-manager" => Ok(Role::KeyManager),
+            "analytics" => Ok(Role::Analytics),
+            other => Err(format!("unknown role {other:?} (expected gateway, store, key-manager or analytics)")),
+        }
+    }
+}
+
+/// Command-line flags of `tollgate-gateway`; every flag also reads an
+/// environment variable, and a `--config` YAML file may set any of them
+/// (file keys are the flag names, for example `config-dir: /artifacts`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tollgate-gateway", version, about = "Tollgate API gateway (Pingora data plane and management API)")]
+pub struct Args {
+    /// YAML file with any of the settings below (flags and environment win).
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Folder of artifacts or plain manifests (ApiDeployment, ThrottlePolicy), watched.
+    #[arg(long, env = "TOLLGATE_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// API traffic over HTTP.
+    #[arg(long, env = "TOLLGATE_HTTP", default_value = "0.0.0.0:8280")]
+    pub http: SocketAddr,
+    /// API traffic over HTTPS (needs --tls-cert and --tls-key).
+    #[arg(long, env = "TOLLGATE_HTTPS", default_value = "0.0.0.0:8243")]
+    pub https: SocketAddr,
+    /// Management API over HTTP (health, metrics, status, store, key manager).
+    #[arg(long, env = "TOLLGATE_MANAGEMENT", default_value = "0.0.0.0:9763")]
+    pub management: SocketAddr,
+    /// Management API over HTTPS (needs --tls-cert and --tls-key).
+    #[arg(long, env = "TOLLGATE_MANAGEMENT_TLS", default_value = "0.0.0.0:9443")]
+    pub management_tls: SocketAddr,
+    /// PEM certificate chain for the HTTPS listeners; reloaded when it changes.
+    #[arg(long, env = "TOLLGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the HTTPS listeners; reloaded when it changes.
+    #[arg(long, env = "TOLLGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Holds search-index/ and database/.
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Database URL; default SQLite in <data-dir>/database, postgres:// for HA.
+    #[arg(long, env = "TOLLGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Redis URL for cluster-wide throttling (traffic manager).
+    #[arg(long, env = "TOLLGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// File holding the bearer token for the management API.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Roles of this process (comma separated): gateway,store,key-manager,analytics.
+    #[arg(long, env = "TOLLGATE_ROLES", value_delimiter = ',', default_value = "gateway,store,key-manager,analytics")]
+    pub roles: Vec<Role>,
+    /// Worker threads for API traffic (default: number of CPUs).
+    #[arg(long, env = "TOLLGATE_THREADS")]
+    pub threads: Option<usize>,
+    /// Seconds between full rescans of --config-dir (network filesystems
+    /// deliver no inotify events).
+    #[arg(long, env = "TOLLGATE_RESCAN_INTERVAL", default_value = "1")]
+    pub rescan_interval: f64,
+    /// Milliseconds to wait for a burst of file events to settle before reloading.
+    #[arg(long, env = "TOLLGATE_RELOAD_DEBOUNCE_MS", default_value = "100")]
+    pub reload_debounce_ms: u64,
+    /// Longest time, in seconds, in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "TOLLGATE_DRAIN_SECONDS", default_value = "20")]
+    pub drain_seconds: u64,
+    /// Write one JSON access-log line per request to stdout.
+    #[arg(long, env = "TOLLGATE_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+    /// Most distinct throttle keys kept in memory per policy before the
+    /// oldest windows are evicted.
+    #[arg(long, env = "TOLLGATE_MAX_THROTTLE_KEYS", default_value = "1000000")]
+    pub max_throttle_keys: usize,
+    /// Seconds a failing backend endpoint is left out before it is tried again.
+    #[arg(long, env = "TOLLGATE_EJECT_SECONDS", default_value = "5")]
+    pub eject_seconds: u64,
+}
+
+/// The resolved configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub config_dir: PathBuf,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub management: SocketAddr,
+    pub management_tls: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    pub roles: Vec<Role>,
+    pub threads: usize,
+    pub rescan_interval: Duration,
+    pub reload_debounce: Duration,
+    pub drain: Duration,
+    pub access_log: bool,
+    pub max_throttle_keys: usize,
+    pub eject_for: Duration,
+}
+
+/// Certificate and key files of the HTTPS listeners.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{0}")]
+    Args(#[from] clap::Error),
+    #[error("--config-dir is required (or TOLLGATE_CONFIG_DIR, or config-dir in --config)")]
+    MissingConfigDir,
+    #[error("--tls-cert and --tls-key must be given together")]
+    HalfTls,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses the process arguments and environment in layers.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::from_args(std::env::args_os())
+    }
+
+    /// Parses the given arguments (the first is the program name).
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Args::command().try_get_matches_from(args)?;
+        let mut parsed = Args::from_arg_matches(&matches)?;
+        if let Some(path) = parsed.config.clone() {
+            let file = read_file_layer(&path)?;
+            parsed = merge_file_layer(parsed, &matches, &file, &path)?;
+        }
+        Self::resolve(parsed)
+    }
+
+    fn resolve(a: Args) -> Result<Config, ConfigError> {
+        let config_dir = a.config_dir.ok_or(ConfigError::MissingConfigDir)?;
+        let tls = match (a.tls_cert, a.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(ConfigError::HalfTls),
+        };
+        if !(a.rescan_interval > 0.0 && a.rescan_interval <= 3600.0) {
+            return Err(ConfigError::Invalid("--rescan-interval must be between 0 and 3600 seconds".into()));
+        }
+        let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        if threads == 0 {
+            return Err(ConfigError::Invalid("--threads must be at least 1".into()));
+        }
+        let mut roles = a.roles;
+        roles.dedup();
+        Ok(Config {
+            config_dir,
+            http: a.http,
+            https: a.https,
+            management: a.management,
+            management_tls: a.management_tls,
+            tls,
+            data_dir: a.data_dir,
+            database_url: a.database_url,
+            redis_url: a.redis_url,
+            admin_token_file: a.admin_token_file,
+            roles,
+            threads,
+            rescan_interval: Duration::from_secs_f64(a.rescan_interval),
+            reload_debounce: Duration::from_millis(a.reload_debounce_ms),
+            drain: Duration::from_secs(a.drain_seconds),
+            access_log: a.access_log,
+            max_throttle_keys: a.max_throttle_keys.max(1),
+            eject_for: Duration::from_secs(a.eject_seconds.max(1)),
+        })
+    }
+
+    /// Whether this process plays `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+fn read_file_layer(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.into(), source })?;
+    let value: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|e| ConfigError::ParseFile { path: path.into(), message: e.to_string() })?;
+    match value {
+        serde_json::Value::Object(m) => Ok(m),
+        serde_json::Value::Null => Ok(Default::default()),
+        _ => Err(ConfigError::ParseFile { path: path.into(), message: "must be a mapping of setting: value".into() }),
+    }
+}
+
+/// Settings the file layer may give: the long flag names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[allow(dead_code)]
+struct FileKeys {
+    config_dir: Option<serde_json::Value>,
+    http: Option<serde_json::Value>,
+    https: Option<serde_json::Value>,
+    management: Option<serde_json::Value>,
+    management_tls: Option<serde_json::Value>,
+    tls_cert: Option<serde_json::Value>,
+    tls_key: Option<serde_json::Value>,
+    data_dir: Option<serde_json::Value>,
+    database_url: Option<serde_json::Value>,
+    redis_url: Option<serde_json::Value>,
+    admin_token_file: Option<serde_json::Value>,
+    roles: Option<serde_json::Value>,
+    threads: Option<serde_json::Value>,
+    rescan_interval: Option<serde_json::Value>,
+    reload_debounce_ms: Option<serde_json::Value>,
+    drain_seconds: Option<serde_json::Value>,
+    access_log: Option<serde_json::Value>,
+    max_throttle_keys: Option<serde_json::Value>,
+    eject_seconds: Option<serde_json::Value>,
+}
+
+/// Re-parses with file values inserted for every setting that still has its
+/// built-in default (flags and environment variables win over the file).
+fn merge_file_layer(
+    parsed: Args,
+    matches: &ArgMatches,
+    file: &serde_json::Map<String, serde_json::Value>,
+    path: &Path,
+) -> Result<Args, ConfigError> {
+    serde_json::from_value::<FileKeys>(serde_json::Value::Object(file.clone()))
+        .map_err(|e| ConfigError::ParseFile { path: path.into(), message: e.to_string() })?;
+    let mut argv: Vec<String> = vec!["tollgate-gateway".into()];
+    for (key, value) in file {
+        let id = key.replace('-', "_");
+        let from_user =
+            matches.value_source(&id).is_some_and(|s| matches!(s, ValueSource::CommandLine | ValueSource::EnvVariable));
+        if from_user {
+            continue;
+        }
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        argv.push(format!("--{key}={text}"));
+    }
+    let file_matches = Args::command()
+        .try_get_matches_from(&argv)
+        .map_err(|e| ConfigError::ParseFile { path: path.into(), message: e.to_string() })?;
+    let from_file = Args::from_arg_matches(&file_matches)?;
+    let pick = |id: &str| {
+        matches.value_source(id).is_some_and(|s| matches!(s, ValueSource::CommandLine | ValueSource::EnvVariable))
+            || file_matches.value_source(id) != Some(ValueSource::CommandLine)
+    };
+    Ok(Args {
+        config: parsed.config,
+        config_dir: if pick("config_dir") { parsed.config_dir } else { from_file.config_dir },
+        http: if pick("http") { parsed.http } else { from_file.http },
+        https: if pick("https") { parsed.https } else { from_file.https },
+        management: if pick("management") { parsed.management } else { from_file.management },
+        management_tls: if pick("management_tls") { parsed.management_tls } else { from_file.management_tls },
+        tls_cert: if pick("tls_cert") { parsed.tls_cert } else { from_file.tls_cert },
+        tls_key: if pick("tls_key") { parsed.tls_key } else { from_file.tls_key },
+        data_dir: if pick("data_dir") { parsed.data_dir } else { from_file.data_dir },
+        database_url: if pick("database_url") { parsed.database_url } else { from_file.database_url },
+        redis_url: if pick("redis_url") { parsed.redis_url } else { from_file.redis_url },
+        admin_token_file: if pick("admin_token_file") { parsed.admin_token_file } else { from_file.admin_token_file },
+        roles: if pick("roles") { parsed.roles } else { from_file.roles },
+        threads: if pick("threads") { parsed.threads } else { from_file.threads },
+        rescan_interval: if pick("rescan_interval") { parsed.rescan_interval } else { from_file.rescan_interval },
+        reload_debounce_ms: if pick("reload_debounce_ms") {
+            parsed.reload_debounce_ms
+        } else {
+            from_file.reload_debounce_ms
+        },
+        drain_seconds: if pick("drain_seconds") { parsed.drain_seconds } else { from_file.drain_seconds },
+        access_log: if pick("access_log") { parsed.access_log } else { from_file.access_log },
+        max_throttle_keys: if pick("max_throttle_keys") {
+            parsed.max_throttle_keys
+        } else {
+            from_file.max_throttle_keys
+        },
+        eject_seconds: if pick("eject_seconds") { parsed.eject_seconds } else { from_file.eject_seconds },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_args(["gw", "--config-dir", "/tmp/x"]).unwrap();
+        assert_eq!(c.http.port(), 8280);
+        assert_eq!(c.https.port(), 8243);
+        assert_eq!(c.management.port(), 9763);
+        assert_eq!(c.management_tls.port(), 9443);
+        assert_eq!(c.rescan_interval, Duration::from_secs(1));
+        assert_eq!(c.roles.len(), 4);
+    }
+
+    #[test]
+    fn missing_config_dir_and_half_tls_are_errors() {
+        assert!(matches!(Config::from_args(["gw"]), Err(ConfigError::MissingConfigDir)));
+        assert!(matches!(Config::from_args(["gw", "--config-dir", "x", "--tls-cert", "c"]), Err(ConfigError::HalfTls)));
+        assert!(Config::from_args(["gw", "--config-dir", "x", "--roles", "gateway,mystery"]).is_err());
+    }
+
+    #[test]
+    fn file_layer_fills_defaults_but_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("gw.yaml");
+        std::fs::write(&f, "config-dir: /from/file\nhttp: 127.0.0.1:1111\nroles: [gateway]\nthreads: 3\n").unwrap();
+        let c = Config::from_args(["gw", "--config", f.to_str().unwrap(), "--http", "127.0.0.1:2222"]).unwrap();
+        assert_eq!(c.config_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.http.port(), 2222, "flag wins over file");
+        assert_eq!(c.roles, vec![Role::Gateway]);
+        assert_eq!(c.threads, 3);
+        std::fs::write(&f, "config-dir: /x\nhtpp: 1\n").unwrap();
+        let e = Config::from_args(["gw", "--config", f.to_str().unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("unknown field `htpp`"), "{e}");
+    }
+}

@@ -1,0 +1,16 @@
+//! tollgate-gateway: the Pingora data plane and the management API.
+
+pub mod config;
+pub mod cors;
+pub mod management;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod reload;
+pub mod respond;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod throttle;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,183 @@
+//! The management API (health, readiness, status, metrics) on its own
+//! listeners, plain and TLS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::State as AxState;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::json;
+
+use crate::proxy::IN_FLIGHT;
+use crate::reload::State;
+use crate::tls::ReloadingCert;
+
+/// Routes of the management API.
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "message": "no such endpoint"})))
+        })
+        .with_state(state)
+}
+
+async fn readyz(AxState(state): AxState<Arc<State>>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "draining"}))).into_response()
+    } else if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "loading"}))).into_response()
+    }
+}
+
+async fn status(AxState(state): AxState<Arc<State>>) -> Response {
+    let snap = state.snapshot.load_full();
+    let st = state.status.lock().clone();
+    let apis: Vec<_> = snap
+        .apis
+        .iter()
+        .map(|a| {
+            json!({
+                "id": a.id,
+                "context": a.spec.context,
+                "version": a.spec.version,
+                "lifecycle": format!("{:?}", a.lifecycle),
+                "url": a.versioned_path,
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "revision": snap.revision,
+        "generation": st.generation,
+        "ready": state.ready.load(Ordering::Acquire),
+        "apis": apis.len(),
+        "policies": snap.policies.len(),
+        "apiList": apis,
+        "lastReload": st.last_reload,
+        "errors": st.errors,
+    }))
+    .into_response()
+}
+
+async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
+    state.shared.metrics.in_flight.set(IN_FLIGHT.load(Ordering::Relaxed));
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Serves the management API and keeps the requests-per-second gauge.
+pub struct ManagementService {
+    pub state: Arc<State>,
+    pub plain: SocketAddr,
+    pub tls: Option<(SocketAddr, Arc<ReloadingCert>)>,
+}
+
+#[async_trait]
+impl BackgroundService for ManagementService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let app = router(self.state.clone());
+        let plain = match tokio::net::TcpListener::bind(self.plain).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(addr = %self.plain, error = %e, "cannot bind the management listener");
+                std::process::exit(2);
+            }
+        };
+        tracing::info!(addr = %self.plain, "management API listening");
+        let mut tasks = Vec::new();
+        let app_plain = app.clone();
+        let mut sd = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(plain, app_plain)
+                .with_graceful_shutdown(async move {
+                    let _ = sd.changed().await;
+                })
+                .await;
+        }));
+        if let Some((addr, cert)) = &self.tls {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(addr = %addr, error = %e, "cannot bind the management TLS listener");
+                    std::process::exit(2);
+                }
+            };
+            tracing::info!(addr = %addr, "management API (TLS) listening");
+            let config =
+                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("default TLS versions")
+                    .with_no_client_auth()
+                    .with_cert_resolver(cert.clone());
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let app_tls = app.clone();
+            let mut sd = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let (stream, _) = tokio::select! {
+                        r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                        _ = sd.changed() => return,
+                    };
+                    let acceptor = acceptor.clone();
+                    let app = app_tls.clone();
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(stream).await else { return };
+                        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let app = app.clone();
+                            async move { Ok::<_, std::convert::Infallible>(tower_call(app, req).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                            .await;
+                    });
+                }
+            }));
+        }
+        // Requests per second, averaged over the last 5 seconds.
+        let metrics = self.state.shared.metrics.clone();
+        let mut samples = std::collections::VecDeque::from([metrics.total_requests.get(); 1]);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = metrics.total_requests.get();
+                    samples.push_back(now);
+                    if samples.len() > 6 { samples.pop_front(); }
+                    let span = (samples.len() - 1).max(1) as f64;
+                    let first = *samples.front().unwrap_or(&now);
+                    metrics.requests_per_second.set((now - first) as f64 / span);
+                    metrics.in_flight.set(IN_FLIGHT.load(Ordering::Relaxed));
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn tower_call(app: Router, req: hyper::Request<hyper::body::Incoming>) -> Response {
+    use tower::ServiceExt;
+    let req = req.map(axum::body::Body::new);
+    match app.oneshot(req).await {
+        Ok(r) => r,
+        Err(e) => match e {},
+    }
+}

@@ -1,0 +1,527 @@
+//! The Pingora proxy: routing, lifecycle, CORS, throttling and forwarding,
+//! all in `ProxyHttp` hooks. `request_filter` answers 400/404/405/429/503
+//! itself; `upstream_peer` picks the backend endpoint.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+use tollgate_crds::api_deployment::Lifecycle;
+use tollgate_crds::throttle_policy::KeyBy;
+
+use crate::cors;
+use crate::policy::{Policy, RequestFacts};
+use crate::reload::State;
+use crate::respond::{Reply, send_empty};
+use crate::snapshot::{Api, OpInfo};
+use crate::throttle::{Decision, key_hash, now_ms};
+
+/// Requests currently being served (for drain on shutdown and the gauge).
+pub static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "upgrade"];
+
+/// The gateway proxy.
+pub struct Gateway {
+    pub state: Arc<State>,
+    pub access_log: bool,
+    pub eject_for: Duration,
+    pub tls_listener_port: Option<u16>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    api: Option<Arc<Api>>,
+    forward_path: String,
+    sandbox: bool,
+    tried: Vec<usize>,
+    current: Option<usize>,
+    cors_headers: Vec<(String, String)>,
+    ratelimit: Option<Decision>,
+    flagged: Option<String>,
+    bandwidth: Vec<(Arc<Policy>, u64)>,
+    upstream_error: Option<&'static str>,
+    client_ip: Option<IpAddr>,
+    tls: bool,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Whether a raw path has "." or ".." segments (also percent-encoded).
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let s = seg.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    })
+}
+
+/// Reads a claim from a bearer JWT without verifying it (only used for
+/// throttling keys of open APIs).
+fn unverified_claim(req: &RequestHeader, name: &str) -> Option<String> {
+    let token = header(req, "authorization")?.strip_prefix("Bearer ")?;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    match v.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn ratelimit_headers(d: &Decision) -> Vec<(String, String)> {
+    vec![
+        ("ratelimit-limit".into(), d.limit.to_string()),
+        ("ratelimit-remaining".into(), d.remaining.to_string()),
+        ("ratelimit-reset".into(), d.reset_secs().to_string()),
+    ]
+}
+
+enum Throttle {
+    Pass(Option<Decision>),
+    Reject(Decision, String),
+}
+
+impl Gateway {
+    /// Counts the request against `policy`; returns the decision to report.
+    fn check_policy(&self, policy: &Arc<Policy>, req: &RequestHeader, api: &Api, ctx: &mut Ctx) -> Throttle {
+        let claim_allowed = api.security.is_none();
+        let ip_text;
+        let claim_text;
+        let key: &[u8] = match policy.key_by {
+            KeyBy::Api | KeyBy::Consumer => b"",
+            KeyBy::ClientIp => {
+                ip_text = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+                ip_text.as_bytes()
+            }
+            KeyBy::Header => header(req, &policy.key_name).unwrap_or("").as_bytes(),
+            KeyBy::Claim => {
+                claim_text = if claim_allowed {
+                    unverified_claim(req, &policy.key_name).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                claim_text.as_bytes()
+            }
+        };
+        let header_fn = |n: &str| header(req, n);
+        let claim_fn = |n: &str| if claim_allowed { unverified_claim(req, n) } else { None };
+        let facts = RequestFacts { client_ip: ctx.client_ip, header: &header_fn, claim: &claim_fn };
+        let (which, window) = policy.limit_for(&facts);
+        let now = now_ms();
+        let id = policy.id.as_bytes();
+        let count_over = !policy.stop_on_quota_reach;
+        if let Some(bw) = policy.bandwidth {
+            let k = key_hash(&[id, b"bytes", key]);
+            if let Some(d) = policy.bytes.peek_exhausted(k, bw, now) {
+                if policy.stop_on_quota_reach {
+                    return Throttle::Reject(d, format!("bandwidth quota of policy {} reached", policy.name));
+                }
+                ctx.flagged = Some(policy.name.clone());
+            }
+            ctx.bandwidth.push((policy.clone(), k));
+        }
+        if let Some(burst) = policy.burst {
+            let d = policy.requests.hit(key_hash(&[id, b"burst", key]), burst, 1, count_over, now);
+            if !d.allowed {
+                if policy.stop_on_quota_reach {
+                    return Throttle::Reject(d, format!("spike arrest of policy {} reached", policy.name));
+                }
+                ctx.flagged = Some(policy.name.clone());
+            }
+        }
+        let d = policy.requests.hit(key_hash(&[id, &[which as u8], key]), window, 1, count_over, now);
+        if !d.allowed {
+            if policy.stop_on_quota_reach {
+                return Throttle::Reject(d, format!("quota of policy {} reached", policy.name));
+            }
+            ctx.flagged = Some(policy.name.clone());
+        }
+        Throttle::Pass(Some(d))
+    }
+
+    async fn reject(&self, session: &mut Session, ctx: &Ctx, reply: Reply) -> pingora::Result<bool> {
+        reply.send(session, &ctx.cors_headers).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Ctx {
+            start: Instant::now(),
+            api: None,
+            forward_path: String::new(),
+            sandbox: false,
+            tried: Vec::new(),
+            current: None,
+            cors_headers: Vec::new(),
+            ratelimit: None,
+            flagged: None,
+            bandwidth: Vec::new(),
+            upstream_error: None,
+            client_ip: None,
+            tls: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        ctx.client_ip = client_ip(session);
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let snapshot = self.state.snapshot.load_full();
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        if has_dot_segment(&path) {
+            return self
+                .reject(session, ctx, Reply::new(400, "bad_request", "request paths may not contain . or .. segments"))
+                .await;
+        }
+        let Some(m) = snapshot.router.lookup(&path) else {
+            return self
+                .reject(session, ctx, Reply::new(404, "not_found", format!("no API is served at {path}")))
+                .await;
+        };
+        let api = m.target.api.clone();
+        let rest = path[m.prefix_len..].to_string();
+        ctx.api = Some(api.clone());
+
+        let origin = header(req, "origin").map(str::to_string);
+        if let (Some(cors_cfg), Some(origin)) = (&api.cors, &origin)
+            && cors::origin_allowed(cors_cfg, origin)
+        {
+            ctx.cors_headers = cors::response_headers(cors_cfg, origin);
+        }
+        if api.lifecycle == Lifecycle::Blocked {
+            return self
+                .reject(session, ctx, Reply::new(503, "api_blocked", format!("API {} is blocked", api.spec.context)))
+                .await;
+        }
+
+        let op_path = if rest.is_empty() { "/" } else { rest.as_str() };
+        let method = req.method.clone();
+        let mut op: Option<&OpInfo> = None;
+        let mut allow = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".to_string();
+        if let Some(router) = &api.operations {
+            let Ok(found) = router.at(op_path) else {
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        Reply::new(404, "not_found", format!("no operation of this API matches {op_path}")),
+                    )
+                    .await;
+            };
+            let p = &api.paths[*found.value];
+            allow = p.allow.clone();
+            op = p
+                .methods
+                .iter()
+                .find(|(m, _)| *m == method || (method == http::Method::HEAD && *m == http::Method::GET))
+                .map(|(_, o)| o);
+        }
+
+        // CORS preflight, answered by the gateway.
+        if method == http::Method::OPTIONS
+            && let (Some(cors_cfg), Some(origin), Some(req_method)) =
+                (&api.cors, &origin, header(req, "access-control-request-method"))
+        {
+            let hdrs = cors::preflight_headers(
+                cors_cfg,
+                origin,
+                req_method,
+                header(req, "access-control-request-headers"),
+                &allow,
+            )
+            .unwrap_or_default();
+            send_empty(session, 204, &hdrs).await?;
+            return Ok(true);
+        }
+        if api.operations.is_some() && op.is_none() {
+            if method == http::Method::OPTIONS {
+                send_empty(session, 204, &[("allow".into(), allow)]).await?;
+                return Ok(true);
+            }
+            return self
+                .reject(
+                    session,
+                    ctx,
+                    Reply::new(405, "method_not_allowed", format!("{method} is not allowed on {op_path}"))
+                        .header("allow", allow),
+                )
+                .await;
+        }
+
+        if api.security.is_some() {
+            // Credentials are checked by the store and key manager roles; an
+            // API that requires them refuses calls that carry none it can verify.
+            return self
+                .reject(
+                    session,
+                    ctx,
+                    Reply::new(
+                        401,
+                        "unauthorized",
+                        "this API requires credentials that this gateway cannot verify yet",
+                    )
+                    .header("www-authenticate", "APIKey"),
+                )
+                .await;
+        }
+
+        let policies: Vec<Arc<Policy>> = api.policy.iter().cloned().chain(op.and_then(|o| o.policy.clone())).collect();
+        for policy in &policies {
+            let req = session.req_header();
+            match self.check_policy(policy, req, &api, ctx) {
+                Throttle::Pass(Some(d)) => {
+                    if ctx.ratelimit.is_none_or(|cur| d.remaining < cur.remaining) {
+                        ctx.ratelimit = Some(d);
+                    }
+                }
+                Throttle::Pass(None) => {}
+                Throttle::Reject(d, message) => {
+                    self.state.shared.metrics.throttled(&policy.id, "rejected").inc();
+                    let mut reply =
+                        Reply::new(429, "too_many_requests", message).header("retry-after", d.reset_secs().to_string());
+                    reply.headers.extend(ratelimit_headers(&d));
+                    reply.extra = Some(serde_json::json!({"policy": policy.name}));
+                    return self.reject(session, ctx, reply).await;
+                }
+            }
+        }
+        if let Some(name) = &ctx.flagged {
+            self.state.shared.metrics.throttled(&format!("{}/{}", api.object.namespace, name), "flagged").inc();
+        }
+
+        let query = session.req_header().uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        ctx.forward_path = format!("{rest}{query}");
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        let api = ctx.api.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no API in context"))?;
+        let set = if ctx.sandbox { api.sandbox.as_ref().unwrap_or(&api.endpoints) } else { &api.endpoints };
+        let idx = set
+            .pick(&ctx.tried)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no backend endpoint available"))?;
+        ctx.tried.push(idx);
+        ctx.current = Some(idx);
+        let ep = &set.endpoints[idx];
+        let mut peer = HttpPeer::new(ep.addr, ep.tls, ep.host.clone());
+        let connect = api.timeout.min(Duration::from_secs(5));
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        peer.options.read_timeout = Some(api.timeout);
+        peer.options.write_timeout = Some(api.timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let api = ctx.api.as_ref().expect("routed");
+        let set = if ctx.sandbox { api.sandbox.as_ref().unwrap_or(&api.endpoints) } else { &api.endpoints };
+        let ep = &set.endpoints[ctx.current.expect("peer chosen")];
+        let mut target = String::with_capacity(ep.base_path.len() + ctx.forward_path.len() + 1);
+        target.push_str(&ep.base_path);
+        target.push_str(&ctx.forward_path);
+        if target.is_empty() || target.starts_with('?') {
+            target.insert(0, '/');
+        }
+        upstream.set_uri(
+            target.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "forward path", e))?,
+        );
+
+        // Hop-by-hop headers, including those the Connection header names.
+        let named: Vec<String> = upstream
+            .headers
+            .get_all("connection")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+            .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive")
+            .collect();
+        for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named) {
+            upstream.remove_header(&h);
+        }
+        let original_host = header(session.req_header(), "host").map(str::to_string);
+        let default_port = if ep.tls { 443 } else { 80 };
+        let host = if ep.port == default_port { ep.host.clone() } else { format!("{}:{}", ep.host, ep.port) };
+        upstream.insert_header("host", host)?;
+        if let Some(ip) = ctx.client_ip {
+            let xff = match header(session.req_header(), "x-forwarded-for") {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        if let Some(h) = original_host {
+            upstream.insert_header("x-forwarded-host", h)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        for h in HOP_BY_HOP {
+            resp.remove_header(h);
+        }
+        if let Some(api) = &ctx.api {
+            if api.lifecycle == Lifecycle::Deprecated {
+                resp.insert_header("deprecation", "true")?;
+            }
+            if let Some(i) = ctx.current {
+                let set = if ctx.sandbox { api.sandbox.as_ref().unwrap_or(&api.endpoints) } else { &api.endpoints };
+                set.endpoints[i].health.succeed();
+            }
+        }
+        for (n, v) in &ctx.cors_headers {
+            resp.append_header(n.clone(), v.as_str())?;
+        }
+        if let Some(d) = &ctx.ratelimit {
+            for (n, v) in ratelimit_headers(d) {
+                resp.insert_header(n, v)?;
+            }
+        }
+        if let Some(p) = &ctx.flagged {
+            resp.insert_header("x-tollgate-quota-exceeded", p.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let (Some(api), Some(i)) = (&ctx.api, ctx.current) {
+            let set = if ctx.sandbox { api.sandbox.as_ref().unwrap_or(&api.endpoints) } else { &api.endpoints };
+            set.endpoints[i].health.fail(self.eject_for);
+            api.metrics.connect_errors.inc();
+            let idempotent = session.req_header().method.is_idempotent();
+            let retries_left = (ctx.tried.len() as u32) <= api.retries;
+            let another = ctx.tried.len() < set.endpoints.len();
+            e.set_retry(idempotent && retries_left && another);
+        }
+        ctx.upstream_error = Some("connect");
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (status, code, message) = match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure => (502, "bad_gateway", "the backend could not be reached"),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                ctx.upstream_error = Some("timeout");
+                if let Some(api) = &ctx.api {
+                    api.metrics.timeouts.inc();
+                }
+                (504, "gateway_timeout", "the backend did not answer in time")
+            }
+            ErrorType::HTTPStatus(c) => (*c, "error", "request failed"),
+            _ => match e.esource() {
+                ErrorSource::Upstream => {
+                    ctx.upstream_error = Some("other");
+                    if let Some(api) = &ctx.api {
+                        api.metrics.other_upstream_errors.inc();
+                    }
+                    (502, "bad_gateway", "the backend connection failed")
+                }
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => (0, "", ""),
+                    _ => (400, "bad_request", "the request could not be read"),
+                },
+                _ => (500, "internal_error", "internal error"),
+            },
+        };
+        if status > 0 && session.response_written().is_none() {
+            let _ = Reply::new(status, code, message).send(session, &ctx.cors_headers).await;
+        }
+        FailToProxy { error_code: status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let elapsed = ctx.start.elapsed();
+        self.state.shared.metrics.total_requests.inc();
+        let bytes = session.body_bytes_sent() as u64;
+        if let Some(api) = &ctx.api {
+            api.metrics.record(status, elapsed.as_secs_f64());
+            let now = now_ms();
+            for (policy, key) in &ctx.bandwidth {
+                if let Some(bw) = policy.bandwidth {
+                    policy.bytes.hit(*key, bw, bytes, true, now);
+                }
+            }
+        }
+        if self.access_log {
+            let req = session.req_header();
+            let upstream = match (&ctx.api, ctx.current) {
+                (Some(api), Some(i)) => {
+                    let set = if ctx.sandbox { api.sandbox.as_ref().unwrap_or(&api.endpoints) } else { &api.endpoints };
+                    Some(set.endpoints[i].addr.to_string())
+                }
+                _ => None,
+            };
+            tracing::info!(
+                target: "access",
+                method = %req.method,
+                path = req.uri.path(),
+                api = ctx.api.as_ref().map(|a| a.id.as_str()).unwrap_or("-"),
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes,
+                upstream = upstream.as_deref().unwrap_or("-"),
+                upstream_error = ctx.upstream_error.unwrap_or("-"),
+                client = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+                error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_detected() {
+        assert!(has_dot_segment("/a/../b"));
+        assert!(has_dot_segment("/a/%2E%2e/b"));
+        assert!(has_dot_segment("/a/./b"));
+        assert!(!has_dot_segment("/a/.well-known/b"));
+        assert!(!has_dot_segment("/a/b..c"));
+    }
+}

@@ -1,0 +1,322 @@
+//! Watching the configuration folder and swapping in new snapshots.
+//!
+//! inotify events (through `notify`) trigger a reload after a short debounce;
+//! a periodic rescan catches what inotify misses (network filesystems). A
+//! reload first compares a fingerprint of the folder (names, sizes, mtimes)
+//! and does nothing when it is unchanged.
+//!
+//! What is never lost: an object whose new version is invalid keeps its last
+//! good version; a file that fails to parse keeps every object it held; a
+//! folder that cannot be read keeps the whole snapshot. Every such problem is
+//! listed in /status until it is fixed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use notify::Watcher;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tollgate_crds::loader::{LoadError, load_dir, manifest_files};
+use tollgate_crds::{ObjectRef, Resource};
+
+use crate::snapshot::{Shared, Snapshot, compile};
+
+/// A problem shown in /status.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct StatusError {
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub reason: String,
+    /// Whether an earlier good version is still served in its place.
+    pub serving_last_good: bool,
+}
+
+/// Reload bookkeeping shown in /status.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReloadStatus {
+    pub last_reload: Option<u64>,
+    pub generation: u64,
+    pub errors: Vec<StatusError>,
+}
+
+/// Everything the request path and the management API share.
+pub struct State {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub status: Mutex<ReloadStatus>,
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+    pub shared: Shared,
+}
+
+impl State {
+    pub fn new(shared: Shared) -> State {
+        State {
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            status: Mutex::new(ReloadStatus::default()),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            shared,
+        }
+    }
+}
+
+/// Result of one reload attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Unchanged,
+    Failed,
+}
+
+type Fingerprint = Vec<(PathBuf, u64, u128)>;
+
+/// Builds snapshots from a folder, remembering the last good objects.
+pub struct Reloader {
+    dir: PathBuf,
+    state: Arc<State>,
+    last_good: HashMap<ObjectRef, (Resource, PathBuf)>,
+    fingerprint: Option<Fingerprint>,
+    settle: Duration,
+}
+
+fn mtime_ns(p: &Path) -> Option<(u64, u128)> {
+    let m = std::fs::metadata(p).ok()?;
+    let t = m.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+    Some((m.len(), t))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Reloader {
+    pub fn new(dir: PathBuf, state: Arc<State>, settle: Duration) -> Reloader {
+        Reloader { dir, state, last_good: HashMap::new(), fingerprint: None, settle }
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        let (files, _) = manifest_files(&self.dir);
+        files.into_iter().filter_map(|f| mtime_ns(&f).map(|(len, t)| (f, len, t))).collect()
+    }
+
+    /// Waits until no manifest was modified within the settle time (files
+    /// still being written), for at most 2 s.
+    fn settled_fingerprint(&self) -> Fingerprint {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let fp = self.fingerprint();
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let fresh = fp.iter().any(|(_, _, t)| now.saturating_sub(*t) < self.settle.as_nanos());
+            if !fresh || std::time::Instant::now() >= deadline {
+                return fp;
+            }
+            std::thread::sleep(self.settle);
+        }
+    }
+
+    /// Reloads when the folder changed (or always with `force`).
+    pub fn reload(&mut self, force: bool) -> Outcome {
+        let fp = self.settled_fingerprint();
+        if !force && self.fingerprint.as_ref() == Some(&fp) {
+            return Outcome::Unchanged;
+        }
+        let outcome = self.rebuild();
+        if outcome != Outcome::Failed {
+            self.fingerprint = Some(fp);
+        }
+        let metrics = &self.state.shared.metrics;
+        let label = match outcome {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Failed => "failed",
+        };
+        metrics.reloads.get_or_create(&crate::metrics::ResultLabels { result: label }).inc();
+        outcome
+    }
+
+    fn rebuild(&mut self) -> Outcome {
+        let report = match load_dir(&self.dir) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut st = self.state.status.lock();
+                st.errors = vec![status_error(&e, !self.last_good.is_empty())];
+                st.last_reload = Some(unix_now());
+                self.state.shared.metrics.config_errors.set(1);
+                tracing::error!(error = %e, "configuration folder unreadable; keeping the current snapshot");
+                return Outcome::Failed;
+            }
+        };
+        let mut objects: BTreeMap<ObjectRef, Resource> = BTreeMap::new();
+        let mut sources: HashMap<ObjectRef, PathBuf> = HashMap::new();
+        for l in report.resources {
+            if matches!(l.resource, Resource::ApiManager(_)) {
+                continue;
+            }
+            let r = l.resource.object_ref();
+            sources.insert(r.clone(), l.source.file);
+            objects.insert(r, l.resource);
+        }
+        let mut errors = Vec::new();
+        for e in &report.errors {
+            let mut kept = false;
+            match &e.object {
+                Some(obj) if !objects.contains_key(obj) => {
+                    if let Some((res, file)) = self.last_good.get(obj) {
+                        objects.insert(obj.clone(), res.clone());
+                        sources.insert(obj.clone(), file.clone());
+                        kept = true;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    for (obj, (res, file)) in &self.last_good {
+                        if file == &e.file && !objects.contains_key(obj) {
+                            objects.insert(obj.clone(), res.clone());
+                            sources.insert(obj.clone(), file.clone());
+                            kept = true;
+                        }
+                    }
+                }
+            }
+            errors.push(status_error(e, kept));
+        }
+        let (mut snapshot, mut compile_errors) = compile(&objects, &self.state.shared);
+        if !compile_errors.is_empty() {
+            // Put back the last good version of objects that no longer compile.
+            let mut replaced = false;
+            for ce in &compile_errors {
+                if let Some((res, file)) = self.last_good.get(&ce.object)
+                    && objects.get(&ce.object) != Some(res)
+                {
+                    objects.insert(ce.object.clone(), res.clone());
+                    sources.insert(ce.object.clone(), file.clone());
+                    replaced = true;
+                }
+            }
+            if replaced {
+                let kept: Vec<ObjectRef> = compile_errors.iter().map(|c| c.object.clone()).collect();
+                (snapshot, compile_errors) = compile(&objects, &self.state.shared);
+                for ce in &compile_errors {
+                    errors.push(StatusError {
+                        file: sources.get(&ce.object).map(|f| f.display().to_string()),
+                        document: None,
+                        object: Some(ce.object.to_string()),
+                        field: None,
+                        reason: ce.message.clone(),
+                        serving_last_good: false,
+                    });
+                }
+                for obj in kept.iter().filter(|o| !compile_errors.iter().any(|c| &c.object == *o)) {
+                    errors.push(StatusError {
+                        file: sources.get(obj).map(|f| f.display().to_string()),
+                        document: None,
+                        object: Some(obj.to_string()),
+                        field: None,
+                        reason: "the new version cannot be served (see the log); the last good version is served"
+                            .into(),
+                        serving_last_good: true,
+                    });
+                }
+            } else {
+                for ce in &compile_errors {
+                    errors.push(StatusError {
+                        file: sources.get(&ce.object).map(|f| f.display().to_string()),
+                        document: None,
+                        object: Some(ce.object.to_string()),
+                        field: None,
+                        reason: ce.message.clone(),
+                        serving_last_good: false,
+                    });
+                }
+            }
+        }
+        self.last_good = objects
+            .into_iter()
+            .filter(|(o, _)| !compile_errors.iter().any(|c| &c.object == o))
+            .filter_map(|(o, r)| sources.get(&o).cloned().map(|f| (o, (r, f))))
+            .collect();
+
+        let metrics = &self.state.shared.metrics;
+        metrics.config_errors.set(errors.len() as i64);
+        metrics.apis.set(snapshot.apis.len() as i64);
+        metrics.policies.set(snapshot.policies.len() as i64);
+        for e in &errors {
+            tracing::warn!(file = e.file.as_deref().unwrap_or(""), object = e.object.as_deref().unwrap_or(""), reason = %e.reason, "configuration problem");
+        }
+        let changed = self.state.snapshot.load().revision != snapshot.revision;
+        let mut st = self.state.status.lock();
+        st.errors = errors;
+        st.last_reload = Some(unix_now());
+        if changed || !self.state.ready.load(Ordering::Relaxed) {
+            st.generation += 1;
+            metrics.snapshot_revision.set(st.generation as i64);
+            tracing::info!(revision = %snapshot.revision, apis = snapshot.apis.len(), policies = snapshot.policies.len(), "routing snapshot applied");
+            self.state.snapshot.store(Arc::new(snapshot));
+            self.state.ready.store(true, Ordering::Release);
+            Outcome::Applied
+        } else {
+            Outcome::Unchanged
+        }
+    }
+}
+
+fn status_error(e: &LoadError, kept: bool) -> StatusError {
+    StatusError {
+        file: Some(e.file.display().to_string()),
+        document: e.document,
+        object: e.object.as_ref().map(|o| o.to_string()),
+        field: e.field.clone(),
+        reason: e.message.clone(),
+        serving_last_good: kept,
+    }
+}
+
+/// Runs the watcher on its own thread: inotify events plus a periodic rescan.
+pub fn spawn(mut reloader: Reloader, rescan: Duration, debounce: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("config-watch".into())
+        .spawn(move || {
+            let (tx, rx) = mpsc::channel::<()>();
+            let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok() {
+                    let _ = tx.send(());
+                }
+            })
+            .and_then(|mut w| w.watch(&reloader.dir, notify::RecursiveMode::Recursive).map(|_| w));
+            let _watcher = match watcher {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "inotify unavailable; relying on the periodic rescan");
+                    None
+                }
+            };
+            loop {
+                match rx.recv_timeout(rescan) {
+                    Ok(()) => {
+                        std::thread::sleep(debounce);
+                        while rx.try_recv().is_ok() {}
+                        reloader.reload(false);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        reloader.reload(false);
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        std::thread::sleep(rescan);
+                        reloader.reload(false);
+                    }
+                }
+                reloader.state.shared.counters.sweep(crate::throttle::now_ms());
+            }
+        })
+        .expect("spawning the config watcher thread")
+}

@@ -1,0 +1,132 @@
+//! Wires configuration, snapshot, proxy and management into a Pingora server.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Config, Role};
+use crate::management::ManagementService;
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, IN_FLIGHT};
+use crate::reload::{Reloader, State};
+use crate::snapshot::Shared;
+use crate::throttle::Registry;
+use crate::tls::ReloadingCert;
+use crate::upstream::HealthRegistry;
+
+/// On SIGTERM: mark not-ready, stop accepting (Pingora), and exit as soon as
+/// the requests in flight are done (or after the drain time).
+struct DrainOnTerm {
+    state: Arc<State>,
+    drain: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainOnTerm {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let kind = tokio::select! {
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::GracefulTerminate,
+        };
+        self.state.draining.store(true, Ordering::SeqCst);
+        tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "shutting down: draining requests in flight");
+        let drain = self.drain;
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            // Give the listeners a moment to close, then wait for in-flight requests.
+            std::thread::sleep(Duration::from_millis(100));
+            while IN_FLIGHT.load(Ordering::SeqCst) > 0 && start.elapsed() < drain {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            tracing::info!(left = IN_FLIGHT.load(Ordering::SeqCst), "drained; exiting");
+            std::process::exit(0);
+        });
+        kind
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn"));
+    let _ = tracing_subscriber::fmt().json().with_current_span(false).with_env_filter(filter).try_init();
+}
+
+/// Runs the gateway until shutdown.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    init_logging();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if !config.config_dir.is_dir() {
+        anyhow::bail!("--config-dir {} is not a readable folder", config.config_dir.display());
+    }
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(State::new(Shared {
+        counters: Registry::default(),
+        health: HealthRegistry::default(),
+        metrics,
+        max_keys: config.max_throttle_keys,
+    }));
+    let mut reloader = Reloader::new(config.config_dir.clone(), state.clone(), config.reload_debounce);
+    reloader.reload(true);
+    crate::reload::spawn(reloader, config.rescan_interval, config.reload_debounce);
+
+    let cert = match &config.tls {
+        Some(t) => {
+            Some(ReloadingCert::start(&t.cert, &t.key, Duration::from_secs(1)).context("loading the TLS certificate")?)
+        }
+        None => None,
+    };
+
+    let conf = ServerConf {
+        threads: config.threads,
+        work_stealing: false,
+        grace_period_seconds: Some(config.drain.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 4096,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    if config.has_role(Role::Gateway) {
+        let gateway = Gateway {
+            state: state.clone(),
+            access_log: config.access_log,
+            eject_for: config.eject_for,
+            tls_listener_port: config.tls.as_ref().map(|_| config.https.port()),
+        };
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "api-traffic");
+        proxy.add_tcp(&config.http.to_string());
+        if let Some(cert) = &cert {
+            let mut settings = TlsSettings::intermediate("", "").context("TLS settings")?;
+            settings.set_cert_resolver(cert.clone());
+            proxy.add_tls_with_settings(&config.https.to_string(), None, settings);
+        }
+        server.add_service(proxy);
+    }
+    let management = ManagementService {
+        state: state.clone(),
+        plain: config.management,
+        tls: cert.clone().map(|c| (config.management_tls, c)),
+    };
+    server.add_service(background_service("management", management));
+    tracing::info!(
+        http = %config.http,
+        https = %config.https,
+        management = %config.management,
+        config_dir = %config.config_dir.display(),
+        threads = config.threads,
+        "tollgate-gateway starting"
+    );
+    server.run(RunArgs { shutdown_signal: Box::new(DrainOnTerm { state, drain: config.drain }) });
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The routing snapshot: every API and policy compiled into one immutable
+//! structure that requests read without locks. A new snapshot is built on
+//! each configuration change and swapped in atomically; requests in flight
+//! keep the snapshot they started with.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tollgate_crds::api_deployment::{Cors, Lifecycle, Security};
+use tollgate_crds::{ApiDeployment, ObjectRef, Resource, ThrottlePolicy};
+
+use crate::metrics::{ApiMetrics, Metrics};
+use crate::policy::Policy;
+use crate::router::PrefixRouter;
+use crate::throttle::Registry;
+use crate::upstream::{EndpointSet, HealthRegistry};
+
+/// One operation's settings.
+pub struct OpInfo {
+    pub policy: Option<Arc<Policy>>,
+    pub scopes: Vec<String>,
+}
+
+/// The operations declared at one path template.
+pub struct PathOps {
+    pub methods: Vec<(http::Method, OpInfo)>,
+    /// Value of the Allow header for 405 answers.
+    pub allow: String,
+}
+
+/// A compiled ApiDeployment.
+pub struct Api {
+    /// `namespace/name`.
+    pub id: String,
+    pub object: ObjectRef,
+    pub spec: tollgate_crds::ApiDeploymentSpec,
+    pub lifecycle: Lifecycle,
+    /// `<context>/<version>`.
+    pub versioned_path: String,
+    pub operations: Option<matchit::Router<usize>>,
+    pub paths: Vec<PathOps>,
+    pub policy: Option<Arc<Policy>>,
+    pub endpoints: Arc<EndpointSet>,
+    pub sandbox: Option<Arc<EndpointSet>>,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub cors: Option<Cors>,
+    pub security: Option<Security>,
+    pub metrics: ApiMetrics,
+}
+
+/// Where a prefix leads.
+pub struct Route {
+    pub api: Arc<Api>,
+    /// Served at `<context>` as the default version.
+    pub default_version: bool,
+}
+
+/// An error tied to one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectError {
+    pub object: ObjectRef,
+    pub message: String,
+}
+
+/// The immutable routing state.
+pub struct Snapshot {
+    pub revision: String,
+    pub router: PrefixRouter<Route>,
+    pub apis: Vec<Arc<Api>>,
+    pub policies: HashMap<String, Arc<Policy>>,
+    pub built_at: SystemTime,
+}
+
+impl Snapshot {
+    /// An empty snapshot (nothing served).
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            revision: "empty".into(),
+            router: PrefixRouter::default(),
+            apis: Vec::new(),
+            policies: HashMap::new(),
+            built_at: SystemTime::now(),
+        }
+    }
+}
+
+/// Long-lived state that snapshots share across reloads.
+pub struct Shared {
+    pub counters: Registry,
+    pub health: HealthRegistry,
+    pub metrics: Arc<Metrics>,
+    pub max_keys: usize,
+}
+
+/// Content hash of a set of objects.
+pub fn revision_of(objects: &BTreeMap<ObjectRef, Resource>) -> String {
+    let mut h = Sha256::new();
+    for (r, res) in objects {
+        h.update(r.to_string().as_bytes());
+        let json = match res {
+            Resource::ApiDeployment(a) => serde_json::to_vec(&a.spec),
+            Resource::ThrottlePolicy(p) => serde_json::to_vec(&p.spec),
+            Resource::ApiManager(m) => serde_json::to_vec(&m.spec),
+        }
+        .unwrap_or_default();
+        h.update(&json);
+    }
+    let d = h.finalize();
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compiles objects into a snapshot. Objects that cannot be compiled are
+/// left out and reported.
+pub fn compile(objects: &BTreeMap<ObjectRef, Resource>, shared: &Shared) -> (Snapshot, Vec<ObjectError>) {
+    let mut errors = Vec::new();
+    let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
+    for (r, res) in objects {
+        if let Resource::ThrottlePolicy(tp) = res {
+            match Policy::compile(tp, &shared.counters, shared.max_keys) {
+                Ok(p) => {
+                    policies.insert(format!("{}/{}", r.namespace, r.name), Arc::new(p));
+                }
+                Err(message) => errors.push(ObjectError { object: r.clone(), message }),
+            }
+        }
+    }
+    shared
+        .counters
+        .retain(&policies.values().flat_map(|p| [p.id.clone(), format!("{}#bytes", p.id)]).collect::<HashSet<_>>());
+
+    // Older objects first, so the older of two conflicting APIs keeps its path.
+    let mut apis: Vec<(&ObjectRef, &ApiDeployment)> = objects
+        .iter()
+        .filter_map(|(r, res)| match res {
+            Resource::ApiDeployment(a) => Some((r, a.as_ref())),
+            _ => None,
+        })
+        .collect();
+    apis.sort_by(|a, b| {
+        let ta = a.1.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.1.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb).then_with(|| a.0.cmp(b.0))
+    });
+
+    let mut router = PrefixRouter::default();
+    let mut compiled = Vec::new();
+    let mut owners: HashMap<String, String> = HashMap::new();
+    for (r, ad) in apis {
+        let lifecycle = ad.spec.lifecycle;
+        if matches!(lifecycle, Lifecycle::Retired | Lifecycle::Created) {
+            continue;
+        }
+        let api = match compile_api(r, ad, &policies, shared) {
+            Ok(a) => Arc::new(a),
+            Err(message) => {
+                errors.push(ObjectError { object: r.clone(), message });
+                continue;
+            }
+        };
+        let vp = api.versioned_path.clone();
+        if let Some(owner) = owners.get(&vp) {
+            errors.push(ObjectError {
+                object: r.clone(),
+                message: format!("Conflict: {vp} is already served by {owner}"),
+            });
+            continue;
+        }
+        let _ = router.insert(&vp, Route { api: api.clone(), default_version: false });
+        owners.insert(vp, api.id.clone());
+        if ad.spec.is_default_version {
+            let ctx = ad.spec.context.clone();
+            match owners.get(&ctx) {
+                Some(owner) => errors.push(ObjectError {
+                    object: r.clone(),
+                    message: format!("Conflict: default version at {ctx} is already served by {owner}"),
+                }),
+                None => {
+                    let _ = router.insert(&ctx, Route { api: api.clone(), default_version: true });
+                    owners.insert(ctx, api.id.clone());
+                }
+            }
+        }
+        compiled.push(api);
+    }
+    let snapshot =
+        Snapshot { revision: revision_of(objects), router, apis: compiled, policies, built_at: SystemTime::now() };
+    (snapshot, errors)
+}
+
+fn lookup_policy(
+    name: &str,
+    own_ns: &str,
+    manager_ns: &str,
+    policies: &HashMap<String, Arc<Policy>>,
+) -> Result<Arc<Policy>, String> {
+    policies
+        .get(&format!("{own_ns}/{name}"))
+        .or_else(|| policies.get(&format!("{manager_ns}/{name}")))
+        .cloned()
+        .ok_or_else(|| {
+            format!("PolicyNotFound: ThrottlePolicy {name:?} not found in namespace {own_ns:?} or {manager_ns:?}")
+        })
+}
+
+fn compile_api(
+    r: &ObjectRef,
+    ad: &ApiDeployment,
+    policies: &HashMap<String, Arc<Policy>>,
+    shared: &Shared,
+) -> Result<Api, String> {
+    let s = &ad.spec;
+    let ns = r.namespace.as_str();
+    let manager_ns = s.api_manager_ref.namespace.as_deref().unwrap_or(ns);
+    let policy = s.throttling.as_ref().map(|t| lookup_policy(&t.policy, ns, manager_ns, policies)).transpose()?;
+    let mut by_path: BTreeMap<&str, Vec<(http::Method, OpInfo)>> = BTreeMap::new();
+    for op in &s.operations {
+        let method = http::Method::from_bytes(op.method.as_str().as_bytes()).map_err(|e| e.to_string())?;
+        let policy = op.throttling.as_ref().map(|t| lookup_policy(&t.policy, ns, manager_ns, policies)).transpose()?;
+        by_path.entry(op.path.as_str()).or_default().push((method, OpInfo { policy, scopes: op.scopes.clone() }));
+    }
+    let (operations, paths) = if by_path.is_empty() {
+        (None, Vec::new())
+    } else {
+        let mut router = matchit::Router::new();
+        let mut paths = Vec::new();
+        for (path, methods) in by_path {
+            router.insert(path, paths.len()).map_err(|e| format!("operation path {path:?}: {e}"))?;
+            let mut names: Vec<&str> = methods.iter().map(|(m, _)| m.as_str()).collect();
+            if !names.contains(&"OPTIONS") {
+                names.push("OPTIONS");
+            }
+            paths.push(PathOps { allow: names.join(", "), methods });
+        }
+        (Some(router), paths)
+    };
+    let endpoints = |list: &[tollgate_crds::api_deployment::Endpoint]| {
+        let items: Vec<(String, u32)> = list.iter().map(|e| (e.url.clone(), e.weight.max(0) as u32)).collect();
+        EndpointSet::build(&items, &shared.health).map(Arc::new).map_err(|e| e.to_string())
+    };
+    let timeout =
+        s.backend.timeout.duration().ok_or_else(|| format!("invalid backend timeout {:?}", s.backend.timeout.0))?;
+    let id = format!("{ns}/{}", r.name);
+    Ok(Api {
+        metrics: shared.metrics.api(&id),
+        id,
+        object: r.clone(),
+        lifecycle: s.lifecycle,
+        versioned_path: format!("{}/{}", s.context, s.version),
+        operations,
+        paths,
+        policy,
+        endpoints: endpoints(&s.backend.endpoints)?,
+        sandbox: if s.backend.sandbox_endpoints.is_empty() {
+            None
+        } else {
+            Some(endpoints(&s.backend.sandbox_endpoints)?)
+        },
+        timeout,
+        retries: s.backend.retries.max(0) as u32,
+        cors: s.cors.clone(),
+        security: s.security.clone().filter(|sec| sec.api_key.is_some() || sec.oauth2.is_some() || sec.mtls.is_some()),
+        spec: s.clone(),
+    })
+}
+
+/// Objects by identity from policies and APIs (helper for tests and reload).
+pub fn object_map(resources: impl IntoIterator<Item = Resource>) -> BTreeMap<ObjectRef, Resource> {
+    resources.into_iter().map(|r| (r.object_ref(), r)).collect()
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Snapshot>();
+    is::<ThrottlePolicy>();
+}
