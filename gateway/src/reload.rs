@@ -203,41 +203,32 @@ impl Reloader {
                     replaced = true;
                 }
             }
+            let first_errors = std::mem::take(&mut compile_errors);
             if replaced {
-                let kept: Vec<ObjectRef> = compile_errors.iter().map(|c| c.object.clone()).collect();
                 (snapshot, compile_errors) = compile(&objects, &self.state.shared);
-                for ce in &compile_errors {
-                    errors.push(StatusError {
-                        file: sources.get(&ce.object).map(|f| f.display().to_string()),
-                        document: None,
-                        object: Some(ce.object.to_string()),
-                        field: None,
-                        reason: ce.message.clone(),
-                        serving_last_good: false,
-                    });
-                }
-                for obj in kept.iter().filter(|o| !compile_errors.iter().any(|c| &c.object == *o)) {
-                    errors.push(StatusError {
-                        file: sources.get(obj).map(|f| f.display().to_string()),
-                        document: None,
-                        object: Some(obj.to_string()),
-                        field: None,
-                        reason: "the new version cannot be served (see the log); the last good version is served"
-                            .into(),
-                        serving_last_good: true,
-                    });
-                }
             } else {
-                for ce in &compile_errors {
-                    errors.push(StatusError {
-                        file: sources.get(&ce.object).map(|f| f.display().to_string()),
-                        document: None,
-                        object: Some(ce.object.to_string()),
-                        field: None,
-                        reason: ce.message.clone(),
-                        serving_last_good: false,
-                    });
-                }
+                compile_errors = first_errors.clone();
+            }
+            for ce in &first_errors {
+                let still_failing = compile_errors.iter().any(|c| c.object == ce.object);
+                errors.push(StatusError {
+                    file: sources.get(&ce.object).map(|f| f.display().to_string()),
+                    document: None,
+                    object: Some(ce.object.to_string()),
+                    field: None,
+                    reason: ce.message.clone(),
+                    serving_last_good: !still_failing && self.last_good.contains_key(&ce.object),
+                });
+            }
+            for ce in compile_errors.iter().filter(|c| !first_errors.iter().any(|f| f.object == c.object)) {
+                errors.push(StatusError {
+                    file: sources.get(&ce.object).map(|f| f.display().to_string()),
+                    document: None,
+                    object: Some(ce.object.to_string()),
+                    field: None,
+                    reason: ce.message.clone(),
+                    serving_last_good: false,
+                });
             }
         }
         self.last_good = objects

@@ -1,0 +1,121 @@
+//! Hot reload: edits are served within 2 s; bad input never replaces good.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::*;
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, Proc, String, Gateway) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (be, addr) = echo("bank");
+    let b = format!("http://{addr}");
+    std::fs::write(dir.join("tp.yaml"), policy("tier", "  limit: {requests: 1000, per: 1h}\n")).unwrap();
+    std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &b, "  throttling: {policy: tier}\n")).unwrap();
+    std::fs::write(dir.join("free.yaml"), api("free", "/free", "v1", &b, "")).unwrap();
+    let gw = gateway(&dir, &["--access-log", "false"]);
+    (tmp, dir, be, b, gw)
+}
+
+#[test]
+fn policy_edit_is_enforced_within_two_seconds() {
+    let (_t, dir, _be, _b, gw) = setup();
+    assert_eq!(gw.get("/a/v1/x").header("ratelimit-limit"), Some("1000"));
+    write_atomic(&dir.join("tp.yaml"), &policy("tier", "  limit: {requests: 1, per: 1h}\n"));
+    let took = eventually(Duration::from_secs(2), || gw.get("/a/v1/x").status == 429);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn added_and_removed_apis_within_two_seconds() {
+    let (_t, dir, _be, b, gw) = setup();
+    assert_eq!(gw.get("/b/v1/x").status, 404);
+    write_atomic(&dir.join("b.yaml"), &api("b", "/b", "v1", &b, ""));
+    eventually(Duration::from_secs(2), || gw.get("/b/v1/x").status == 200);
+    std::fs::remove_file(dir.join("b.yaml")).unwrap();
+    eventually(Duration::from_secs(2), || gw.get("/b/v1/x").status == 404);
+}
+
+#[test]
+fn malformed_files_keep_the_last_good_snapshot_and_show_in_status() {
+    let (_t, dir, _be, b, gw) = setup();
+    let gen0 = gw.status()["generation"].as_u64().unwrap();
+    // A broken YAML file: everything it held stays served.
+    std::fs::write(dir.join("a.yaml"), "apiVersion: tollgate.dev/v1alpha1\nkind: ApiDeployment\nspec: [\n").unwrap();
+    eventually(Duration::from_secs(3), || !gw.status()["errors"].as_array().unwrap().is_empty());
+    assert_eq!(gw.get("/a/v1/x").status, 200, "last good version still served");
+    let st = gw.status();
+    let err = &st["errors"][0];
+    assert!(err["file"].as_str().unwrap().ends_with("a.yaml"), "{st}");
+    assert!(err["reason"].as_str().unwrap().contains("invalid YAML"), "{st}");
+    assert_eq!(err["serving_last_good"], true);
+    assert!(gw.metrics().contains("tollgate_config_errors 1"));
+
+    // A valid document with an invalid field: the object keeps its last good version.
+    std::fs::write(
+        dir.join("a.yaml"),
+        api("a", "/a", "v1", &b, "  lifecycle: Blocked\n  throttling: {policy: tier}\n  retries: 3\n"),
+    )
+    .unwrap();
+    eventually(Duration::from_secs(3), || gw.status()["errors"][0]["field"].as_str() == Some("spec.retries"));
+    assert_eq!(gw.get("/a/v1/x").status, 200, "the invalid new version did not replace the good one");
+
+    // A reference to a missing policy: also kept at its last good version.
+    std::fs::write(
+        dir.join("a.yaml"),
+        api("a", "/a", "v1", &b, "  lifecycle: Blocked\n  throttling: {policy: missing}\n"),
+    )
+    .unwrap();
+    eventually(Duration::from_secs(3), || gw.status()["errors"].to_string().contains("PolicyNotFound"));
+    assert_eq!(gw.status()["errors"][0]["serving_last_good"], true);
+    assert_eq!(gw.get("/a/v1/x").status, 200);
+
+    // Fixed: the error clears and the new version is served.
+    std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &b, "  lifecycle: Blocked\n")).unwrap();
+    eventually(Duration::from_secs(3), || gw.get("/a/v1/x").status == 503);
+    assert!(gw.status()["errors"].as_array().unwrap().is_empty());
+    assert!(gw.status()["generation"].as_u64().unwrap() > gen0);
+
+    // Temp files of an atomic writer are never read.
+    std::fs::write(dir.join(".b.yaml.tmp"), "kind: [").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(gw.status()["errors"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn twenty_reloads_under_load_drop_no_request() {
+    let (_t, dir, _be, b, gw) = setup();
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, failures, served, addr) = (stop.clone(), failures.clone(), served.clone(), gw.http);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match try_request(addr, "GET", "/free/v1/x", &[], b"") {
+                        Ok(r) if r.status == 200 => served.fetch_add(1, Ordering::Relaxed),
+                        _ => failures.fetch_add(1, Ordering::Relaxed),
+                    };
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    let gen0 = gw.status()["generation"].as_u64().unwrap();
+    for i in 0..20 {
+        write_atomic(&dir.join("c.yaml"), &api("c", &format!("/c{i}"), "v1", &b, ""));
+        let want = gen0 + i + 1;
+        eventually(Duration::from_secs(3), || gw.status()["generation"].as_u64().unwrap() >= want);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(served.load(Ordering::Relaxed) > 100);
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no failed request during 20 reloads");
+}

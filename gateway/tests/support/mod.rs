@@ -1,0 +1,219 @@
+//! Test support: real processes on loopback and a tiny HTTP/1.1 client.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{addr} did not open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts the sample backend; returns it and its address.
+pub fn echo(name: &str) -> (Proc, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate-echo"))
+        .args([addr.to_string(), name.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(addr);
+    (Proc(child), addr)
+}
+
+pub struct Gateway {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub mgmt: SocketAddr,
+    pub mgmt_tls: SocketAddr,
+    pub log: PathBuf,
+}
+
+/// Starts a gateway on `dir` with extra flags; waits for /readyz.
+pub fn gateway(dir: &Path, extra: &[&str]) -> Gateway {
+    let p = |_| -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+    let (http, https, mgmt, mgmt_tls) = (p(0), p(1), p(2), p(3));
+    let log = dir.parent().unwrap_or(dir).join(format!("gateway-{}.log", http.port()));
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate-gateway"))
+        .arg("--config-dir")
+        .arg(dir)
+        .args(["--http", &http.to_string(), "--https", &https.to_string()])
+        .args(["--management", &mgmt.to_string(), "--management-tls", &mgmt_tls.to_string()])
+        .args(["--threads", "2", "--rescan-interval", "0.5", "--data-dir"])
+        .arg(dir.parent().unwrap_or(dir).join("data"))
+        .args(extra)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let g = Gateway { proc: Proc(child), http, https, mgmt, mgmt_tls, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = try_request(g.mgmt, "GET", "/readyz", &[], b"")
+            && r.status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    g
+}
+
+impl Gateway {
+    pub fn get(&self, path: &str) -> Resp {
+        request(self.http, "GET", path, &[], b"")
+    }
+    pub fn status(&self) -> serde_json::Value {
+        request(self.mgmt, "GET", "/status", &[], b"").json()
+    }
+    pub fn metrics(&self) -> String {
+        String::from_utf8(request(self.mgmt, "GET", "/metrics", &[], b"").body).unwrap()
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    try_request(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(&mut s, method, path, headers, body)
+}
+
+pub fn exchange<S: Read + Write>(
+    s: &mut S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: gateway.test\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        head.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    for chunk in body.chunks(64 * 1024) {
+        s.write_all(chunk)?;
+    }
+    s.flush()?;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse(&raw, method == "HEAD")
+}
+
+fn parse(raw: &[u8], head_only: bool) -> std::io::Result<Resp> {
+    let bad = |m: &str| std::io::Error::other(m.to_string());
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("header not utf8"))?;
+    let mut lines = head.split("\r\n");
+    let status: u16 =
+        lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).ok_or_else(|| bad("status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if head_only {
+        body.clear();
+    } else if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    Ok(Resp { status, headers, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().split(';').next().unwrap().trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + size]);
+        b = &b[i + 2 + size + 2..];
+    }
+    out
+}
+
+/// Writes a file atomically (temp file + rename), as the operator does.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `f` until it returns true or `timeout` passes; returns the time taken.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "condition not met within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn api(name: &str, context: &str, version: &str, backend: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ApiDeployment\nmetadata: {{name: {name}, namespace: bank}}\nspec:\n  apiManagerRef: {{name: local}}\n  context: {context}\n  version: {version}\n  backend:\n    endpoints: [{{url: '{backend}'}}]\n{extra}"
+    )
+}
+
+pub fn policy(name: &str, body: &str) -> String {
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ThrottlePolicy\nmetadata: {{name: {name}, namespace: bank}}\nspec:\n{body}"
+    )
+}

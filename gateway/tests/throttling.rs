@@ -1,0 +1,150 @@
+//! Throttling through a real gateway process.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::*;
+
+fn setup(policies: &[(&str, &str)], apis: &[String]) -> (tempfile::TempDir, Proc, Gateway) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (be, addr) = echo("bank");
+    for (name, body) in policies {
+        std::fs::write(dir.join(format!("tp-{name}.yaml")), policy(name, body)).unwrap();
+    }
+    for (i, a) in apis.iter().enumerate() {
+        std::fs::write(dir.join(format!("api-{i}.yaml")), a.replace("BACKEND", &format!("http://{addr}"))).unwrap();
+    }
+    let gw = gateway(&dir, &["--access-log", "false"]);
+    (tmp, be, gw)
+}
+
+fn burst(gw: &Gateway, path: &str, n: usize, headers: &'static [(&'static str, &'static str)]) -> (usize, usize) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let (ok, limited, addr, path) = (ok.clone(), limited.clone(), gw.http, path.to_string());
+            std::thread::spawn(move || {
+                for _ in (t..n).step_by(16) {
+                    match request(addr, "GET", &path, headers, b"").status {
+                        200 => ok.fetch_add(1, Ordering::Relaxed),
+                        429 => limited.fetch_add(1, Ordering::Relaxed),
+                        s => panic!("unexpected status {s}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    (ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed))
+}
+
+#[test]
+fn exactly_n_of_a_concurrent_burst_pass_and_429_has_headers() {
+    let (_t, _b, gw) = setup(
+        &[("ten", "  limit: {requests: 40, per: 1h}\n  scope: Replica\n")],
+        &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: ten}\n")],
+    );
+    let (ok, limited) = burst(&gw, "/a/v1/x", 200, &[]);
+    assert_eq!((ok, limited), (40, 160), "exactly N of 5N pass");
+    let r = gw.get("/a/v1/x");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"], "too_many_requests");
+    assert_eq!(r.json()["policy"], "ten");
+    assert_eq!(r.header("ratelimit-limit"), Some("40"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry));
+    assert_eq!(r.header("ratelimit-reset"), Some(retry.to_string().as_str()));
+    assert!(gw.metrics().contains("tollgate_throttled_requests_total{policy=\"bank/ten\",action=\"rejected\"} 161"));
+}
+
+#[test]
+fn window_resets_on_time() {
+    let (_t, _b, gw) = setup(
+        &[("two", "  limit: {requests: 2, per: 2s}\n")],
+        &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: two}\n")],
+    );
+    // Start right after a window boundary so the first two land in one window.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    std::thread::sleep(Duration::from_millis(2000 - (now.as_millis() % 2000) as u64 + 20));
+    assert_eq!(gw.get("/a/v1/x").status, 200);
+    let r = gw.get("/a/v1/x");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(gw.get("/a/v1/x").status, 429);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(gw.get("/a/v1/x").status, 200, "a new window admits again");
+}
+
+#[test]
+fn burst_is_a_spike_arrest() {
+    let (_t, _b, gw) = setup(
+        &[("spiky", "  limit: {requests: 1000, per: 1h}\n  burst: {requests: 5, per: 10s}\n")],
+        &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: spiky}\n")],
+    );
+    let (ok, limited) = burst(&gw, "/a/v1/x", 30, &[]);
+    assert!(ok <= 5 && ok >= 1 && ok + limited == 30, "burst of 5 per 10s: {ok} passed");
+    assert!(gw.get("/a/v1/x").json()["message"].as_str().unwrap().contains("spike arrest"));
+}
+
+#[test]
+fn per_key_isolation_by_header_and_conditions() {
+    let (_t, _b, gw) = setup(
+        &[(
+            "by-customer",
+            "  limit: {requests: 3, per: 1h}\n  keyBy: Header\n  keyName: x-fapi-customer-ip-address\n  conditions:\n  - match: {headers: [{name: x-partner, value: trusted}]}\n    limit: {requests: 6, per: 1h}\n",
+        )],
+        &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: by-customer}\n")],
+    );
+    let (ok_a, _) = burst(&gw, "/a/v1/x", 10, &[("x-fapi-customer-ip-address", "203.0.113.1")]);
+    let (ok_b, _) = burst(&gw, "/a/v1/x", 10, &[("x-fapi-customer-ip-address", "203.0.113.2")]);
+    assert_eq!((ok_a, ok_b), (3, 3), "each header value has its own counter");
+    let (ok_c, _) =
+        burst(&gw, "/a/v1/x", 10, &[("x-fapi-customer-ip-address", "203.0.113.3"), ("x-partner", "trusted")]);
+    assert_eq!(ok_c, 6, "first matching condition gives its own limit");
+}
+
+#[test]
+fn client_ip_keys_and_ip_range_conditions() {
+    let (_t, _b, gw) = setup(
+        &[(
+            "by-ip",
+            "  limit: {requests: 2, per: 1h}\n  keyBy: ClientIp\n  conditions:\n  - match: {ipRanges: [10.0.0.0/8]}\n    limit: {requests: 1, per: 1h}\n  - match: {ipRanges: [127.0.0.0/8]}\n    limit: {requests: 4, per: 1h}\n",
+        )],
+        &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: by-ip}\n")],
+    );
+    let (ok, _) = burst(&gw, "/a/v1/x", 10, &[]);
+    assert_eq!(ok, 4, "loopback clients match the 127.0.0.0/8 condition");
+}
+
+#[test]
+fn count_only_policies_flag_instead_of_reject_and_operation_policies_apply_too() {
+    let (_t, _b, gw) = setup(
+        &[
+            ("soft", "  limit: {requests: 2, per: 1h}\n  stopOnQuotaReach: false\n"),
+            ("op", "  limit: {requests: 3, per: 1h}\n"),
+        ],
+        &[api(
+            "a",
+            "/a",
+            "v1",
+            "BACKEND",
+            "  throttling: {policy: soft}\n  operations:\n  - {method: GET, path: /x, throttling: {policy: op}}\n  - {method: GET, path: /y}\n",
+        )],
+    );
+    let codes: Vec<u16> = (0..4).map(|_| gw.get("/a/v1/y").status).collect();
+    assert_eq!(codes, vec![200, 200, 200, 200], "count-only never rejects");
+    let r = gw.get("/a/v1/y");
+    assert_eq!(r.header("x-tollgate-quota-exceeded"), Some("soft"));
+    let codes: Vec<u16> = (0..4).map(|_| gw.get("/a/v1/x").status).collect();
+    assert_eq!(codes, vec![200, 200, 200, 429], "operation policy enforced on top of the API policy");
+    assert!(gw.metrics().contains("action=\"flagged\""));
+}

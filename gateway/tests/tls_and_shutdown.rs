@@ -1,0 +1,126 @@
+//! HTTPS with a generated certificate, rotation without restart, and
+//! graceful shutdown on SIGTERM.
+
+mod support;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::*;
+
+fn make_cert(dir: &Path, cn: &str) {
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={cn}"), "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(dir.join(format!("{cn}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{cn}.crt")))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed (make deps)");
+    assert!(status.success());
+}
+
+fn der(pem_path: &Path) -> CertificateDer<'static> {
+    let pem = std::fs::read(pem_path).unwrap();
+    rustls_pemfile::certs(&mut pem.as_slice()).next().unwrap().unwrap()
+}
+
+/// GET over TLS trusting only `trust`; returns the status and the served certificate.
+fn tls_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    trust: &[CertificateDer<'static>],
+) -> (u16, CertificateDer<'static>) {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in trust {
+        roots.add(c.clone()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::IpAddress(addr.ip().into());
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let resp = exchange(&mut tls, "GET", path, &[], b"").unwrap();
+    let cert = tls.conn.peer_certificates().unwrap()[0].clone().into_owned();
+    (resp.status, cert)
+}
+
+#[test]
+fn https_serves_and_rotates_certificates_without_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    let dir = tmp.path().join("config");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    make_cert(&certs, "first");
+    make_cert(&certs, "second");
+    std::fs::copy(certs.join("first.crt"), certs.join("tls.crt")).unwrap();
+    std::fs::copy(certs.join("first.key"), certs.join("tls.key")).unwrap();
+    let (_be, addr) = echo("bank");
+    std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &format!("http://{addr}"), "")).unwrap();
+    let cert_arg = certs.join("tls.crt");
+    let key_arg = certs.join("tls.key");
+    let gw = gateway(&dir, &["--tls-cert", cert_arg.to_str().unwrap(), "--tls-key", key_arg.to_str().unwrap()]);
+    wait_port(gw.https);
+    let (first, second) = (der(&certs.join("first.crt")), der(&certs.join("second.crt")));
+    let (status, served) = tls_get(gw.https, "/a/v1/x", &[first.clone(), second.clone()]);
+    assert_eq!(status, 200);
+    assert_eq!(served, first);
+    // The backend sees https as the forwarded protocol.
+    let (status, _) = tls_get(gw.mgmt_tls, "/healthz", &[first.clone()]);
+    assert_eq!(status, 200, "management TLS listener");
+
+    // A half-written pair is not taken; the complete new pair is.
+    std::fs::write(certs.join("tls.crt"), "-----BEGIN CERTIFICATE-----\nnot really\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        tls_get(gw.https, "/a/v1/x", &[first.clone(), second.clone()]).1,
+        first,
+        "broken files keep the old pair"
+    );
+    std::fs::copy(certs.join("second.key"), certs.join("tls.key")).unwrap();
+    std::fs::copy(certs.join("second.crt"), certs.join("tls.crt")).unwrap();
+    eventually(Duration::from_secs(4), || tls_get(gw.https, "/a/v1/x", &[first.clone(), second.clone()]).1 == second);
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (_be, addr) = echo("bank");
+    std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &format!("http://{addr}"), "")).unwrap();
+    let mut gw = gateway(&dir, &[]);
+    let http = gw.http;
+    let slow: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || request(http, "GET", "/a/v1/x?delay_ms=1500", &[], b"").status))
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let pid = gw.proc.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let start = Instant::now();
+    for t in slow {
+        assert_eq!(t.join().unwrap(), 200, "in-flight request completed");
+    }
+    let status = loop {
+        if let Some(s) = gw.proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "gateway did not exit after draining");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect_timeout(&http, Duration::from_millis(300)).is_err(), "no longer accepting");
+}
