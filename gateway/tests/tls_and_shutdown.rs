@@ -79,7 +79,7 @@ fn https_serves_and_rotates_certificates_without_restart() {
     assert_eq!(status, 200);
     assert_eq!(served, first);
     // The backend sees https as the forwarded protocol.
-    let (status, _) = tls_get(gw.mgmt_tls, "/healthz", &[first.clone()]);
+    let (status, _) = tls_get(gw.mgmt_tls, "/healthz", std::slice::from_ref(&first));
     assert_eq!(status, 200, "management TLS listener");
 
     // A half-written pair is not taken; the complete new pair is.
