@@ -4,11 +4,11 @@
 # everything on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release
+BIN=${TOLLGATE_BIN:-target/release}
 HTTP=${TOLLGATE_HTTP:-127.0.0.1:8280}
 MGMT=${TOLLGATE_MANAGEMENT:-127.0.0.1:9763}
 DATA=${TOLLGATE_DATA_DIR:-target/run/data}
-mkdir -p "$DATA"
+mkdir -p "$DATA" target/run
 
 pids=()
 cleanup() {
