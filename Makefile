@@ -10,7 +10,7 @@ APT_PACKAGES := build-essential pkg-config cmake openssl ca-certificates curl \
 .PHONY: help deps rust-deps test lint fmt crds crds-check unit build release run
 
 help: ## list targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 deps: rust-deps ## install system packages and Rust components (idempotent)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -39,9 +39,9 @@ crds-check:
 	$(CARGO) run -q --locked -p tollgate-crds --bin crdgen -- --check crds
 
 unit: ## unit and integration tests (no cluster)
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --exclude tollgate-e2e --locked
 
-test: deps lint crds-check unit ## every test (installs what it needs first)
+test: deps lint crds-check unit e2e ## every test (installs what it needs first)
 
 build:
 	$(CARGO) build --workspace --locked
@@ -50,6 +50,7 @@ release:
 	$(CARGO) build --release --locked -p tollgate-gateway -p tollgate-operator
 
 -include mk/cluster.mk
+-include mk/e2e.mk
 
 run: deps ## the single-node pattern without a cluster (sample backend + gateway on examples/local)
 	$(CARGO) build --release --locked -p tollgate-gateway
