@@ -209,26 +209,20 @@ impl Reloader {
             } else {
                 compile_errors = first_errors.clone();
             }
+            let object_error = |ce: &crate::snapshot::ObjectError, serving_last_good: bool| StatusError {
+                file: sources.get(&ce.object).map(|f| f.display().to_string()),
+                document: None,
+                object: Some(ce.object.to_string()),
+                field: None,
+                reason: ce.message.clone(),
+                serving_last_good,
+            };
             for ce in &first_errors {
                 let still_failing = compile_errors.iter().any(|c| c.object == ce.object);
-                errors.push(StatusError {
-                    file: sources.get(&ce.object).map(|f| f.display().to_string()),
-                    document: None,
-                    object: Some(ce.object.to_string()),
-                    field: None,
-                    reason: ce.message.clone(),
-                    serving_last_good: !still_failing && self.last_good.contains_key(&ce.object),
-                });
+                errors.push(object_error(ce, !still_failing && self.last_good.contains_key(&ce.object)));
             }
             for ce in compile_errors.iter().filter(|c| !first_errors.iter().any(|f| f.object == c.object)) {
-                errors.push(StatusError {
-                    file: sources.get(&ce.object).map(|f| f.display().to_string()),
-                    document: None,
-                    object: Some(ce.object.to_string()),
-                    field: None,
-                    reason: ce.message.clone(),
-                    serving_last_good: false,
-                });
+                errors.push(object_error(ce, false));
             }
         }
         self.last_good = objects
