@@ -100,6 +100,10 @@ pub struct Args {
     /// Seconds a failing backend endpoint is left out before it is tried again.
     #[arg(long, env = "TOLLGATE_EJECT_SECONDS", default_value = "5")]
     pub eject_seconds: u64,
+    /// Gateway group this process belongs to (DistributedGateways): APIs whose
+    /// spec.gateways is set and does not name it are not served here.
+    #[arg(long, env = "TOLLGATE_GATEWAY_GROUP")]
+    pub gateway_group: Option<String>,
 }
 
 /// The resolved configuration the gateway runs with.
@@ -123,6 +127,7 @@ pub struct Config {
     pub access_log: bool,
     pub max_throttle_keys: usize,
     pub eject_for: Duration,
+    pub gateway_group: Option<String>,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -205,6 +210,7 @@ impl Config {
             access_log: a.access_log,
             max_throttle_keys: a.max_throttle_keys.max(1),
             eject_for: Duration::from_secs(a.eject_seconds.max(1)),
+            gateway_group: a.gateway_group.filter(|g| !g.is_empty()),
         })
     }
 
@@ -249,6 +255,7 @@ struct FileKeys {
     access_log: Option<serde_json::Value>,
     max_throttle_keys: Option<serde_json::Value>,
     eject_seconds: Option<serde_json::Value>,
+    gateway_group: Option<serde_json::Value>,
 }
 
 /// Re-parses with file values inserted for every setting that still has its
@@ -317,6 +324,7 @@ fn merge_file_layer(
             from_file.max_throttle_keys
         },
         eject_seconds: if pick("eject_seconds") { parsed.eject_seconds } else { from_file.eject_seconds },
+        gateway_group: if pick("gateway_group") { parsed.gateway_group } else { from_file.gateway_group },
     })
 }
 

@@ -74,6 +74,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         health: HealthRegistry::default(),
         metrics,
         max_keys: config.max_throttle_keys,
+        gateway_group: config.gateway_group.clone(),
     }));
     let mut reloader = Reloader::new(config.config_dir.clone(), state.clone(), config.reload_debounce);
     reloader.reload(true);

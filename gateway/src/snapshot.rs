@@ -93,6 +93,8 @@ pub struct Shared {
     pub health: HealthRegistry,
     pub metrics: Arc<Metrics>,
     pub max_keys: usize,
+    /// This process's gateway group; APIs targeting other groups are skipped.
+    pub gateway_group: Option<String>,
 }
 
 /// Content hash of a set of objects.
@@ -138,6 +140,7 @@ pub fn compile(objects: &BTreeMap<ObjectRef, Resource>, shared: &Shared) -> (Sna
             Resource::ApiDeployment(a) => Some((r, a.as_ref())),
             _ => None,
         })
+        .filter(|(_, a)| serves_group(a, shared.gateway_group.as_deref()))
         .collect();
     apis.sort_by(|a, b| {
         let ta = a.1.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -267,6 +270,14 @@ fn compile_api(
 }
 
 /// Objects by identity from policies and APIs (helper for tests and reload).
+/// Whether a gateway of `group` serves the API (all groups when spec.gateways is empty).
+pub fn serves_group(api: &ApiDeployment, group: Option<&str>) -> bool {
+    match group {
+        None => true,
+        Some(g) => api.spec.gateways.is_empty() || api.spec.gateways.iter().any(|x| x == g),
+    }
+}
+
 pub fn object_map(resources: impl IntoIterator<Item = Resource>) -> BTreeMap<ObjectRef, Resource> {
     resources.into_iter().map(|r| (r.object_ref(), r)).collect()
 }

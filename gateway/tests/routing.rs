@@ -195,3 +195,25 @@ fn status_and_metrics() {
     assert!(m.contains("tollgate_requests_per_second"));
     assert_eq!(request(gw.mgmt, "GET", "/healthz", &[], b"").status, 200);
 }
+
+#[test]
+fn gateway_groups_serve_only_the_apis_that_target_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (_be, addr) = echo("bank");
+    let b = format!("http://{addr}");
+    std::fs::write(dir.join("prod.yaml"), api("prod", "/prod", "v1", &b, "  gateways: [production]\n")).unwrap();
+    std::fs::write(dir.join("sandbox.yaml"), api("sandbox", "/sandbox", "v1", &b, "  gateways: [sandbox]\n")).unwrap();
+    std::fs::write(dir.join("both.yaml"), api("both", "/both", "v1", &b, "")).unwrap();
+
+    let production = gateway(&dir, &["--gateway-group", "production"]);
+    assert_eq!(production.get("/prod/v1/x").status, 200);
+    assert_eq!(production.get("/both/v1/x").status, 200, "no spec.gateways: every group serves it");
+    assert_eq!(production.get("/sandbox/v1/x").status, 404, "another group's API is not served");
+
+    let ungrouped = gateway(&dir, &[]);
+    for path in ["/prod/v1/x", "/sandbox/v1/x", "/both/v1/x"] {
+        assert_eq!(ungrouped.get(path).status, 200, "{path}: without a group every API is served");
+    }
+}

@@ -1,40 +1,76 @@
-//! tollgate-operator: reconciles ApiManager, ApiDeployment and ThrottlePolicy.
-//!
-//! The reconcilers land with the operator milestone; today the binary parses
-//! its configuration, checks it and exits.
+//! tollgate-operator binary: flags, tracing, health endpoints, leader
+//! election, then the controllers.
 
-use std::path::PathBuf;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use clap::Parser;
+use tollgate_operator::{config::Config, controllers, http, leader, metrics::Metrics};
 
-/// Command-line flags; every flag also reads its environment variable.
-#[derive(Debug, Parser)]
-#[command(name = "tollgate-operator", version, about = "Tollgate Kubernetes operator")]
-struct Args {
-    /// Folder behind the ReadWriteMany artifact volume; artifacts are written
-    /// to <artifact-dir>/<namespace>/<apimanager>/.
-    #[arg(long, env = "TOLLGATE_ARTIFACT_DIR", default_value = "/var/lib/tollgate/artifacts")]
-    artifact_dir: PathBuf,
-    /// Name of the artifact PersistentVolumeClaim the gateways mount.
-    #[arg(long, env = "TOLLGATE_ARTIFACT_CLAIM", default_value = "tollgate-artifacts")]
-    artifact_claim: String,
-    /// Namespaces to watch (comma separated); all when empty.
-    #[arg(long, env = "TOLLGATE_WATCH_NAMESPACES", value_delimiter = ',')]
-    watch_namespaces: Vec<String>,
-    /// Default gateway image for ApiManagers that set none.
-    #[arg(long, env = "TOLLGATE_GATEWAY_IMAGE", default_value = "ghcr.io/tollgate-dev/tollgate-gateway:latest")]
-    gateway_image: String,
-    /// Take a Lease before writing, so only one replica acts.
-    #[arg(long, env = "TOLLGATE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-    leader_election: bool,
-    /// Address of the metrics and health endpoints.
-    #[arg(long, env = "TOLLGATE_METRICS", default_value = "0.0.0.0:8080")]
-    metrics: std::net::SocketAddr,
-}
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_lease_manager=warn")),
+        )
+        .init();
+    let config = Config::parse();
+    let identity = config.identity();
+    tracing::info!(
+        artifact_dir = %config.artifact_dir.display(),
+        artifact_claim = %config.artifact_claim,
+        watch_namespaces = ?config.watch_namespaces,
+        leader_election = config.leader_election,
+        %identity,
+        "starting tollgate-operator"
+    );
+    std::fs::create_dir_all(&config.artifact_dir)
+        .map_err(|e| anyhow::anyhow!("artifact dir {}: {e}", config.artifact_dir.display()))?;
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    let args = Args::parse();
-    tracing::info!(?args, "tollgate-operator configuration parsed; reconcilers are not part of this build yet");
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = http::Health { metrics: metrics.clone(), ready: ready.clone() };
+    let addr = config.metrics;
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(addr, health).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+            std::process::exit(1);
+        }
+    });
+
+    let client = kube::Client::try_default().await?;
+    // Fail fast with a clear message when the cluster is unreachable.
+    let version = client.apiserver_version().await?;
+    tracing::info!(kubernetes = %version.git_version, "connected to the API server");
+    ready.store(true, Ordering::Release);
+
+    if config.leader_election {
+        let ns = config.lease_namespace();
+        let mut leadership = leader::elect(client.clone(), &ns, &config.lease_name, &identity).await?;
+        tracing::info!(lease = %format!("{ns}/{}", config.lease_name), "waiting for leadership");
+        leader::until_leading(&mut leadership.changes).await?;
+        tracing::info!("leading: starting controllers");
+        metrics.leader.set(1);
+        let mut changes = leadership.changes.clone();
+        tokio::select! {
+            r = controllers::run(client, config, metrics.clone(), identity) => r?,
+            _ = leader::until_lost(&mut changes) => {
+                metrics.leader.set(0);
+                tracing::error!("leadership lost: exiting so that only the new leader acts");
+                std::process::exit(2);
+            }
+        }
+        drop(leadership.changes);
+        drop(changes);
+        let _ = leadership.task.await;
+    } else {
+        metrics.leader.set(1);
+        controllers::run(client, config, metrics, identity).await?;
+    }
+    tracing::info!("tollgate-operator stopped");
     Ok(())
 }

@@ -1,0 +1,102 @@
+//! Operator configuration: command-line flags, each with an environment
+//! variable fallback.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+
+/// Command-line flags; every flag also reads its environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tollgate-operator", version, about = "Tollgate Kubernetes operator")]
+pub struct Config {
+    /// Folder behind the ReadWriteMany artifact volume; artifacts are written
+    /// to <artifact-dir>/<namespace>/<apimanager>/.
+    #[arg(long, env = "TOLLGATE_ARTIFACT_DIR", default_value = "/var/lib/tollgate/artifacts")]
+    pub artifact_dir: PathBuf,
+    /// Name of the artifact PersistentVolumeClaim the gateway pods mount
+    /// (read-only). It must exist in every namespace that holds an ApiManager.
+    #[arg(long, env = "TOLLGATE_ARTIFACT_CLAIM", default_value = "tollgate-artifacts")]
+    pub artifact_claim: String,
+    /// Namespaces to watch (comma separated); all namespaces when empty.
+    #[arg(long, env = "TOLLGATE_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// Gateway image (repository:tag) for ApiManagers that set no spec.image.
+    #[arg(long, env = "TOLLGATE_GATEWAY_IMAGE", default_value = "ghcr.io/tollgate-dev/tollgate-gateway:0.1.0")]
+    pub gateway_image: String,
+    /// Take a Lease before acting, so only one operator replica writes.
+    #[arg(long, env = "TOLLGATE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the leader-election Lease (default: the pod's namespace,
+    /// from POD_NAMESPACE, else "default").
+    #[arg(long, env = "TOLLGATE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "TOLLGATE_LEASE_NAME", default_value = "tollgate-operator")]
+    pub lease_name: String,
+    /// Identity in the Lease (default: the pod name from POD_NAME, else the host name and process id).
+    #[arg(long, env = "TOLLGATE_IDENTITY")]
+    pub identity: Option<String>,
+    /// Address of the metrics and health endpoints (/metrics, /healthz, /readyz).
+    #[arg(long, env = "TOLLGATE_METRICS", default_value = "0.0.0.0:8080")]
+    pub metrics: SocketAddr,
+    /// Objects of each kind reconciled at the same time.
+    #[arg(long, env = "TOLLGATE_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// Seconds the gateways get to drain on shutdown (their --drain-seconds);
+    /// the pods' terminationGracePeriodSeconds is this plus 10.
+    #[arg(long, env = "TOLLGATE_GATEWAY_DRAIN_SECONDS", default_value_t = 20)]
+    pub gateway_drain_seconds: u32,
+}
+
+impl Config {
+    pub fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "default".to_string())
+    }
+
+    pub fn identity(&self) -> String {
+        self.identity.clone().or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty())).unwrap_or_else(
+            || {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            },
+        )
+    }
+
+    /// Splits `repository:tag` (a registry port is not mistaken for a tag).
+    pub fn default_image(&self) -> (String, String) {
+        split_image(&self.gateway_image)
+    }
+}
+
+pub fn split_image(image: &str) -> (String, String) {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
+        _ => (image.to_string(), "latest".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_split_keeps_registry_port() {
+        assert_eq!(split_image("reg:5000/tollgate/gw:1.2"), ("reg:5000/tollgate/gw".into(), "1.2".into()));
+        assert_eq!(split_image("reg:5000/tollgate/gw"), ("reg:5000/tollgate/gw".into(), "latest".into()));
+        assert_eq!(split_image("gw"), ("gw".into(), "latest".into()));
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let c = Config::try_parse_from(["op", "--artifact-dir", "/a", "--watch-namespaces", "x,y"]).unwrap();
+        assert_eq!(c.artifact_dir, PathBuf::from("/a"));
+        assert_eq!(c.watch_namespaces, vec!["x", "y"]);
+        assert!(c.leader_election);
+        let c = Config::try_parse_from(["op", "--leader-election", "false"]).unwrap();
+        assert!(!c.leader_election);
+        assert!(Config::try_parse_from(["op", "--metrics", "nope"]).is_err());
+    }
+}

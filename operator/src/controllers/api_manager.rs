@@ -1,0 +1,290 @@
+//! ApiManager reconciler: applies the pattern's objects (server-side apply,
+//! one field manager), removes the ones the pattern no longer has, and
+//! reports Ready / Progressing / Degraded with the components' replicas.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::StatefulSet, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Secret, core::v1::Service,
+        policy::v1::PodDisruptionBudget,
+    },
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{Controller, controller::Action, watcher},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use tollgate_crds::{
+    API_VERSION, ApiManager,
+    api_manager::{ApiManagerStatus, ComponentStatus, Endpoints},
+    conditions::{self, reasons},
+};
+
+use super::{Context, FIELD_MANAGER, backoff, scoped};
+use crate::{
+    artifacts,
+    config::Config,
+    error::{Error, Result},
+    plan::Verdict,
+    status,
+    workload::{self, MANAGED_BY, MANAGED_BY_VALUE, MANAGER_LABEL},
+};
+
+const CONTROLLER: &str = "apimanager";
+
+/// The ApiManager controller; it caches only the StatefulSets it manages.
+pub fn controller(client: &Client, config: &Config, wc: watcher::Config) -> Controller<ApiManager> {
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
+    Controller::new(scoped::<ApiManager>(client, config), wc).owns(scoped::<StatefulSet>(client, config), owned)
+}
+
+pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.watched(m.namespace().as_deref()) || m.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    ctx.caches_ready().await;
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let ns = m.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = m.name_any();
+
+    // The folder must exist before pods mount it as a subPath.
+    let dir = artifacts::manager_dir(&ctx.config.artifact_dir, &ns, &name);
+    artifacts::ensure_dir(&dir)?;
+
+    let missing = missing_secrets(&ctx.client, &ns, &m).await?;
+    let desired = workload::desired(&m, &ctx.workload);
+    let applied = match apply_all(&ctx.client, &ns, &name, &desired).await {
+        Ok(sets) => sets,
+        Err(e) => {
+            let degraded = Verdict::yes(reasons::APPLY_FAILED, format!("applying the pattern's objects failed: {e}"));
+            write_status(&m, &ctx, &[], Some(degraded), &missing).await?;
+            return Err(e);
+        }
+    };
+    let ready = write_status(&m, &ctx, &applied, None, &missing).await?;
+    ctx.failures.reset(&format!("apim/{ns}/{name}"));
+    Ok(Action::requeue(if ready { Duration::from_secs(300) } else { Duration::from_secs(15) }))
+}
+
+pub fn error_policy(m: Arc<ApiManager>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(CONTROLLER, error.metric_label());
+    let n = ctx.failures.bump(format!("apim/{}/{}", m.namespace().unwrap_or_default(), m.name_any()));
+    tracing::warn!(apimanager = %m.name_any(), error = %error, failures = n, "ApiManager reconcile failed");
+    backoff(n)
+}
+
+async fn apply_one<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?)
+}
+
+/// Delete objects of kind K that carry the manager's label but are not wanted.
+async fn prune<K>(client: &Client, ns: &str, manager: &str, keep: &BTreeSet<String>) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("{MANAGER_LABEL}={manager},{MANAGED_BY}={MANAGED_BY_VALUE}"));
+    for obj in api.list_metadata(&lp).await? {
+        let name = obj.name_any();
+        if !keep.contains(&name) {
+            tracing::info!(kind = K::kind(&()).as_ref(), %name, "removing object the pattern no longer has");
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn names<K: Resource>(objs: &[K]) -> BTreeSet<String> {
+    objs.iter().filter_map(|o| o.meta().name.clone()).collect()
+}
+
+async fn apply_all(client: &Client, ns: &str, name: &str, d: &workload::Desired) -> Result<Vec<StatefulSet>> {
+    for svc in &d.services {
+        apply_one(client, ns, svc).await?;
+    }
+    let mut sets = Vec::new();
+    for sts in &d.stateful_sets {
+        sets.push(apply_one(client, ns, sts).await?);
+    }
+    for hpa in &d.autoscalers {
+        apply_one(client, ns, hpa).await?;
+    }
+    for pdb in &d.disruption_budgets {
+        apply_one(client, ns, pdb).await?;
+    }
+    prune::<HorizontalPodAutoscaler>(client, ns, name, &names(&d.autoscalers)).await?;
+    prune::<PodDisruptionBudget>(client, ns, name, &names(&d.disruption_budgets)).await?;
+    prune::<StatefulSet>(client, ns, name, &names(&d.stateful_sets)).await?;
+    prune::<Service>(client, ns, name, &names(&d.services)).await?;
+    Ok(sets)
+}
+
+/// Referenced Secrets (or keys) that do not exist. Only existence is read;
+/// values are never copied or logged.
+async fn missing_secrets(client: &Client, ns: &str, m: &ApiManager) -> Result<Vec<String>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut missing = Vec::new();
+    for (field, r) in workload::secret_refs(m) {
+        match api.get_opt(&r.name).await? {
+            None => missing.push(format!("{field}: Secret {ns}/{} not found", r.name)),
+            Some(s) => {
+                let has_key = s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
+                    || s.string_data.as_ref().is_some_and(|d| d.contains_key(&r.key));
+                if !has_key {
+                    missing.push(format!("{field}: Secret {ns}/{} has no key {:?}", r.name, r.key));
+                }
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Writes the status; returns whether the manager is Ready.
+async fn write_status(
+    m: &ApiManager,
+    ctx: &Context,
+    sets: &[StatefulSet],
+    apply_failure: Option<Verdict>,
+    missing_secrets: &[String],
+) -> Result<bool> {
+    let comps = workload::components(m);
+    let mut components = Vec::new();
+    let mut not_ready = Vec::new();
+    let mut rolling = Vec::new();
+    for c in &comps {
+        let sts = sets.iter().find(|s| s.meta().name.as_deref() == Some(c.stateful_set.as_str()));
+        let want = sts.and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(1);
+        let st = sts.and_then(|s| s.status.as_ref());
+        let ready = st.and_then(|s| s.ready_replicas).unwrap_or(0);
+        let current = st.map(|s| s.replicas).unwrap_or(0);
+        let observed = st.and_then(|s| s.observed_generation);
+        let generation = sts.and_then(|s| s.metadata.generation);
+        let updated = st.and_then(|s| s.updated_replicas).unwrap_or(0);
+        if ready < want.max(1) {
+            not_ready.push(format!("{} {ready}/{want} ready", c.stateful_set));
+        }
+        if observed < generation || updated < want {
+            rolling.push(c.stateful_set.clone());
+        }
+        components.push(ComponentStatus {
+            name: c.name.clone(),
+            stateful_set: c.stateful_set.clone(),
+            replicas: current,
+            ready_replicas: ready,
+        });
+    }
+    let all_ready = sets.len() == comps.len() && not_ready.is_empty();
+    let ready = if all_ready {
+        Verdict::yes(reasons::ALL_READY, "all components are ready")
+    } else if sets.is_empty() {
+        Verdict::no(reasons::APPLY_FAILED, "the pattern's objects could not be applied")
+    } else {
+        Verdict::no(reasons::COMPONENTS_NOT_READY, not_ready.join(", "))
+    };
+    let progressing = if rolling.is_empty() {
+        Verdict::no(reasons::STABLE, "no rollout in progress")
+    } else {
+        Verdict::yes(reasons::ROLLING_OUT, format!("rolling out {}", rolling.join(", ")))
+    };
+    let degraded = match apply_failure {
+        Some(v) => v,
+        None if !missing_secrets.is_empty() => Verdict::yes(reasons::SECRET_NOT_FOUND, missing_secrets.join("; ")),
+        None => Verdict::no(reasons::AS_EXPECTED, "no problems found"),
+    };
+
+    let ns = m.namespace().unwrap_or_default();
+    let first_serving = comps.iter().find(|c| c.roles.contains(&"gateway")).unwrap_or(&comps[0]);
+    let control = &comps[0];
+    let host = |svc: &str| format!("{svc}.{ns}.svc");
+    let l = &m.spec.listeners;
+    let endpoints = Endpoints {
+        http: Some(format!("http://{}:{}", host(&first_serving.stateful_set), l.http)),
+        https: l.tls_secret_name.as_ref().map(|_| format!("https://{}:{}", host(&first_serving.stateful_set), l.https)),
+        management: Some(format!("http://{}:{}", host(&control.stateful_set), l.management)),
+    };
+
+    let previous = m.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let generation = m.metadata.generation;
+    let new = ApiManagerStatus {
+        observed_generation: generation,
+        conditions: vec![
+            status::condition(previous, conditions::READY, &ready, generation),
+            status::condition(previous, conditions::PROGRESSING, &progressing, generation),
+            status::condition(previous, conditions::DEGRADED, &degraded, generation),
+        ],
+        components,
+        endpoints: Some(endpoints),
+    };
+    let unchanged = m.status.as_ref().is_some_and(|s| {
+        s.observed_generation == new.observed_generation
+            && s.components == new.components
+            && s.endpoints == new.endpoints
+            && status::same_conditions(&s.conditions, &new.conditions)
+    });
+    if !unchanged {
+        let api: Api<ApiManager> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({ "apiVersion": API_VERSION, "kind": "ApiManager", "status": new });
+        api.patch_status(&m.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        ctx.metrics.status_writes.get_or_create(&crate::metrics::ControllerLabels { controller: CONTROLLER }).inc();
+        let was_ready = status::find(previous, conditions::READY).is_some_and(|c| c.status == "True");
+        if ready.ok != was_ready {
+            ctx.event(m, !ready.ok, ready.reason, ready.message.clone()).await;
+        }
+        let was_degraded = status::find(previous, conditions::DEGRADED).map(|c| c.reason.clone());
+        if degraded.ok && was_degraded.as_deref() != Some(degraded.reason) {
+            ctx.event(m, true, degraded.reason, degraded.message.clone()).await;
+        }
+    }
+    Ok(ready.ok)
+}
+
+/// Remove artifact folders of ApiManagers that no longer exist (in watched
+/// namespaces), once a minute after the caches are complete.
+pub async fn sweep_orphans(ctx: Arc<Context>) {
+    ctx.caches_ready().await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        if let Err(e) = sweep_once(&ctx) {
+            tracing::warn!(error = %e, "sweeping artifact folders failed");
+        }
+    }
+}
+
+fn sweep_once(ctx: &Context) -> Result<()> {
+    let root = &ctx.config.artifact_dir;
+    let Ok(namespaces) = std::fs::read_dir(root) else { return Ok(()) };
+    let watched = &ctx.config.watch_namespaces;
+    for ns_entry in namespaces.flatten() {
+        let Some(ns) = ns_entry.file_name().to_str().map(str::to_string) else { continue };
+        if !ns_entry.path().is_dir() || (!watched.is_empty() && !watched.contains(&ns)) {
+            continue;
+        }
+        let Ok(managers) = std::fs::read_dir(ns_entry.path()) else { continue };
+        for m_entry in managers.flatten() {
+            let Some(name) = m_entry.file_name().to_str().map(str::to_string) else { continue };
+            let exists = ctx.managers.get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns)).is_some();
+            if !exists && m_entry.path().is_dir() {
+                tracing::info!(namespace = %ns, apimanager = %name, "removing the artifact folder of a deleted ApiManager");
+                artifacts::remove_dir(&m_entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! The three controllers and what they share.
+
+pub mod api_deployment;
+pub mod api_manager;
+pub mod throttle_policy;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tokio::sync::mpsc;
+use tollgate_crds::{ApiDeployment, ApiManager, ThrottlePolicy};
+
+use crate::{artifacts::Folders, config::Config, metrics::Metrics, workload::WorkloadConfig};
+
+/// The one field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "tollgate-operator";
+/// Finalizer that removes an ApiDeployment's artifact before it goes.
+pub const ARTIFACT_FINALIZER: &str = "tollgate.dev/artifact";
+
+/// State shared by the reconcilers.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub workload: WorkloadConfig,
+    pub managers: Store<ApiManager>,
+    pub apis: Store<ApiDeployment>,
+    pub policies: Store<ThrottlePolicy>,
+    pub folders: Folders,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Re-run the reconciler of other ApiDeployments (siblings whose status a
+    /// change affects: conflicts, freed routes).
+    pub requeue_api: mpsc::UnboundedSender<ObjectRef<ApiDeployment>>,
+    /// Consecutive failures per object, for the error backoff.
+    pub failures: Failures,
+}
+
+impl Context {
+    /// Reconcilers act only on complete caches: a partial view could remove
+    /// artifacts that are still wanted.
+    pub async fn caches_ready(&self) {
+        let _ = self.managers.wait_until_ready().await;
+        let _ = self.apis.wait_until_ready().await;
+        let _ = self.policies.wait_until_ready().await;
+    }
+
+    /// With several --watch-namespaces the operator watches cluster-wide and
+    /// skips objects elsewhere.
+    pub fn watched(&self, namespace: Option<&str>) -> bool {
+        let list = &self.config.watch_namespaces;
+        list.len() <= 1 || namespace.is_some_and(|ns| list.iter().any(|w| w == ns))
+    }
+
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// Api for a kind over the watched scope (one namespace or the cluster).
+pub fn scoped<K>(client: &Client, config: &Config) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match config.watch_namespaces.as_slice() {
+        [one] => Api::namespaced(client.clone(), one),
+        _ => Api::all(client.clone()),
+    }
+}
+
+/// Backoff for failed reconciliations: 1 s doubling to 5 min, per object.
+pub fn backoff(failures: u32) -> Action {
+    let secs = 1u64 << failures.min(8);
+    Action::requeue(Duration::from_secs(secs.min(300)))
+}
+
+/// Run all controllers until shutdown.
+pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity: String) -> anyhow::Result<()> {
+    let (repo, tag) = config.default_image();
+    let workload = WorkloadConfig {
+        image_repository: repo,
+        image_tag: tag,
+        artifact_claim: config.artifact_claim.clone(),
+        drain_seconds: config.gateway_drain_seconds,
+    };
+    let concurrency = config.concurrency.max(1);
+    let wc = watcher::Config::default();
+
+    let manager_ctrl = api_manager::controller(&client, &config, wc.clone());
+    let policy_ctrl = Controller::new(scoped::<ThrottlePolicy>(&client, &config), wc.clone());
+    let api_ctrl = Controller::new(scoped::<ApiDeployment>(&client, &config), wc.clone());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity) };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        workload,
+        managers: manager_ctrl.store(),
+        apis: api_ctrl.store(),
+        policies: policy_ctrl.store(),
+        folders: Folders::default(),
+        metrics,
+        recorder: Recorder::new(client.clone(), reporter),
+        requeue_api: tx,
+        failures: Failures::default(),
+        config,
+    });
+    let api_ctrl = api_deployment::wire(api_ctrl, &client, &ctx.config, ctx.apis.clone(), rx);
+    let cfg = kube::runtime::controller::Config::default().concurrency(concurrency);
+
+    let managers = manager_ctrl
+        .with_config(cfg.clone())
+        .shutdown_on_signal()
+        .run(api_manager::reconcile, api_manager::error_policy, ctx.clone())
+        .for_each(|r| async move { log_result("apimanager", r) });
+    let apis = api_ctrl
+        .with_config(cfg.clone())
+        .shutdown_on_signal()
+        .run(api_deployment::reconcile, api_deployment::error_policy, ctx.clone())
+        .for_each(|r| async move { log_result("apideployment", r) });
+    let policies = policy_ctrl
+        .with_config(cfg)
+        .shutdown_on_signal()
+        .run(throttle_policy::reconcile, throttle_policy::error_policy, ctx.clone())
+        .for_each(|r| async move { log_result("throttlepolicy", r) });
+    let sweeper = api_manager::sweep_orphans(ctx.clone());
+    tokio::select! {
+        _ = futures::future::join3(managers, apis, policies) => {}
+        _ = sweeper => {}
+    }
+    Ok(())
+}
+
+fn log_result<K: Resource, E: std::fmt::Display, W: std::fmt::Display>(
+    controller: &str,
+    r: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E, W>>,
+) where
+    K::DynamicType: std::fmt::Debug,
+{
+    match r {
+        Ok((obj, _)) => tracing::debug!(controller, object = %obj, "reconciled"),
+        Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+            tracing::warn!(controller, object = %obj, error = %e, "reconcile failed")
+        }
+        Err(e) => tracing::warn!(controller, error = %e, "controller"),
+    }
+}
+
+/// Per-object failure counts for the error backoff.
+#[derive(Default)]
+pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl Failures {
+    pub fn bump(&self, key: String) -> u32 {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key).or_default();
+        *n = n.saturating_add(1);
+        *n
+    }
+    pub fn reset(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}

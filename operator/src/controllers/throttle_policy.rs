@@ -1,0 +1,70 @@
+//! ThrottlePolicy reconciler: checks what the schema cannot (IP ranges) and
+//! reports Accepted. Artifacts that embed a policy are re-synced by the
+//! ApiDeployment controller, which watches policies.
+
+use std::sync::Arc;
+
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use tollgate_crds::{
+    API_VERSION, ThrottlePolicy,
+    conditions::{self, reasons},
+    throttle_policy::ThrottlePolicyStatus,
+};
+
+use super::{Context, FIELD_MANAGER, backoff};
+use crate::{error::Result, plan::Verdict, status};
+
+const CONTROLLER: &str = "throttlepolicy";
+
+/// Semantic checks beyond the CRD schema.
+pub fn check(p: &ThrottlePolicy) -> Verdict {
+    for (i, c) in p.spec.conditions.iter().enumerate() {
+        for range in &c.match_.ip_ranges {
+            let ok = range.parse::<ipnet::IpNet>().is_ok() || range.parse::<std::net::IpAddr>().is_ok();
+            if !ok {
+                return Verdict::no(
+                    reasons::INVALID,
+                    format!("spec.conditions[{i}].match.ipRanges: {range:?} is not an IP address or CIDR range"),
+                );
+            }
+        }
+    }
+    Verdict::yes(reasons::ACCEPTED, "accepted")
+}
+
+pub async fn reconcile(p: Arc<ThrottlePolicy>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.watched(p.namespace().as_deref()) {
+        return Ok(Action::await_change());
+    }
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let verdict = check(&p);
+    let previous = p.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let generation = p.metadata.generation;
+    let new = ThrottlePolicyStatus {
+        observed_generation: generation,
+        conditions: vec![status::condition(previous, conditions::ACCEPTED, &verdict, generation)],
+    };
+    let unchanged = p.status.as_ref().is_some_and(|s| {
+        s.observed_generation == new.observed_generation && status::same_conditions(&s.conditions, &new.conditions)
+    });
+    if !unchanged {
+        let api: Api<ThrottlePolicy> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
+        let patch = json!({ "apiVersion": API_VERSION, "kind": "ThrottlePolicy", "status": new });
+        api.patch_status(&p.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        if !verdict.ok {
+            ctx.event(&*p, true, verdict.reason, verdict.message.clone()).await;
+        }
+    }
+    ctx.failures.reset(&format!("tp/{}/{}", p.namespace().unwrap_or_default(), p.name_any()));
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(p: Arc<ThrottlePolicy>, error: &crate::error::Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(CONTROLLER, error.metric_label());
+    backoff(ctx.failures.bump(format!("tp/{}/{}", p.namespace().unwrap_or_default(), p.name_any())))
+}

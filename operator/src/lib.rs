@@ -1,0 +1,13 @@
+//! tollgate-operator: reconciles ApiManager, ApiDeployment and ThrottlePolicy
+//! into StatefulSets, Services, HPAs, PDBs and artifact files.
+
+pub mod artifacts;
+pub mod config;
+pub mod controllers;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod status;
+pub mod workload;

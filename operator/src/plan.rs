@@ -1,0 +1,450 @@
+//! The artifact plan of one ApiManager: a pure function from the objects the
+//! operator sees (the ApiManager, the ApiDeployments that point at it, the
+//! ThrottlePolicies, namespace labels, OpenAPI definitions) to the files its
+//! artifact folder must hold and the status every ApiDeployment must show.
+//!
+//! Nothing here talks to the API server or the file system, so every rule
+//! (allowed namespaces, conflicts, reference resolution, lifecycle) is unit
+//! tested directly.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tollgate_crds::{
+    API_VERSION, ApiDeployment, ApiManager, ThrottlePolicy,
+    api_deployment::{Method, Operation},
+    api_manager::{NamespacesFrom, Pattern},
+    conditions::reasons,
+};
+
+/// Namespace and name of an object.
+pub type Key = (String, String);
+
+/// The verdict for one condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub ok: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Verdict {
+    pub fn yes(reason: &'static str, message: impl Into<String>) -> Self {
+        Verdict { ok: true, reason, message: message.into() }
+    }
+    pub fn no(reason: &'static str, message: impl Into<String>) -> Self {
+        Verdict { ok: false, reason, message: message.into() }
+    }
+}
+
+/// What the status of one ApiDeployment must say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub accepted: Verdict,
+    pub resolved_refs: Verdict,
+    pub deployed: Verdict,
+    /// `<context>/<version>` once accepted.
+    pub url: Option<String>,
+    /// Hash of the artifact and the policy artifacts it uses.
+    pub revision: Option<String>,
+}
+
+impl Outcome {
+    /// The outcome of an ApiDeployment whose ApiManager does not exist.
+    pub fn manager_not_found(api: &ApiDeployment) -> Outcome {
+        let (ns, name) = manager_key(api);
+        let msg = format!("ApiManager {ns}/{name} not found");
+        Outcome {
+            accepted: Verdict::no(reasons::API_MANAGER_NOT_FOUND, msg.clone()),
+            resolved_refs: Verdict::no(reasons::API_MANAGER_NOT_FOUND, msg.clone()),
+            deployed: Verdict::no(reasons::API_MANAGER_NOT_FOUND, msg),
+            url: None,
+            revision: None,
+        }
+    }
+}
+
+/// OpenAPI documents read from ConfigMaps, keyed by (namespace, configmap, key).
+/// `Err` holds why the document could not be read (missing map or key).
+pub type Definitions = BTreeMap<(String, String, String), Result<String, String>>;
+
+/// Everything the plan of one ApiManager depends on.
+pub struct Inputs<'a> {
+    pub manager: &'a ApiManager,
+    /// Every ApiDeployment whose apiManagerRef names this manager.
+    pub apis: Vec<&'a ApiDeployment>,
+    pub policies: &'a BTreeMap<Key, &'a ThrottlePolicy>,
+    pub namespace_labels: &'a BTreeMap<String, BTreeMap<String, String>>,
+    pub definitions: &'a Definitions,
+}
+
+/// The files of one artifact folder and the status of every API on it.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Relative path (`apis/<ns>_<name>.yaml`, `policies/<ns>_<name>.yaml`) to content.
+    pub files: BTreeMap<String, String>,
+    pub outcomes: BTreeMap<Key, Outcome>,
+}
+
+/// The ApiManager an ApiDeployment points at (namespace defaults to its own).
+pub fn manager_key(api: &ApiDeployment) -> Key {
+    let r = &api.spec.api_manager_ref;
+    let ns = r.namespace.clone().unwrap_or_else(|| api.namespace().unwrap_or_default());
+    (ns, r.name.clone())
+}
+
+/// Every ThrottlePolicy name an ApiDeployment uses (API level and operations).
+pub fn policy_names(api: &ApiDeployment) -> Vec<&str> {
+    let mut names: Vec<&str> = api.spec.throttling.iter().map(|t| t.policy.as_str()).collect();
+    names.extend(api.spec.operations.iter().filter_map(|o| o.throttling.as_ref()).map(|t| t.policy.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+pub fn api_file(ns: &str, name: &str) -> String {
+    format!("apis/{ns}_{name}.yaml")
+}
+
+pub fn policy_file(ns: &str, name: &str) -> String {
+    format!("policies/{ns}_{name}.yaml")
+}
+
+const HEADER: &str = "# Written by tollgate-operator from the object of the same name; do not edit.\n";
+
+/// Compute the plan of one ApiManager.
+pub fn plan(inputs: &Inputs<'_>) -> Plan {
+    let manager = inputs.manager;
+    let mgr_ns = manager.namespace().unwrap_or_default();
+    let mgr_name = manager.name_any();
+    let mut plan = Plan::default();
+
+    // Oldest first: the older ApiDeployment keeps a contested context/version.
+    let mut apis: Vec<&ApiDeployment> =
+        inputs.apis.iter().copied().filter(|a| a.metadata.deletion_timestamp.is_none()).collect();
+    apis.sort_by(|a, b| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb).then_with(|| a.namespace().cmp(&b.namespace())).then_with(|| a.name_any().cmp(&b.name_any()))
+    });
+
+    let mut claimed: BTreeMap<(String, String), Key> = BTreeMap::new();
+    for api in apis {
+        let ns = api.namespace().unwrap_or_default();
+        let name = api.name_any();
+        let key = (ns.clone(), name.clone());
+        let url = format!("{}/{}", api.spec.context.trim_end_matches('/'), api.spec.version);
+
+        // 1. Allowed namespaces.
+        if let Err(why) = namespace_allowed(manager, &ns, inputs.namespace_labels) {
+            let msg = format!("namespace {ns:?} may not deploy APIs onto ApiManager {mgr_ns}/{mgr_name}: {why}");
+            plan.outcomes.insert(
+                key,
+                Outcome {
+                    accepted: Verdict::no(reasons::NOT_ALLOWED, msg.clone()),
+                    resolved_refs: Verdict::no(reasons::NOT_ALLOWED, "not evaluated: the API is not allowed"),
+                    deployed: Verdict::no(reasons::NOT_ALLOWED, msg),
+                    url: None,
+                    revision: None,
+                },
+            );
+            continue;
+        }
+
+        // 2. Retired APIs keep nothing and claim nothing.
+        if !api.spec.lifecycle.has_artifact() {
+            plan.outcomes.insert(
+                key,
+                Outcome {
+                    accepted: Verdict::yes(reasons::ACCEPTED, "accepted"),
+                    resolved_refs: Verdict::yes(reasons::RESOLVED, "not needed: the API is Retired"),
+                    deployed: Verdict::no(reasons::RETIRED, "lifecycle is Retired: the artifact was removed"),
+                    url: None,
+                    revision: None,
+                },
+            );
+            continue;
+        }
+
+        // 3. Conflicts: the oldest claim on context/version wins.
+        let route = (api.spec.context.trim_end_matches('/').to_string(), api.spec.version.clone());
+        if let Some((ons, oname)) = claimed.get(&route) {
+            let msg = format!("{url} is already served on this ApiManager by the older ApiDeployment {ons}/{oname}");
+            plan.outcomes.insert(
+                key,
+                Outcome {
+                    accepted: Verdict::no(reasons::CONFLICT, msg.clone()),
+                    resolved_refs: Verdict::no(reasons::CONFLICT, "not evaluated: the API is in conflict"),
+                    deployed: Verdict::no(reasons::CONFLICT, msg),
+                    url: None,
+                    revision: None,
+                },
+            );
+            continue;
+        }
+        claimed.insert(route, key.clone());
+
+        // 4. References: gateway groups, policies, definition.
+        let resolved = resolve(api, manager, &mgr_ns, inputs);
+        let (operations, used_policies) = match resolved {
+            Ok(r) => r,
+            Err((reason, msg)) => {
+                plan.outcomes.insert(
+                    key,
+                    Outcome {
+                        accepted: Verdict::yes(reasons::ACCEPTED, "accepted"),
+                        resolved_refs: Verdict::no(reason, msg.clone()),
+                        deployed: Verdict::no(reason, msg),
+                        url: Some(url),
+                        revision: None,
+                    },
+                );
+                continue;
+            }
+        };
+
+        // 5. Artifacts.
+        let api_doc = render_api(api, &mgr_ns, operations);
+        let mut hasher = Sha256::new();
+        hasher.update(api_doc.as_bytes());
+        plan.files.insert(api_file(&ns, &name), api_doc);
+        for (pns, pname) in &used_policies {
+            let policy = inputs.policies[&(pns.clone(), pname.clone())];
+            let doc = render_policy(policy);
+            hasher.update(doc.as_bytes());
+            plan.files.insert(policy_file(pns, pname), doc);
+        }
+        let revision = hex(&hasher.finalize()[..8]);
+        let deployed = match api.spec.lifecycle {
+            tollgate_crds::api_deployment::Lifecycle::Created => {
+                Verdict::no(reasons::NOT_SERVED, "artifact written; lifecycle Created is not served (404)")
+            }
+            _ => Verdict::yes(reasons::DEPLOYED, format!("served at {url}")),
+        };
+        plan.outcomes.insert(
+            key,
+            Outcome {
+                accepted: Verdict::yes(reasons::ACCEPTED, "accepted"),
+                resolved_refs: Verdict::yes(reasons::RESOLVED, "all references resolved"),
+                deployed,
+                url: Some(url),
+                revision: Some(revision),
+            },
+        );
+    }
+    plan
+}
+
+type Resolved = (Vec<Operation>, Vec<Key>);
+
+fn resolve(
+    api: &ApiDeployment,
+    manager: &ApiManager,
+    mgr_ns: &str,
+    inputs: &Inputs<'_>,
+) -> Result<Resolved, (&'static str, String)> {
+    let ns = api.namespace().unwrap_or_default();
+    if manager.spec.pattern == Pattern::DistributedGateways {
+        let known: Vec<&str> = manager.spec.gateways.iter().map(|g| g.name.as_str()).collect();
+        let unknown: Vec<&str> = api.spec.gateways.iter().map(String::as_str).filter(|g| !known.contains(g)).collect();
+        if !unknown.is_empty() {
+            return Err((
+                reasons::GATEWAY_NOT_FOUND,
+                format!("gateway group(s) {unknown:?} not found on the ApiManager (it has {known:?})"),
+            ));
+        }
+    }
+    let mut used = Vec::new();
+    let mut missing = Vec::new();
+    for policy in policy_names(api) {
+        let own = (ns.clone(), policy.to_string());
+        let fallback = (mgr_ns.to_string(), policy.to_string());
+        if inputs.policies.contains_key(&own) {
+            used.push(own);
+        } else if inputs.policies.contains_key(&fallback) {
+            used.push(fallback);
+        } else {
+            missing.push(policy);
+        }
+    }
+    if !missing.is_empty() {
+        let places =
+            if ns == mgr_ns { format!("namespace {ns:?}") } else { format!("namespaces {ns:?} or {mgr_ns:?}") };
+        return Err((
+            reasons::POLICY_NOT_FOUND,
+            format!("ThrottlePolicy {} not found in {places}", missing.join(", ")),
+        ));
+    }
+    let mut operations = api.spec.operations.clone();
+    if operations.is_empty()
+        && let Some(def) = &api.spec.definition
+    {
+        let r = &def.config_map_ref;
+        let text = match inputs.definitions.get(&(ns.clone(), r.name.clone(), r.key.clone())) {
+            Some(Ok(text)) => text,
+            Some(Err(why)) => return Err((reasons::DEFINITION_NOT_FOUND, why.clone())),
+            None => {
+                return Err((
+                    reasons::DEFINITION_NOT_FOUND,
+                    format!("ConfigMap {ns}/{} key {:?} not read yet", r.name, r.key),
+                ));
+            }
+        };
+        operations = operations_from_openapi(text).map_err(|e| {
+            (
+                reasons::INVALID_DEFINITION,
+                format!("OpenAPI definition in ConfigMap {ns}/{} key {:?}: {e}", r.name, r.key),
+            )
+        })?;
+    }
+    used.sort();
+    used.dedup();
+    Ok((operations, used))
+}
+
+/// Whether APIs from `ns` may deploy onto the manager (Err says why not).
+pub fn namespace_allowed(
+    manager: &ApiManager,
+    ns: &str,
+    labels: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<(), String> {
+    let allowed = &manager.spec.allowed_namespaces;
+    let mgr_ns = manager.namespace().unwrap_or_default();
+    match allowed.from {
+        NamespacesFrom::All => Ok(()),
+        NamespacesFrom::Same if ns == mgr_ns => Ok(()),
+        NamespacesFrom::Same => Err(format!("allowedNamespaces.from is Same ({mgr_ns:?})")),
+        NamespacesFrom::Selector => {
+            let Some(selector) = &allowed.selector else {
+                return Err("allowedNamespaces.from is Selector but no selector is set".into());
+            };
+            let empty = BTreeMap::new();
+            let ns_labels = labels.get(ns).unwrap_or(&empty);
+            if selector_matches(selector, ns_labels) {
+                Ok(())
+            } else {
+                Err("the namespace's labels do not match allowedNamespaces.selector".into())
+            }
+        }
+    }
+}
+
+/// Kubernetes label-selector semantics (matchLabels AND matchExpressions).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// Operations (method and path) of an OpenAPI 3 document in JSON or YAML.
+pub fn operations_from_openapi(text: &str) -> Result<Vec<Operation>, String> {
+    let doc: Value = serde_saphyr::from_str(text).map_err(|e| format!("not JSON or YAML: {e}"))?;
+    if doc.get("openapi").and_then(Value::as_str).is_none_or(|v| !v.starts_with('3')) {
+        return Err("not an OpenAPI 3 document (no `openapi: 3.x` field)".into());
+    }
+    let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+        return Err("no `paths` object".into());
+    };
+    let mut ops = Vec::new();
+    for (path, item) in paths {
+        if !path.starts_with('/') || path.contains("//") || path.split('/').any(|s| s == "." || s == "..") {
+            return Err(format!("path {path:?} must start with '/' and have no empty or dot segments"));
+        }
+        let Some(item) = item.as_object() else { return Err(format!("path {path:?} is not an object")) };
+        for (key, op) in item {
+            let method = match key.as_str() {
+                "get" => Method::GET,
+                "post" => Method::POST,
+                "put" => Method::PUT,
+                "patch" => Method::PATCH,
+                "delete" => Method::DELETE,
+                "head" => Method::HEAD,
+                "options" => Method::OPTIONS,
+                _ => continue, // parameters, summary, servers, trace, ...
+            };
+            let scopes = op
+                .get("security")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object)
+                .flat_map(|m| m.values())
+                .filter_map(Value::as_array)
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect();
+            ops.push(Operation { method, path: path.clone(), scopes, throttling: None });
+        }
+    }
+    if ops.is_empty() {
+        return Err("the document declares no operations".into());
+    }
+    Ok(ops)
+}
+
+fn metadata(obj: &impl ResourceExt) -> Value {
+    let mut m = json!({ "name": obj.name_any(), "namespace": obj.namespace().unwrap_or_default() });
+    if let Some(uid) = obj.uid() {
+        m["uid"] = json!(uid);
+    }
+    if let Some(g) = obj.meta().generation {
+        m["generation"] = json!(g);
+    }
+    if let Some(t) = &obj.meta().creation_timestamp {
+        m["creationTimestamp"] = json!(t);
+    }
+    m
+}
+
+fn to_yaml(doc: &Value) -> String {
+    match serde_saphyr::to_string(doc) {
+        Ok(y) => format!("{HEADER}{y}"),
+        // YAML is a superset of JSON; never fails for a serde_json::Value in practice.
+        Err(_) => format!("{HEADER}{doc}\n"),
+    }
+}
+
+/// The artifact of one ApiDeployment: the user's shape with references resolved
+/// (ApiManager namespace filled, operations derived from the definition).
+pub fn render_api(api: &ApiDeployment, mgr_ns: &str, operations: Vec<Operation>) -> String {
+    let mut spec = api.spec.clone();
+    spec.api_manager_ref.namespace = Some(mgr_ns.to_string());
+    if spec.operations.is_empty() && spec.definition.is_some() {
+        spec.operations = operations;
+    }
+    spec.definition = None;
+    let doc = json!({
+        "apiVersion": API_VERSION,
+        "kind": "ApiDeployment",
+        "metadata": metadata(api),
+        "spec": spec,
+    });
+    to_yaml(&doc)
+}
+
+/// The artifact of one ThrottlePolicy.
+pub fn render_policy(policy: &ThrottlePolicy) -> String {
+    let doc = json!({
+        "apiVersion": API_VERSION,
+        "kind": "ThrottlePolicy",
+        "metadata": metadata(policy),
+        "spec": policy.spec,
+    });
+    to_yaml(&doc)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

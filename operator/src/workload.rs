@@ -1,0 +1,478 @@
+//! The Kubernetes objects an ApiManager stands for (DESIGN.md "Deployment
+//! patterns"): StatefulSets of tollgate-gateway, their Services, and an HPA
+//! and a PodDisruptionBudget where they apply. A pure function of the
+//! ApiManager and the operator configuration.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{StatefulSet, StatefulSetSpec},
+        autoscaling::v2::{
+            CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricIdentifier,
+            MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
+        },
+        core::v1::{
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+            ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+            SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use kube::{Resource, ResourceExt};
+use tollgate_crds::{
+    ApiManager,
+    api_manager::{AutoscalingSpec, Pattern, PullPolicy, VolumeSpec},
+    common::SecretKeyRef,
+};
+
+/// Label on every object the operator creates for an ApiManager.
+pub const MANAGER_LABEL: &str = "tollgate.dev/api-manager";
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "tollgate-operator";
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+
+/// Where things are mounted in the gateway container.
+pub const ARTIFACT_MOUNT: &str = "/etc/tollgate/artifacts";
+pub const DATA_DIR: &str = "/var/lib/tollgate";
+pub const TLS_MOUNT: &str = "/etc/tollgate/tls";
+
+/// Settings of the operator that shape the workloads.
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    pub image_repository: String,
+    pub image_tag: String,
+    pub artifact_claim: String,
+    pub drain_seconds: u32,
+}
+
+/// One StatefulSet of an ApiManager.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Component {
+    /// `all-in-one`, `control-plane` or `gateway-<group>`.
+    pub name: String,
+    pub stateful_set: String,
+    pub roles: Vec<&'static str>,
+    pub gateway_group: Option<String>,
+    /// None when an HPA owns the replica count.
+    pub replicas: Option<i32>,
+    pub autoscaling: Option<AutoscalingSpec>,
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+}
+
+impl Component {
+    /// The most pods this component can run.
+    pub fn max_pods(&self) -> i32 {
+        self.autoscaling.as_ref().map(|a| a.max_replicas).or(self.replicas).unwrap_or(1)
+    }
+}
+
+/// Everything the operator applies for one ApiManager.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    pub stateful_sets: Vec<StatefulSet>,
+    pub services: Vec<Service>,
+    pub autoscalers: Vec<HorizontalPodAutoscaler>,
+    pub disruption_budgets: Vec<PodDisruptionBudget>,
+}
+
+/// The components of the manager's pattern.
+pub fn components(m: &ApiManager) -> Vec<Component> {
+    let name = m.name_any();
+    let analytics = m.spec.analytics.enabled;
+    let mut control_roles = vec!["store", "key-manager"];
+    if analytics {
+        control_roles.push("analytics");
+    }
+    let mut all_roles = vec!["gateway"];
+    all_roles.extend(control_roles.iter().copied());
+    let cp = m.spec.control_plane.as_ref();
+    let cp_autoscaling = cp.and_then(|c| c.autoscaling.clone());
+    let cp_resources = cp.and_then(|c| c.resources.clone());
+    match m.spec.pattern {
+        Pattern::AllInOne => vec![Component {
+            name: "all-in-one".into(),
+            stateful_set: name,
+            roles: all_roles,
+            gateway_group: None,
+            replicas: Some(1),
+            autoscaling: None,
+            resources: cp_resources,
+        }],
+        Pattern::HighAvailability => vec![Component {
+            name: "all-in-one".into(),
+            stateful_set: name,
+            roles: all_roles,
+            gateway_group: None,
+            replicas: if cp_autoscaling.is_some() { None } else { Some(cp.and_then(|c| c.replicas).unwrap_or(2)) },
+            autoscaling: cp_autoscaling,
+            resources: cp_resources,
+        }],
+        Pattern::DistributedGateways => {
+            let mut out = vec![Component {
+                name: "control-plane".into(),
+                stateful_set: format!("{name}-control-plane"),
+                roles: control_roles,
+                gateway_group: None,
+                replicas: if cp_autoscaling.is_some() { None } else { Some(cp.and_then(|c| c.replicas).unwrap_or(2)) },
+                autoscaling: cp_autoscaling,
+                resources: cp_resources,
+            }];
+            for g in &m.spec.gateways {
+                out.push(Component {
+                    name: format!("gateway-{}", g.name),
+                    stateful_set: format!("{name}-gateway-{}", g.name),
+                    roles: vec!["gateway"],
+                    gateway_group: Some(g.name.clone()),
+                    replicas: if g.autoscaling.is_some() { None } else { Some(g.replicas.unwrap_or(2)) },
+                    autoscaling: g.autoscaling.clone(),
+                    resources: g.resources.clone(),
+                });
+            }
+            out
+        }
+    }
+}
+
+/// Labels that select the pods of one component.
+pub fn selector_labels(m: &ApiManager, c: &Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "tollgate-gateway".to_string()),
+        ("app.kubernetes.io/instance".to_string(), m.name_any()),
+        (COMPONENT_LABEL.to_string(), c.name.clone()),
+    ])
+}
+
+fn labels(m: &ApiManager, c: &Component) -> BTreeMap<String, String> {
+    let mut l = selector_labels(m, c);
+    l.insert(MANAGED_BY.into(), MANAGED_BY_VALUE.into());
+    l.insert(MANAGER_LABEL.into(), m.name_any());
+    l
+}
+
+fn meta(m: &ApiManager, c: &Component, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: m.namespace(),
+        labels: Some(labels(m, c)),
+        owner_references: m.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// All objects of the manager.
+pub fn desired(m: &ApiManager, cfg: &WorkloadConfig) -> Desired {
+    let mut d = Desired::default();
+    for c in components(m) {
+        d.stateful_sets.push(stateful_set(m, &c, cfg));
+        d.services.push(service(m, &c, format!("{}-headless", c.stateful_set), true));
+        d.services.push(service(m, &c, c.stateful_set.clone(), false));
+        if let Some(a) = &c.autoscaling {
+            d.autoscalers.push(autoscaler(m, &c, a));
+        }
+        if c.max_pods() > 1 {
+            d.disruption_budgets.push(PodDisruptionBudget {
+                metadata: meta(m, &c, c.stateful_set.clone()),
+                spec: Some(PodDisruptionBudgetSpec {
+                    max_unavailable: Some(IntOrString::Int(1)),
+                    selector: Some(LabelSelector { match_labels: Some(selector_labels(m, &c)), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    d
+}
+
+fn ports(m: &ApiManager) -> [(&'static str, i32); 4] {
+    let l = &m.spec.listeners;
+    [("http", l.http), ("https", l.https), ("management", l.management), ("management-tls", l.management_tls)]
+}
+
+fn service(m: &ApiManager, c: &Component, name: String, headless: bool) -> Service {
+    Service {
+        metadata: meta(m, c, name),
+        spec: Some(ServiceSpec {
+            cluster_ip: headless.then(|| "None".to_string()),
+            publish_not_ready_addresses: headless.then_some(true),
+            selector: Some(selector_labels(m, c)),
+            ports: Some(
+                ports(m)
+                    .into_iter()
+                    .map(|(n, p)| ServicePort {
+                        name: Some(n.into()),
+                        port: p,
+                        target_port: Some(IntOrString::String(n.into())),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn secret_env(name: &str, r: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: r.name.clone(), key: r.key.clone(), optional: Some(false) }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn claim_template(name: &str, v: &VolumeSpec) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: v.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(v.size.0.clone()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("management".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> StatefulSet {
+    let spec = &m.spec;
+    let ns = m.namespace().unwrap_or_default();
+    let l = &spec.listeners;
+    let image = spec.image.as_ref();
+    let repo = image.and_then(|i| i.repository.clone()).unwrap_or_else(|| cfg.image_repository.clone());
+    let tag = image.and_then(|i| i.tag.clone()).unwrap_or_else(|| cfg.image_tag.clone());
+    let pull = image.and_then(|i| i.pull_policy).map(|p| match p {
+        PullPolicy::Always => "Always",
+        PullPolicy::IfNotPresent => "IfNotPresent",
+        PullPolicy::Never => "Never",
+    });
+
+    let mut args = vec![
+        format!("--config-dir={ARTIFACT_MOUNT}"),
+        format!("--data-dir={DATA_DIR}"),
+        format!("--roles={}", c.roles.join(",")),
+        format!("--http=0.0.0.0:{}", l.http),
+        format!("--https=0.0.0.0:{}", l.https),
+        format!("--management=0.0.0.0:{}", l.management),
+        format!("--management-tls=0.0.0.0:{}", l.management_tls),
+        format!("--drain-seconds={}", cfg.drain_seconds),
+    ];
+    if let Some(g) = &c.gateway_group {
+        args.push(format!("--gateway-group={g}"));
+    }
+    let mut env = vec![field_env("POD_NAME", "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace")];
+    if let Some(db) = spec.database.as_ref().and_then(|d| d.external.as_ref()) {
+        env.push(secret_env("TOLLGATE_DATABASE_URL", &db.url_secret_ref));
+    }
+    if let Some(redis) = spec.traffic_manager.as_ref().and_then(|t| t.redis.as_ref()) {
+        env.push(secret_env("TOLLGATE_REDIS_URL", &redis.url_secret_ref));
+    }
+
+    let mut mounts = vec![
+        VolumeMount {
+            name: "artifacts".into(),
+            mount_path: ARTIFACT_MOUNT.into(),
+            sub_path: Some(format!("{ns}/{}", m.name_any())),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "search-index".into(),
+            mount_path: format!("{DATA_DIR}/search-index"),
+            ..Default::default()
+        },
+        VolumeMount { name: "database".into(), mount_path: format!("{DATA_DIR}/database"), ..Default::default() },
+        VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "artifacts".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: cfg.artifact_claim.clone(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        },
+        Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+    ];
+    if let Some(secret) = &l.tls_secret_name {
+        args.push(format!("--tls-cert={TLS_MOUNT}/tls.crt"));
+        args.push(format!("--tls-key={TLS_MOUNT}/tls.key"));
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: TLS_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource { secret_name: Some(secret.clone()), ..Default::default() }),
+            ..Default::default()
+        });
+    }
+
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(format!("{repo}:{tag}")),
+        image_pull_policy: pull.map(str::to_string),
+        args: Some(args),
+        env: Some(env),
+        ports: Some(
+            ports(m)
+                .into_iter()
+                .map(|(n, p)| ContainerPort {
+                    name: Some(n.into()),
+                    container_port: p,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        resources: c.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    StatefulSet {
+        metadata: meta(m, c, c.stateful_set.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: c.replicas,
+            service_name: Some(format!("{}-headless", c.stateful_set)),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector { match_labels: Some(selector_labels(m, c)), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(m, c)), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    termination_grace_period_seconds: Some(i64::from(cfg.drain_seconds) + 10),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        fs_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![
+                claim_template("search-index", &spec.persistence.search_index),
+                claim_template("database", &spec.persistence.database),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn autoscaler(m: &ApiManager, c: &Component, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {
+    let mut metrics = vec![MetricSpec {
+        type_: "Resource".into(),
+        resource: Some(ResourceMetricSource {
+            name: "cpu".into(),
+            target: MetricTarget {
+                type_: "Utilization".into(),
+                average_utilization: Some(a.target_cpu_utilization_percentage),
+                ..Default::default()
+            },
+        }),
+        ..Default::default()
+    }];
+    if let Some(rps) = a.target_requests_per_second {
+        metrics.push(MetricSpec {
+            type_: "Pods".into(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier { name: "tollgate_requests_per_second".into(), ..Default::default() },
+                target: MetricTarget {
+                    type_: "AverageValue".into(),
+                    average_value: Some(Quantity(rps.to_string())),
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        });
+    }
+    HorizontalPodAutoscaler {
+        metadata: meta(m, c, c.stateful_set.clone()),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "StatefulSet".into(),
+                name: c.stateful_set.clone(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(metrics),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Secrets the manager's pods need, with what each is for.
+pub fn secret_refs(m: &ApiManager) -> Vec<(&'static str, SecretKeyRef)> {
+    let mut out = Vec::new();
+    if let Some(db) = m.spec.database.as_ref().and_then(|d| d.external.as_ref()) {
+        out.push(("database.external.urlSecretRef", db.url_secret_ref.clone()));
+    }
+    if let Some(r) = m.spec.traffic_manager.as_ref().and_then(|t| t.redis.as_ref()) {
+        out.push(("trafficManager.redis.urlSecretRef", r.url_secret_ref.clone()));
+    }
+    if let Some(name) = &m.spec.listeners.tls_secret_name {
+        out.push(("listeners.tlsSecretName", SecretKeyRef { name: name.clone(), key: "tls.crt".into() }));
+    }
+    out
+}

@@ -1,0 +1,273 @@
+//! The artifact plan: allowed namespaces, conflicts, reference resolution,
+//! lifecycle, and artifacts the gateway's loader accepts.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use tollgate_crds::{ApiDeployment, ApiManager, ThrottlePolicy, conditions::reasons};
+use tollgate_operator::plan::{self, Definitions, Inputs, Key, operations_from_openapi};
+
+fn manager(ns: &str, name: &str, extra: Value) -> ApiManager {
+    let mut spec = json!({ "pattern": "AllInOne" });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiManager",
+        "metadata": { "name": name, "namespace": ns, "uid": "m-uid" },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn api(ns: &str, name: &str, created: &str, extra: Value) -> ApiDeployment {
+    let mut spec = json!({
+        "apiManagerRef": { "name": "apim" },
+        "context": "/open-banking/aisp", "version": "v3.1",
+        "backend": { "endpoints": [{ "url": "http://127.0.0.1:9000" }] },
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiDeployment",
+        "metadata": { "name": name, "namespace": ns, "creationTimestamp": created, "generation": 1, "uid": format!("{name}-uid") },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn policy(ns: &str, name: &str, requests: i64) -> ThrottlePolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "ThrottlePolicy",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": { "limit": { "requests": requests, "per": "1m" } },
+    }))
+    .unwrap()
+}
+
+struct World {
+    manager: ApiManager,
+    apis: Vec<ApiDeployment>,
+    policies: Vec<ThrottlePolicy>,
+    labels: BTreeMap<String, BTreeMap<String, String>>,
+    definitions: Definitions,
+}
+
+impl World {
+    fn new(manager: ApiManager) -> Self {
+        World { manager, apis: vec![], policies: vec![], labels: BTreeMap::new(), definitions: Definitions::new() }
+    }
+    fn plan(&self) -> plan::Plan {
+        let policies: BTreeMap<Key, &ThrottlePolicy> = self
+            .policies
+            .iter()
+            .map(|p| ((p.metadata.namespace.clone().unwrap(), p.metadata.name.clone().unwrap()), p))
+            .collect();
+        plan::plan(&Inputs {
+            manager: &self.manager,
+            apis: self.apis.iter().collect(),
+            policies: &policies,
+            namespace_labels: &self.labels,
+            definitions: &self.definitions,
+        })
+    }
+}
+
+fn key(ns: &str, name: &str) -> Key {
+    (ns.to_string(), name.to_string())
+}
+
+const T1: &str = "2026-01-01T00:00:00Z";
+const T2: &str = "2026-01-02T00:00:00Z";
+
+#[test]
+fn a_published_api_gets_its_artifact_and_policy_and_the_loader_accepts_them() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "accounts", T1, json!({ "throttling": { "policy": "gold" } })));
+    w.policies.push(policy("banking", "gold", 100));
+    let p = w.plan();
+    let o = &p.outcomes[&key("banking", "accounts")];
+    assert!(o.accepted.ok && o.resolved_refs.ok && o.deployed.ok, "{o:?}");
+    assert_eq!(o.url.as_deref(), Some("/open-banking/aisp/v3.1"));
+    assert!(o.revision.as_ref().is_some_and(|r| r.len() == 16));
+    assert_eq!(p.files.keys().collect::<Vec<_>>(), vec!["apis/banking_accounts.yaml", "policies/banking_gold.yaml"]);
+    // Every file is a valid manifest for the gateway's loader.
+    for (rel, text) in &p.files {
+        let (loaded, errors) = tollgate_crds::loader::load_str(std::path::Path::new(rel), text);
+        assert!(errors.is_empty(), "{rel}: {errors:?}");
+        assert_eq!(loaded.len(), 1);
+    }
+    let api_text = &p.files["apis/banking_accounts.yaml"];
+    assert!(api_text.contains("namespace: banking"), "manager namespace filled in:\n{api_text}");
+}
+
+#[test]
+fn revision_follows_the_policy_content() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "accounts", T1, json!({ "throttling": { "policy": "gold" } })));
+    w.policies.push(policy("banking", "gold", 100));
+    let r1 = w.plan().outcomes[&key("banking", "accounts")].revision.clone();
+    w.policies[0] = policy("banking", "gold", 5);
+    let p = w.plan();
+    assert_ne!(p.outcomes[&key("banking", "accounts")].revision, r1, "a policy edit changes the revision");
+    assert!(p.files["policies/banking_gold.yaml"].contains("requests: 5"));
+}
+
+#[test]
+fn policies_resolve_in_the_api_namespace_first_then_the_managers() {
+    let mut w = World::new(manager("platform", "apim", json!({ "allowedNamespaces": { "from": "All" } })));
+    let mut a = api("team-a", "accounts", T1, json!({ "throttling": { "policy": "gold" } }));
+    a.spec.api_manager_ref.namespace = Some("platform".into());
+    w.apis.push(a);
+    w.policies.push(policy("platform", "gold", 100));
+    let p = w.plan();
+    assert!(p.files.contains_key("policies/platform_gold.yaml"), "fallback to the manager's namespace");
+    w.policies.push(policy("team-a", "gold", 7));
+    let p = w.plan();
+    assert!(p.files.contains_key("policies/team-a_gold.yaml"), "own namespace wins");
+    assert!(!p.files.contains_key("policies/platform_gold.yaml"), "unused policies are not written");
+}
+
+#[test]
+fn a_missing_policy_keeps_the_api_out_with_policy_not_found() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api(
+        "banking",
+        "accounts",
+        T1,
+        json!({ "operations": [{ "method": "GET", "path": "/accounts", "throttling": { "policy": "per-op" } }] }),
+    ));
+    let p = w.plan();
+    let o = &p.outcomes[&key("banking", "accounts")];
+    assert!(o.accepted.ok);
+    assert!(!o.resolved_refs.ok && o.resolved_refs.reason == reasons::POLICY_NOT_FOUND);
+    assert!(o.resolved_refs.message.contains("per-op"), "{}", o.resolved_refs.message);
+    assert!(!o.deployed.ok);
+    assert!(p.files.is_empty());
+}
+
+#[test]
+fn the_older_api_keeps_a_contested_route() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "newer", T2, json!({})));
+    w.apis.push(api("banking", "older", T1, json!({})));
+    let p = w.plan();
+    assert!(p.outcomes[&key("banking", "older")].deployed.ok);
+    let newer = &p.outcomes[&key("banking", "newer")];
+    assert_eq!((newer.accepted.ok, newer.accepted.reason), (false, reasons::CONFLICT));
+    assert!(newer.accepted.message.contains("banking/older"));
+    assert_eq!(p.files.keys().collect::<Vec<_>>(), vec!["apis/banking_older.yaml"]);
+    // When the older one goes, the newer takes over.
+    w.apis.retain(|a| a.metadata.name.as_deref() == Some("newer"));
+    assert!(w.plan().outcomes[&key("banking", "newer")].deployed.ok);
+}
+
+#[test]
+fn deleting_and_retired_apis_leave_no_artifact() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    let mut going = api("banking", "going", T1, json!({}));
+    going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
+    w.apis.push(going);
+    w.apis.push(api("banking", "retired", T1, json!({ "version": "v1", "lifecycle": "Retired" })));
+    let p = w.plan();
+    assert!(p.files.is_empty());
+    assert!(!p.outcomes.contains_key(&key("banking", "going")));
+    let r = &p.outcomes[&key("banking", "retired")];
+    assert_eq!((r.deployed.ok, r.deployed.reason), (false, reasons::RETIRED));
+    // A retired API does not hold its route against others.
+    w.apis.push(api("banking", "successor", T2, json!({ "version": "v1" })));
+    assert!(w.plan().outcomes[&key("banking", "successor")].deployed.ok);
+}
+
+#[test]
+fn created_apis_are_written_but_reported_not_served() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "draft", T1, json!({ "lifecycle": "Created" })));
+    let p = w.plan();
+    let o = &p.outcomes[&key("banking", "draft")];
+    assert_eq!((o.deployed.ok, o.deployed.reason), (false, reasons::NOT_SERVED));
+    assert!(p.files.contains_key("apis/banking_draft.yaml"));
+}
+
+#[test]
+fn allowed_namespaces_same_all_and_selector() {
+    let foreign = |w: &mut World| {
+        let mut a = api("team-a", "accounts", T1, json!({}));
+        a.spec.api_manager_ref.namespace = Some("platform".into());
+        w.apis = vec![a];
+    };
+    let mut w = World::new(manager("platform", "apim", json!({})));
+    foreign(&mut w);
+    let o = &w.plan().outcomes[&key("team-a", "accounts")];
+    assert_eq!((o.accepted.ok, o.accepted.reason), (false, reasons::NOT_ALLOWED));
+
+    w.manager = manager("platform", "apim", json!({ "allowedNamespaces": { "from": "All" } }));
+    assert!(w.plan().outcomes[&key("team-a", "accounts")].accepted.ok);
+
+    w.manager = manager(
+        "platform",
+        "apim",
+        json!({ "allowedNamespaces": { "from": "Selector", "selector": { "matchLabels": { "tollgate.dev/apis": "yes" } } } }),
+    );
+    assert!(!w.plan().outcomes[&key("team-a", "accounts")].accepted.ok, "no labels: not allowed");
+    w.labels.insert("team-a".into(), BTreeMap::from([("tollgate.dev/apis".to_string(), "yes".to_string())]));
+    assert!(w.plan().outcomes[&key("team-a", "accounts")].accepted.ok);
+}
+
+#[test]
+fn unknown_gateway_groups_are_reported() {
+    let m = manager(
+        "banking",
+        "apim",
+        json!({ "pattern": "DistributedGateways", "gateways": [{ "name": "production" }, { "name": "sandbox" }] }),
+    );
+    let mut w = World::new(m);
+    w.apis.push(api("banking", "accounts", T1, json!({ "gateways": ["production", "staging"] })));
+    let o = &w.plan().outcomes[&key("banking", "accounts")];
+    assert_eq!((o.resolved_refs.ok, o.resolved_refs.reason), (false, reasons::GATEWAY_NOT_FOUND));
+    assert!(o.resolved_refs.message.contains("staging"));
+}
+
+#[test]
+fn operations_come_from_the_openapi_definition() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api(
+        "banking",
+        "accounts",
+        T1,
+        json!({ "definition": { "configMapRef": { "name": "oas", "key": "openapi.yaml" } } }),
+    ));
+    let o = &w.plan().outcomes[&key("banking", "accounts")];
+    assert_eq!(o.resolved_refs.reason, reasons::DEFINITION_NOT_FOUND);
+
+    let k = ("banking".to_string(), "oas".to_string(), "openapi.yaml".to_string());
+    w.definitions.insert(k.clone(), Ok("openapi: 3.0.3\npaths:\n  /accounts:\n    get: {}\n  /accounts/{accountId}:\n    get:\n      security: [{PSUOAuth2Security: [accounts]}]\n    parameters: []\n".into()));
+    let p = w.plan();
+    assert!(p.outcomes[&key("banking", "accounts")].deployed.ok);
+    let text = &p.files["apis/banking_accounts.yaml"];
+    assert!(text.contains("/accounts/{accountId}") && !text.contains("configMapRef"), "{text}");
+    let (loaded, errors) = tollgate_crds::loader::load_str(std::path::Path::new("x.yaml"), text);
+    assert!(errors.is_empty() && loaded.len() == 1, "{errors:?}");
+
+    w.definitions.insert(k, Ok("swagger: '2.0'\npaths: {}\n".into()));
+    let o = &w.plan().outcomes[&key("banking", "accounts")];
+    assert_eq!(o.resolved_refs.reason, reasons::INVALID_DEFINITION);
+}
+
+#[test]
+fn openapi_parsing_rejects_bad_documents_clearly() {
+    let ops =
+        operations_from_openapi(r#"{"openapi":"3.1.0","paths":{"/a":{"get":{},"post":{},"summary":"x"}}}"#).unwrap();
+    assert_eq!(ops.len(), 2);
+    for (doc, fragment) in [
+        ("openapi: 3.0.0\n", "no `paths`"),
+        ("openapi: 3.0.0\npaths: {}\n", "no operations"),
+        ("openapi: 3.0.0\npaths:\n  a:\n    get: {}\n", "must start with '/'"),
+        ("openapi: 3.0.0\npaths:\n  /a/../b:\n    get: {}\n", "dot segments"),
+        (": : :\n\t- [", "not JSON or YAML"),
+    ] {
+        let e = operations_from_openapi(doc).unwrap_err();
+        assert!(e.contains(fragment), "{doc:?}: {e}");
+    }
+}
