@@ -14,6 +14,8 @@
 //! - [`TestNamespace`]: a uniquely named namespace per test, deleted
 //!   (best effort) when the guard is dropped, also when the test panics.
 
+pub mod stack;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -33,6 +33,10 @@ pub struct Config {
     /// Name of the leader-election Lease.
     #[arg(long, env = "TOLLGATE_LEASE_NAME", default_value = "tollgate-operator")]
     pub lease_name: String,
+    /// Seconds the Lease stays valid without renewal; a new leader takes over
+    /// at most this long after the old one stops.
+    #[arg(long, env = "TOLLGATE_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_duration_seconds: u64,
     /// Identity in the Lease (default: the pod name from POD_NAME, else the host name and process id).
     #[arg(long, env = "TOLLGATE_IDENTITY")]
     pub identity: Option<String>,

@@ -8,20 +8,23 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
-/// Seconds a Lease stays valid without renewal.
-pub const LEASE_SECONDS: u64 = 15;
-
 pub struct Leadership {
     pub changes: watch::Receiver<bool>,
     pub task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
 }
 
-pub async fn elect(client: Client, namespace: &str, name: &str, identity: &str) -> anyhow::Result<Leadership> {
+pub async fn elect(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    identity: &str,
+    duration_seconds: u64,
+) -> anyhow::Result<Leadership> {
     let manager = LeaseManagerBuilder::new(client, name)
         .with_namespace(namespace)
         .with_identity(identity)
-        .with_duration(LEASE_SECONDS)
-        .with_grace(5)
+        .with_duration(duration_seconds)
+        .with_grace((duration_seconds / 3).max(1))
         .with_field_manager("tollgate-operator-lease")
         .build()
         .await?;

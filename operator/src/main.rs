@@ -50,7 +50,8 @@ async fn main() -> anyhow::Result<()> {
 
     if config.leader_election {
         let ns = config.lease_namespace();
-        let mut leadership = leader::elect(client.clone(), &ns, &config.lease_name, &identity).await?;
+        let mut leadership =
+            leader::elect(client.clone(), &ns, &config.lease_name, &identity, config.lease_duration_seconds).await?;
         tracing::info!(lease = %format!("{ns}/{}", config.lease_name), "waiting for leadership");
         leader::until_leading(&mut leadership.changes).await?;
         tracing::info!("leading: starting controllers");

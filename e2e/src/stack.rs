@@ -1,0 +1,442 @@
+//! The Tollgate processes of an e2e test: the operator (as a local process
+//! authenticated as a ServiceAccount that has exactly the chart's RBAC
+//! rules), gateways reading its artifact folder, and a sample backend.
+//! Everything listens on 127.0.0.1; nothing dials Service or Pod addresses.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    authentication::v1::TokenRequest,
+    core::v1::{PersistentVolume, PersistentVolumeClaim, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+};
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+use crate::{Cluster, FIELD_MANAGER, error_message, repo_root, yaml_to_json};
+
+/// ClusterRole holding the chart's operator rules (shared by the tests).
+pub const OPERATOR_CLUSTER_ROLE: &str = "tollgate-operator-e2e";
+/// Name of the artifact claim the operator tells gateway pods to mount.
+pub const ARTIFACT_CLAIM: &str = "tollgate-artifacts";
+
+/// A binary of the workspace, built by `make e2e` before the tests run.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (`cargo build -p tollgate-operator -p tollgate-gateway`; `make e2e` does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A child process, killed when dropped; its output goes to a log file.
+pub struct Proc {
+    child: Option<Child>,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child: Some(child), name: name.into(), log }
+    }
+
+    /// SIGKILL, no chance to clean up (a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The last lines of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            // SIGTERM first so the process can release what it holds.
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.kill();
+    }
+}
+
+/// Minimal HTTP/1.1 request to a loopback address: (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Status of a GET, 0 when the connection fails.
+pub fn get_status(addr: SocketAddr, path: &str) -> u16 {
+    http(addr, "GET", path).map(|r| r.0).unwrap_or(0)
+}
+
+fn wait_port(addr: SocketAddr, what: &str, proc: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(proc.is_running(), "{what} exited:\n{}", proc.log_tail());
+        assert!(Instant::now() < deadline, "{what} is not listening on {addr}:\n{}", proc.log_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value; panics with `what`
+/// (and the last observation) after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: not within {timeout:?}; last: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The sample backend (tollgate-echo) on a free loopback port.
+pub fn backend(dir: &Path, name: &str) -> (Proc, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut cmd = Command::new(binary("tollgate-echo"));
+    cmd.args([addr.to_string(), name.to_string()]);
+    let mut p = Proc::spawn("tollgate-echo", cmd, dir.join(format!("echo-{}.log", addr.port())));
+    wait_port(addr, "tollgate-echo", &mut p);
+    (p, addr)
+}
+
+/// A gateway process serving `config_dir` (an ApiManager's artifact folder).
+pub struct Gateway {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    pub management: SocketAddr,
+}
+
+impl Gateway {
+    pub fn start(config_dir: &Path, work: &Path, extra: &[&str]) -> Gateway {
+        let port = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().expect("addr") };
+        let (http_addr, https, management, management_tls) = (port(), port(), port(), port());
+        let mut cmd = Command::new(binary("tollgate-gateway"));
+        cmd.arg("--config-dir")
+            .arg(config_dir)
+            .args(["--http", &http_addr.to_string(), "--https", &https.to_string()])
+            .args(["--management", &management.to_string(), "--management-tls", &management_tls.to_string()])
+            .args(["--threads", "1", "--rescan-interval", "0.5", "--data-dir"])
+            .arg(work.join(format!("gateway-data-{}", http_addr.port())))
+            .args(extra);
+        let mut proc = Proc::spawn("tollgate-gateway", cmd, work.join(format!("gateway-{}.log", http_addr.port())));
+        wait_port(management, "tollgate-gateway", &mut proc);
+        Gateway { proc, http: http_addr, management }
+    }
+
+    pub fn get(&self, path: &str) -> u16 {
+        get_status(self.http, path)
+    }
+}
+
+/// Deletes cluster-scoped objects when dropped (best effort, own runtime).
+struct ClusterScoped {
+    config: Config,
+    items: Vec<(&'static str, String)>,
+}
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        if std::env::var(crate::KEEP_NAMESPACES_ENV).is_ok_and(|v| v == "1") || self.items.is_empty() {
+            return;
+        }
+        let (config, items) = (self.config.clone(), std::mem::take(&mut self.items));
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async move {
+                let client = Client::try_from(config).ok()?;
+                for (kind, name) in items {
+                    let dp = DeleteParams::background();
+                    let r = match kind {
+                        "ClusterRoleBinding" => {
+                            Api::<ClusterRoleBinding>::all(client.clone()).delete(&name, &dp).await.map(|_| ())
+                        }
+                        _ => Api::<PersistentVolume>::all(client.clone()).delete(&name, &dp).await.map(|_| ()),
+                    };
+                    if let Err(e) = r {
+                        eprintln!("warning: could not delete {kind} {name}: {}", error_message(&e));
+                    }
+                }
+                Some(())
+            })
+        })
+        .join();
+    }
+}
+
+/// The operator's rules from the chart (`charts/tollgate/files/operator-rules.yaml`).
+pub fn operator_rules() -> (Value, Value) {
+    let path = repo_root().join("charts/tollgate/files/operator-rules.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc = yaml_to_json(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (doc["rules"].clone(), doc["leaseRules"].clone())
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, obj: Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {}", error_message(&e)));
+}
+
+/// A ServiceAccount with the operator's RBAC and a kubeconfig that
+/// authenticates as it (TokenRequest), so the operator process is held to
+/// exactly the rules the chart ships.
+pub struct OperatorAccess {
+    pub kubeconfig: PathBuf,
+    _cleanup: ClusterScoped,
+}
+
+impl OperatorAccess {
+    /// `namespaces[0]` holds the ServiceAccount and the Lease. With
+    /// `cluster_wide` the rules are bound cluster-wide (ClusterRoleBinding),
+    /// else by a RoleBinding in each namespace.
+    pub async fn create(cluster: &Cluster, namespaces: &[&str], cluster_wide: bool, work: &Path) -> OperatorAccess {
+        let client = &cluster.client;
+        let home = namespaces[0];
+        let (rules, lease_rules) = operator_rules();
+        apply(
+            &Api::<ClusterRole>::all(client.clone()),
+            OPERATOR_CLUSTER_ROLE,
+            json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": { "name": OPERATOR_CLUSTER_ROLE }, "rules": rules }),
+        )
+        .await;
+        let sa = "tollgate-operator";
+        apply(
+            &Api::<ServiceAccount>::namespaced(client.clone(), home),
+            sa,
+            json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": sa, "namespace": home } }),
+        )
+        .await;
+        let subject = json!([{ "kind": "ServiceAccount", "name": sa, "namespace": home }]);
+        let mut cleanup = ClusterScoped { config: cluster.config.clone(), items: vec![] };
+        if cluster_wide {
+            let name = format!("{home}-operator");
+            apply(
+                &Api::<ClusterRoleBinding>::all(client.clone()),
+                &name,
+                json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                        "metadata": { "name": name },
+                        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_CLUSTER_ROLE },
+                        "subjects": subject }),
+            )
+            .await;
+            cleanup.items.push(("ClusterRoleBinding", name));
+        } else {
+            for ns in namespaces {
+                apply(
+                    &Api::<RoleBinding>::namespaced(client.clone(), ns),
+                    "tollgate-operator",
+                    json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                            "metadata": { "name": "tollgate-operator", "namespace": ns },
+                            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_CLUSTER_ROLE },
+                            "subjects": subject }),
+                )
+                .await;
+            }
+        }
+        apply(
+            &Api::<Role>::namespaced(client.clone(), home),
+            "tollgate-operator-lease",
+            json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                    "metadata": { "name": "tollgate-operator-lease", "namespace": home }, "rules": lease_rules }),
+        )
+        .await;
+        apply(
+            &Api::<RoleBinding>::namespaced(client.clone(), home),
+            "tollgate-operator-lease",
+            json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": { "name": "tollgate-operator-lease", "namespace": home },
+                    "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tollgate-operator-lease" },
+                    "subjects": subject }),
+        )
+        .await;
+
+        let tr: TokenRequest = serde_json::from_value(json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": { "expirationSeconds": 3600 }
+        }))
+        .expect("TokenRequest");
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), home);
+        let token = sas
+            .create_token_request(sa, &PostParams::default(), &tr)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest for {home}/{sa}: {}", error_message(&e)))
+            .status
+            .expect("a token")
+            .token;
+        let kubeconfig = work.join(format!("operator-{home}.kubeconfig"));
+        write_token_kubeconfig(&cluster.config, &token, &kubeconfig);
+        OperatorAccess { kubeconfig, _cleanup: cleanup }
+    }
+}
+
+fn write_token_kubeconfig(admin: &Config, token: &str, path: &Path) {
+    use base64::Engine;
+    let ca: String = admin
+        .root_cert
+        .iter()
+        .flatten()
+        .map(|der| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<String> =
+                b64.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+        })
+        .collect();
+    let mut cluster = json!({ "server": admin.cluster_url.to_string().trim_end_matches('/') });
+    if ca.is_empty() {
+        cluster["insecure-skip-tls-verify"] = json!(admin.accept_invalid_certs);
+    } else {
+        cluster["certificate-authority-data"] = json!(base64::engine::general_purpose::STANDARD.encode(ca));
+    }
+    let doc = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{ "name": "e2e", "cluster": cluster }],
+        "users": [{ "name": "tollgate-operator", "user": { "token": token } }],
+        "contexts": [{ "name": "operator", "context": { "cluster": "e2e", "user": "tollgate-operator" } }],
+        "current-context": "operator",
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json")).expect("write kubeconfig");
+}
+
+/// A ReadWriteMany PersistentVolume on the host folder the operator writes,
+/// pre-bound to the claim [`ARTIFACT_CLAIM`] in `namespace` (one such PV per
+/// namespace, all on the same folder: how shared NFS storage is offered to
+/// several namespaces).
+pub struct ArtifactVolume {
+    _cleanup: ClusterScoped,
+}
+
+impl ArtifactVolume {
+    pub async fn create(cluster: &Cluster, namespace: &str, host_dir: &Path) -> ArtifactVolume {
+        let pv_name = format!("{namespace}-artifacts");
+        let pvs: Api<PersistentVolume> = Api::all(cluster.client.clone());
+        apply(
+            &pvs,
+            &pv_name,
+            json!({ "apiVersion": "v1", "kind": "PersistentVolume",
+                    "metadata": { "name": pv_name, "labels": { "tollgate.dev/e2e": "true" } },
+                    "spec": { "capacity": { "storage": "1Gi" }, "accessModes": ["ReadWriteMany"],
+                              "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                              "hostPath": { "path": host_dir.to_string_lossy(), "type": "DirectoryOrCreate" },
+                              "claimRef": { "namespace": namespace, "name": ARTIFACT_CLAIM } } }),
+        )
+        .await;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), namespace);
+        apply(
+            &pvcs,
+            ARTIFACT_CLAIM,
+            json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": { "name": ARTIFACT_CLAIM, "namespace": namespace },
+                    "spec": { "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv_name,
+                              "resources": { "requests": { "storage": "1Gi" } } } }),
+        )
+        .await;
+        ArtifactVolume {
+            _cleanup: ClusterScoped { config: cluster.config.clone(), items: vec![("PersistentVolume", pv_name)] },
+        }
+    }
+}
+
+/// A tollgate-operator process.
+pub struct Operator {
+    pub proc: Proc,
+    pub metrics: SocketAddr,
+}
+
+/// How to run an operator process.
+#[derive(Clone)]
+pub struct OperatorSpec {
+    pub kubeconfig: PathBuf,
+    pub artifact_dir: PathBuf,
+    pub namespaces: Vec<String>,
+    pub identity: String,
+    pub leader_election: bool,
+    pub work: PathBuf,
+}
+
+impl Operator {
+    pub fn start(spec: &OperatorSpec) -> Operator {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = Command::new(binary("tollgate-operator"));
+        cmd.env("KUBECONFIG", &spec.kubeconfig)
+            .env("RUST_LOG", "info,tollgate_operator=debug,kube_lease_manager=warn")
+            .arg("--artifact-dir")
+            .arg(&spec.artifact_dir)
+            .args(["--watch-namespaces", &spec.namespaces.join(",")])
+            .args(["--lease-namespace", &spec.namespaces[0], "--lease-duration-seconds", "4"])
+            .args(["--identity", &spec.identity, "--metrics", &metrics.to_string()])
+            .args(["--leader-election", if spec.leader_election { "true" } else { "false" }])
+            .args(["--gateway-image", "registry.local/tollgate-gateway:e2e"]);
+        let log = spec.work.join(format!("operator-{}-{}.log", spec.identity, metrics.port()));
+        let mut proc = Proc::spawn("tollgate-operator", cmd, log);
+        wait_port(metrics, "tollgate-operator", &mut proc);
+        Operator { proc, metrics }
+    }
+
+    /// The value of a metric line that starts with `prefix` (0 when absent).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = http(self.metrics, "GET", "/metrics").unwrap_or_default();
+        body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    }
+}

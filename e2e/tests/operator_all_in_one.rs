@@ -1,0 +1,209 @@
+//! The single-node pattern end to end: the operator (a local process held to
+//! the chart's RBAC) turns an AllInOne ApiManager, a ThrottlePolicy and an
+//! ApiDeployment into a StatefulSet whose pod becomes Ready (kwok) and an
+//! artifact that a real gateway process serves; policy edits and deletions
+//! reach the gateway within 2 s.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::PersistentVolumeClaim, core::v1::Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use tollgate_e2e::{
+    Cluster, apply_manifest, install_crds,
+    stack::{ArtifactVolume, Gateway, Operator, OperatorAccess, OperatorSpec, backend, eventually},
+    tollgate_resource,
+};
+
+fn condition(obj: &Value, type_: &str) -> Option<(String, String)> {
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| (c["status"].as_str().unwrap_or("").to_string(), c["reason"].as_str().unwrap_or("").to_string()))
+}
+
+async fn get(client: &kube::Client, ns: &str, kind: &str, name: &str) -> Result<Value, String> {
+    let ar = tollgate_resource(kind).expect("kind");
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let obj = api.get(name).await.map_err(|e| e.to_string())?;
+    serde_json::to_value(obj).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn all_in_one_serves_throttles_and_removes_apis() {
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("all-in-one").await;
+    let ns = ns.name().to_string();
+    let client = cluster.client.clone();
+    let work = tempfile::tempdir().expect("tempdir");
+    let artifacts = work.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+
+    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
+    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
+    let operator = Operator::start(&OperatorSpec {
+        kubeconfig: access.kubeconfig.clone(),
+        artifact_dir: artifacts.clone(),
+        namespaces: vec![ns.clone()],
+        identity: "op-1".into(),
+        leader_election: true,
+        work: work.path().to_path_buf(),
+    });
+    let (_backend, backend_addr) = backend(work.path(), "accounts-backend");
+
+    apply_manifest(
+        &client,
+        &ns,
+        &json!({ "apiVersion": "tollgate.dev/v1alpha1", "kind": "ThrottlePolicy", "metadata": { "name": "gold" },
+                 "spec": { "limit": { "requests": 1000, "per": "1m" }, "keyBy": "Api" } }),
+    )
+    .await
+    .expect("policy");
+    apply_manifest(
+        &client,
+        &ns,
+        &json!({ "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiManager", "metadata": { "name": "apim" },
+                 "spec": { "pattern": "AllInOne" } }),
+    )
+    .await
+    .expect("apimanager");
+    apply_manifest(
+        &client,
+        &ns,
+        &json!({ "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiDeployment", "metadata": { "name": "accounts" },
+                 "spec": { "apiManagerRef": { "name": "apim" }, "context": "/open-banking/aisp", "version": "v3.1",
+                           "throttling": { "policy": "gold" },
+                           "backend": { "endpoints": [{ "url": format!("http://{backend_addr}/bank") }] } } }),
+    )
+    .await
+    .expect("apideployment");
+
+    // The StatefulSet: both claim templates and every named port.
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let sts = eventually(Duration::from_secs(30), "StatefulSet apim", || async {
+        sts_api.get("apim").await.map_err(|e| format!("{e}\n{}", operator.proc.log_tail()))
+    })
+    .await;
+    let spec = sts.spec.as_ref().unwrap();
+    let templates: Vec<String> =
+        spec.volume_claim_templates.iter().flatten().filter_map(|t| t.metadata.name.clone()).collect();
+    assert_eq!(templates, vec!["search-index", "database"]);
+    let ports: Vec<(String, i32)> = spec.template.spec.as_ref().unwrap().containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            ("http".into(), 8280),
+            ("https".into(), 8243),
+            ("management".into(), 9763),
+            ("management-tls".into(), 9443)
+        ]
+    );
+
+    // Claims Bound, pod Ready, ApiManager Ready.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    for claim in ["search-index-apim-0", "database-apim-0", "tollgate-artifacts"] {
+        eventually(Duration::from_secs(60), &format!("claim {claim} Bound"), || async {
+            let pvc = pvcs.get(claim).await.map_err(|e| e.to_string())?;
+            let phase = pvc.status.and_then(|s| s.phase).unwrap_or_default();
+            if phase == "Bound" { Ok(()) } else { Err(phase) }
+        })
+        .await;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(60), "pod apim-0 Ready", || async {
+        let pod = pods.get("apim-0").await.map_err(|e| e.to_string())?;
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready { Ok(()) } else { Err(format!("{:?}", pod.status.map(|s| s.phase))) }
+    })
+    .await;
+    let manager = eventually(Duration::from_secs(60), "ApiManager Ready", || async {
+        let m = get(&client, &ns, "ApiManager", "apim").await?;
+        match condition(&m, "Ready") {
+            Some((s, _)) if s == "True" => Ok(m),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(manager["status"]["components"][0]["readyReplicas"], 1);
+    assert_eq!(manager["status"]["observedGeneration"], manager["metadata"]["generation"]);
+    assert_eq!(condition(&manager, "Degraded").map(|c| c.0), Some("False".into()));
+
+    // The artifact and the ApiDeployment's status.
+    let folder = artifacts.join(&ns).join("apim");
+    let artifact = folder.join(format!("apis/{ns}_accounts.yaml"));
+    let api = eventually(Duration::from_secs(30), "ApiDeployment Deployed", || async {
+        let a = get(&client, &ns, "ApiDeployment", "accounts").await?;
+        match condition(&a, "Deployed") {
+            Some((s, _)) if s == "True" => Ok(a),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(artifact.is_file() && folder.join(format!("policies/{ns}_gold.yaml")).is_file());
+    assert_eq!(api["status"]["url"], "/open-banking/aisp/v3.1");
+    assert!(api["status"]["artifact"]["revision"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(api["metadata"]["finalizers"], json!(["tollgate.dev/artifact"]));
+
+    // A real gateway on the artifact folder reaches the backend.
+    let gateway = Gateway::start(&folder, work.path(), &[]);
+    eventually(Duration::from_secs(10), "request through the gateway", || async {
+        match gateway.get("/open-banking/aisp/v3.1/accounts/1") {
+            200 => Ok(()),
+            s => Err(format!("status {s}")),
+        }
+    })
+    .await;
+
+    // kubectl patch of the policy is enforced within 2 s.
+    let tp = tollgate_resource("ThrottlePolicy").unwrap();
+    let tps: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &tp);
+    let patched = Instant::now();
+    tps.patch("gold", &PatchParams::default(), &Patch::Merge(json!({ "spec": { "limit": { "requests": 2 } } })))
+        .await
+        .expect("patch policy");
+    let mut throttled = false;
+    while patched.elapsed() < Duration::from_secs(2) {
+        if gateway.get("/open-banking/aisp/v3.1/accounts/1") == 429 {
+            throttled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(throttled, "the patched limit was not enforced within 2 s\n{}", gateway.proc.log_tail());
+
+    // Deleting the ApiDeployment: 404 within 2 s, artifact gone, object gone.
+    let ad = tollgate_resource("ApiDeployment").unwrap();
+    let ads: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ad);
+    let deleted = Instant::now();
+    ads.delete("accounts", &DeleteParams::default()).await.expect("delete");
+    let mut gone = false;
+    while deleted.elapsed() < Duration::from_secs(2) {
+        if gateway.get("/open-banking/aisp/v3.1/accounts/1") == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the deleted API was still served 2 s later");
+    assert!(!artifact.exists(), "the artifact was removed");
+    assert!(!folder.join(format!("policies/{ns}_gold.yaml")).exists(), "no API uses the policy any more");
+    eventually(Duration::from_secs(10), "ApiDeployment gone (finalizer released)", || async {
+        match ads.get_opt("accounts").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|o| o.map(|o| o.metadata.finalizers)))),
+        }
+    })
+    .await;
+    assert_eq!(operator.metric("tollgate_operator_reconcile_errors_total"), 0.0, "{}", operator.proc.log_tail());
+}
