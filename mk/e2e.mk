@@ -19,7 +19,10 @@ E2E_CLUSTER_SCRIPTS := $(E2E_ROOT)/e2e/cluster
 CARGO ?= cargo
 E2E_TEST_THREADS ?= 2
 E2E_ARGS ?=
-E2E_CARGO_TEST = $(CARGO) test -p tollgate-e2e --locked -- --test-threads=$(E2E_TEST_THREADS) $(E2E_ARGS)
+# The tests run the operator, gateway and sample backend binaries as local
+# processes: build them first.
+E2E_CARGO_TEST = $(CARGO) build --locked -p tollgate-operator -p tollgate-gateway --bins && \
+                 $(CARGO) test -p tollgate-e2e --locked -- --test-threads=$(E2E_TEST_THREADS) $(E2E_ARGS)
 
 .PHONY: e2e
 
@@ -50,6 +53,7 @@ e2e: ## e2e tests against KUBECONFIG, else the local control plane (started and 
 	  trap 'exit 130' INT; trap 'exit 143' TERM; \
 	fi; \
 	export KUBECONFIG="$$kubeconfig"; \
+	"$(E2E_CLUSTER_SCRIPTS)/recycle-pvs.sh" >/dev/null || true; \
 	start=$$(date +%s); \
 	$(E2E_CARGO_TEST); \
 	echo "e2e: passed in $$(( $$(date +%s) - start ))s"

@@ -321,6 +321,7 @@ impl Drop for TestNamespace {
             };
             rt.block_on(async move {
                 let client = Client::try_from(config).map_err(|e| e.to_string())?;
+                release_finalizers(&client, &name).await;
                 let api: Api<Namespace> = Api::all(client);
                 match tokio::time::timeout(Duration::from_secs(15), api.delete(&name, &DeleteParams::background()))
                     .await
@@ -336,6 +337,23 @@ impl Drop for TestNamespace {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("warning: could not delete test namespace {}: {e}", self.name),
             Err(_) => eprintln!("warning: deleting test namespace {} panicked", self.name),
+        }
+    }
+}
+
+/// Drops the operator's finalizers from the namespace's ApiDeployments, so
+/// the namespace can go even when no operator runs any more.
+async fn release_finalizers(client: &Client, namespace: &str) {
+    let Some(ar) = tollgate_resource("ApiDeployment") else { return };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+    let Ok(list) = api.list(&ListParams::default()).await else { return };
+    for obj in list.items {
+        if obj.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty())
+            && let Some(name) = obj.metadata.name.as_deref()
+        {
+            let _ = api
+                .patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+                .await;
         }
     }
 }

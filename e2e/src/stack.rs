@@ -73,6 +73,12 @@ impl Proc {
         }
     }
 
+    /// Log lines that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().filter(|l| l.contains(needle)).collect::<Vec<_>>().join("\n")
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
@@ -432,6 +438,20 @@ impl Operator {
         let mut proc = Proc::spawn("tollgate-operator", cmd, log);
         wait_port(metrics, "tollgate-operator", &mut proc);
         Operator { proc, metrics }
+    }
+
+    /// Reconcile errors other than conflicts with a concurrent writer (a
+    /// stale cache: retried at once, part of normal operation).
+    pub fn unexpected_errors(&self) -> f64 {
+        self.metric("tollgate_operator_reconcile_errors_total") - self.metric_matching("reason=\"conflict\"")
+    }
+
+    fn metric_matching(&self, needle: &str) -> f64 {
+        let (_, body) = http(self.metrics, "GET", "/metrics").unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with("tollgate_operator_reconcile_errors_total") && l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// The value of a metric line that starts with `prefix` (0 when absent).

@@ -205,5 +205,5 @@ async fn all_in_one_serves_throttles_and_removes_apis() {
         }
     })
     .await;
-    assert_eq!(operator.metric("tollgate_operator_reconcile_errors_total"), 0.0, "{}", operator.proc.log_tail());
+    assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
 }

@@ -16,14 +16,25 @@ pub enum Error {
     Serialize { what: String, reason: String },
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// Another writer changed the object first (or our cache was stale);
+    /// retried at once.
+    #[error("conflict with a concurrent change: {0}")]
+    Conflict(String),
     #[error("object has no {0}")]
     MissingField(&'static str),
 }
 
 impl Error {
+    /// Conflicts resolve themselves on the next attempt with a fresh object.
+    pub fn is_conflict(&self) -> bool {
+        self.metric_label() == "conflict"
+    }
+
     /// Label used for the `reason` of the error metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
+            Error::Kube(kube::Error::Api(e)) if e.code == 409 => "conflict",
+            Error::Conflict(_) => "conflict",
             Error::Kube(kube::Error::Api(_)) => "api_error",
             Error::Kube(_) => "kube_client",
             Error::Artifact { .. } => "artifact_write",
@@ -35,3 +46,21 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(kube::core::Status::failure("x", "Reason").with_code(code))))
+    }
+
+    #[test]
+    fn conflicts_are_told_apart_from_real_failures() {
+        assert!(api_error(409).is_conflict());
+        assert!(Error::Conflict("stale".into()).is_conflict());
+        assert_eq!(api_error(403).metric_label(), "api_error");
+        assert!(!api_error(403).is_conflict());
+        assert_eq!(Error::MissingField("metadata.name").metric_label(), "missing_field");
+    }
+}

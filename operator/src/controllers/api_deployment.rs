@@ -94,8 +94,12 @@ pub async fn reconcile(api: Arc<ApiDeployment>, ctx: Arc<Context>) -> Result<Act
         Err(kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e)) => {
             Err(e)
         }
+        // The finalizer patch tests the current list: 409/422 mean our copy was stale.
         Err(kube::runtime::finalizer::Error::AddFinalizer(e) | kube::runtime::finalizer::Error::RemoveFinalizer(e)) => {
-            Err(Error::Kube(e))
+            match e {
+                kube::Error::Api(s) if s.code == 409 || s.code == 422 => Err(Error::Conflict(s.message.to_string())),
+                e => Err(Error::Kube(e)),
+            }
         }
         Err(e) => Err(Error::Finalizer(e.to_string())),
     }
@@ -103,6 +107,9 @@ pub async fn reconcile(api: Arc<ApiDeployment>, ctx: Arc<Context>) -> Result<Act
 
 pub fn error_policy(api: Arc<ApiDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(CONTROLLER, error.metric_label());
+    if error.is_conflict() {
+        return Action::requeue(std::time::Duration::from_millis(200));
+    }
     let n = ctx.failures.bump(format!("apid/{}/{}", api.namespace().unwrap_or_default(), api.name_any()));
     tracing::warn!(api = %api.name_any(), error = %error, failures = n, "ApiDeployment reconcile failed");
     backoff(n)

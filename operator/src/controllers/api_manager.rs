@@ -37,9 +37,14 @@ use crate::{
 const CONTROLLER: &str = "apimanager";
 
 /// The ApiManager controller; it caches only the StatefulSets it manages.
-pub fn controller(client: &Client, config: &Config, wc: watcher::Config) -> Controller<ApiManager> {
+pub fn controller(
+    client: &Client,
+    config: &Config,
+    managers: impl futures::Stream<Item = Result<ApiManager, watcher::Error>> + Send + 'static,
+    store: kube::runtime::reflector::Store<ApiManager>,
+) -> Controller<ApiManager> {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
-    Controller::new(scoped::<ApiManager>(client, config), wc).owns(scoped::<StatefulSet>(client, config), owned)
+    Controller::for_stream(managers, store).owns(scoped::<StatefulSet>(client, config), owned)
 }
 
 pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> {
@@ -72,6 +77,9 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
 
 pub fn error_policy(m: Arc<ApiManager>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(CONTROLLER, error.metric_label());
+    if error.is_conflict() {
+        return Action::requeue(Duration::from_millis(200));
+    }
     let n = ctx.failures.bump(format!("apim/{}/{}", m.namespace().unwrap_or_default(), m.name_any()));
     tracing::warn!(apimanager = %m.name_any(), error = %error, failures = n, "ApiManager reconcile failed");
     backoff(n)

@@ -10,14 +10,14 @@ use futures::StreamExt;
 use kube::{
     Api, Client, Resource,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store, reflector},
         watcher,
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tollgate_crds::{ApiDeployment, ApiManager, ThrottlePolicy};
 
 use crate::{artifacts::Folders, config::Config, metrics::Metrics, workload::WorkloadConfig};
@@ -43,15 +43,43 @@ pub struct Context {
     pub requeue_api: mpsc::UnboundedSender<ObjectRef<ApiDeployment>>,
     /// Consecutive failures per object, for the error backoff.
     pub failures: Failures,
+    /// One flag per cache (managers, APIs, policies): true after the initial list.
+    pub ready: Vec<watch::Receiver<bool>>,
+}
+
+/// A cache of K fed by a watcher, the stream that drives a controller from
+/// it, and a flag that turns true once the initial list is in the cache.
+pub fn cached<K>(
+    api: Api<K>,
+    wc: watcher::Config,
+) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static, watch::Receiver<bool>)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let (tx, rx) = watch::channel(false);
+    let stream = reflector(writer, watcher(api, wc).default_backoff())
+        .inspect(move |ev| {
+            if matches!(ev, Ok(watcher::Event::InitDone)) {
+                let _ = tx.send(true);
+            }
+        })
+        .applied_objects();
+    (reader, stream, rx)
 }
 
 impl Context {
     /// Reconcilers act only on complete caches: a partial view could remove
     /// artifacts that are still wanted.
+    ///
+    /// (Readiness is tracked with watch channels of our own: kube's
+    /// `Store::wait_until_ready` wakes only one waiter, and the controller's
+    /// own runner already waits on it.)
     pub async fn caches_ready(&self) {
-        let _ = self.managers.wait_until_ready().await;
-        let _ = self.apis.wait_until_ready().await;
-        let _ = self.policies.wait_until_ready().await;
+        for rx in &self.ready {
+            let mut rx = rx.clone();
+            let _ = rx.wait_for(|ready| *ready).await;
+        }
     }
 
     /// With several --watch-namespaces the operator watches cluster-wide and
@@ -104,22 +132,26 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
     let concurrency = config.concurrency.max(1);
     let wc = watcher::Config::default();
 
-    let manager_ctrl = api_manager::controller(&client, &config, wc.clone());
-    let policy_ctrl = Controller::new(scoped::<ThrottlePolicy>(&client, &config), wc.clone());
-    let api_ctrl = Controller::new(scoped::<ApiDeployment>(&client, &config), wc.clone());
+    let (managers, manager_stream, managers_ready) = cached(scoped::<ApiManager>(&client, &config), wc.clone());
+    let (policies, policy_stream, policies_ready) = cached(scoped::<ThrottlePolicy>(&client, &config), wc.clone());
+    let (apis, api_stream, apis_ready) = cached(scoped::<ApiDeployment>(&client, &config), wc.clone());
+    let manager_ctrl = api_manager::controller(&client, &config, manager_stream, managers.clone());
+    let policy_ctrl = Controller::for_stream(policy_stream, policies.clone());
+    let api_ctrl = Controller::for_stream(api_stream, apis.clone());
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity) };
     let ctx = Arc::new(Context {
         client: client.clone(),
         workload,
-        managers: manager_ctrl.store(),
-        apis: api_ctrl.store(),
-        policies: policy_ctrl.store(),
+        managers,
+        apis,
+        policies,
         folders: Folders::default(),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
         requeue_api: tx,
         failures: Failures::default(),
+        ready: vec![managers_ready, apis_ready, policies_ready],
         config,
     });
     let api_ctrl = api_deployment::wire(api_ctrl, &client, &ctx.config, ctx.apis.clone(), rx);
