@@ -404,6 +404,15 @@ impl ArtifactVolume {
     }
 }
 
+/// The gateway image the operator puts in pod specs: `TOLLGATE_E2E_GATEWAY_IMAGE`,
+/// else a placeholder (kwok never pulls images).
+pub fn gateway_image() -> String {
+    std::env::var("TOLLGATE_E2E_GATEWAY_IMAGE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "registry.local/tollgate-gateway:e2e".into())
+}
+
 /// A tollgate-operator process.
 pub struct Operator {
     pub proc: Proc,
@@ -433,7 +442,7 @@ impl Operator {
             .args(["--lease-namespace", &spec.namespaces[0], "--lease-duration-seconds", "4"])
             .args(["--identity", &spec.identity, "--metrics", &metrics.to_string()])
             .args(["--leader-election", if spec.leader_election { "true" } else { "false" }])
-            .args(["--gateway-image", "registry.local/tollgate-gateway:e2e"]);
+            .args(["--gateway-image", &gateway_image()]);
         let log = spec.work.join(format!("operator-{}-{}.log", spec.identity, metrics.port()));
         let mut proc = Proc::spawn("tollgate-operator", cmd, log);
         wait_port(metrics, "tollgate-operator", &mut proc);

@@ -159,6 +159,12 @@ async fn killed_mid_reconcile_converges_and_a_clean_restart_rewrites_nothing() {
         if n >= 1.0 { Ok(()) } else { Err(format!("{n}")) }
     })
     .await;
+    eventually(Duration::from_secs(15), "op-c reports an empty queue", || async {
+        let text = tollgate_e2e::stack::http(third.metrics, "GET", "/metrics").map_err(|e| e.to_string())?.1;
+        let line = "tollgate_operator_queue_depth{controller=\"apideployment\"} 0";
+        if text.contains(line) { Ok(()) } else { Err(text.lines().filter(|l| l.contains("queue_depth")).collect()) }
+    })
+    .await;
     assert_eq!(third.metric("tollgate_operator_artifacts_written_total"), 0.0);
     assert_eq!(third.metric("tollgate_operator_artifacts_removed_total"), 0.0);
     assert_eq!(

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub artifacts_removed: Counter,
     pub leader: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub status_writes: Family<ControllerLabels, Counter<u64, AtomicU64>>,
+    pub queue_depth: Family<ControllerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -44,6 +45,7 @@ impl Default for Metrics {
         let artifacts_removed = Counter::default();
         let leader = Gauge::default();
         let status_writes = Family::default();
+        let queue_depth = Family::<ControllerLabels, Gauge>::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register("reconcile_errors", "Reconciliations that failed, by reason", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Time spent per reconciliation", reconcile_duration.clone());
@@ -56,6 +58,11 @@ impl Default for Metrics {
         registry.register("artifacts_removed", "Artifact files removed", artifacts_removed.clone());
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
         registry.register("status_writes", "Status updates sent to the API server", status_writes.clone());
+        registry.register(
+            "queue_depth",
+            "Objects whose latest generation is not reconciled yet (status.observedGeneration behind), sampled every 5 s",
+            queue_depth.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -66,6 +73,7 @@ impl Default for Metrics {
             artifacts_removed,
             leader,
             status_writes,
+            queue_depth,
         }
     }
 }

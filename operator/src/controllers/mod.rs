@@ -173,11 +173,31 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
         .run(throttle_policy::reconcile, throttle_policy::error_policy, ctx.clone())
         .for_each(|r| async move { log_result("throttlepolicy", r) });
     let sweeper = api_manager::sweep_orphans(ctx.clone());
+    let depth = sample_queue_depth(ctx.clone());
     tokio::select! {
         _ = futures::future::join3(managers, apis, policies) => {}
         _ = sweeper => {}
+        _ = depth => {}
     }
     Ok(())
+}
+
+/// Objects in `store` whose status lags their generation.
+pub fn behind<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, observed: impl Fn(&K) -> Option<i64>) -> i64 {
+    store.state().iter().filter(|o| o.meta().generation.is_some() && observed(o) < o.meta().generation).count() as i64
+}
+
+async fn sample_queue_depth(ctx: Arc<Context>) {
+    ctx.caches_ready().await;
+    loop {
+        let set = |controller: &'static str, n: i64| {
+            ctx.metrics.queue_depth.get_or_create(&crate::metrics::ControllerLabels { controller }).set(n);
+        };
+        set("apimanager", behind(&ctx.managers, |m| m.status.as_ref().and_then(|s| s.observed_generation)));
+        set("apideployment", behind(&ctx.apis, |a| a.status.as_ref().and_then(|s| s.observed_generation)));
+        set("throttlepolicy", behind(&ctx.policies, |p| p.status.as_ref().and_then(|s| s.observed_generation)));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 fn log_result<K: Resource, E: std::fmt::Display, W: std::fmt::Display>(
