@@ -32,11 +32,13 @@ lint: rust-deps ## format check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-crds: ## regenerate crds/*.yaml from the Rust types
+crds: ## regenerate crds/*.yaml and charts/tollgate/crds/*.yaml from the Rust types
 	$(CARGO) run -q --locked -p tollgate-crds --bin crdgen -- crds
+	$(CARGO) run -q --locked -p tollgate-crds --bin crdgen -- charts/tollgate/crds
 
 crds-check:
 	$(CARGO) run -q --locked -p tollgate-crds --bin crdgen -- --check crds
+	$(CARGO) run -q --locked -p tollgate-crds --bin crdgen -- --check charts/tollgate/crds
 
 unit: ## unit and integration tests (no cluster)
 	$(CARGO) test --workspace --exclude tollgate-e2e --locked

@@ -31,6 +31,7 @@ E2E_CARGO_TEST = $(CARGO) build --locked -p tollgate-operator -p tollgate-gatewa
 # still runs our binary.
 e2e: ## e2e tests against KUBECONFIG, else the local control plane (started and stopped as needed)
 	@set -eu; cd "$(E2E_ROOT)"; \
+	PATH="$$("$(E2E_CLUSTER_SCRIPTS)/env.sh" --bin-dirs):$$PATH"; export PATH; \
 	if [ -n "$${KUBECONFIG:-}" ]; then \
 	  echo "e2e: using the cluster of KUBECONFIG=$$KUBECONFIG"; \
 	  $(E2E_CARGO_TEST); exit 0; \
@@ -42,7 +43,7 @@ e2e: ## e2e tests against KUBECONFIG, else the local control plane (started and 
 	  if [ -z "$$pid" ] || ! tr '\0' ' ' <"/proc/$$pid/cmdline" 2>/dev/null | grep -q -- "/$$c"; then running=0; fi; \
 	done; \
 	"$(E2E_CLUSTER_SCRIPTS)/build.sh"; \
-	kubeconfig=$$("$(E2E_CLUSTER_SCRIPTS)/up.sh"); \
+	kubeconfig=$$("$(E2E_CLUSTER_SCRIPTS)/up.sh" --metrics); \
 	kubeconfig=$$(printf '%s\n' "$$kubeconfig" | tail -n 1); \
 	[ -f "$$kubeconfig" ] || { echo "e2e: up.sh printed no kubeconfig path" >&2; exit 1; }; \
 	if [ "$$running" = 1 ]; then \

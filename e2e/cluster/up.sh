@@ -517,10 +517,10 @@ spec:
 EOF
   }
   pv pv-artifacts 5Gi ReadWriteMany artifacts
-  # 40 ReadWriteOnce volumes, four of each size 1Gi..10Gi.
+  # ReadWriteOnce volumes, CLUSTER_POOL_PER_SIZE (default 8) of each size 1Gi..10Gi.
   n=0
   for size in 1 2 3 4 5 6 7 8 9 10; do
-    for _ in 1 2 3 4; do
+    for _ in $(seq 1 "${CLUSTER_POOL_PER_SIZE:-8}"); do
       n=$((n + 1))
       pv "$(printf 'pv-pool-%02d' "${n}")" "${size}Gi" ReadWriteOnce pool
     done

@@ -234,6 +234,13 @@ pub fn operator_rules() -> (Value, Value) {
     (doc["rules"].clone(), doc["leaseRules"].clone())
 }
 
+/// The Secret rules, bound per namespace.
+pub fn secret_rules() -> Value {
+    let path = repo_root().join("charts/tollgate/files/operator-rules.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    yaml_to_json(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))["secretRules"].clone()
+}
+
 async fn apply<K>(api: &Api<K>, name: &str, obj: Value)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -299,6 +306,24 @@ impl OperatorAccess {
                 )
                 .await;
             }
+        }
+        for ns in namespaces {
+            apply(
+                &Api::<Role>::namespaced(client.clone(), ns),
+                "tollgate-operator-secrets",
+                json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                        "metadata": { "name": "tollgate-operator-secrets", "namespace": ns }, "rules": secret_rules() }),
+            )
+            .await;
+            apply(
+                &Api::<RoleBinding>::namespaced(client.clone(), ns),
+                "tollgate-operator-secrets",
+                json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                        "metadata": { "name": "tollgate-operator-secrets", "namespace": ns },
+                        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tollgate-operator-secrets" },
+                        "subjects": subject }),
+            )
+            .await;
         }
         apply(
             &Api::<Role>::namespaced(client.clone(), home),
@@ -374,6 +399,26 @@ pub struct ArtifactVolume {
 }
 
 impl ArtifactVolume {
+    /// Only the PersistentVolume, pre-bound to `claim` in `namespace` (for a
+    /// claim someone else creates, e.g. the Helm chart).
+    pub async fn volume_only(cluster: &Cluster, namespace: &str, claim: &str, host_dir: &Path) -> ArtifactVolume {
+        let pv_name = format!("{namespace}-artifacts");
+        apply(
+            &Api::<PersistentVolume>::all(cluster.client.clone()),
+            &pv_name,
+            json!({ "apiVersion": "v1", "kind": "PersistentVolume",
+                    "metadata": { "name": pv_name, "labels": { "tollgate.dev/e2e": "true" } },
+                    "spec": { "capacity": { "storage": "1Gi" }, "accessModes": ["ReadWriteMany"],
+                              "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                              "hostPath": { "path": host_dir.to_string_lossy(), "type": "DirectoryOrCreate" },
+                              "claimRef": { "namespace": namespace, "name": claim } } }),
+        )
+        .await;
+        ArtifactVolume {
+            _cleanup: ClusterScoped { config: cluster.config.clone(), items: vec![("PersistentVolume", pv_name)] },
+        }
+    }
+
     pub async fn create(cluster: &Cluster, namespace: &str, host_dir: &Path) -> ArtifactVolume {
         let pv_name = format!("{namespace}-artifacts");
         let pvs: Api<PersistentVolume> = Api::all(cluster.client.clone());
@@ -411,6 +456,34 @@ pub fn gateway_image() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "registry.local/tollgate-gateway:e2e".into())
+}
+
+/// Runs `program args...` with the cluster's kubeconfig; returns (success, stdout + stderr).
+pub fn run_tool(cluster: &Cluster, program: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let kubeconfig = match &cluster.source {
+        crate::KubeconfigSource::Env(v) => v.clone(),
+        crate::KubeconfigSource::Local(p) => p.display().to_string(),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("KUBECONFIG", kubeconfig).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot run {program}: {e} (the local control plane's tools are put on PATH by `make e2e`)")
+    });
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// [`run_tool`] that must succeed; returns its output.
+pub fn tool(cluster: &Cluster, program: &str, args: &[&str]) -> String {
+    let (ok, out) = run_tool(cluster, program, args, None);
+    assert!(ok, "{program} {} failed:\n{out}", args.join(" "));
+    out
 }
 
 /// A tollgate-operator process.

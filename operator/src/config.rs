@@ -47,7 +47,7 @@ pub struct Config {
     #[arg(long, env = "TOLLGATE_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
     /// Seconds the gateways get to drain on shutdown (their --drain-seconds);
-    /// the pods' terminationGracePeriodSeconds is this plus 10.
+    /// pods get a 5 s preStop pause, then this, plus 5 s of margin.
     #[arg(long, env = "TOLLGATE_GATEWAY_DRAIN_SECONDS", default_value_t = 20)]
     pub gateway_drain_seconds: u32,
 }

@@ -14,9 +14,10 @@ use k8s_openapi::{
         },
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-            ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-            SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+            Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+            SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
+            Volume, VolumeMount, VolumeResourceRequirements,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -43,6 +44,14 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const ARTIFACT_MOUNT: &str = "/etc/tollgate/artifacts";
 pub const DATA_DIR: &str = "/var/lib/tollgate";
 pub const TLS_MOUNT: &str = "/etc/tollgate/tls";
+
+/// preStop pause before SIGTERM, so Services stop sending new connections first.
+pub const PRE_STOP_SECONDS: i64 = 5;
+
+/// preStop + the gateway's drain + 5 s of margin.
+pub fn termination_grace_seconds(cfg: &WorkloadConfig) -> i64 {
+    PRE_STOP_SECONDS + i64::from(cfg.drain_seconds) + 5
+}
 
 /// Settings of the operator that shape the workloads.
 #[derive(Clone, Debug)]
@@ -368,6 +377,14 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
                 })
                 .collect(),
         ),
+        // Let endpoints drop the pod before SIGTERM starts the gateway's drain.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds: PRE_STOP_SECONDS }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         resources: c.resources.clone(),
@@ -394,7 +411,7 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
                 spec: Some(PodSpec {
                     containers: vec![container],
                     volumes: Some(volumes),
-                    termination_grace_period_seconds: Some(i64::from(cfg.drain_seconds) + 10),
+                    termination_grace_period_seconds: Some(termination_grace_seconds(cfg)),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {

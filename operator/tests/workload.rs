@@ -78,7 +78,8 @@ fn all_in_one_is_one_pod_with_every_role_port_probe_and_volume() {
     assert_eq!(claim["persistentVolumeClaim"]["claimName"], "tollgate-artifacts");
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    assert_eq!(pod["terminationGracePeriodSeconds"], 30, "preStop 5 s + drain 20 s + 5 s margin");
+    assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
     assert_eq!(d.services[0].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
 }
 

@@ -150,7 +150,16 @@ async fn missing_secrets(client: &Client, ns: &str, m: &ApiManager) -> Result<Ve
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut missing = Vec::new();
     for (field, r) in workload::secret_refs(m) {
-        match api.get_opt(&r.name).await? {
+        let found = match api.get_opt(&r.name).await {
+            Ok(found) => found,
+            // Not allowed to read Secrets here (rbac.secretNamespaces): skip the check.
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                tracing::debug!(namespace = ns, "no permission to check Secrets; skipping the check");
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match found {
             None => missing.push(format!("{field}: Secret {ns}/{} not found", r.name)),
             Some(s) => {
                 let has_key = s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))

@@ -1,0 +1,159 @@
+//! Every deployment-pattern manifest in examples/ applies with
+//! `kubectl apply`, together with the sample policies and APIs, and reaches
+//! Ready with the objects its pattern promises.
+
+use std::time::Duration;
+
+use kube::api::{Api, DynamicObject};
+use serde_json::Value;
+use tollgate_e2e::{
+    Cluster, install_crds, repo_root,
+    stack::{ArtifactVolume, Operator, OperatorAccess, OperatorSpec, eventually, tool},
+    tollgate_resource,
+};
+
+fn ready(obj: &Value, type_: &str) -> bool {
+    obj["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == type_ && c["status"] == "True"))
+        && obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+}
+
+fn names(cluster: &Cluster, kind: &str, ns: &str) -> Vec<String> {
+    let out = tool(cluster, "kubectl", &["get", kind, "-n", ns, "-o", "jsonpath={.items[*].metadata.name}"]);
+    let mut v: Vec<String> = out.split_whitespace().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Applies the pattern file with the sample policies and APIs, waits until
+/// the ApiManager is Ready and every API Deployed, and returns the namespace
+/// (kept alive by the returned guard) for object checks.
+async fn apply_pattern(
+    cluster: &Cluster,
+    file: &str,
+) -> (tollgate_e2e::TestNamespace, Operator, tempfile::TempDir, OperatorAccess, ArtifactVolume) {
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace(&format!("example-{}", file.trim_end_matches(".yaml"))).await;
+    let work = tempfile::tempdir().unwrap();
+    let artifacts = work.path().join("artifacts");
+    let access = OperatorAccess::create(cluster, &[ns.name()], false, work.path()).await;
+    let volume = ArtifactVolume::create(cluster, ns.name(), &artifacts).await;
+    let operator = Operator::start(&OperatorSpec {
+        kubeconfig: access.kubeconfig.clone(),
+        artifact_dir: artifacts,
+        namespaces: vec![ns.name().to_string()],
+        identity: "op".into(),
+        leader_election: false,
+        work: work.path().to_path_buf(),
+    });
+    let root = repo_root().join("examples");
+    let pattern = root.join(file).display().to_string();
+    let policies = root.join("policies").display().to_string();
+    let apis = root.join("apis").display().to_string();
+    tool(cluster, "kubectl", &["apply", "-n", ns.name(), "-f", &pattern, "-f", &policies, "-f", &apis]);
+
+    let mgr_ar = tollgate_resource("ApiManager").unwrap();
+    let managers: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), ns.name(), &mgr_ar);
+    eventually(Duration::from_secs(90), &format!("{file}: ApiManager tollgate Ready"), || async {
+        let m = serde_json::to_value(managers.get("tollgate").await.map_err(|e| e.to_string())?).unwrap();
+        if ready(&m, "Ready") { Ok(()) } else { Err(format!("{}\n{}", m["status"], operator.proc.log_tail())) }
+    })
+    .await;
+    let api_ar = tollgate_resource("ApiDeployment").unwrap();
+    let apis_api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), ns.name(), &api_ar);
+    eventually(Duration::from_secs(30), &format!("{file}: every sample API Deployed"), || async {
+        let list = apis_api.list(&Default::default()).await.map_err(|e| e.to_string())?;
+        let not: Vec<String> = list
+            .items
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap())
+            .filter(|v| !ready(v, "Deployed"))
+            .map(|v| format!("{}: {}", v["metadata"]["name"], v["status"]["conditions"]))
+            .collect();
+        if list.items.len() == 4 && not.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} APIs; not deployed: {not:?}", list.items.len()))
+        }
+    })
+    .await;
+    (ns, operator, work, access, volume)
+}
+
+#[tokio::test]
+async fn pattern_1_all_in_one() {
+    let cluster = Cluster::connect().await;
+    let (ns, op, _w, _a, _v) = apply_pattern(&cluster, "pattern-1.yaml").await;
+    assert_eq!(names(&cluster, "statefulsets", ns.name()), vec!["tollgate"]);
+    let replicas = tool(
+        &cluster,
+        "kubectl",
+        &["get", "sts", "tollgate", "-n", ns.name(), "-o", "jsonpath={.status.readyReplicas}"],
+    );
+    assert_eq!(replicas, "1");
+    assert!(names(&cluster, "hpa", ns.name()).is_empty() && names(&cluster, "pdb", ns.name()).is_empty());
+    assert_eq!(names(&cluster, "services", ns.name()), vec!["tollgate", "tollgate-headless"]);
+    assert_eq!(op.unexpected_errors(), 0.0, "{}", op.proc.log_lines("failed"));
+}
+
+#[tokio::test]
+async fn pattern_1_ha() {
+    let cluster = Cluster::connect().await;
+    let (ns, op, _w, _a, _v) = apply_pattern(&cluster, "pattern-1-ha.yaml").await;
+    let replicas = tool(
+        &cluster,
+        "kubectl",
+        &["get", "sts", "tollgate", "-n", ns.name(), "-o", "jsonpath={.status.readyReplicas}"],
+    );
+    assert_eq!(replicas, "2");
+    assert_eq!(names(&cluster, "pdb", ns.name()), vec!["tollgate"]);
+    let env = tool(
+        &cluster,
+        "kubectl",
+        &["get", "sts", "tollgate", "-n", ns.name(), "-o", "jsonpath={.spec.template.spec.containers[0].env}"],
+    );
+    assert!(env.contains("tollgate-db") && env.contains("tollgate-redis") && !env.contains("postgres://"), "{env}");
+    assert_eq!(op.unexpected_errors(), 0.0, "{}", op.proc.log_lines("failed"));
+}
+
+#[tokio::test]
+async fn pattern_2_with_analytics_and_autoscaling() {
+    let cluster = Cluster::connect().await;
+    let (ns, op, _w, _a, _v) = apply_pattern(&cluster, "pattern-2.yaml").await;
+    assert_eq!(names(&cluster, "hpa", ns.name()), vec!["tollgate"]);
+    let args = tool(
+        &cluster,
+        "kubectl",
+        &["get", "sts", "tollgate", "-n", ns.name(), "-o", "jsonpath={.spec.template.spec.containers[0].args}"],
+    );
+    assert!(args.contains("analytics"), "{args}");
+    // The HPA brings the StatefulSet to its minimum of 2.
+    let replicas = tool(
+        &cluster,
+        "kubectl",
+        &["get", "sts", "tollgate", "-n", ns.name(), "-o", "jsonpath={.status.readyReplicas}"],
+    );
+    assert_eq!(replicas, "2");
+    assert_eq!(op.unexpected_errors(), 0.0, "{}", op.proc.log_lines("failed"));
+}
+
+#[tokio::test]
+async fn pattern_3_distributed_gateways() {
+    let cluster = Cluster::connect().await;
+    let (ns, op, _w, _a, _v) = apply_pattern(&cluster, "pattern-3.yaml").await;
+    assert_eq!(
+        names(&cluster, "statefulsets", ns.name()),
+        vec!["tollgate-control-plane", "tollgate-gateway-production", "tollgate-gateway-sandbox"]
+    );
+    assert_eq!(names(&cluster, "hpa", ns.name()), vec!["tollgate-gateway-production", "tollgate-gateway-sandbox"]);
+    assert_eq!(
+        names(&cluster, "pdb", ns.name()),
+        vec!["tollgate-control-plane", "tollgate-gateway-production", "tollgate-gateway-sandbox"]
+    );
+    // payments targets only the production group.
+    let folder = _w.path().join("artifacts").join(ns.name()).join("tollgate/apis");
+    let text = std::fs::read_to_string(folder.join(format!("{}_payments-v3-1.yaml", ns.name()))).unwrap();
+    assert!(text.contains("production"), "{text}");
+    assert_eq!(op.unexpected_errors(), 0.0, "{}", op.proc.log_lines("failed"));
+}
