@@ -104,6 +104,10 @@ pub struct Args {
     /// spec.gateways is set and does not name it are not served here.
     #[arg(long, env = "TOLLGATE_GATEWAY_GROUP")]
     pub gateway_group: Option<String>,
+    /// Seconds between lookups of backend host names (addresses are followed
+    /// without a reload; the last good address is kept while DNS fails).
+    #[arg(long, env = "TOLLGATE_DNS_REFRESH_SECONDS", default_value = "5")]
+    pub dns_refresh_seconds: f64,
 }
 
 /// The resolved configuration the gateway runs with.
@@ -128,6 +132,7 @@ pub struct Config {
     pub max_throttle_keys: usize,
     pub eject_for: Duration,
     pub gateway_group: Option<String>,
+    pub dns_refresh: Duration,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -182,6 +187,9 @@ impl Config {
             (None, None) => None,
             _ => return Err(ConfigError::HalfTls),
         };
+        if !(a.dns_refresh_seconds >= 0.1 && a.dns_refresh_seconds <= 3600.0) {
+            return Err(ConfigError::Invalid("--dns-refresh-seconds must be between 0.1 and 3600".into()));
+        }
         if !(a.rescan_interval > 0.0 && a.rescan_interval <= 3600.0) {
             return Err(ConfigError::Invalid("--rescan-interval must be between 0 and 3600 seconds".into()));
         }
@@ -211,6 +219,7 @@ impl Config {
             max_throttle_keys: a.max_throttle_keys.max(1),
             eject_for: Duration::from_secs(a.eject_seconds.max(1)),
             gateway_group: a.gateway_group.filter(|g| !g.is_empty()),
+            dns_refresh: Duration::from_secs_f64(a.dns_refresh_seconds),
         })
     }
 
@@ -256,6 +265,7 @@ struct FileKeys {
     max_throttle_keys: Option<serde_json::Value>,
     eject_seconds: Option<serde_json::Value>,
     gateway_group: Option<serde_json::Value>,
+    dns_refresh_seconds: Option<serde_json::Value>,
 }
 
 /// Re-parses with file values inserted for every setting that still has its
@@ -325,6 +335,11 @@ fn merge_file_layer(
         },
         eject_seconds: if pick("eject_seconds") { parsed.eject_seconds } else { from_file.eject_seconds },
         gateway_group: if pick("gateway_group") { parsed.gateway_group } else { from_file.gateway_group },
+        dns_refresh_seconds: if pick("dns_refresh_seconds") {
+            parsed.dns_refresh_seconds
+        } else {
+            from_file.dns_refresh_seconds
+        },
     })
 }
 

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod cors;
+pub mod dns;
 pub mod management;
 pub mod metrics;
 pub mod policy;

@@ -331,7 +331,11 @@ impl ProxyHttp for Gateway {
         ctx.tried.push(idx);
         ctx.current = Some(idx);
         let ep = &set.endpoints[idx];
-        let mut peer = HttpPeer::new(ep.addr, ep.tls, ep.host.clone());
+        let addr = ep.addr().ok_or_else(|| {
+            let why = ep.target.error().unwrap_or_default();
+            Error::explain(ErrorType::ConnectNoRoute, format!("backend host {} does not resolve: {why}", ep.host))
+        })?;
+        let mut peer = HttpPeer::new(addr, ep.tls, ep.host.clone());
         let connect = api.timeout.min(Duration::from_secs(5));
         peer.options.connection_timeout = Some(connect);
         peer.options.total_connection_timeout = Some(connect);
@@ -491,7 +495,9 @@ impl ProxyHttp for Gateway {
             let upstream = match (&ctx.api, ctx.current) {
                 (Some(api), Some(i)) => {
                     let set = if ctx.sandbox { api.sandbox.as_ref().unwrap_or(&api.endpoints) } else { &api.endpoints };
-                    Some(set.endpoints[i].addr.to_string())
+                    Some(
+                        set.endpoints[i].addr().map(|a| a.to_string()).unwrap_or_else(|| set.endpoints[i].host.clone()),
+                    )
                 }
                 _ => None,
             };

@@ -69,12 +69,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("--config-dir {} is not a readable folder", config.config_dir.display());
     }
     let metrics = Arc::new(Metrics::new());
+    let dns = Arc::new(crate::dns::DnsCache::default());
+    dns.spawn_refresher(config.dns_refresh);
     let state = Arc::new(State::new(Shared {
         counters: Registry::default(),
         health: HealthRegistry::default(),
         metrics,
         max_keys: config.max_throttle_keys,
         gateway_group: config.gateway_group.clone(),
+        dns: dns.clone(),
     }));
     let mut reloader = Reloader::new(config.config_dir.clone(), state.clone(), config.reload_debounce);
     reloader.reload(true);

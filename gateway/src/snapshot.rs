@@ -93,6 +93,8 @@ pub struct Shared {
     pub health: HealthRegistry,
     pub metrics: Arc<Metrics>,
     pub max_keys: usize,
+    /// Backend host names and their addresses.
+    pub dns: Arc<crate::dns::DnsCache>,
     /// This process's gateway group; APIs targeting other groups are skipped.
     pub gateway_group: Option<String>,
 }
@@ -241,7 +243,7 @@ fn compile_api(
     };
     let endpoints = |list: &[tollgate_crds::api_deployment::Endpoint]| {
         let items: Vec<(String, u32)> = list.iter().map(|e| (e.url.clone(), e.weight.max(0) as u32)).collect();
-        EndpointSet::build(&items, &shared.health).map(Arc::new).map_err(|e| e.to_string())
+        EndpointSet::build(&items, &shared.health, &shared.dns).map(Arc::new).map_err(|e| e.to_string())
     };
     let timeout =
         s.backend.timeout.duration().ok_or_else(|| format!("invalid backend timeout {:?}", s.backend.timeout.0))?;

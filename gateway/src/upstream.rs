@@ -3,17 +3,19 @@
 //! The schedule of an endpoint set is precomputed (smooth weighted round
 //! robin) so picking an endpoint is one atomic increment. An endpoint that
 //! fails to connect or times out is ejected for a while and then tried again;
-//! its health lives in a registry keyed by address, so it survives
-//! configuration reloads.
+//! its health lives in a registry keyed by host and port, so it survives
+//! configuration reloads. Host names are resolved off the request path
+//! ([`crate::dns`]); an endpoint whose host does not resolve is skipped.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::dns::{DnsCache, Target};
 use crate::throttle::now_ms;
 
 /// One backend endpoint.
@@ -27,7 +29,7 @@ pub struct Endpoint {
     pub port: u16,
     /// The URL's own path without a trailing slash ("" for none).
     pub base_path: String,
-    pub addr: SocketAddr,
+    pub target: Arc<Target>,
     pub weight: u32,
     pub health: Arc<Health>,
 }
@@ -61,15 +63,22 @@ impl Health {
     }
 }
 
-/// Health by address, shared across reloads.
+impl Endpoint {
+    /// The address to connect to (None while the host does not resolve).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.target.addr()
+    }
+}
+
+/// Health by host, port and scheme, shared across reloads.
 #[derive(Default)]
 pub struct HealthRegistry {
-    by_addr: Mutex<HashMap<(SocketAddr, bool), Arc<Health>>>,
+    by_target: Mutex<HashMap<(String, u16, bool), Arc<Health>>>,
 }
 
 impl HealthRegistry {
-    pub fn get(&self, addr: SocketAddr, tls: bool) -> Arc<Health> {
-        self.by_addr.lock().entry((addr, tls)).or_default().clone()
+    pub fn get(&self, host: &str, port: u16, tls: bool) -> Arc<Health> {
+        self.by_target.lock().entry((host.to_string(), port, tls)).or_default().clone()
     }
 }
 
@@ -86,8 +95,6 @@ pub struct EndpointSet {
 pub enum EndpointError {
     #[error("endpoint {0:?} is not an absolute http or https URL")]
     BadUrl(String),
-    #[error("endpoint {url:?}: cannot resolve {host}: {reason}")]
-    Resolve { url: String, host: String, reason: String },
 }
 
 /// Splits `http(s)://host[:port][/path]`.
@@ -118,25 +125,25 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16, String), EndpointError
 }
 
 impl EndpointSet {
-    /// Resolves and schedules `(url, weight)` pairs.
-    pub fn build(items: &[(String, u32)], health: &HealthRegistry) -> Result<EndpointSet, EndpointError> {
+    /// Parses and schedules `(url, weight)` pairs; host names go to `dns`.
+    pub fn build(
+        items: &[(String, u32)],
+        health: &HealthRegistry,
+        dns: &DnsCache,
+    ) -> Result<EndpointSet, EndpointError> {
         let mut endpoints = Vec::with_capacity(items.len());
         for (url, weight) in items {
             let (tls, host, port, base_path) = parse_url(url)?;
-            let addr = resolve(&host, port).map_err(|reason| EndpointError::Resolve {
-                url: url.clone(),
-                host: host.clone(),
-                reason,
-            })?;
+            let health = health.get(&host, port, tls);
             endpoints.push(Endpoint {
                 url: url.clone(),
                 tls,
+                target: dns.target(&host, port),
                 host,
                 port,
                 base_path,
-                addr,
                 weight: *weight,
-                health: health.get(addr, tls),
+                health,
             });
         }
         let schedule = smooth_wrr(&endpoints.iter().map(|e| e.weight).collect::<Vec<_>>());
@@ -154,21 +161,15 @@ impl EndpointSet {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.schedule.len() {
             let idx = self.schedule[(start + i) % self.schedule.len()] as usize;
-            if !exclude.contains(&idx) && self.endpoints[idx].health.available(now) {
+            let ep = &self.endpoints[idx];
+            if !exclude.contains(&idx) && ep.health.available(now) && ep.addr().is_some() {
                 return Some(idx);
             }
         }
         (0..self.endpoints.len())
-            .filter(|i| !exclude.contains(i) && self.endpoints[*i].weight > 0)
+            .filter(|i| !exclude.contains(i) && self.endpoints[*i].weight > 0 && self.endpoints[*i].addr().is_some())
             .min_by_key(|i| self.endpoints[*i].health.ejected_until_ms.load(Ordering::Relaxed))
     }
-}
-
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    (host, port).to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or_else(|| "no address".to_string())
 }
 
 /// Smooth weighted round robin (as nginx does it), unrolled into a schedule.
@@ -226,8 +227,9 @@ mod tests {
     #[test]
     fn ejected_endpoints_are_skipped_then_retried() {
         let reg = HealthRegistry::default();
-        let set =
-            EndpointSet::build(&[("http://127.0.0.1:1".into(), 1), ("http://127.0.0.1:2".into(), 1)], &reg).unwrap();
+        let dns = DnsCache::default();
+        let set = EndpointSet::build(&[("http://127.0.0.1:1".into(), 1), ("http://127.0.0.1:2".into(), 1)], &reg, &dns)
+            .unwrap();
         set.endpoints[0].health.fail(Duration::from_millis(200));
         for _ in 0..10 {
             assert_eq!(set.pick(&[]), Some(1));
@@ -236,5 +238,22 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         let picks: Vec<_> = (0..4).map(|_| set.pick(&[]).unwrap()).collect();
         assert!(picks.contains(&0), "retried after the ejection: {picks:?}");
+    }
+
+    #[test]
+    fn endpoints_whose_host_does_not_resolve_are_skipped() {
+        let reg = HealthRegistry::default();
+        let dns = DnsCache::default();
+        let set = EndpointSet::build(
+            &[("http://no-such-backend.invalid:80/x".into(), 5), ("http://127.0.0.1:2".into(), 1)],
+            &reg,
+            &dns,
+        )
+        .expect("an unresolvable host does not reject the API");
+        for _ in 0..10 {
+            assert_eq!(set.pick(&[]), Some(1));
+        }
+        let only_bad = EndpointSet::build(&[("http://no-such-backend.invalid".into(), 1)], &reg, &dns).unwrap();
+        assert_eq!(only_bad.pick(&[]), None, "nothing to connect to");
     }
 }

@@ -62,3 +62,31 @@ fn unreachable_backend_gives_502_and_slow_backend_504_at_the_timeout() {
     assert!(took >= Duration::from_millis(280) && took < Duration::from_millis(1500), "{took:?}");
     assert_eq!(gw.get("/slow/v1/x?delay_ms=50").status, 200);
 }
+
+#[test]
+fn backend_host_names_resolve_off_the_request_path_and_unknown_hosts_give_502() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (_be, addr) = echo("by-name");
+    // By name: "localhost" resolves.
+    std::fs::write(
+        dir.join("named.yaml"),
+        api("named", "/named", "v1", &format!("http://localhost:{}", addr.port()), ""),
+    )
+    .unwrap();
+    // A host that does not resolve (yet): the API is still accepted and served with 502.
+    std::fs::write(
+        dir.join("later.yaml"),
+        api("later", "/later", "v1", "http://backend-not-there-yet.invalid:8080", ""),
+    )
+    .unwrap();
+    let gw = gateway(&dir, &["--dns-refresh-seconds", "0.2"]);
+    assert_eq!(gw.get("/named/v1/x").status, 200);
+    let r = gw.get("/later/v1/x");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.json()["error"].is_string(), "JSON error body: {}", r.text());
+    let status = gw.status();
+    assert_eq!(status["apis"], 2, "an unresolvable backend does not reject the API: {status}");
+    assert!(status["errors"].as_array().unwrap().is_empty(), "{status}");
+}
