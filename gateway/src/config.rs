@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::traffic::FailureMode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
@@ -108,6 +109,17 @@ pub struct Args {
     /// without a reload; the last good address is kept while DNS fails).
     #[arg(long, env = "TOLLGATE_DNS_REFRESH_SECONDS", default_value = "5")]
     pub dns_refresh_seconds: f64,
+    /// While Redis is unreachable: open (serve, count per gateway) or closed
+    /// (503 for traffic under a Cluster-scoped policy).
+    #[arg(long, env = "TOLLGATE_REDIS_FAILURE_MODE", value_enum, default_value = "open")]
+    pub redis_failure_mode: FailureMode,
+    /// Longest wait for a Redis answer before the gateway degrades (ms).
+    #[arg(long, env = "TOLLGATE_REDIS_TIMEOUT_MS", default_value = "100")]
+    pub redis_timeout_ms: u64,
+    /// Prefix of the Redis keys: gateways sharing a prefix share counters
+    /// (the operator sets it to the ApiManager's namespace/name).
+    #[arg(long, env = "TOLLGATE_REDIS_KEY_PREFIX", default_value = "tollgate")]
+    pub redis_key_prefix: String,
 }
 
 /// The resolved configuration the gateway runs with.
@@ -133,6 +145,9 @@ pub struct Config {
     pub eject_for: Duration,
     pub gateway_group: Option<String>,
     pub dns_refresh: Duration,
+    pub redis_failure_mode: FailureMode,
+    pub redis_timeout: Duration,
+    pub redis_key_prefix: String,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -220,6 +235,9 @@ impl Config {
             eject_for: Duration::from_secs(a.eject_seconds.max(1)),
             gateway_group: a.gateway_group.filter(|g| !g.is_empty()),
             dns_refresh: Duration::from_secs_f64(a.dns_refresh_seconds),
+            redis_failure_mode: a.redis_failure_mode,
+            redis_timeout: Duration::from_millis(a.redis_timeout_ms.clamp(1, 60_000)),
+            redis_key_prefix: a.redis_key_prefix,
         })
     }
 
@@ -266,6 +284,9 @@ struct FileKeys {
     eject_seconds: Option<serde_json::Value>,
     gateway_group: Option<serde_json::Value>,
     dns_refresh_seconds: Option<serde_json::Value>,
+    redis_failure_mode: Option<serde_json::Value>,
+    redis_timeout_ms: Option<serde_json::Value>,
+    redis_key_prefix: Option<serde_json::Value>,
 }
 
 /// Re-parses with file values inserted for every setting that still has its
@@ -335,6 +356,13 @@ fn merge_file_layer(
         },
         eject_seconds: if pick("eject_seconds") { parsed.eject_seconds } else { from_file.eject_seconds },
         gateway_group: if pick("gateway_group") { parsed.gateway_group } else { from_file.gateway_group },
+        redis_failure_mode: if pick("redis_failure_mode") {
+            parsed.redis_failure_mode
+        } else {
+            from_file.redis_failure_mode
+        },
+        redis_timeout_ms: if pick("redis_timeout_ms") { parsed.redis_timeout_ms } else { from_file.redis_timeout_ms },
+        redis_key_prefix: if pick("redis_key_prefix") { parsed.redis_key_prefix } else { from_file.redis_key_prefix },
         dns_refresh_seconds: if pick("dns_refresh_seconds") {
             parsed.dns_refresh_seconds
         } else {

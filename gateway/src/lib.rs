@@ -14,4 +14,5 @@ pub mod server;
 pub mod snapshot;
 pub mod throttle;
 pub mod tls;
+pub mod traffic;
 pub mod upstream;

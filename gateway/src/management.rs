@@ -68,6 +68,7 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         "apiList": apis,
         "lastReload": st.last_reload,
         "errors": st.errors,
+        "trafficManager": state.shared.traffic.as_ref().map(|t| t.status()),
     }))
     .into_response()
 }

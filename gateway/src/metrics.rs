@@ -119,6 +119,9 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub total_requests: Counter,
     pub degraded: Family<ResultLabels, Gauge>,
+    pub traffic_leases: Counter,
+    pub traffic_errors: Counter,
+    pub traffic_fallback: Family<ResultLabels, Counter>,
 }
 
 /// Status classes in label order: 1xx..5xx, other.
@@ -171,6 +174,9 @@ impl Metrics {
             in_flight: Gauge::default(),
             total_requests: Counter::default(),
             degraded: Family::default(),
+            traffic_leases: Counter::default(),
+            traffic_errors: Counter::default(),
+            traffic_fallback: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "API requests by API and status class", m.requests.clone());
@@ -210,6 +216,17 @@ impl Metrics {
         registry.register("requests_in_flight", "API requests being served", m.in_flight.clone());
         registry.register("requests_all", "API requests served, all APIs", m.total_requests.clone());
         registry.register("degraded", "1 while a dependency is unreachable, by dependency", m.degraded.clone());
+        registry.register(
+            "traffic_manager_leases",
+            "Quota leases taken from Redis (cluster-wide throttling round trips)",
+            m.traffic_leases.clone(),
+        );
+        registry.register("traffic_manager_errors", "Failed or timed-out Redis calls", m.traffic_errors.clone());
+        registry.register(
+            "traffic_manager_fallback",
+            "Throttle checks decided without Redis while degraded, by failure mode (open, closed)",
+            m.traffic_fallback.clone(),
+        );
         Metrics { registry, ..m }
     }
 

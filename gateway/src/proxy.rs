@@ -14,14 +14,16 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tollgate_crds::api_deployment::Lifecycle;
-use tollgate_crds::throttle_policy::KeyBy;
+use tollgate_crds::throttle_policy::{KeyBy, Scope};
 
 use crate::cors;
+use crate::metrics::ResultLabels;
 use crate::policy::{Policy, RequestFacts};
 use crate::reload::State;
 use crate::respond::{Reply, send_empty};
 use crate::snapshot::{Api, OpInfo};
-use crate::throttle::{Decision, key_hash, now_ms};
+use crate::throttle::{Decision, Window, key_hash, now_ms};
+use crate::traffic::{ClusterCount, FailureMode};
 
 /// Requests currently being served (for drain on shutdown and the gauge).
 pub static IN_FLIGHT: AtomicI64 = AtomicI64::new(0);
@@ -101,39 +103,65 @@ fn ratelimit_headers(d: &Decision) -> Vec<(String, String)> {
 enum Throttle {
     Pass(Option<Decision>),
     Reject(Decision, String),
+    /// Redis is unreachable and the failure mode is Closed.
+    Unavailable(String),
 }
 
 impl Gateway {
-    /// Counts the request against `policy`; returns the decision to report.
-    fn check_policy(&self, policy: &Arc<Policy>, req: &RequestHeader, api: &Api, ctx: &mut Ctx) -> Throttle {
-        let claim_allowed = api.security.is_none();
-        let ip_text;
-        let claim_text;
-        let key: &[u8] = match policy.key_by {
-            KeyBy::Api | KeyBy::Consumer => b"",
-            KeyBy::ClientIp => {
-                ip_text = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
-                ip_text.as_bytes()
+    /// Counts one request against one limit: cluster-wide for Cluster-scoped
+    /// policies when a traffic manager is configured, else in this process.
+    async fn count(&self, policy: &Policy, key: u64, window: Window, count_over: bool) -> Result<Decision, String> {
+        if policy.scope == Scope::Cluster
+            && let Some(tm) = &self.state.shared.traffic
+        {
+            match tm.hit(key, window, count_over).await {
+                ClusterCount::Counted(d) => return Ok(d),
+                ClusterCount::Unavailable => {
+                    let metrics = &self.state.shared.metrics;
+                    match tm.failure_mode {
+                        FailureMode::Open => {
+                            metrics.traffic_fallback.get_or_create(&ResultLabels { result: "open" }).inc();
+                        }
+                        FailureMode::Closed => {
+                            metrics.traffic_fallback.get_or_create(&ResultLabels { result: "closed" }).inc();
+                            return Err(format!(
+                                "cluster-wide throttling for policy {} is unavailable (traffic manager unreachable)",
+                                policy.name
+                            ));
+                        }
+                    }
+                }
             }
-            KeyBy::Header => header(req, &policy.key_name).unwrap_or("").as_bytes(),
+        }
+        Ok(policy.requests.hit(key, window, 1, count_over, now_ms()))
+    }
+
+    /// Counts the request against `policy`; returns the decision to report.
+    async fn check_policy(&self, policy: &Arc<Policy>, req: &RequestHeader, api: &Api, ctx: &mut Ctx) -> Throttle {
+        let claim_allowed = api.security.is_none();
+        let key: Vec<u8> = match policy.key_by {
+            KeyBy::Api | KeyBy::Consumer => Vec::new(),
+            KeyBy::ClientIp => ctx.client_ip.map(|i| i.to_string()).unwrap_or_default().into_bytes(),
+            KeyBy::Header => header(req, &policy.key_name).unwrap_or("").as_bytes().to_vec(),
             KeyBy::Claim => {
-                claim_text = if claim_allowed {
-                    unverified_claim(req, &policy.key_name).unwrap_or_default()
+                if claim_allowed {
+                    unverified_claim(req, &policy.key_name).unwrap_or_default().into_bytes()
                 } else {
-                    String::new()
-                };
-                claim_text.as_bytes()
+                    Vec::new()
+                }
             }
         };
-        let header_fn = |n: &str| header(req, n);
-        let claim_fn = |n: &str| if claim_allowed { unverified_claim(req, n) } else { None };
-        let facts = RequestFacts { client_ip: ctx.client_ip, header: &header_fn, claim: &claim_fn };
-        let (which, window) = policy.limit_for(&facts);
+        let (which, window) = {
+            let header_fn = |n: &str| header(req, n);
+            let claim_fn = |n: &str| if claim_allowed { unverified_claim(req, n) } else { None };
+            let facts = RequestFacts { client_ip: ctx.client_ip, header: &header_fn, claim: &claim_fn };
+            policy.limit_for(&facts)
+        };
         let now = now_ms();
         let id = policy.id.as_bytes();
         let count_over = !policy.stop_on_quota_reach;
         if let Some(bw) = policy.bandwidth {
-            let k = key_hash(&[id, b"bytes", key]);
+            let k = key_hash(&[id, b"bytes", &key]);
             if let Some(d) = policy.bytes.peek_exhausted(k, bw, now) {
                 if policy.stop_on_quota_reach {
                     return Throttle::Reject(d, format!("bandwidth quota of policy {} reached", policy.name));
@@ -143,7 +171,10 @@ impl Gateway {
             ctx.bandwidth.push((policy.clone(), k));
         }
         if let Some(burst) = policy.burst {
-            let d = policy.requests.hit(key_hash(&[id, b"burst", key]), burst, 1, count_over, now);
+            let d = match self.count(policy, key_hash(&[id, b"burst", &key]), burst, count_over).await {
+                Ok(d) => d,
+                Err(why) => return Throttle::Unavailable(why),
+            };
             if !d.allowed {
                 if policy.stop_on_quota_reach {
                     return Throttle::Reject(d, format!("spike arrest of policy {} reached", policy.name));
@@ -151,7 +182,10 @@ impl Gateway {
                 ctx.flagged = Some(policy.name.clone());
             }
         }
-        let d = policy.requests.hit(key_hash(&[id, &[which as u8], key]), window, 1, count_over, now);
+        let d = match self.count(policy, key_hash(&[id, &[which as u8], &key]), window, count_over).await {
+            Ok(d) => d,
+            Err(why) => return Throttle::Unavailable(why),
+        };
         if !d.allowed {
             if policy.stop_on_quota_reach {
                 return Throttle::Reject(d, format!("quota of policy {} reached", policy.name));
@@ -296,13 +330,18 @@ impl ProxyHttp for Gateway {
         let policies: Vec<Arc<Policy>> = api.policy.iter().cloned().chain(op.and_then(|o| o.policy.clone())).collect();
         for policy in &policies {
             let req = session.req_header();
-            match self.check_policy(policy, req, &api, ctx) {
+            match self.check_policy(policy, req, &api, ctx).await {
                 Throttle::Pass(Some(d)) => {
                     if ctx.ratelimit.is_none_or(|cur| d.remaining < cur.remaining) {
                         ctx.ratelimit = Some(d);
                     }
                 }
                 Throttle::Pass(None) => {}
+                Throttle::Unavailable(message) => {
+                    self.state.shared.metrics.throttled(&policy.id, "unavailable").inc();
+                    let reply = Reply::new(503, "traffic_manager_unavailable", message).header("retry-after", "1");
+                    return self.reject(session, ctx, reply).await;
+                }
                 Throttle::Reject(d, message) => {
                     self.state.shared.metrics.throttled(&policy.id, "rejected").inc();
                     let mut reply =

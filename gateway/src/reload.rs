@@ -301,6 +301,9 @@ pub fn spawn(mut reloader: Reloader, rescan: Duration, debounce: Duration) -> st
                     }
                 }
                 reloader.state.shared.counters.sweep(crate::throttle::now_ms());
+                if let Some(tm) = &reloader.state.shared.traffic {
+                    tm.sweep(crate::throttle::now_ms());
+                }
             }
         })
         .expect("spawning the config watcher thread")

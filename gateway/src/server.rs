@@ -71,7 +71,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let dns = Arc::new(crate::dns::DnsCache::default());
     dns.spawn_refresher(config.dns_refresh);
+    let traffic = match &config.redis_url {
+        Some(url) => Some(
+            crate::traffic::TrafficManager::start(
+                url,
+                &config.redis_key_prefix,
+                config.redis_failure_mode,
+                config.redis_timeout,
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(State::new(Shared {
+        traffic,
         counters: Registry::default(),
         health: HealthRegistry::default(),
         metrics,

@@ -93,6 +93,8 @@ pub struct Shared {
     pub health: HealthRegistry,
     pub metrics: Arc<Metrics>,
     pub max_keys: usize,
+    /// Cluster-wide throttling (None without --redis-url).
+    pub traffic: Option<Arc<crate::traffic::TrafficManager>>,
     /// Backend host names and their addresses.
     pub dns: Arc<crate::dns::DnsCache>,
     /// This process's gateway group; APIs targeting other groups are skipped.

@@ -30,7 +30,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use tollgate_crds::{
     ApiManager,
-    api_manager::{AutoscalingSpec, Pattern, PullPolicy, VolumeSpec},
+    api_manager::{AutoscalingSpec, FailureMode, Pattern, PullPolicy, VolumeSpec},
     common::SecretKeyRef,
 };
 
@@ -313,8 +313,21 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
     if let Some(db) = spec.database.as_ref().and_then(|d| d.external.as_ref()) {
         env.push(secret_env("TOLLGATE_DATABASE_URL", &db.url_secret_ref));
     }
-    if let Some(redis) = spec.traffic_manager.as_ref().and_then(|t| t.redis.as_ref()) {
+    if let Some(tm) = spec.traffic_manager.as_ref()
+        && let Some(redis) = tm.redis.as_ref()
+    {
         env.push(secret_env("TOLLGATE_REDIS_URL", &redis.url_secret_ref));
+        let mode = match tm.failure_mode {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+        };
+        env.push(EnvVar { name: "TOLLGATE_REDIS_FAILURE_MODE".into(), value: Some(mode.into()), ..Default::default() });
+        // Gateways of one ApiManager share counters; other managers on the same Redis do not.
+        env.push(EnvVar {
+            name: "TOLLGATE_REDIS_KEY_PREFIX".into(),
+            value: Some(format!("tollgate:{ns}/{}", m.name_any())),
+            ..Default::default()
+        });
     }
 
     let mut mounts = vec![

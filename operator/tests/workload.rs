@@ -101,6 +101,9 @@ fn high_availability_injects_secrets_by_reference_and_adds_a_pdb() {
     assert_eq!(db["valueFrom"]["secretKeyRef"], json!({ "name": "apim-db", "key": "url", "optional": false }));
     assert!(db.get("value").is_none(), "secret values are never copied");
     assert!(env.iter().any(|e| e["name"] == "TOLLGATE_REDIS_URL"));
+    let value = |n: &str| env.iter().find(|e| e["name"] == n).map(|e| e["value"].clone());
+    assert_eq!(value("TOLLGATE_REDIS_FAILURE_MODE"), Some(json!("open")), "the default failure mode");
+    assert_eq!(value("TOLLGATE_REDIS_KEY_PREFIX"), Some(json!("tollgate:banking/apim")));
     let args = v["sts"][0]["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(args.contains("--roles=gateway,store,key-manager,analytics"));
     assert_eq!(v["sts"][0]["spec"]["volumeClaimTemplates"][1]["spec"]["storageClassName"], "fast");

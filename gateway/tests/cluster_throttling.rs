@@ -1,0 +1,274 @@
+//! Cluster-wide throttling: three gateway processes share one real Redis
+//! (redis-server from Debian packages, started here on loopback).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A redis-server on a free loopback port, no persistence.
+struct Redis {
+    proc: Option<Proc>,
+    port: u16,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Proc {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (make deps installs it)");
+        wait_port(format!("127.0.0.1:{port}").parse().unwrap());
+        Proc(child)
+    }
+    fn start() -> Redis {
+        let port = free_port();
+        Redis { proc: Some(Self::start_on(port)), port }
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+    fn stop(&mut self) {
+        self.proc = None;
+    }
+    fn restart(&mut self) {
+        self.proc = Some(Self::start_on(self.port));
+    }
+}
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    _backend: Proc,
+    gateways: Vec<Gateway>,
+}
+
+fn cluster(redis: &Redis, policies: &[(&str, &str)], apis: &[String], extra: &[&str]) -> Cluster {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (backend, addr) = echo("bank");
+    for (name, body) in policies {
+        std::fs::write(dir.join(format!("policy-{name}.yaml")), policy(name, body)).unwrap();
+    }
+    for (i, a) in apis.iter().enumerate() {
+        std::fs::write(dir.join(format!("api-{i}.yaml")), a.replace("BACKEND", &format!("http://{addr}"))).unwrap();
+    }
+    let prefix = format!("test-{}", free_port());
+    let url = redis.url();
+    let mut args = vec!["--access-log", "false", "--redis-url", &url, "--redis-key-prefix", &prefix];
+    args.extend_from_slice(extra);
+    let gateways: Vec<Gateway> = (0..3).map(|_| gateway(&dir, &args)).collect();
+    for g in &gateways {
+        eventually(Duration::from_secs(10), || g.status()["trafficManager"]["state"] == "ok");
+    }
+    Cluster { _tmp: tmp, _backend: backend, gateways }
+}
+
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sleeps past the next boundary if a window of `period_secs` ends soon.
+fn away_from_boundary(period_secs: u64, margin_ms: u64) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let left = period_secs * 1000 - now % (period_secs * 1000);
+    if left < margin_ms {
+        std::thread::sleep(Duration::from_millis(left + 50));
+    }
+}
+
+/// Sends `n` requests from 24 threads, spread round-robin over the
+/// gateways; returns (200s, 429s, other statuses, slowest request).
+fn spread(
+    gws: &[SocketAddr],
+    path: &str,
+    n: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> (usize, usize, Vec<u16>, Duration) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let others = Arc::new(parking_lot_free::Others::default());
+    let slowest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let threads: Vec<_> = (0..24)
+        .map(|t| {
+            let (ok, limited, others, slowest) = (ok.clone(), limited.clone(), others.clone(), slowest.clone());
+            let (gws, path) = (gws.to_vec(), path.to_string());
+            std::thread::spawn(move || {
+                for i in (t..n).step_by(24) {
+                    let started = Instant::now();
+                    let status = request(gws[i % gws.len()], "GET", &path, headers, b"").status;
+                    let took = started.elapsed();
+                    let mut s = slowest.lock().unwrap();
+                    *s = (*s).max(took);
+                    drop(s);
+                    match status {
+                        200 => ok.fetch_add(1, Ordering::Relaxed),
+                        429 => limited.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            others.push(other);
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let slowest = *slowest.lock().unwrap();
+    (ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed), others.take(), slowest)
+}
+
+mod parking_lot_free {
+    #[derive(Default)]
+    pub struct Others(std::sync::Mutex<Vec<u16>>);
+    impl Others {
+        pub fn push(&self, s: u16) {
+            self.0.lock().unwrap().push(s);
+        }
+        pub fn take(&self) -> Vec<u16> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+}
+
+fn addrs(c: &Cluster) -> Vec<SocketAddr> {
+    c.gateways.iter().map(|g| g.http).collect()
+}
+
+#[test]
+fn a_limit_holds_across_three_gateways_with_per_key_isolation() {
+    let redis = Redis::start();
+    let c = cluster(
+        &redis,
+        &[
+            ("shared", "  limit: {requests: 200, per: 1h}\n  keyBy: Api\n"),
+            ("per-customer", "  limit: {requests: 30, per: 1h}\n  keyBy: Header\n  keyName: x-customer\n"),
+        ],
+        &[
+            api("a", "/a", "v1", "BACKEND", "  throttling: {policy: shared}\n"),
+            api("k", "/k", "v1", "BACKEND", "  throttling: {policy: per-customer}\n"),
+        ],
+        &[],
+    );
+    away_from_boundary(3600, 10_000);
+    let (ok, limited, others, _) = spread(&addrs(&c), "/a/v1/x", 1000, &[]);
+    assert!(others.is_empty(), "{others:?}");
+    assert!((196..=200).contains(&ok), "between 0.98 N and N admitted across the gateways, got {ok}");
+    assert_eq!(ok + limited, 1000);
+    // Redis round trips were far fewer than requests (leases).
+    let leases: u64 = c
+        .gateways
+        .iter()
+        .map(|g| {
+            g.metrics()
+                .lines()
+                .find(|l| l.starts_with("tollgate_traffic_manager_leases_total"))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(leases > 0 && leases < 200, "lease calls {leases} for {ok} admissions");
+
+    // Per-key isolation: two customers, each with its own cluster-wide 30.
+    let (a, _, o1, _) = spread(&addrs(&c), "/k/v1/x", 90, &[("x-customer", "alice")]);
+    let (b, _, o2, _) = spread(&addrs(&c), "/k/v1/x", 90, &[("x-customer", "bob")]);
+    assert!(o1.is_empty() && o2.is_empty());
+    assert!((29..=30).contains(&a) && (29..=30).contains(&b), "alice {a}, bob {b}");
+}
+
+#[test]
+fn windows_reset_and_bursts_hold_cluster_wide() {
+    let redis = Redis::start();
+    let c = cluster(
+        &redis,
+        &[
+            ("short", "  limit: {requests: 12, per: 3s}\n"),
+            ("spiky", "  limit: {requests: 100000, per: 1h}\n  burst: {requests: 15, per: 10s}\n"),
+        ],
+        &[
+            api("s", "/s", "v1", "BACKEND", "  throttling: {policy: short}\n"),
+            api("b", "/b", "v1", "BACKEND", "  throttling: {policy: spiky}\n"),
+        ],
+        &[],
+    );
+    away_from_boundary(3, 2500);
+    let (first, _, _, _) = spread(&addrs(&c), "/s/v1/x", 36, &[]);
+    assert!((11..=12).contains(&first), "first window: {first}");
+    away_from_boundary(3, 3000); // the next window
+    let (second, _, _, _) = spread(&addrs(&c), "/s/v1/x", 36, &[]);
+    assert!((11..=12).contains(&second), "after the window reset: {second}");
+
+    away_from_boundary(10, 5000);
+    away_from_boundary(3600, 10_000);
+    let (burst, limited, _, _) = spread(&addrs(&c), "/b/v1/x", 60, &[]);
+    assert!((14..=15).contains(&burst), "spike arrest 15 per 10 s across gateways: {burst} ({limited} limited)");
+}
+
+#[test]
+fn redis_outage_open_keeps_serving_and_recovery_resumes_cluster_counting() {
+    let mut redis = Redis::start();
+    let c = cluster(
+        &redis,
+        &[("gold", "  limit: {requests: 60, per: 1h}\n  keyBy: Header\n  keyName: x-app\n")],
+        &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: gold}\n")],
+        &["--redis-timeout-ms", "100", "--redis-failure-mode", "open"],
+    );
+    away_from_boundary(3600, 30_000);
+    redis.stop();
+    // Open: traffic keeps flowing, counted per gateway (so up to 3 x 60 for one key).
+    let (ok, limited, others, slowest) = spread(&addrs(&c), "/a/v1/x", 90, &[("x-app", "during-outage")]);
+    assert!(others.is_empty(), "{others:?}");
+    assert_eq!(ok + limited, 90);
+    assert!(ok >= 60, "open mode serves: {ok}");
+    assert!(slowest < Duration::from_secs(1), "no request waits on a dead Redis: {slowest:?}");
+    for g in &c.gateways {
+        let st = g.status();
+        assert_eq!(st["trafficManager"]["state"], "degraded", "{st}");
+        assert!(g.metrics().contains("tollgate_degraded{result=\"redis\"} 1"));
+    }
+    redis.restart();
+    let back = Instant::now();
+    for g in &c.gateways {
+        eventually(Duration::from_secs(5), || g.status()["trafficManager"]["state"] == "ok");
+    }
+    assert!(back.elapsed() < Duration::from_secs(5));
+    let (ok, _, _, _) = spread(&addrs(&c), "/a/v1/x", 180, &[("x-app", "after-recovery")]);
+    assert!((59..=60).contains(&ok), "cluster counting resumed: {ok}");
+}
+
+#[test]
+fn redis_outage_closed_answers_503_quickly() {
+    let mut redis = Redis::start();
+    let c = cluster(
+        &redis,
+        &[("gold", "  limit: {requests: 1000, per: 1h}\n  keyBy: Header\n  keyName: x-app\n")],
+        &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: gold}\n"), api("free", "/free", "v1", "BACKEND", "")],
+        &["--redis-timeout-ms", "100", "--redis-failure-mode", "closed"],
+    );
+    let app = |gw: &Gateway, name: &str| request(gw.http, "GET", "/a/v1/x", &[("x-app", name)], b"");
+    assert_eq!(app(&c.gateways[0], "before").status, 200);
+    redis.stop();
+    // Quota already leased before the outage stays usable; a key that needs
+    // Redis now is refused.
+    assert_eq!(app(&c.gateways[0], "before").status, 200, "leased quota is honoured");
+    let started = Instant::now();
+    let r = app(&c.gateways[0], "new-app");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "traffic_manager_unavailable");
+    assert_eq!(c.gateways[1].get("/free/v1/x").status, 200, "APIs without a cluster policy are unaffected");
+    redis.restart();
+    eventually(Duration::from_secs(5), || app(&c.gateways[0], "new-app").status == 200);
+}
