@@ -63,9 +63,16 @@ async fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
     let out = tool(&cluster, "helm", &["lint", "--strict", &chart()]);
     assert!(out.contains("0 chart(s) failed") && !out.contains("[WARNING]"), "{out}");
 
+    // Namespaced objects for other namespaces need them to exist for a dry run.
+    let (team_a, team_b) = (format!("{}-a", ns.name()), format!("{}-b", ns.name()));
+    for team in [&team_a, &team_b] {
+        tool(&cluster, "kubectl", &["create", "namespace", team]);
+    }
+    let watch_one = format!("watchNamespaces={{{team_a}}}");
+    let secrets_in = format!("rbac.secretNamespaces={{{team_a},{team_b}}}");
     let variants: [&[&str]; 4] = [
         &[],
-        &["--set", "watchNamespaces={team-a}", "--set", "replicaCount=3"],
+        &["--set", &watch_one, "--set", "replicaCount=3"],
         &[
             "--set",
             "apiManager.enabled=true",
@@ -74,28 +81,15 @@ async fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
             "--set",
             "leaderElection.enabled=false",
         ],
-        &[
-            "--set",
-            "rbac.secretNamespaces={team-a,team-b}",
-            "--set",
-            "artifacts.storageClassName=-",
-            "--set",
-            "metrics.service.enabled=false",
-        ],
+        &["--set", &secrets_in, "--set", "artifacts.storageClassName=-", "--set", "metrics.service.enabled=false"],
     ];
     for extra in variants {
         let chart = chart();
         let mut args = vec!["template", "tg-dry", &chart, "--namespace", ns.name(), "--include-crds"];
         args.extend_from_slice(extra);
         let rendered = tool(&cluster, "helm", &args);
-        let mut kubectl =
-            vec!["apply", "--server-side", "--dry-run=server", "--force-conflicts", "--field-manager=helm-e2e", "-n"];
-        kubectl.push(ns.name());
-        kubectl.extend(["-f", "-"]);
-        // Namespaced objects for other namespaces (team-a) need them to exist for a dry run.
-        for team in ["team-a", "team-b"] {
-            let _ = run_tool(&cluster, "kubectl", &["create", "namespace", team], None);
-        }
+        let kubectl =
+            ["apply", "--server-side", "--dry-run=server", "--force-conflicts", "--field-manager=helm-e2e", "-f", "-"];
         let (ok, out) = run_tool(&cluster, "kubectl", &kubectl, Some(&rendered));
         assert!(ok, "server-side dry run of `helm template {extra:?}` failed:\n{out}");
         assert!(out.contains("deployment.apps/tg-dry-tollgate-operator serverside-applied (server dry run)"), "{out}");
@@ -107,7 +101,7 @@ async fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
     // Bad values are refused by the schema with a clear message.
     let (ok, out) = run_tool(&cluster, "helm", &["template", "tg-dry", &chart(), "--set", "replicaCount=0"], None);
     assert!(!ok && out.contains("replicaCount"), "{out}");
-    for team in ["team-a", "team-b"] {
+    for team in [&team_a, &team_b] {
         let _ = run_tool(&cluster, "kubectl", &["delete", "namespace", team, "--wait=false"], None);
     }
 }
