@@ -120,6 +120,10 @@ pub struct Args {
     /// (the operator sets it to the ApiManager's namespace/name).
     #[arg(long, env = "TOLLGATE_REDIS_KEY_PREFIX", default_value = "tollgate")]
     pub redis_key_prefix: String,
+    /// Seconds an API-key check is cached (a revocation on another gateway
+    /// takes effect within this time; on this one at once).
+    #[arg(long, env = "TOLLGATE_KEY_CACHE_TTL_SECONDS", default_value = "5")]
+    pub key_cache_ttl_seconds: f64,
 }
 
 /// The resolved configuration the gateway runs with.
@@ -148,6 +152,7 @@ pub struct Config {
     pub redis_failure_mode: FailureMode,
     pub redis_timeout: Duration,
     pub redis_key_prefix: String,
+    pub key_cache_ttl: Duration,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -238,6 +243,7 @@ impl Config {
             redis_failure_mode: a.redis_failure_mode,
             redis_timeout: Duration::from_millis(a.redis_timeout_ms.clamp(1, 60_000)),
             redis_key_prefix: a.redis_key_prefix,
+            key_cache_ttl: Duration::from_secs_f64(a.key_cache_ttl_seconds.clamp(0.0, 3600.0)),
         })
     }
 
@@ -287,6 +293,7 @@ struct FileKeys {
     redis_failure_mode: Option<serde_json::Value>,
     redis_timeout_ms: Option<serde_json::Value>,
     redis_key_prefix: Option<serde_json::Value>,
+    key_cache_ttl_seconds: Option<serde_json::Value>,
 }
 
 /// Re-parses with file values inserted for every setting that still has its
@@ -363,6 +370,11 @@ fn merge_file_layer(
         },
         redis_timeout_ms: if pick("redis_timeout_ms") { parsed.redis_timeout_ms } else { from_file.redis_timeout_ms },
         redis_key_prefix: if pick("redis_key_prefix") { parsed.redis_key_prefix } else { from_file.redis_key_prefix },
+        key_cache_ttl_seconds: if pick("key_cache_ttl_seconds") {
+            parsed.key_cache_ttl_seconds
+        } else {
+            from_file.key_cache_ttl_seconds
+        },
         dns_refresh_seconds: if pick("dns_refresh_seconds") {
             parsed.dns_refresh_seconds
         } else {

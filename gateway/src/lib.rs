@@ -12,6 +12,7 @@ pub mod respond;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod traffic;

@@ -22,6 +22,10 @@ use crate::tls::ReloadingCert;
 
 /// Routes of the management API.
 pub fn router(state: Arc<State>) -> Router {
+    let store_routes = match &state.shared.store {
+        Some(store) => crate::store::api::routes(state.clone(), store.clone()),
+        None => Router::new(),
+    };
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }))
         .route("/readyz", get(readyz))
@@ -31,6 +35,7 @@ pub fn router(state: Arc<State>) -> Router {
             (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "message": "no such endpoint"})))
         })
         .with_state(state)
+        .merge(store_routes)
 }
 
 async fn readyz(AxState(state): AxState<Arc<State>>) -> Response {

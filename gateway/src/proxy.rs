@@ -13,7 +13,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
-use tollgate_crds::api_deployment::Lifecycle;
+use tollgate_crds::api_deployment::{Lifecycle, Security};
 use tollgate_crds::throttle_policy::{KeyBy, Scope};
 
 use crate::cors;
@@ -21,7 +21,9 @@ use crate::metrics::ResultLabels;
 use crate::policy::{Policy, RequestFacts};
 use crate::reload::State;
 use crate::respond::{Reply, send_empty};
-use crate::snapshot::{Api, OpInfo};
+use crate::snapshot::{Api, OpInfo, Snapshot};
+use crate::store::cache::KeyCheck;
+use crate::store::keys::Environment;
 use crate::throttle::{Decision, Window, key_hash, now_ms};
 use crate::traffic::{ClusterCount, FailureMode};
 
@@ -55,6 +57,10 @@ pub struct Ctx {
     upstream_error: Option<&'static str>,
     client_ip: Option<IpAddr>,
     tls: bool,
+    /// The calling application (from its API key), for keyBy Consumer.
+    consumer: Option<String>,
+    /// A credential header to drop before forwarding.
+    strip_header: Option<String>,
 }
 
 impl Drop for Ctx {
@@ -65,6 +71,38 @@ impl Drop for Ctx {
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+/// The (percent-decoded) value of a query parameter.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -140,7 +178,8 @@ impl Gateway {
     async fn check_policy(&self, policy: &Arc<Policy>, req: &RequestHeader, api: &Api, ctx: &mut Ctx) -> Throttle {
         let claim_allowed = api.security.is_none();
         let key: Vec<u8> = match policy.key_by {
-            KeyBy::Api | KeyBy::Consumer => Vec::new(),
+            KeyBy::Api => Vec::new(),
+            KeyBy::Consumer => ctx.consumer.clone().unwrap_or_default().into_bytes(),
             KeyBy::ClientIp => ctx.client_ip.map(|i| i.to_string()).unwrap_or_default().into_bytes(),
             KeyBy::Header => header(req, &policy.key_name).unwrap_or("").as_bytes().to_vec(),
             KeyBy::Claim => {
@@ -195,6 +234,71 @@ impl Gateway {
         Throttle::Pass(Some(d))
     }
 
+    /// Checks the credentials `security` asks for. Ok gives the caller's
+    /// subscription tier (a ThrottlePolicy counted per application).
+    async fn authenticate(
+        &self,
+        session: &Session,
+        snapshot: &Snapshot,
+        api: &Arc<Api>,
+        security: &Security,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Arc<Policy>>, Reply> {
+        let Some(api_key) = &security.api_key else {
+            // OAuth2 and mTLS-bound tokens are verified by the key manager role.
+            return Err(Reply::new(
+                401,
+                "unauthorized",
+                "this API requires OAuth2 or mTLS credentials, which this gateway cannot verify yet",
+            )
+            .header("www-authenticate", "Bearer"));
+        };
+        let req = session.req_header();
+        let (presented, header_name) = match (&api_key.header, &api_key.query) {
+            (_, Some(q)) if api_key.header.is_none() => (query_param(req.uri.query().unwrap_or(""), q), None),
+            (h, _) => {
+                let name = h.clone().unwrap_or_else(|| "apikey".into()).to_ascii_lowercase();
+                (header(req, &name).map(str::to_string), Some(name))
+            }
+        };
+        let challenge = "APIKey";
+        let Some(key) = presented.filter(|k| !k.is_empty()) else {
+            return Err(Reply::new(401, "unauthorized", "an API key is required").header("www-authenticate", challenge));
+        };
+        let Some(store) = &self.state.shared.store else {
+            return Err(Reply::new(503, "key_check_unavailable", "this gateway has no store to check API keys"));
+        };
+        let grant = match store.cache.check(&store.db, &crate::store::keys::hash(&key)).await {
+            KeyCheck::Valid(g) => g,
+            KeyCheck::Unknown => {
+                return Err(Reply::new(401, "unauthorized", "unknown API key").header("www-authenticate", challenge));
+            }
+            KeyCheck::Revoked => {
+                return Err(Reply::new(401, "unauthorized", "revoked API key").header("www-authenticate", challenge));
+            }
+            KeyCheck::Unavailable => {
+                return Err(Reply::new(503, "key_check_unavailable", "API keys cannot be checked right now")
+                    .header("retry-after", "1"));
+            }
+        };
+        let Some((_, tier_name)) = grant.subscriptions.iter().find(|(a, _)| *a == api.id) else {
+            return Err(Reply::new(403, "forbidden", format!("the application is not subscribed to {}", api.id)));
+        };
+        if grant.environment == Environment::Sandbox {
+            if api.sandbox.is_none() {
+                return Err(Reply::new(
+                    403,
+                    "forbidden",
+                    format!("{} has no sandbox endpoints for sandbox keys", api.id),
+                ));
+            }
+            ctx.sandbox = true;
+        }
+        ctx.consumer = Some(grant.application_id.clone());
+        ctx.strip_header = header_name;
+        Ok(crate::store::tier_policy(snapshot, api, tier_name))
+    }
+
     async fn reject(&self, session: &mut Session, ctx: &Ctx, reply: Reply) -> pingora::Result<bool> {
         reply.send(session, &ctx.cors_headers).await?;
         Ok(true)
@@ -212,6 +316,8 @@ impl ProxyHttp for Gateway {
             api: None,
             forward_path: String::new(),
             sandbox: false,
+            consumer: None,
+            strip_header: None,
             tried: Vec::new(),
             current: None,
             cors_headers: Vec::new(),
@@ -310,24 +416,16 @@ impl ProxyHttp for Gateway {
                 .await;
         }
 
-        if api.security.is_some() {
-            // Credentials are checked by the store and key manager roles; an
-            // API that requires them refuses calls that carry none it can verify.
-            return self
-                .reject(
-                    session,
-                    ctx,
-                    Reply::new(
-                        401,
-                        "unauthorized",
-                        "this API requires credentials that this gateway cannot verify yet",
-                    )
-                    .header("www-authenticate", "APIKey"),
-                )
-                .await;
+        let mut tier: Option<Arc<Policy>> = None;
+        if let Some(security) = &api.security {
+            match self.authenticate(session, &snapshot, &api, security, ctx).await {
+                Ok(t) => tier = t,
+                Err(reply) => return self.reject(session, ctx, reply).await,
+            }
         }
 
-        let policies: Vec<Arc<Policy>> = api.policy.iter().cloned().chain(op.and_then(|o| o.policy.clone())).collect();
+        let policies: Vec<Arc<Policy>> =
+            api.policy.iter().cloned().chain(op.and_then(|o| o.policy.clone())).chain(tier).collect();
         for policy in &policies {
             let req = session.req_header();
             match self.check_policy(policy, req, &api, ctx).await {
@@ -412,7 +510,7 @@ impl ProxyHttp for Gateway {
             .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
             .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive")
             .collect();
-        for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named) {
+        for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named).chain(ctx.strip_header.clone()) {
             upstream.remove_header(&h);
         }
         let original_host = header(session.req_header(), "host").map(str::to_string);

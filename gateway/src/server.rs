@@ -84,7 +84,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let store = open_store(&config)?;
     let state = Arc::new(State::new(Shared {
+        store: Some(store),
         traffic,
         counters: Registry::default(),
         health: HealthRegistry::default(),
@@ -147,4 +149,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     server.run(RunArgs { shutdown_signal: Box::new(DrainOnTerm { state, drain: config.drain }) });
     Ok(())
+}
+
+/// Opens the store on a runtime thread of its own, which keeps driving the
+/// database pool for the life of the process.
+fn open_store(config: &Config) -> anyhow::Result<Arc<crate::store::Store>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (data_dir, url, token, ttl) =
+        (config.data_dir.clone(), config.database_url.clone(), config.admin_token_file.clone(), config.key_cache_ttl);
+    std::thread::Builder::new().name("tollgate-store".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(anyhow::anyhow!("store runtime: {e}")));
+                return;
+            }
+        };
+        let opened = rt.block_on(crate::store::Store::open(&data_dir, url.as_deref(), token.as_deref(), ttl));
+        let _ = tx.send(opened.map(Arc::new));
+        rt.block_on(std::future::pending::<()>());
+    })?;
+    rx.recv().map_err(|_| anyhow::anyhow!("the store thread ended"))?
 }

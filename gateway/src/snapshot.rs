@@ -93,6 +93,8 @@ pub struct Shared {
     pub health: HealthRegistry,
     pub metrics: Arc<Metrics>,
     pub max_keys: usize,
+    /// Applications, keys and subscriptions (None only in unit tests).
+    pub store: Option<Arc<crate::store::Store>>,
     /// Cluster-wide throttling (None without --redis-url).
     pub traffic: Option<Arc<crate::traffic::TrafficManager>>,
     /// Backend host names and their addresses.

@@ -1,0 +1,92 @@
+//! API keys: 256 random bits, shown once, stored as a SHA-256 hash.
+
+use base64::Engine;
+use ring::rand::{SecureRandom, SystemRandom};
+use sha2::{Digest, Sha256};
+
+/// Production or sandbox credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Production,
+    Sandbox,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Sandbox => "sandbox",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Environment> {
+        match s {
+            "production" => Some(Environment::Production),
+            "sandbox" => Some(Environment::Sandbox),
+            _ => None,
+        }
+    }
+}
+
+/// `n` random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    SystemRandom::new().fill(&mut b).expect("the operating system's random source works");
+    b
+}
+
+/// A random identifier (128 bits, hex).
+pub fn new_id() -> String {
+    random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new key: `tg_live_…` or `tg_test_…` followed by 256 random bits.
+pub fn new_key(env: Environment) -> String {
+    let tag = match env {
+        Environment::Production => "live",
+        Environment::Sandbox => "test",
+    };
+    format!("tg_{tag}_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+/// The stored form of a key.
+pub fn hash(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The part of a key shown in listings (no secret bits beyond 4 characters).
+pub fn prefix(key: &str) -> String {
+    key.chars().take(12).collect()
+}
+
+/// Compares secrets without leaking where they differ (hash first, so the
+/// time does not depend on the lengths either).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
+    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_long_and_hashed() {
+        let a = new_key(Environment::Production);
+        let b = new_key(Environment::Sandbox);
+        assert!(a.starts_with("tg_live_") && b.starts_with("tg_test_"));
+        assert_ne!(a, new_key(Environment::Production));
+        assert!(a.len() >= 8 + 43, "256 bits of base64: {a}");
+        assert_eq!(hash(&a).len(), 64);
+        assert_ne!(hash(&a), hash(&b));
+        assert!(!hash(&a).contains(&a[8..]));
+        assert_eq!(new_id().len(), 32);
+    }
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret-longer"));
+    }
+}

@@ -1,0 +1,378 @@
+//! The store and API keys end to end, each scenario against the embedded
+//! SQLite database and a real PostgreSQL server (started here on loopback).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A PostgreSQL server in a temporary folder (as user postgres when run as root).
+struct Postgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    for d in std::fs::read_dir("/usr/lib/postgresql").into_iter().flatten().flatten() {
+        let p = d.path().join("bin").join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
+fn as_postgres(cmd: &Path, args: &[&str]) -> std::process::Output {
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let mut c = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    };
+    c.args(args).output().expect("run a PostgreSQL tool (make deps installs postgresql)")
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let dir = std::env::temp_dir().join(format!("tollgate-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+        let data = dir.join("data");
+        let out = as_postgres(
+            &pg_bin("initdb"),
+            &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "tollgate", "--no-sync"],
+        );
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let pg = Postgres { dir, port: free_port() };
+        pg.ctl_start();
+        pg
+    }
+    fn ctl_start(&self) {
+        let data = self.dir.join("data");
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.display());
+        let log = self.dir.join("pg.log");
+        let out = as_postgres(
+            &pg_bin("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"],
+        );
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    fn stop(&self) {
+        let data = self.dir.join("data");
+        as_postgres(&pg_bin("pg_ctl"), &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+    }
+    fn url(&self) -> String {
+        format!("postgres://tollgate@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+enum Backend {
+    Sqlite,
+    Postgres(std::sync::Arc<Postgres>),
+}
+
+impl Backend {
+    fn args(&self) -> Vec<String> {
+        match self {
+            Backend::Sqlite => vec![],
+            Backend::Postgres(pg) => vec!["--database-url".into(), pg.url()],
+        }
+    }
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+    dir: PathBuf,
+    _backend_proc: Proc,
+    backend: Backend,
+}
+
+impl Env {
+    fn new(backend: Backend) -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("config");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(tmp.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        let (proc, addr) = echo("bank");
+        let b = format!("http://{addr}");
+        let sec = "  security: {apiKey: {header: x-api-key}}\n";
+        let accounts = format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: ApiDeployment\nmetadata: {{name: accounts, namespace: bank}}\nspec:\n  apiManagerRef: {{name: local}}\n  context: /accounts\n  version: v1\n{sec}  backend:\n    endpoints: [{{url: '{b}/live'}}]\n    sandboxEndpoints: [{{url: '{b}/sandbox'}}]\n"
+        );
+        let docs = [
+            accounts,
+            api("payments", "/payments", "v1", &b, sec),
+            api("byquery", "/byquery", "v1", &b, "  security: {apiKey: {query: key}}\n"),
+            policy("gold", "  limit: {requests: 3, per: 1h}\n  keyBy: Consumer\n"),
+        ];
+        std::fs::write(dir.join("apis.yaml"), docs.join("---\n")).unwrap();
+        Env { tmp, dir, _backend_proc: proc, backend }
+    }
+
+    fn gateway(&self, extra: &[&str]) -> Gateway {
+        let token = self.tmp.path().join("token");
+        let mut args: Vec<String> = vec!["--admin-token-file".into(), token.display().to_string()];
+        args.extend(self.backend.args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        gateway(&self.dir, &refs)
+    }
+}
+
+fn admin(gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> Resp {
+    let auth = format!("Bearer {TOKEN}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    let text = body.map(|b| b.to_string()).unwrap_or_default();
+    if !text.is_empty() {
+        headers.push(("content-type", "application/json"));
+    }
+    request(gw.mgmt, method, path, &headers, text.as_bytes())
+}
+
+fn call(gw: &Gateway, path: &str, key: Option<&str>) -> Resp {
+    match key {
+        Some(k) => request(gw.http, "GET", path, &[("x-api-key", k)], b""),
+        None => request(gw.http, "GET", path, &[], b""),
+    }
+}
+
+fn new_app(gw: &Gateway, name: &str) -> String {
+    let r = admin(gw, "POST", "/api/v1/applications", Some(json!({ "name": name })));
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+fn new_key(gw: &Gateway, app: &str, env: &str) -> (String, String) {
+    let r = admin(gw, "POST", &format!("/api/v1/applications/{app}/keys"), Some(json!({ "environment": env })));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let j = r.json();
+    (j["apiKey"].as_str().unwrap().to_string(), j["id"].as_str().unwrap().to_string())
+}
+
+fn subscribe(gw: &Gateway, app: &str, api: &str) {
+    let r =
+        admin(gw, "POST", "/api/v1/subscriptions", Some(json!({ "applicationId": app, "api": api, "policy": "gold" })));
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+fn flow(backend: Backend) {
+    let env = Env::new(backend);
+    let gw = env.gateway(&["--key-cache-ttl-seconds", "1"]);
+    let app = new_app(&gw, "tpp-one");
+    let (key, key_id) = new_key(&gw, &app, "production");
+    assert_eq!(call(&gw, "/accounts/v1/x", None).status, 401, "no key");
+    let wrong = call(&gw, "/accounts/v1/x", Some("tg_live_wrong"));
+    assert_eq!((wrong.status, wrong.json()["error"].clone()), (401, json!("unauthorized")));
+    assert_eq!(call(&gw, "/accounts/v1/x", Some(&key)).status, 403, "not subscribed");
+    subscribe(&gw, &app, "bank/accounts");
+    let ok = call(&gw, "/accounts/v1/x", Some(&key));
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["path"], "/live/x", "production key -> production endpoint");
+    assert!(ok.json()["headers"].get("x-api-key").is_none(), "the credential is not forwarded");
+    assert_eq!(call(&gw, "/payments/v1/x", Some(&key)).status, 403, "subscribed to accounts only");
+    // The tier counts per application: app one has 3, app two its own 3.
+    let app2 = new_app(&gw, "tpp-two");
+    let (key2, _) = new_key(&gw, &app2, "production");
+    subscribe(&gw, &app2, "bank/accounts");
+    let statuses: Vec<u16> = (0..3).map(|_| call(&gw, "/accounts/v1/x", Some(&key)).status).collect();
+    assert_eq!(statuses, vec![200, 200, 429], "app one: 3 per hour");
+    assert_eq!(call(&gw, "/accounts/v1/x", Some(&key2)).status, 200, "app two has its own counter");
+    // A sandbox key reaches the sandbox endpoint.
+    let (sandbox, _) = new_key(&gw, &app2, "sandbox");
+    let r = call(&gw, "/accounts/v1/y", Some(&sandbox));
+    assert_eq!((r.status, r.json()["path"].clone()), (200, json!("/sandbox/y")));
+    // A key in the query string.
+    subscribe(&gw, &app2, "bank/byquery");
+    let r = request(gw.http, "GET", &format!("/byquery/v1/z?key={key2}&a=1"), &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Revocation: at once on this gateway.
+    let r = admin(&gw, "DELETE", &format!("/api/v1/applications/{app}/keys/{key_id}"), None);
+    assert_eq!(r.status, 204);
+    assert_eq!(call(&gw, "/accounts/v1/x", Some(&key)).status, 401, "revoked");
+    // Keys are listed without the secret.
+    let list = admin(&gw, "GET", &format!("/api/v1/applications/{app}/keys"), None).text();
+    assert!(!list.contains(&key) && list.contains("revokedAtMs"), "{list}");
+}
+
+fn restart_keeps_everything_and_no_clear_keys(backend: Backend) {
+    let env = Env::new(backend);
+    let key = {
+        let gw = env.gateway(&[]);
+        let app = new_app(&gw, "persistent");
+        let (key, _) = new_key(&gw, &app, "production");
+        subscribe(&gw, &app, "bank/accounts");
+        assert_eq!(call(&gw, "/accounts/v1/x", Some(&key)).status, 200);
+        key
+    };
+    let gw = env.gateway(&[]);
+    assert_eq!(call(&gw, "/accounts/v1/x", Some(&key)).status, 200, "key and subscription survive a restart");
+    let apps = admin(&gw, "GET", "/api/v1/applications", None).json();
+    assert_eq!(apps["items"][0]["name"], "persistent");
+    // The key never appears in clear text under the data dir.
+    let secret = &key[8..];
+    let mut stack = vec![env.tmp.path().join("data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "key in clear in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+fn bad_input(backend: Backend) {
+    let env = Env::new(backend);
+    let gw = env.gateway(&[]);
+    let auth = format!("Bearer {TOKEN}");
+    let json_h = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let cases: Vec<(Resp, u16, &str)> = vec![
+        (request(gw.mgmt, "POST", "/api/v1/applications", &json_h, b"{not json"), 400, "invalid JSON"),
+        (
+            request(gw.mgmt, "POST", "/api/v1/applications", &json_h, br#"{"name":"a","admin":true}"#),
+            400,
+            "unknown field",
+        ),
+        (request(gw.mgmt, "POST", "/api/v1/applications", &json_h, &vec![b' '; 100_000]), 413, "at most"),
+        (
+            request(gw.mgmt, "POST", "/api/v1/applications", &[("authorization", auth.as_str())], br#"{"name":"a"}"#),
+            415,
+            "application/json",
+        ),
+        (
+            request(
+                gw.mgmt,
+                "POST",
+                "/api/v1/applications",
+                &[("content-type", "application/json")],
+                br#"{"name":"a"}"#,
+            ),
+            401,
+            "Bearer",
+        ),
+        (
+            request(gw.mgmt, "GET", "/api/v1/applications", &[("authorization", "Bearer not-the-token-at-all")], b""),
+            401,
+            "wrong",
+        ),
+        (request(gw.mgmt, "POST", "/api/v1/applications", &json_h, br#"{"name":"  "}"#), 422, "name"),
+        (admin(&gw, "GET", "/api/v1/applications/nope", None), 404, "not found"),
+        (
+            admin(
+                &gw,
+                "POST",
+                "/api/v1/subscriptions",
+                Some(json!({"applicationId": "x", "api": "bank/ghost", "policy": "gold"})),
+            ),
+            422,
+            "unknown API",
+        ),
+    ];
+    for (r, status, fragment) in cases {
+        assert_eq!(r.status, status, "{}", r.text());
+        assert!(r.text().contains(fragment), "{fragment:?} in {}", r.text());
+        assert!(r.json()["error"].is_string());
+    }
+    new_app(&gw, "dup");
+    let r = admin(&gw, "POST", "/api/v1/applications", Some(json!({ "name": "dup" })));
+    assert_eq!(r.status, 409, "{}", r.text());
+    let app = new_app(&gw, "env");
+    let r = admin(&gw, "POST", &format!("/api/v1/applications/{app}/keys"), Some(json!({ "environment": "staging" })));
+    assert_eq!(r.status, 422);
+    let doc = admin(&gw, "GET", "/api/v1/openapi.json", None);
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.json()["openapi"], "3.0.3");
+    let apis = admin(&gw, "GET", "/api/v1/apis?q=payments", None).json();
+    assert_eq!(apis["items"].as_array().unwrap().len(), 1, "{apis}");
+}
+
+#[test]
+fn sqlite_key_flow() {
+    flow(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_key_flow() {
+    flow(Backend::Postgres(std::sync::Arc::new(Postgres::start())));
+}
+
+#[test]
+fn sqlite_restart_and_no_clear_keys() {
+    restart_keeps_everything_and_no_clear_keys(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_restart_and_no_clear_keys() {
+    restart_keeps_everything_and_no_clear_keys(Backend::Postgres(std::sync::Arc::new(Postgres::start())));
+}
+
+#[test]
+fn sqlite_bad_input() {
+    bad_input(Backend::Sqlite);
+}
+
+#[test]
+fn postgres_bad_input() {
+    bad_input(Backend::Postgres(std::sync::Arc::new(Postgres::start())));
+}
+
+#[test]
+fn postgres_outage_cached_keys_pass_management_503_and_recovery() {
+    let pg = std::sync::Arc::new(Postgres::start());
+    let env = Env::new(Backend::Postgres(pg.clone()));
+    let gw = env.gateway(&["--key-cache-ttl-seconds", "0.5"]);
+    let gw2 = env.gateway(&["--key-cache-ttl-seconds", "0.5"]);
+    let app = new_app(&gw, "outage");
+    let (key, key_id) = new_key(&gw, &app, "production");
+    subscribe(&gw, &app, "bank/payments");
+    assert_eq!(call(&gw, "/payments/v1/x", Some(&key)).status, 200);
+    assert_eq!(call(&gw2, "/payments/v1/x", Some(&key)).status, 200);
+
+    pg.stop();
+    std::thread::sleep(Duration::from_millis(700)); // past the TTL: the cached grant is stale
+    assert_eq!(call(&gw, "/payments/v1/x", Some(&key)).status, 200, "a cached key keeps working");
+    let r = admin(&gw, "GET", "/api/v1/applications", None);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "database_unavailable");
+    let r = call(&gw, "/payments/v1/x", Some("tg_live_never_seen"));
+    assert_eq!(r.status, 503, "an uncached key cannot be checked: {}", r.text());
+
+    pg.ctl_start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = admin(&gw, "GET", "/api/v1/applications", None);
+        if r.status == 200 {
+            break;
+        }
+        let log = std::fs::read_to_string(&gw.log).unwrap_or_default();
+        let log: String = log.lines().rfind(|l| l.contains("store error")).unwrap_or("").to_string();
+        assert!(Instant::now() < deadline, "the store did not recover: {}\n{log}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Revocation on one gateway reaches the other within the TTL.
+    assert_eq!(admin(&gw, "DELETE", &format!("/api/v1/applications/{app}/keys/{key_id}"), None).status, 204);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(call(&gw2, "/payments/v1/x", Some(&key)).status, 401, "revoked everywhere within the TTL");
+}
