@@ -169,6 +169,17 @@ impl BackgroundService for ManagementService {
                     let first = *samples.front().unwrap_or(&now);
                     metrics.requests_per_second.set((now - first) as f64 / span);
                     metrics.in_flight.set(IN_FLIGHT.load(Ordering::Relaxed));
+                    // Keep the persisted search index on the served snapshot.
+                    if let Some(store) = &self.state.shared.store
+                        && self.state.ready.load(Ordering::Acquire)
+                        && let Some(index) = &store.search
+                    {
+                        let snap = self.state.snapshot.load_full();
+                        if index.revision() != snap.revision {
+                            let store = store.clone();
+                            let _ = tokio::task::spawn_blocking(move || store.sync_search(&snap)).await;
+                        }
+                    }
                 }
                 _ = shutdown.changed() => break,
             }

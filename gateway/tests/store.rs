@@ -376,3 +376,56 @@ fn postgres_outage_cached_keys_pass_management_503_and_recovery() {
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(call(&gw2, "/payments/v1/x", Some(&key)).status, 401, "revoked everywhere within the TTL");
 }
+
+fn search_ids(gw: &Gateway, q: &str) -> Vec<String> {
+    let r = admin(gw, "GET", &format!("/api/v1/apis?q={q}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut ids: Vec<String> =
+        r.json()["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn search_index_is_persisted_reused_and_rebuilt_when_missing_or_stale() {
+    let env = Env::new(Backend::Sqlite);
+    let index_dir = env.tmp.path().join("data/search-index");
+    {
+        let gw = env.gateway(&[]);
+        assert_eq!(search_ids(&gw, "payments"), vec!["bank/payments"]);
+        assert_eq!(search_ids(&gw, "accounts%20payments"), Vec::<String>::new(), "all words must match");
+        assert_eq!(search_ids(&gw, "byquery"), vec!["bank/byquery"]);
+        let log = std::fs::read_to_string(&gw.log).unwrap();
+        assert!(log.contains("search index rebuilt"), "built on first start");
+    }
+    assert!(index_dir.join("tollgate-revision").is_file(), "the index records its revision");
+    {
+        // Same artifacts: the persisted index is reused, not rebuilt.
+        let gw = env.gateway(&[]);
+        assert_eq!(search_ids(&gw, "payments"), vec!["bank/payments"]);
+        std::thread::sleep(Duration::from_millis(1500));
+        let log = std::fs::read_to_string(&gw.log).unwrap();
+        assert!(!log.contains("search index rebuilt"), "reused after a restart");
+        // A changed artifact makes it stale: rebuilt and searchable within a few seconds.
+        let text = std::fs::read_to_string(env.dir.join("apis.yaml")).unwrap();
+        std::fs::write(
+            env.dir.join("apis.yaml"),
+            text.replacen(
+                "  context: /payments\n",
+                "  context: /payments\n  description: Domestic standing orders\n",
+                1,
+            ),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while search_ids(&gw, "standing%20orders") != vec!["bank/payments"] {
+            assert!(Instant::now() < deadline, "the stale index was not rebuilt");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // A missing index is rebuilt from the artifacts at start.
+    std::fs::remove_dir_all(&index_dir).unwrap();
+    let gw = env.gateway(&[]);
+    assert_eq!(search_ids(&gw, "standing"), vec!["bank/payments"]);
+    assert!(index_dir.join("tollgate-revision").is_file());
+}

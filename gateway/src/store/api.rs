@@ -359,15 +359,40 @@ async fn list_apis(AxState(s): AxState<ApiState>, headers: HeaderMap, Query(q): 
         return *r;
     }
     let snap = s.state.snapshot.load_full();
-    let words: Vec<String> =
-        q.q.as_deref().unwrap_or("").split_whitespace().map(|w| w.to_lowercase()).filter(|w| !w.is_empty()).collect();
-    let items: Vec<Value> = snap
-        .apis
-        .iter()
-        .filter(|a| {
-            let text = crate::store::search_text(a).to_lowercase();
-            words.iter().all(|w| text.contains(w.as_str()))
+    let query = q.q.as_deref().unwrap_or("").trim().to_string();
+    let selected: Vec<Arc<crate::snapshot::Api>> = if query.is_empty() {
+        snap.apis.clone()
+    } else if s.store.search.is_some() {
+        let (store, snap2, query2) = (s.store.clone(), snap.clone(), query.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            store.sync_search(&snap2);
+            store.search.as_ref().map(|i| i.search(&query2, 1000))
         })
+        .await;
+        match found {
+            Ok(Some(Ok(ids))) => ids.iter().filter_map(|id| snap.apis.iter().find(|a| &a.id == id).cloned()).collect(),
+            other => {
+                tracing::error!(result = ?other.map(|o| o.map(|r| r.map(|v| v.len()))), "search failed");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the search index failed; see the gateway log",
+                );
+            }
+        }
+    } else {
+        let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+        snap.apis
+            .iter()
+            .filter(|a| {
+                let text = crate::store::search_text(a).to_lowercase();
+                words.iter().all(|w| text.contains(w.as_str()))
+            })
+            .cloned()
+            .collect()
+    };
+    let items: Vec<Value> = selected
+        .iter()
         .map(|a| {
             json!({
                 "id": a.id,

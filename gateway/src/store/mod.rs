@@ -7,6 +7,7 @@ pub mod cache;
 pub mod db;
 pub mod keys;
 pub mod openapi;
+pub mod search;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub struct Store {
     pub db: db::Db,
     pub cache: cache::KeyCache,
     pub admin_token: Option<Vec<u8>>,
+    /// Search over published APIs (None if the index folder cannot be used).
+    pub search: Option<search::SearchIndex>,
     migrated: AtomicBool,
     migrate_lock: tokio::sync::Mutex<()>,
 }
@@ -60,13 +63,32 @@ impl Store {
             Err(e) => anyhow::bail!("opening the database: {e}"),
         };
         tracing::info!(kind = pool_db.0.kind, "store database opened");
+        let search = match search::SearchIndex::open(&data_dir.join("search-index")) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "the search index cannot be opened; ?q= searches fall back to substring matching");
+                None
+            }
+        };
         Ok(Store {
+            search,
             db: pool_db.0,
             cache: cache::KeyCache::new(key_ttl),
             admin_token,
             migrated: AtomicBool::new(pool_db.1),
             migrate_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Brings the search index up to `snap` (blocking; call off the async threads).
+    pub fn sync_search(&self, snap: &Snapshot) {
+        if let Some(index) = &self.search {
+            match index.sync(snap) {
+                Ok(true) => tracing::info!(revision = %snap.revision, apis = snap.apis.len(), "search index rebuilt"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "updating the search index failed"),
+            }
+        }
     }
 
     /// Runs the migrations if they have not run yet (the database was down at start).
