@@ -7,7 +7,7 @@ CARGO ?= cargo
 APT_PACKAGES := build-essential pkg-config cmake openssl ca-certificates curl \
                 postgresql redis-server nginx haproxy wrk iproute2 psmisc
 
-.PHONY: help deps rust-deps test lint fmt crds crds-check unit build release run
+.PHONY: help deps rust-deps test lint fmt crds crds-check unit build release run bench bench-quick
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -57,3 +57,11 @@ release:
 run: deps ## the single-node pattern without a cluster (sample backend + gateway on examples/local)
 	$(CARGO) build --release --locked -p tollgate-gateway
 	scripts/run-local.sh
+
+bench: deps ## benchmarks against nginx and HAProxy (writes docs/benchmarks.md and .json)
+	$(CARGO) build --release --locked -p tollgate-gateway
+	python3 scripts/bench.py
+
+bench-quick: deps ## a short benchmark run (under 2 minutes), prints the table
+	$(CARGO) build --release --locked -p tollgate-gateway
+	python3 scripts/bench.py --quick

@@ -9,6 +9,11 @@ HTTP=${TOLLGATE_HTTP:-127.0.0.1:8280}
 MGMT=${TOLLGATE_MANAGEMENT:-127.0.0.1:9763}
 DATA=${TOLLGATE_DATA_DIR:-target/run/data}
 mkdir -p "$DATA" target/run
+# The management API's bearer token (kept across runs, readable by you only).
+TOKEN_FILE=target/run/admin-token
+if [ ! -s "$TOKEN_FILE" ]; then
+  (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$TOKEN_FILE")
+fi
 
 pids=()
 cleanup() {
@@ -22,7 +27,7 @@ trap cleanup INT TERM EXIT
 "$BIN/tollgate-echo" 127.0.0.1:18080 sample-bank-backend >/dev/null &
 pids+=($!)
 "$BIN/tollgate-gateway" --config-dir examples/local --http "$HTTP" --management "$MGMT" \
-  --data-dir "$DATA" --threads 2 > target/run/gateway.log 2>&1 &
+  --data-dir "$DATA" --admin-token-file "$TOKEN_FILE" --threads 2 > target/run/gateway.log 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -57,6 +62,13 @@ Gateway log: target/run/gateway.log
   # management: status, metrics
   curl -s http://$MGMT/status
   curl -s http://$MGMT/metrics | grep tollgate_requests
+
+  # the store (bearer token in $TOKEN_FILE): an application and its API key,
+  # then search the published APIs
+  T="Authorization: Bearer \$(cat $TOKEN_FILE)"
+  curl -s -H "\$T" -H 'content-type: application/json' -d '{"name":"my-tpp"}' http://$MGMT/api/v1/applications
+  curl -s -X POST -H "\$T" http://$MGMT/api/v1/applications/<id from above>/keys
+  curl -s -H "\$T" 'http://$MGMT/api/v1/apis?q=payments'
 
 Edit a file under examples/local/ and it is served within a second.
 Press Ctrl-C to stop.
