@@ -118,6 +118,12 @@ pub struct ApiManagerSpec {
     /// Analytics (business intelligence) role on the control-plane pods.
     #[serde(default)]
     pub analytics: AnalyticsSpec,
+
+    /// Secret key holding the bearer token of the management API (/api/v1:
+    /// applications, keys, subscriptions) on port 9763/9443; at least 16
+    /// characters. Without it /api/v1 answers 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Deployment pattern of an ApiManager.

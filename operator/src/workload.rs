@@ -14,10 +14,10 @@ use k8s_openapi::{
         },
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-            Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-            SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
-            Volume, VolumeMount, VolumeResourceRequirements,
+            KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
+            PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+            Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
+            ServiceSpec, SleepAction, Volume, VolumeMount, VolumeResourceRequirements,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -44,6 +44,7 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const ARTIFACT_MOUNT: &str = "/etc/tollgate/artifacts";
 pub const DATA_DIR: &str = "/var/lib/tollgate";
 pub const TLS_MOUNT: &str = "/etc/tollgate/tls";
+pub const ADMIN_TOKEN_MOUNT: &str = "/etc/tollgate/admin";
 
 /// preStop pause before SIGTERM, so Services stop sending new connections first.
 pub const PRE_STOP_SECONDS: i64 = 5;
@@ -373,6 +374,26 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
         });
     }
 
+    if let Some(r) = &spec.admin_token_secret_ref {
+        args.push(format!("--admin-token-file={ADMIN_TOKEN_MOUNT}/token"));
+        mounts.push(VolumeMount {
+            name: "admin-token".into(),
+            mount_path: ADMIN_TOKEN_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "admin-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(r.name.clone()),
+                items: Some(vec![KeyToPath { key: r.key.clone(), path: "token".into(), ..Default::default() }]),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
     let container = Container {
         name: "gateway".into(),
         image: Some(format!("{repo}:{tag}")),
@@ -500,6 +521,9 @@ pub fn secret_refs(m: &ApiManager) -> Vec<(&'static str, SecretKeyRef)> {
     }
     if let Some(r) = m.spec.traffic_manager.as_ref().and_then(|t| t.redis.as_ref()) {
         out.push(("trafficManager.redis.urlSecretRef", r.url_secret_ref.clone()));
+    }
+    if let Some(r) = &m.spec.admin_token_secret_ref {
+        out.push(("adminTokenSecretRef", r.clone()));
     }
     if let Some(name) = &m.spec.listeners.tls_secret_name {
         out.push(("listeners.tlsSecretName", SecretKeyRef { name: name.clone(), key: "tls.crt".into() }));

@@ -169,6 +169,20 @@ fn distributed_gateways_get_one_statefulset_per_group() {
 }
 
 #[test]
+fn admin_token_secret_is_mounted_as_a_file() {
+    let m = manager(json!({ "pattern": "AllInOne", "adminTokenSecretRef": { "name": "apim-admin", "key": "token" } }));
+    let d = workload::desired(&m, &cfg());
+    let v = json_of(&d);
+    let pod = &v["sts"][0]["spec"]["template"]["spec"];
+    assert!(pod["containers"][0]["args"].to_string().contains("--admin-token-file=/etc/tollgate/admin/token"));
+    let vol = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "admin-token").unwrap();
+    assert_eq!(vol["secret"]["secretName"], "apim-admin");
+    assert_eq!(vol["secret"]["items"][0], json!({ "key": "token", "path": "token" }));
+    let refs: Vec<String> = workload::secret_refs(&m).into_iter().map(|(_, r)| r.name).collect();
+    assert_eq!(refs, vec!["apim-admin"], "a missing token Secret is reported");
+}
+
+#[test]
 fn tls_secret_is_mounted_and_passed_to_the_gateway() {
     let m = manager(
         json!({ "pattern": "AllInOne", "image": { "repository": "mine/gw", "tag": "2.0", "pullPolicy": "Always" },
