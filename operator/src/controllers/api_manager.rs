@@ -187,7 +187,10 @@ async fn write_status(
     let mut rolling = Vec::new();
     for c in &comps {
         let sts = sets.iter().find(|s| s.meta().name.as_deref() == Some(c.stateful_set.as_str()));
-        let want = sts.and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(1);
+        // With an HPA the StatefulSet starts below minReplicas until the HPA acts:
+        // not Ready before the minimum runs.
+        let min = c.autoscaling.as_ref().map(|a| a.min_replicas).unwrap_or(0);
+        let want = sts.and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(1).max(min);
         let st = sts.and_then(|s| s.status.as_ref());
         let ready = st.and_then(|s| s.ready_replicas).unwrap_or(0);
         let current = st.map(|s| s.replicas).unwrap_or(0);
