@@ -38,10 +38,27 @@ pub fn router(state: Arc<State>) -> Router {
         .merge(store_routes)
 }
 
+/// Whether the API-traffic listener accepts connections (checked once with
+/// a loopback connection, then remembered).
+async fn traffic_listening(state: &State) -> bool {
+    if state.listening.load(Ordering::Acquire) {
+        return true;
+    }
+    let Some(addr) = *state.traffic_probe.lock() else { return true };
+    let ok = matches!(
+        tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    );
+    if ok {
+        state.listening.store(true, Ordering::Release);
+    }
+    ok
+}
+
 async fn readyz(AxState(state): AxState<Arc<State>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "draining"}))).into_response()
-    } else if state.ready.load(Ordering::Acquire) {
+    } else if state.ready.load(Ordering::Acquire) && traffic_listening(&state).await {
         (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "loading"}))).into_response()

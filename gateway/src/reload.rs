@@ -56,6 +56,11 @@ pub struct State {
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     pub shared: Shared,
+    /// Where the API-traffic listener can be reached from this process
+    /// (None without the gateway role); /readyz waits until it accepts.
+    pub traffic_probe: parking_lot::Mutex<Option<std::net::SocketAddr>>,
+    /// The traffic listener accepted a probe connection.
+    pub listening: AtomicBool,
 }
 
 impl State {
@@ -64,6 +69,8 @@ impl State {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             status: Mutex::new(ReloadStatus::default()),
             ready: AtomicBool::new(false),
+            traffic_probe: parking_lot::Mutex::new(None),
+            listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             shared,
         }

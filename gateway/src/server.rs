@@ -118,6 +118,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.bootstrap();
 
     if config.has_role(Role::Gateway) {
+        // Probe the listener on loopback when it binds every address.
+        let mut probe = config.http;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(if probe.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        *state.traffic_probe.lock() = Some(probe);
         let gateway = Gateway {
             state: state.clone(),
             access_log: config.access_log,
