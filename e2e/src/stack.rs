@@ -227,18 +227,24 @@ impl Drop for ClusterScoped {
 }
 
 /// The operator's rules from the chart (`charts/tollgate/files/operator-rules.yaml`).
-pub fn operator_rules() -> (Value, Value) {
+pub struct OperatorRules {
+    /// Bound cluster-wide or per watched namespace.
+    pub rules: Value,
+    /// Secret existence checks, bound per namespace.
+    pub secret_rules: Value,
+    /// Leader election, in the operator's namespace.
+    pub lease_rules: Value,
+}
+
+pub fn operator_rules() -> OperatorRules {
     let path = repo_root().join("charts/tollgate/files/operator-rules.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let doc = yaml_to_json(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    (doc["rules"].clone(), doc["leaseRules"].clone())
-}
-
-/// The Secret rules, bound per namespace.
-pub fn secret_rules() -> Value {
-    let path = repo_root().join("charts/tollgate/files/operator-rules.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    yaml_to_json(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))["secretRules"].clone()
+    OperatorRules {
+        rules: doc["rules"].clone(),
+        secret_rules: doc["secretRules"].clone(),
+        lease_rules: doc["leaseRules"].clone(),
+    }
 }
 
 async fn apply<K>(api: &Api<K>, name: &str, obj: Value)
@@ -248,6 +254,31 @@ where
     api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
         .await
         .unwrap_or_else(|e| panic!("apply {name}: {}", error_message(&e)));
+}
+
+/// Binds `role_kind`/`role` to `subjects` in `ns` with a RoleBinding named `name`.
+async fn role_binding(client: &Client, ns: &str, name: &str, role_kind: &str, role: &str, subjects: &Value) {
+    apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), ns),
+        name,
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": { "name": name, "namespace": ns },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role },
+                "subjects": subjects }),
+    )
+    .await;
+}
+
+/// A Role named `name` with `rules` in `ns`, bound to `subjects`.
+async fn bound_role(client: &Client, ns: &str, name: &str, rules: &Value, subjects: &Value) {
+    apply(
+        &Api::<Role>::namespaced(client.clone(), ns),
+        name,
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": { "name": name, "namespace": ns }, "rules": rules }),
+    )
+    .await;
+    role_binding(client, ns, name, "Role", name, subjects).await;
 }
 
 /// A ServiceAccount with the operator's RBAC and a kubeconfig that
@@ -265,12 +296,12 @@ impl OperatorAccess {
     pub async fn create(cluster: &Cluster, namespaces: &[&str], cluster_wide: bool, work: &Path) -> OperatorAccess {
         let client = &cluster.client;
         let home = namespaces[0];
-        let (rules, lease_rules) = operator_rules();
+        let rules = operator_rules();
         apply(
             &Api::<ClusterRole>::all(client.clone()),
             OPERATOR_CLUSTER_ROLE,
             json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                    "metadata": { "name": OPERATOR_CLUSTER_ROLE }, "rules": rules }),
+                    "metadata": { "name": OPERATOR_CLUSTER_ROLE }, "rules": rules.rules }),
         )
         .await;
         let sa = "tollgate-operator";
@@ -296,51 +327,13 @@ impl OperatorAccess {
             cleanup.items.push(("ClusterRoleBinding", name));
         } else {
             for ns in namespaces {
-                apply(
-                    &Api::<RoleBinding>::namespaced(client.clone(), ns),
-                    "tollgate-operator",
-                    json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                            "metadata": { "name": "tollgate-operator", "namespace": ns },
-                            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_CLUSTER_ROLE },
-                            "subjects": subject }),
-                )
-                .await;
+                role_binding(client, ns, "tollgate-operator", "ClusterRole", OPERATOR_CLUSTER_ROLE, &subject).await;
             }
         }
         for ns in namespaces {
-            apply(
-                &Api::<Role>::namespaced(client.clone(), ns),
-                "tollgate-operator-secrets",
-                json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                        "metadata": { "name": "tollgate-operator-secrets", "namespace": ns }, "rules": secret_rules() }),
-            )
-            .await;
-            apply(
-                &Api::<RoleBinding>::namespaced(client.clone(), ns),
-                "tollgate-operator-secrets",
-                json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                        "metadata": { "name": "tollgate-operator-secrets", "namespace": ns },
-                        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tollgate-operator-secrets" },
-                        "subjects": subject }),
-            )
-            .await;
+            bound_role(client, ns, "tollgate-operator-secrets", &rules.secret_rules, &subject).await;
         }
-        apply(
-            &Api::<Role>::namespaced(client.clone(), home),
-            "tollgate-operator-lease",
-            json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                    "metadata": { "name": "tollgate-operator-lease", "namespace": home }, "rules": lease_rules }),
-        )
-        .await;
-        apply(
-            &Api::<RoleBinding>::namespaced(client.clone(), home),
-            "tollgate-operator-lease",
-            json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                    "metadata": { "name": "tollgate-operator-lease", "namespace": home },
-                    "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tollgate-operator-lease" },
-                    "subjects": subject }),
-        )
-        .await;
+        bound_role(client, home, "tollgate-operator-lease", &rules.lease_rules, &subject).await;
 
         let tr: TokenRequest = serde_json::from_value(json!({
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
