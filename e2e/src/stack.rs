@@ -41,9 +41,29 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A TCP port on 127.0.0.1 that nothing listens on, for a child process to
+/// bind. Chosen in 10000..20000, below the kernel's ephemeral range
+/// (ip_local_port_range, 32768.. by default; the local cluster's own ports
+/// are 20000..32000): a port from `bind(0)` can be taken as the local port
+/// of some outgoing connection before the child binds it, one from here
+/// cannot. Never hands out one port twice in a process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BASE: u32 = 10_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start at a pid- and time-derived offset so that concurrent test
+    // processes walk different parts of the range.
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let _ = NEXT.compare_exchange(u32::MAX, seed % SPAN, Ordering::AcqRel, Ordering::Acquire);
+    for _ in 0..SPAN {
+        let port = (BASE + NEXT.fetch_add(1, Ordering::AcqRel) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {BASE}..{}", BASE + SPAN)
 }
 
 /// A child process, killed when dropped; its output goes to a log file.
