@@ -58,10 +58,12 @@ run: deps ## the single-node pattern without a cluster (sample backend + gateway
 	$(CARGO) build --release --locked -p tollgate-gateway
 	scripts/run-local.sh
 
-bench: deps ## benchmarks against nginx and HAProxy (writes docs/benchmarks.md and .json)
-	$(CARGO) build --release --locked -p tollgate-gateway
+BENCH_BINS := -p tollgate-gateway -p tollgate-operator -p tollgate-e2e --bins
+
+bench: deps ## benchmarks against nginx and HAProxy, ~45 min (writes docs/benchmarks.md and .json)
+	$(CARGO) build --release --locked $(BENCH_BINS)
 	python3 scripts/bench.py
 
-bench-quick: deps ## a short benchmark run (under 2 minutes), prints the table
-	$(CARGO) build --release --locked -p tollgate-gateway
+bench-quick: deps ## a short benchmark run (under 2 minutes, no cluster), prints the figures
+	$(CARGO) build --release --locked $(BENCH_BINS)
 	python3 scripts/bench.py --quick

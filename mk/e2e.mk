@@ -26,35 +26,10 @@ E2E_CARGO_TEST = $(CARGO) build --locked -p tollgate-operator -p tollgate-gatewa
 
 .PHONY: e2e
 
-# The recipe is POSIX sh (the top-level Makefile uses bash; alone, make uses sh).
-# "Already running" is judged as up.sh does: every recorded control-plane pid
-# still runs our binary.
+# The cluster handling (KUBECONFIG, else the local control plane started and
+# stopped as needed) lives in e2e/cluster/with-cluster.sh, shared with
+# `make bench`.
 e2e: ## e2e tests against KUBECONFIG, else the local control plane (started and stopped as needed)
-	@set -eu; cd "$(E2E_ROOT)"; \
-	PATH="$$("$(E2E_CLUSTER_SCRIPTS)/env.sh" --bin-dirs):$$PATH"; export PATH; \
-	if [ -n "$${KUBECONFIG:-}" ]; then \
-	  echo "e2e: using the cluster of KUBECONFIG=$$KUBECONFIG"; \
-	  $(E2E_CARGO_TEST); exit 0; \
-	fi; \
-	state="$${CLUSTER_STATE_DIR:-$(E2E_ROOT)/target/cluster}"; \
-	running=1; \
-	for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do \
-	  pid=$$(cat "$$state/pids/$$c.pid" 2>/dev/null || true); \
-	  if [ -z "$$pid" ] || ! tr '\0' ' ' <"/proc/$$pid/cmdline" 2>/dev/null | grep -q -- "/$$c"; then running=0; fi; \
-	done; \
-	"$(E2E_CLUSTER_SCRIPTS)/build.sh"; \
-	kubeconfig=$$("$(E2E_CLUSTER_SCRIPTS)/up.sh" --metrics); \
-	kubeconfig=$$(printf '%s\n' "$$kubeconfig" | tail -n 1); \
-	[ -f "$$kubeconfig" ] || { echo "e2e: up.sh printed no kubeconfig path" >&2; exit 1; }; \
-	if [ "$$running" = 1 ]; then \
-	  echo "e2e: using the running local cluster ($$kubeconfig); it stays up"; \
-	else \
-	  echo "e2e: started the local cluster ($$kubeconfig); stopping it at the end"; \
-	  trap 'rc=$$?; trap - EXIT INT TERM; "$(E2E_CLUSTER_SCRIPTS)/down.sh" || { echo "e2e: down.sh failed" >&2; [ "$$rc" != 0 ] || rc=1; }; exit "$$rc"' EXIT; \
-	  trap 'exit 130' INT; trap 'exit 143' TERM; \
-	fi; \
-	export KUBECONFIG="$$kubeconfig"; \
-	"$(E2E_CLUSTER_SCRIPTS)/recycle-pvs.sh" >/dev/null || true; \
-	start=$$(date +%s); \
-	$(E2E_CARGO_TEST); \
+	@cd "$(E2E_ROOT)" && start=$$(date +%s) && \
+	"$(E2E_CLUSTER_SCRIPTS)/with-cluster.sh" sh -c '$(E2E_CARGO_TEST)' && \
 	echo "e2e: passed in $$(( $$(date +%s) - start ))s"

@@ -1,19 +1,30 @@
 #!/usr/bin/env python3
 """Tollgate benchmarks on one machine, everything on loopback.
 
-Compares, interleaved and repeated, small keep-alive GETs through:
-  direct     wrk -> nginx static backend (the ceiling)
-  nginx      wrk -> nginx proxy_pass -> backend
-  haproxy    wrk -> HAProxy -> backend
-  tollgate   wrk -> tollgate-gateway (no policy) -> backend
-  tollgate+  wrk -> tollgate-gateway (API key + a throttling policy that never trips) -> backend
-  cluster    as tollgate+ with the policy counted cluster-wide in Redis
-with equal worker counts (1, then 2), plus config propagation
-(artifact written -> served). Writes docs/benchmarks.md and
-docs/benchmarks.json.
+Sections (all by default; pick some with --sections):
+  proxy        small keep-alive GETs, interleaved and repeated, through
+                 direct      wrk -> nginx static backend (the ceiling)
+                 nginx       wrk -> nginx proxy_pass -> backend
+                 haproxy     wrk -> HAProxy -> backend
+                 tollgate    wrk -> tollgate-gateway, no policy -> backend
+                 tollgate+auth+throttle   API key + a Replica policy per consumer that never trips
+                 tollgate+replica-throttle  an API-level policy counted in the pod
+                 tollgate+cluster-throttle  the same policy counted cluster-wide in Redis
+               with equal workers (nginx worker_processes, HAProxy nbthread,
+               tollgate --threads): 1, then 2
+  propagation  artifact written (renamed into the folder) -> first 200
+  scale        10,000 APIs: startup, reload time, RSS, throughput vs 1 API
+  soak         open-loop constant rate (tollgate-loadgen) for 10 minutes:
+               latency per minute, RSS, errors
+  cluster      on the local control plane (e2e/cluster/with-cluster.sh):
+               kubectl apply -> served, 1,000 ApiDeployments at once
 
-  scripts/bench.py            full run (make bench)
-  scripts/bench.py --quick    under 2 minutes (make bench-quick)
+Writes docs/benchmarks.md and docs/benchmarks.json (full run), or prints
+the figures and writes target/bench/benchmarks-quick.json (--quick).
+
+  scripts/bench.py                        full run (make bench, ~45 min)
+  scripts/bench.py --quick                under 2 minutes (make bench-quick)
+  scripts/bench.py --sections proxy,scale one or more sections
 """
 
 import argparse
@@ -32,19 +43,34 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GATEWAY = os.path.join(ROOT, "target", "release", "tollgate-gateway")
+RELEASE = os.path.join(ROOT, "target", "release")
+GATEWAY = os.path.join(RELEASE, "tollgate-gateway")
+LOADGEN = os.path.join(RELEASE, "tollgate-loadgen")
+BENCH_CLUSTER = os.path.join(RELEASE, "tollgate-bench-cluster")
 TOKEN = "bench-admin-token-0123456789"
+SECTIONS = ["proxy", "propagation", "scale", "soak", "cluster"]
+
+_used_ports = set()
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A port below the kernel's ephemeral range that nothing listens on."""
+    for port in range(12000, 20000):
+        if port in _used_ports:
+            continue
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _used_ports.add(port)
+        return port
+    raise SystemExit("no free port")
 
 
-def wait_port(port, what, timeout=20):
+def wait_port(port, what, timeout=30):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -53,6 +79,35 @@ def wait_port(port, what, timeout=20):
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"{what} did not listen on {port}")
+
+
+def http_get(port, path, headers=None, timeout=2):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def rss_mib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def pct(sorted_values, p):
+    if not sorted_values:
+        return None
+    i = max(1, min(len(sorted_values), int(-(-len(sorted_values) * p // 1)))) - 1
+    return round(sorted_values[i], 1)
 
 
 class Procs:
@@ -64,13 +119,21 @@ class Procs:
         self.procs.append(p)
         return p
 
+    def stop(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
     def stop_all(self):
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             try:
-                p.wait(5)
+                p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
 
@@ -98,21 +161,23 @@ http {{
     return conf
 
 
-def wrk(port, path, seconds, conns, headers=()):
+def wrk(port, path, seconds, conns=32, headers=()):
     args = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
     for h in headers:
         args += ["-H", h]
     out = subprocess.run(args + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise SystemExit(f"wrk gave no figures for :{port}{path}:\n{out}")
 
-    def pct(p):
-        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+    def latency(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)\b", out)
         v, unit = float(m.group(1)), m.group(2)
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99),
+    return {"rps": float(m.group(1)), "p50_ms": latency(50), "p99_ms": latency(99),
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
 
 
@@ -123,83 +188,69 @@ def admin(mgmt, method, path, body=None):
     return json.load(urllib.request.urlopen(req))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    seconds, rounds, workers_list = (3, 2, [1]) if a.quick else (10, 5, [1, 2])
-    if not os.path.exists(GATEWAY):
-        raise SystemExit("build first: cargo build --release -p tollgate-gateway")
-    work = tempfile.mkdtemp(prefix="tollgate-bench-")
-    procs = Procs()
-    results = {"machine": {}, "throughput": {}, "propagation": {}}
-    try:
-        results["machine"] = {"cpus": os.cpu_count(), "kernel": platform.release(),
-                              "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip(),
-                              "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
-                              "wrk": "wrk 4.1 (-t1 -c32, keep-alive)", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        # Backend: nginx serving a small static body, 1 worker.
-        be = free_port()
-        os.makedirs(os.path.join(work, "www"), exist_ok=True)
-        with open(os.path.join(work, "www", "hello"), "w") as f:
-            f.write('{"hello":"world"}\n')
-        conf = nginx_conf(work, "backend", 1, f"server {{ listen 127.0.0.1:{be}; location / {{ root {work}/www; }} }}")
-        procs.start(["nginx", "-c", conf], os.path.join(work, "backend.log"))
-        wait_port(be, "backend nginx")
-        redis_port = free_port()
-        procs.start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-                    os.path.join(work, "redis.log"))
-        wait_port(redis_port, "redis")
+def gateway(procs, work, name, cfg, threads, extra=()):
+    """Starts a release gateway; returns (process, traffic port, management port)."""
+    port, mgmt = free_port(), free_port()
+    p = procs.start([GATEWAY, "--config-dir", cfg, "--http", f"127.0.0.1:{port}",
+                     "--https", f"127.0.0.1:{free_port()}", "--management", f"127.0.0.1:{mgmt}",
+                     "--management-tls", f"127.0.0.1:{free_port()}", "--threads", str(threads),
+                     "--access-log", "false", "--data-dir", os.path.join(work, f"data-{name}"), *extra],
+                    os.path.join(work, f"gateway-{name}.log"))
+    deadline = time.time() + 120
+    while http_get(mgmt, "/readyz")[0] != 200:
+        if p.poll() is not None or time.time() > deadline:
+            raise SystemExit(f"gateway {name} not ready; see {work}/gateway-{name}.log")
+        time.sleep(0.02)
+    return p, port, mgmt
 
-        cfg = os.path.join(work, "config")
-        os.makedirs(cfg)
-        with open(os.path.join(cfg, "apis.yaml"), "w") as f:
-            f.write(f"""apiVersion: tollgate.dev/v1alpha1
-kind: ThrottlePolicy
-metadata: {{name: never, namespace: bench}}
-spec: {{limit: {{requests: 1000000000, per: 1h}}, keyBy: Consumer, scope: Replica}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ThrottlePolicy
-metadata: {{name: never-cluster, namespace: bench}}
-spec: {{limit: {{requests: 1000000000, per: 1h}}, keyBy: Consumer, scope: Cluster}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiDeployment
-metadata: {{name: plain, namespace: bench}}
-spec: {{apiManagerRef: {{name: b}}, context: /plain, version: v1, backend: {{endpoints: [{{url: "http://127.0.0.1:{be}"}}]}}}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiDeployment
-metadata: {{name: secured, namespace: bench}}
-spec: {{apiManagerRef: {{name: b}}, context: /secured, version: v1, security: {{apiKey: {{header: apikey}}}},
-        backend: {{endpoints: [{{url: "http://127.0.0.1:{be}"}}]}}}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiDeployment
-metadata: {{name: clustered, namespace: bench}}
-spec: {{apiManagerRef: {{name: b}}, context: /clustered, version: v1, security: {{apiKey: {{header: apikey}}}},
-        backend: {{endpoints: [{{url: "http://127.0.0.1:{be}"}}]}}}}
-""")
-        with open(os.path.join(work, "token"), "w") as f:
-            f.write(TOKEN)
 
-        for workers in workers_list:
-            ports = {}
-            conf = nginx_conf(work, f"proxy{workers}", workers,
-                              f"upstream be {{ server 127.0.0.1:{be}; keepalive 64; }}\n"
-                              f"server {{ listen 127.0.0.1:{{P}}; location / {{ proxy_pass http://be; "
-                              f"proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}")
-            ports["nginx"] = free_port()
-            with open(conf) as f:
-                text = f.read().replace("{P}", str(ports["nginx"]))
-            with open(conf, "w") as f:
-                f.write(text)
-            procs.start(["nginx", "-c", conf], os.path.join(work, f"nginx{workers}.log"))
-            ports["haproxy"] = free_port()
-            hcfg = os.path.join(work, f"haproxy{workers}.cfg")
-            with open(hcfg, "w") as f:
-                f.write(f"""global
+def status(mgmt):
+    return json.loads(http_get(mgmt, "/status")[1])
+
+
+def api_doc(name, context, backend, extra=""):
+    return (f"apiVersion: tollgate.dev/v1alpha1\nkind: ApiDeployment\nmetadata: {{name: {name}, namespace: bench}}\n"
+            f"spec: {{apiManagerRef: {{name: b}}, context: {context}, version: v1,{extra}\n"
+            f"       backend: {{endpoints: [{{url: \"http://127.0.0.1:{backend}\"}}]}}}}\n")
+
+
+def atomic_write(path, text):
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+# --- sections ------------------------------------------------------------
+
+def section_proxy(env, a):
+    seconds, rounds, workers_list = (3, 1, [1]) if a.quick else (8, 5, [1, 2])
+    work, be, procs = env["work"], env["backend"], env["procs"]
+    cfg = os.path.join(work, "config-proxy")
+    os.makedirs(cfg)
+    policies = ""
+    for name, key_by, scope in (("never", "Consumer", "Replica"), ("never-api", "Api", "Replica"),
+                                ("never-cluster", "Api", "Cluster")):
+        policies += (f"apiVersion: tollgate.dev/v1alpha1\nkind: ThrottlePolicy\nmetadata: {{name: {name}, namespace: bench}}\n"
+                     f"spec: {{limit: {{requests: 1000000000, per: 1h}}, keyBy: {key_by}, scope: {scope}}}\n---\n")
+    with open(os.path.join(cfg, "bench.yaml"), "w") as f:
+        f.write(policies + "---\n".join([
+            api_doc("plain", "/plain", be),
+            api_doc("secured", "/secured", be, " security: {apiKey: {header: apikey}},"),
+            api_doc("replica", "/replica", be, " throttling: {policy: never-api},"),
+            api_doc("clustered", "/clustered", be, " throttling: {policy: never-cluster},"),
+        ]))
+    out = {}
+    for workers in workers_list:
+        ports = {"nginx": free_port(), "haproxy": free_port()}
+        conf = nginx_conf(work, f"proxy{workers}", workers,
+                          f"upstream be {{ server 127.0.0.1:{be}; keepalive 64; }}\n"
+                          f"server {{ listen 127.0.0.1:{ports['nginx']}; location / {{ proxy_pass http://be; "
+                          f"proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}")
+        nginx = procs.start(["nginx", "-c", conf], os.path.join(work, f"nginx{workers}.log"))
+        hcfg = os.path.join(work, f"haproxy{workers}.cfg")
+        with open(hcfg, "w") as f:
+            f.write(f"""global
   nbthread {workers}
 defaults
   mode http
@@ -214,129 +265,302 @@ backend be
   http-reuse always
   server s1 127.0.0.1:{be}
 """)
-            procs.start(["haproxy", "-f", hcfg], os.path.join(work, f"haproxy{workers}.log"))
-            ports["tollgate"] = free_port()
-            mgmt = free_port()
-            procs.start([GATEWAY, "--config-dir", cfg, "--http", f"127.0.0.1:{ports['tollgate']}",
-                         "--https", f"127.0.0.1:{free_port()}", "--management", f"127.0.0.1:{mgmt}",
-                         "--management-tls", f"127.0.0.1:{free_port()}", "--threads", str(workers),
-                         "--access-log", "false", "--data-dir", os.path.join(work, f"data{workers}"),
-                         "--admin-token-file", os.path.join(work, "token"),
-                         "--redis-url", f"redis://127.0.0.1:{redis_port}", "--redis-key-prefix", f"bench{workers}"],
-                        os.path.join(work, f"gateway{workers}.log"))
-            for name in ("nginx", "haproxy", "tollgate"):
-                wait_port(ports[name], name)
-            wait_port(mgmt, "tollgate management")
-            app = admin(mgmt, "POST", "/api/v1/applications", {"name": f"bench{workers}"})
-            key = admin(mgmt, "POST", f"/api/v1/applications/{app['id']}/keys", {})["apiKey"]
-            admin(mgmt, "POST", "/api/v1/subscriptions", {"applicationId": app["id"], "api": "bench/secured", "policy": "never"})
-            admin(mgmt, "POST", "/api/v1/subscriptions", {"applicationId": app["id"], "api": "bench/clustered", "policy": "never-cluster"})
-            targets = {
-                "direct": (be, "/hello", ()),
-                "nginx": (ports["nginx"], "/hello", ()),
-                "haproxy": (ports["haproxy"], "/hello", ()),
-                "tollgate": (ports["tollgate"], "/plain/v1/hello", ()),
-                "tollgate+auth+throttle": (ports["tollgate"], "/secured/v1/hello", (f"apikey: {key}",)),
-                "tollgate+auth+cluster-throttle": (ports["tollgate"], "/clustered/v1/hello", (f"apikey: {key}",)),
+        haproxy = procs.start(["haproxy", "-f", hcfg], os.path.join(work, f"haproxy{workers}.log"))
+        gw, ports["tollgate"], mgmt = gateway(procs, work, f"proxy{workers}", cfg, workers, [
+            "--admin-token-file", env["token"], "--redis-url", f"redis://127.0.0.1:{env['redis']}",
+            "--redis-key-prefix", f"bench{workers}"])
+        for name in ("nginx", "haproxy"):
+            wait_port(ports[name], name)
+        app = admin(mgmt, "POST", "/api/v1/applications", {"name": f"bench{workers}"})
+        key = admin(mgmt, "POST", f"/api/v1/applications/{app['id']}/keys", {})["apiKey"]
+        admin(mgmt, "POST", "/api/v1/subscriptions", {"applicationId": app["id"], "api": "bench/secured", "policy": "never"})
+        targets = {
+            "direct": (be, "/hello", ()),
+            "nginx": (ports["nginx"], "/hello", ()),
+            "haproxy": (ports["haproxy"], "/hello", ()),
+            "tollgate": (ports["tollgate"], "/plain/v1/hello", ()),
+            "tollgate+auth+throttle": (ports["tollgate"], "/secured/v1/hello", (f"apikey: {key}",)),
+            "tollgate+replica-throttle": (ports["tollgate"], "/replica/v1/hello", ()),
+            "tollgate+cluster-throttle": (ports["tollgate"], "/clustered/v1/hello", ()),
+        }
+        for name, (port, path, hdrs) in targets.items():  # warm-up, and every target answers 200
+            status_code = http_get(port, path, dict(h.split(": ", 1) for h in hdrs))[0]
+            if status_code != 200:
+                raise SystemExit(f"{name}: GET {path} gave {status_code}")
+            wrk(port, path, 1, 32, hdrs)
+        runs = {name: [] for name in targets}
+        for r in range(rounds):  # interleaved
+            print(f"  proxy workers={workers} round {r + 1}/{rounds}", file=sys.stderr)
+            for name, (port, path, hdrs) in targets.items():
+                runs[name].append(wrk(port, path, seconds, 32, hdrs))
+        summary = {}
+        for name, rs in runs.items():
+            summary[name] = {
+                "rps": round(statistics.median(r["rps"] for r in rs)),
+                "p50_ms": round(statistics.median(r["p50_ms"] for r in rs), 3),
+                "p99_ms": round(statistics.median(r["p99_ms"] for r in rs), 3),
+                "non2xx": sum(r["non2xx"] for r in rs),
+                "runs": rs,
             }
-            for name, (port, path, hdrs) in targets.items():  # warm-up
-                wrk(port, path, 1, 32, hdrs)
-            runs = {name: [] for name in targets}
-            for _ in range(rounds):  # interleaved
-                for name, (port, path, hdrs) in targets.items():
-                    runs[name].append(wrk(port, path, seconds, 32, hdrs))
-            summary = {}
-            for name, rs in runs.items():
-                summary[name] = {
-                    "rps": statistics.median(r["rps"] for r in rs),
-                    "p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                    "p99_ms": statistics.median(r["p99_ms"] for r in rs),
-                    "non2xx": sum(r["non2xx"] for r in rs),
-                    "runs": rs,
-                }
-            base = summary["nginx"]["rps"]
-            for name in summary:
-                summary[name]["vs_nginx"] = round(summary[name]["rps"] / base, 3)
-                summary[name]["vs_haproxy"] = round(summary[name]["rps"] / summary["haproxy"]["rps"], 3)
-            results["throughput"][f"workers={workers}"] = summary
+        for name in summary:
+            summary[name]["vs_nginx"] = round(summary[name]["rps"] / summary["nginx"]["rps"], 3)
+            summary[name]["vs_haproxy"] = round(summary[name]["rps"] / summary["haproxy"]["rps"], 3)
+            summary[name]["vs_tollgate"] = round(summary[name]["rps"] / summary["tollgate"]["rps"], 3)
+        summary["redis_leases"] = metric(mgmt, "tollgate_traffic_manager_leases_total")
+        out[f"workers={workers}"] = summary
+        for p in (nginx, haproxy, gw):
+            procs.stop(p)
+    return out
 
-        # Propagation: artifact written -> served.
-        port = ports["tollgate"]
-        trials = 10 if a.quick else 50
-        lat = []
-        for i in range(trials):
-            path = os.path.join(cfg, f"prop-{i}.yaml")
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(f"apiVersion: tollgate.dev/v1alpha1\nkind: ApiDeployment\nmetadata: {{name: prop-{i}, namespace: bench}}\n"
-                        f"spec: {{apiManagerRef: {{name: b}}, context: /prop{i}, version: v1, backend: {{endpoints: [{{url: \"http://127.0.0.1:{be}\"}}]}}}}\n")
-            t0 = time.time()
-            os.rename(tmp, path)
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/prop{i}/v1/hello", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except Exception:
-                    pass
-                time.sleep(0.005)
-            lat.append((time.time() - t0) * 1000)
-        lat.sort()
-        results["propagation"] = {"trials": trials, "p50_ms": round(lat[len(lat) // 2], 1),
-                                  "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)}
+
+def metric(mgmt, name):
+    body = http_get(mgmt, "/metrics")[1].decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines() if l.startswith(name))
+
+
+def section_propagation(env, a):
+    trials = 10 if a.quick else 60
+    work, be = env["work"], env["backend"]
+    cfg = os.path.join(work, "config-propagation")
+    os.makedirs(cfg)
+    _, port, _ = gateway(env["procs"], work, "propagation", cfg, 1)
+    lat = []
+    for i in range(trials):
+        path = os.path.join(cfg, f"bench_prop-{i}.yaml")
+        t0 = time.monotonic()
+        atomic_write(path, api_doc(f"prop-{i}", f"/prop{i}", be))
+        while http_get(port, f"/prop{i}/v1/hello", timeout=1)[0] != 200:
+            if time.monotonic() - t0 > 30:
+                raise SystemExit(f"/prop{i} not served within 30 s")
+            time.sleep(0.002)
+        lat.append((time.monotonic() - t0) * 1000)
+        time.sleep(0.05)
+    lat.sort()
+    return {"trials": trials, "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "max_ms": round(lat[-1], 1)}
+
+
+def section_scale(env, a):
+    n = 1000 if a.quick else 10000
+    seconds, rounds = (3, 1) if a.quick else (8, 5)
+    work, be, procs = env["work"], env["backend"], env["procs"]
+    big, one = os.path.join(work, "config-scale"), os.path.join(work, "config-one")
+    os.makedirs(os.path.join(big, "apis"))
+    os.makedirs(os.path.join(one, "apis"))
+    ops = (" operations: [{method: GET, path: /hello}, {method: GET, path: \"/accounts/{id}\"},"
+           " {method: POST, path: /payments}],")
+    t0 = time.monotonic()
+    for i in range(n):  # one file per API, as the operator writes them
+        with open(os.path.join(big, "apis", f"bench_api-{i}.yaml"), "w") as f:
+            f.write(api_doc(f"api-{i}", f"/svc{i}/accounts", be, ops))
+    with open(os.path.join(one, "apis", "bench_api-0.yaml"), "w") as f:
+        f.write(api_doc("api-0", "/svc0/accounts", be, ops))
+    generate_s = time.monotonic() - t0
+    started = time.monotonic()
+    gw_big, port_big, mgmt_big = gateway(procs, work, "scale", big, 1)
+    startup_s = time.monotonic() - started
+    first_build_ms = status(mgmt_big).get("lastReloadMillis")
+    gw_one, port_one, mgmt_one = gateway(procs, work, "one", one, 1)
+    time.sleep(1.5)  # files older than a second are parsed once and remembered
+    # Reloads: change one API's file, wait until the change is served.
+    reload_ms, served_ms = [], []
+    trials = 5 if a.quick else 20
+    without_hello = ops.replace("{method: GET, path: /hello}, ", "")
+    for t in range(trials):
+        # Trial t takes GET /hello away from one API (the gateway answers
+        # 404), or gives it back (200 from the backend).
+        i = (t // 2 * 7919) % n
+        path = os.path.join(big, "apis", f"bench_api-{i}.yaml")
+        remove = t % 2 == 0
+        want = 404 if remove else 200
+        t0 = time.monotonic()
+        atomic_write(path, api_doc(f"api-{i}", f"/svc{i}/accounts", be, without_hello if remove else ops))
+        while http_get(port_big, f"/svc{i}/accounts/v1/hello", timeout=1)[0] != want:
+            if time.monotonic() - t0 > 30:
+                raise SystemExit(f"reload {t} not served within 30 s")
+            time.sleep(0.002)
+        served_ms.append((time.monotonic() - t0) * 1000)
+        time.sleep(0.05)
+        reload_ms.append(status(mgmt_big).get("lastReloadMillis") or 0)
+    reload_ms.sort()
+    served_ms.sort()
+    targets = {"1 API": (port_one, "/svc0/accounts/v1/hello"),
+               f"{n} APIs": (port_big, f"/svc{n // 2}/accounts/v1/hello")}
+    for port, path in targets.values():
+        if http_get(port, path)[0] != 200:
+            raise SystemExit(f"GET {path} on :{port} is not 200")
+        wrk(port, path, 1)
+    runs = {k: [] for k in targets}
+    for r in range(rounds):
+        print(f"  scale round {r + 1}/{rounds}", file=sys.stderr)
+        for k, (port, path) in targets.items():
+            runs[k].append(wrk(port, path, seconds))
+    thr = {k: {"rps": round(statistics.median(x["rps"] for x in v)),
+               "p99_ms": round(statistics.median(x["p99_ms"] for x in v), 3)} for k, v in runs.items()}
+    result = {
+        "apis": n, "routes": n * 3, "generate_files_s": round(generate_s, 1),
+        "startup_to_ready_s": round(startup_s, 2), "first_build_ms": first_build_ms,
+        "reload_trials": trials, "reload_p50_ms": pct(reload_ms, 0.5), "reload_max_ms": pct(reload_ms, 1.0),
+        "write_to_served_p50_ms": pct(served_ms, 0.5), "write_to_served_max_ms": pct(served_ms, 1.0),
+        "rss_mib": rss_mib(gw_big.pid), "rss_one_api_mib": rss_mib(gw_one.pid),
+        "throughput": thr,
+        "throughput_ratio": round(thr[f"{n} APIs"]["rps"] / thr["1 API"]["rps"], 3),
+    }
+    procs.stop(gw_big)
+    procs.stop(gw_one)
+    return result
+
+
+def section_soak(env, a):
+    duration, window = (20, 5) if a.quick else (600, 60)
+    rate = a.soak_rate
+    work, be, procs = env["work"], env["backend"], env["procs"]
+    cfg = os.path.join(work, "config-soak")
+    os.makedirs(cfg)
+    with open(os.path.join(cfg, "bench.yaml"), "w") as f:
+        f.write("apiVersion: tollgate.dev/v1alpha1\nkind: ThrottlePolicy\nmetadata: {name: gold, namespace: bench}\n"
+                "spec: {limit: {requests: 1000000000, per: 1h}, keyBy: Consumer}\n---\n"
+                + api_doc("soak", "/soak", be, " security: {apiKey: {header: apikey}},"))
+    gw, port, mgmt = gateway(procs, work, "soak", cfg, 2, ["--admin-token-file", env["token"]])
+    app = admin(mgmt, "POST", "/api/v1/applications", {"name": "soak"})
+    key = admin(mgmt, "POST", f"/api/v1/applications/{app['id']}/keys", {})["apiKey"]
+    admin(mgmt, "POST", "/api/v1/subscriptions", {"applicationId": app["id"], "api": "bench/soak", "policy": "gold"})
+    print(f"  soak: {rate} req/s for {duration} s", file=sys.stderr)
+    out = subprocess.run([LOADGEN, "--url", f"http://127.0.0.1:{port}/soak/v1/hello", "--rate", str(rate),
+                          "--duration", str(duration), "--window", str(window), "--connections", "64",
+                          "--header", f"apikey: {key}", "--pid", str(gw.pid)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"tollgate-loadgen failed:\n{out.stderr}")
+    result = json.loads(out.stdout)
+    result["threads"] = 2
+    procs.stop(gw)
+    return result
+
+
+def section_cluster(env, a):
+    args = ["--trials", "10", "--apis", "100"] if a.quick else ["--trials", "50", "--apis", "1000"]
+    run_env = dict(os.environ, TOLLGATE_E2E_PROFILE="release")
+    out = subprocess.run([os.path.join(ROOT, "e2e", "cluster", "with-cluster.sh"), BENCH_CLUSTER, *args],
+                         cwd=ROOT, env=run_env, stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        raise SystemExit("tollgate-bench-cluster failed (its output is above)")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- main ----------------------------------------------------------------
+
+def machine():
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) // 1024 // 1024} GiB"
+    except OSError:
+        pass
+    version = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True)
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory": mem, "kernel": platform.release(),
+            "nginx": version("nginx", "-v").stderr.strip(),
+            "haproxy": version("haproxy", "-v").stdout.splitlines()[0],
+            "redis": version("redis-server", "--version").stdout.split(" sha=")[0].strip(),
+            "wrk": "wrk 4.x, 1 thread, 32 keep-alive connections",
+            "commit": version("git", "-C", ROOT, "rev-parse", "--short", "HEAD").stdout.strip(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="under 2 minutes, no cluster section")
+    ap.add_argument("--sections", default=None, help=f"comma-separated, of {','.join(SECTIONS)}")
+    ap.add_argument("--soak-rate", type=int, default=4000, help="requests per second of the soak")
+    ap.add_argument("--out", default=None, help="JSON output file")
+    a = ap.parse_args()
+    sections = a.sections.split(",") if a.sections else [s for s in SECTIONS if not (a.quick and s == "cluster")]
+    for s in sections:
+        if s not in SECTIONS:
+            raise SystemExit(f"unknown section {s}; known: {', '.join(SECTIONS)}")
+    needed = [GATEWAY] + ([LOADGEN] if "soak" in sections else []) + ([BENCH_CLUSTER] if "cluster" in sections else [])
+    for b in needed:
+        if not os.path.exists(b):
+            raise SystemExit(f"{b} is missing: build first (make bench does)")
+    work = tempfile.mkdtemp(prefix="tollgate-bench-")
+    os.chmod(work, 0o755)  # nginx workers (an unprivileged user when run as root) read www/
+    procs = Procs()
+    results = {"machine": machine(), "quick": a.quick}
+    try:
+        be = free_port()
+        os.makedirs(os.path.join(work, "www"))
+        with open(os.path.join(work, "www", "hello"), "w") as f:
+            f.write('{"hello":"world"}\n')
+        conf = nginx_conf(work, "backend", 1, f"server {{ listen 127.0.0.1:{be}; location / {{ root {work}/www; }} }}")
+        procs.start(["nginx", "-c", conf], os.path.join(work, "backend.log"))
+        wait_port(be, "backend nginx")
+        redis = free_port()
+        procs.start(["redis-server", "--port", str(redis), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                    os.path.join(work, "redis.log"))
+        wait_port(redis, "redis")
+        token = os.path.join(work, "token")
+        with open(token, "w") as f:
+            f.write(TOKEN)
+        env = {"work": work, "backend": be, "redis": redis, "procs": procs, "token": token}
+        for s in sections:
+            print(f"bench: {s}", file=sys.stderr)
+            t0 = time.monotonic()
+            results[s] = globals()[f"section_{s}"](env, a)
+            results[s + "_seconds"] = round(time.monotonic() - t0)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
-    os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
-    out_json = os.path.join(ROOT, "docs", "benchmarks.json" if not a.quick else "benchmarks-quick.json")
+    full = not a.quick and a.sections is None
+    out_json = a.out or (os.path.join(ROOT, "docs", "benchmarks.json") if full
+                         else os.path.join(ROOT, "target", "bench", "benchmarks-quick.json"))
+    os.makedirs(os.path.dirname(out_json), exist_ok=True)
     with open(out_json, "w") as f:
         json.dump(results, f, indent=1)
-    lines = [f"| {w} | target | req/s | p50 ms | p99 ms | x nginx | x HAProxy | non-2xx |", "|---|---|---|---|---|---|---|---|"]
-    for w, summary in results["throughput"].items():
+    print(summary_text(results))
+    print(f"figures: {out_json}")
+    if full:
+        import bench_doc  # noqa: E402 (scripts/bench_doc.py)
+        bench_doc.write(results, os.path.join(ROOT, "docs", "benchmarks.md"))
+        print("wrote docs/benchmarks.md")
+
+
+def summary_text(r):
+    lines = []
+    for w, summary in r.get("proxy", {}).items():
         for name, s in summary.items():
-            lines.append(f"| {w} | {name} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['vs_nginx']} | {s['vs_haproxy']} | {s['non2xx']} |")
-    table = "\n".join(lines)
-    print(table)
-    print(f"propagation artifact->served: p50 {results['propagation']['p50_ms']} ms, p99 {results['propagation']['p99_ms']} ms")
-    if not a.quick:
-        write_doc(results, table)
-
-
-def write_doc(results, table):
-    m = results["machine"]
-    p = results["propagation"]
-    doc = f"""# Benchmarks
-
-Measured by `make bench` (scripts/bench.py) on {m['date']}: {m['cpus']} CPUs,
-Linux {m['kernel']}, {m['nginx']}, {m['haproxy']}, {m['wrk']}. Every
-process on 127.0.0.1. The backend is nginx serving an 18-byte static file
-(1 worker). Each target is measured in turn, interleaved, for several rounds;
-the table shows medians. `tollgate` and its variants run the release build.
-
-## Proxy throughput and latency (small GET, keep-alive)
-
-{table}
-
-`workers` is nginx `worker_processes`, HAProxy `nbthread` and
-`tollgate-gateway --threads`. `tollgate+auth+throttle` checks an API key
-(cached) and counts a Replica-scoped policy that never trips;
-`tollgate+auth+cluster-throttle` counts the same policy cluster-wide in Redis
-(leased quota: a Redis round trip every few hundred requests).
-
-## Config propagation
-
-Artifact written (rename into the watched folder) -> first 200 through the
-gateway, {p['trials']} trials: p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms.
-
-## Reproduce
-
-    make bench          # this document and docs/benchmarks.json
-    make bench-quick    # under 2 minutes, prints the table only
-"""
-    with open(os.path.join(ROOT, "docs", "benchmarks.md"), "w") as f:
-        f.write(doc)
+            if isinstance(s, dict):
+                lines.append(f"{w:10} {name:28} {s['rps']:>8} req/s  p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms"
+                             f"  x nginx {s['vs_nginx']}  x haproxy {s['vs_haproxy']}  non-2xx {s['non2xx']}")
+    if "propagation" in r:
+        p = r["propagation"]
+        lines.append(f"propagation artifact->served: p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms ({p['trials']} trials)")
+    if "scale" in r:
+        s = r["scale"]
+        lines.append(f"scale {s['apis']} APIs: startup {s['startup_to_ready_s']} s, first build {s['first_build_ms']} ms, "
+                     f"reload p50 {s['reload_p50_ms']} ms max {s['reload_max_ms']} ms, served p50 "
+                     f"{s['write_to_served_p50_ms']} ms, RSS {s['rss_mib']} MiB (1 API: {s['rss_one_api_mib']} MiB), "
+                     f"throughput x{s['throughput_ratio']} of 1 API")
+    if "soak" in r:
+        t = r["soak"]["total"]
+        lines.append(f"soak {r['soak']['rate']} req/s {r['soak']['duration_s']} s: p50 {t['p50_ms']} ms p99 {t['p99_ms']} ms "
+                     f"max {t['max_ms']} ms, errors {t['errors']}, non-2xx {t['non2xx']}, "
+                     f"RSS {[w['rss_mib'] for w in r['soak']['windows']]}")
+    if "cluster" in r:
+        c = r["cluster"]
+        lines.append(f"kubectl apply -> served: p50 {c['propagation_kubectl']['served_p50_ms']:.0f} ms, "
+                     f"p99 {c['propagation_kubectl']['served_p99_ms']:.0f} ms")
+        o = c["operator_scale"]
+        lines.append(f"operator {o['apis']} ApiDeployments: all Deployed {o['all_deployed_s']:.1f} s, "
+                     f"RSS peak {o['rss_peak_mib']:.0f} MiB")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main())

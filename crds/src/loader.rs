@@ -134,6 +134,76 @@ pub fn is_manifest_name(name: &str) -> bool {
 /// Loads every manifest under `dir` (recursively). Fails only when `dir`
 /// itself cannot be read; problems with files and documents are in the report.
 pub fn load_dir(dir: &Path) -> Result<LoadReport, Box<LoadError>> {
+    load_dir_cached(dir, &mut FileCache::default())
+}
+
+/// Parsed files kept between loads of one folder, so that a reload parses
+/// and validates only the files that changed. A file counts as unchanged
+/// while its device, inode, size, mtime and ctime all stay the same (an
+/// atomic rename gives a new inode; any write changes mtime and ctime).
+/// Files changed within the last second are not remembered: file times
+/// have coarse ticks, so two writes in one tick could look the same.
+#[derive(Debug, Default)]
+pub struct FileCache {
+    files: HashMap<PathBuf, CachedFile>,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    stamp: FileStamp,
+    loaded: Vec<Loaded>,
+    errors: Vec<LoadError>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+/// Files whose times are this recent are parsed again on every load.
+const SETTLED_NS: i128 = 1_000_000_000;
+
+impl FileStamp {
+    fn settled(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        now - self.mtime_ns.max(self.ctime_ns) >= SETTLED_NS
+    }
+
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
+
+impl FileCache {
+    /// Number of files remembered.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+/// [`load_dir`] that reuses the parse results of unchanged files from
+/// `cache` and leaves the results of this load in it (files that are gone
+/// are forgotten).
+pub fn load_dir_cached(dir: &Path, cache: &mut FileCache) -> Result<LoadReport, Box<LoadError>> {
     let folder_error = |message: String| {
         Box::new(LoadError { file: dir.to_path_buf(), document: None, line: 0, object: None, field: None, message })
     };
@@ -144,27 +214,48 @@ pub fn load_dir(dir: &Path) -> Result<LoadReport, Box<LoadError>> {
     let mut report = LoadReport::default();
     let mut files = Vec::new();
     collect_files(dir, 0, &mut files, &mut report.errors);
+    let mut next = HashMap::with_capacity(files.len());
     for file in files {
-        let text = match read_limited(&file) {
-            Ok(t) => t,
-            Err(message) => {
-                report.errors.push(LoadError {
-                    file: file.clone(),
-                    document: None,
-                    line: 0,
-                    object: None,
-                    field: None,
-                    message,
-                });
-                report.files.push(file);
-                continue;
+        // The stamp is taken before reading: a write racing the read gives
+        // a newer stamp, so the next load reads the file again.
+        let stamp = std::fs::metadata(&file).ok().map(|m| FileStamp::of(&m));
+        let cached = cache.files.remove(&file).filter(|c| stamp.is_some() && Some(c.stamp) == stamp);
+        let entry = match cached {
+            Some(c) => c,
+            None => {
+                let (loaded, errors) = match read_limited(&file) {
+                    Ok(text) => load_str(&file, &text),
+                    Err(message) => (
+                        Vec::new(),
+                        vec![LoadError {
+                            file: file.clone(),
+                            document: None,
+                            line: 0,
+                            object: None,
+                            field: None,
+                            message,
+                        }],
+                    ),
+                };
+                match stamp {
+                    Some(stamp) if stamp.settled() => CachedFile { stamp, loaded, errors },
+                    _ => {
+                        // Vanished, unreadable or just written: report,
+                        // remember nothing.
+                        report.resources.extend(loaded);
+                        report.errors.extend(errors);
+                        report.files.push(file);
+                        continue;
+                    }
+                }
             }
         };
-        let (loaded, errors) = load_str(&file, &text);
-        report.resources.extend(loaded);
-        report.errors.extend(errors);
-        report.files.push(file);
+        report.resources.extend(entry.loaded.iter().cloned());
+        report.errors.extend(entry.errors.iter().cloned());
+        report.files.push(file.clone());
+        next.insert(file, entry);
     }
+    cache.files = next;
     reject_duplicates(&mut report);
     Ok(report)
 }
@@ -211,13 +302,19 @@ fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, errors: &mut 
             continue;
         }
         let path = entry.path();
-        // Follow symlinks (ConfigMap volumes link every key into ..data/).
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        if meta.is_dir() {
+        // The type comes with the folder listing (no stat per file); only
+        // symlinks are followed with a stat (ConfigMap volumes link every
+        // key into ..data/).
+        let Ok(mut kind) = entry.file_type() else { continue };
+        if kind.is_symlink() {
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            kind = meta.file_type();
+        }
+        if kind.is_dir() {
             if depth < MAX_DEPTH {
                 collect_files(&path, depth + 1, out, errors);
             }
-        } else if meta.is_file() && is_manifest_name(name) {
+        } else if kind.is_file() && is_manifest_name(name) {
             out.push(path);
         }
     }

@@ -233,13 +233,21 @@ fn check_scalar(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
             err(format!("Too long: may not be more than {max} bytes"));
         }
         if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
-            match regex::Regex::new(p) {
+            match compiled_pattern(p) {
                 Ok(re) if !re.is_match(s) => err(format!("Invalid value: {}: should match '{p}'", short(value))),
                 Ok(_) => {}
                 Err(e) => err(format!("schema pattern {p:?} does not compile: {e}")),
             }
         }
     }
+}
+
+/// The schema's `pattern`s, compiled once (a schema has a handful; compiling
+/// one per validated string dominated loading thousands of manifests).
+fn compiled_pattern(pattern: &str) -> Result<regex::Regex, String> {
+    static CACHE: LazyLock<Mutex<HashMap<String, Result<regex::Regex, String>>>> = LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern).map_err(|e| e.to_string())).clone()
 }
 
 fn check_list_map_keys(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<FieldError>) {

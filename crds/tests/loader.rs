@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use tollgate_crds::Resource;
-use tollgate_crds::loader::{LoadError, load_dir, load_str};
+use tollgate_crds::loader::{FileCache, LoadError, load_dir, load_dir_cached, load_str};
 
 const POLICY: &str = "apiVersion: tollgate.dev/v1alpha1
 kind: ThrottlePolicy
@@ -171,4 +171,54 @@ fn non_mapping_document_and_bad_names() {
     assert!(e.message.contains("not a mapping"), "{e}");
     let e = only_error(&POLICY.replace("name: gold", "name: Gold_Tier"));
     assert_eq!(e.field.as_deref(), Some("metadata.name"));
+}
+
+#[test]
+fn cached_loads_see_every_change_and_match_uncached_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write(dir, "policy.yaml", POLICY);
+    write(dir, "apis/accounts.yaml", API);
+    let mut cache = FileCache::default();
+    let first = load_dir_cached(dir, &mut cache).unwrap();
+    assert_eq!(first, load_dir(dir).unwrap());
+    assert!(cache.is_empty(), "files written just now are not remembered");
+    assert_eq!(load_dir_cached(dir, &mut cache).unwrap(), first, "unchanged folder, same report");
+
+    // Rewritten in place with the same length: must be read again.
+    let same_len = POLICY.replace("5000", "6000");
+    assert_eq!(same_len.len(), POLICY.len());
+    write(dir, "policy.yaml", &same_len);
+    let report = load_dir_cached(dir, &mut cache).unwrap();
+    let limit = report.throttle_policies().next().unwrap().spec.limit.requests;
+    assert_eq!(limit, 6000);
+    assert_eq!(report, load_dir(dir).unwrap());
+
+    // Broken, then fixed; then removed: the cache follows.
+    write(dir, "apis/accounts.yaml", "kind: [");
+    let report = load_dir_cached(dir, &mut cache).unwrap();
+    assert_eq!(report.api_deployments().count(), 0);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    write(dir, "apis/accounts.yaml", API);
+    assert_eq!(load_dir_cached(dir, &mut cache).unwrap().api_deployments().count(), 1);
+    std::fs::remove_file(dir.join("apis/accounts.yaml")).unwrap();
+    let report = load_dir_cached(dir, &mut cache).unwrap();
+    assert_eq!(report.api_deployments().count(), 0);
+    assert!(cache.len() <= 1);
+}
+
+#[test]
+fn settled_files_are_remembered_and_still_reread_when_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write(dir, "policy.yaml", POLICY);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut cache = FileCache::default();
+    load_dir_cached(dir, &mut cache).unwrap();
+    assert_eq!(cache.len(), 1, "a file older than a second is remembered");
+    // Atomic replace (new inode), as the operator writes.
+    write(dir, ".policy.yaml.tmp", &POLICY.replace("5000", "7000"));
+    std::fs::rename(dir.join(".policy.yaml.tmp"), dir.join("policy.yaml")).unwrap();
+    let report = load_dir_cached(dir, &mut cache).unwrap();
+    assert_eq!(report.throttle_policies().next().unwrap().spec.limit.requests, 7000);
 }

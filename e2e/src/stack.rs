@@ -29,10 +29,13 @@ pub const OPERATOR_CLUSTER_ROLE: &str = "tollgate-operator-e2e";
 /// Name of the artifact claim the operator tells gateway pods to mount.
 pub const ARTIFACT_CLAIM: &str = "tollgate-artifacts";
 
-/// A binary of the workspace, built by `make e2e` before the tests run.
+/// A binary of the workspace, built by `make e2e` before the tests run
+/// (the debug build; `TOLLGATE_E2E_PROFILE=release` picks the release
+/// build, as the benchmarks do).
 pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
-    let path = target.join("debug").join(name);
+    let profile = std::env::var("TOLLGATE_E2E_PROFILE").ok().filter(|p| !p.is_empty()).unwrap_or("debug".into());
+    let path = target.join(&profile).join(name);
     assert!(
         path.is_file(),
         "{} is missing: build it first (`cargo build -p tollgate-operator -p tollgate-gateway`; `make e2e` does)",
@@ -97,6 +100,11 @@ impl Proc {
     pub fn log_lines(&self, needle: &str) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines().filter(|l| l.contains(needle)).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The process id (None once killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -89,6 +89,7 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         "policies": snap.policies.len(),
         "apiList": apis,
         "lastReload": st.last_reload,
+        "lastReloadMillis": st.last_reload_millis,
         "errors": st.errors,
         "trafficManager": state.shared.traffic.as_ref().map(|t| t.status()),
     }))

@@ -111,6 +111,7 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamLabels, Counter>,
     pub throttled: Family<ThrottleLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
+    pub reload_duration: Histogram,
     pub snapshot_revision: Gauge,
     pub apis: Gauge,
     pub policies: Gauge,
@@ -166,6 +167,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             throttled: Family::default(),
             reloads: Family::default(),
+            reload_duration: Histogram::default(),
             snapshot_revision: Gauge::default(),
             apis: Gauge::default(),
             policies: Gauge::default(),
@@ -195,6 +197,11 @@ impl Metrics {
             "config_reloads",
             "Configuration reloads by result (applied, unchanged, failed)",
             m.reloads.clone(),
+        );
+        registry.register(
+            "config_reload_duration_seconds",
+            "Time to read, parse and compile the configuration folder (unchanged files are not parsed again)",
+            m.reload_duration.clone(),
         );
         registry.register(
             "snapshot_generation",

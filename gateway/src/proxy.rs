@@ -365,7 +365,7 @@ impl ProxyHttp for Gateway {
         let op_path = if rest.is_empty() { "/" } else { rest.as_str() };
         let method = req.method.clone();
         let mut op: Option<&OpInfo> = None;
-        let mut allow = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".to_string();
+        let mut allow: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
         if let Some(router) = &api.operations {
             let Ok(found) = router.at(op_path) else {
                 return self
@@ -377,7 +377,7 @@ impl ProxyHttp for Gateway {
                     .await;
             };
             let p = &api.paths[*found.value];
-            allow = p.allow.clone();
+            allow = &p.allow;
             op = p
                 .methods
                 .iter()
@@ -395,7 +395,7 @@ impl ProxyHttp for Gateway {
                 origin,
                 req_method,
                 header(req, "access-control-request-headers"),
-                &allow,
+                allow,
             )
             .unwrap_or_default();
             send_empty(session, 204, &hdrs).await?;
@@ -403,7 +403,7 @@ impl ProxyHttp for Gateway {
         }
         if api.operations.is_some() && op.is_none() {
             if method == http::Method::OPTIONS {
-                send_empty(session, 204, &[("allow".into(), allow)]).await?;
+                send_empty(session, 204, &[("allow".into(), allow.to_string())]).await?;
                 return Ok(true);
             }
             return self
@@ -454,8 +454,10 @@ impl ProxyHttp for Gateway {
             self.state.shared.metrics.throttled(&format!("{}/{}", api.object.namespace, name), "flagged").inc();
         }
 
-        let query = session.req_header().uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-        ctx.forward_path = format!("{rest}{query}");
+        ctx.forward_path = match session.req_header().uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest,
+        };
         Ok(false)
     }
 
@@ -510,8 +512,11 @@ impl ProxyHttp for Gateway {
             .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
             .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive")
             .collect();
-        for h in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named).chain(ctx.strip_header.clone()) {
-            upstream.remove_header(&h);
+        for h in HOP_BY_HOP {
+            upstream.remove_header(h);
+        }
+        for h in named.iter().chain(ctx.strip_header.iter()) {
+            upstream.remove_header(h.as_str());
         }
         let original_host = header(session.req_header(), "host").map(str::to_string);
         let default_port = if ep.tls { 443 } else { 80 };

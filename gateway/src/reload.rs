@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use notify::Watcher;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tollgate_crds::loader::{LoadError, load_dir, manifest_files};
+use tollgate_crds::loader::{FileCache, LoadError, load_dir_cached, manifest_files};
 use tollgate_crds::{ObjectRef, Resource};
 
 use crate::snapshot::{Shared, Snapshot, compile};
@@ -45,6 +45,9 @@ pub struct StatusError {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReloadStatus {
     pub last_reload: Option<u64>,
+    /// How long the last reload took to read, parse and compile the
+    /// folder, in milliseconds.
+    pub last_reload_millis: Option<f64>,
     pub generation: u64,
     pub errors: Vec<StatusError>,
 }
@@ -94,6 +97,8 @@ pub struct Reloader {
     last_good: HashMap<ObjectRef, (Resource, PathBuf)>,
     fingerprint: Option<Fingerprint>,
     settle: Duration,
+    /// Parse results of unchanged files, reused by the next reload.
+    cache: FileCache,
 }
 
 fn mtime_ns(p: &Path) -> Option<(u64, u128)> {
@@ -108,7 +113,7 @@ fn unix_now() -> u64 {
 
 impl Reloader {
     pub fn new(dir: PathBuf, state: Arc<State>, settle: Duration) -> Reloader {
-        Reloader { dir, state, last_good: HashMap::new(), fingerprint: None, settle }
+        Reloader { dir, state, last_good: HashMap::new(), fingerprint: None, settle, cache: FileCache::default() }
     }
 
     fn fingerprint(&self) -> Fingerprint {
@@ -137,11 +142,15 @@ impl Reloader {
         if !force && self.fingerprint.as_ref() == Some(&fp) {
             return Outcome::Unchanged;
         }
+        let started = std::time::Instant::now();
         let outcome = self.rebuild();
+        let took = started.elapsed();
         if outcome != Outcome::Failed {
             self.fingerprint = Some(fp);
         }
         let metrics = &self.state.shared.metrics;
+        metrics.reload_duration.0.observe(took.as_secs_f64());
+        self.state.status.lock().last_reload_millis = Some((took.as_secs_f64() * 1e6).round() / 1e3);
         let label = match outcome {
             Outcome::Applied => "applied",
             Outcome::Unchanged => "unchanged",
@@ -152,7 +161,7 @@ impl Reloader {
     }
 
     fn rebuild(&mut self) -> Outcome {
-        let report = match load_dir(&self.dir) {
+        let report = match load_dir_cached(&self.dir, &mut self.cache) {
             Ok(r) => r,
             Err(e) => {
                 let mut st = self.state.status.lock();

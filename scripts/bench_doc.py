@@ -1,0 +1,177 @@
+"""Writes docs/benchmarks.md from the figures of a full `make bench` run."""
+
+TARGETS_NOTE = "Targets are goals to chase, not test gates; docs/performance.md explains the misses with profiles."
+
+
+def _row(cells):
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _check(ok):
+    return "met" if ok else "**missed**"
+
+
+def targets(r):
+    """(target, figure, met) for every target of the benchmark issue."""
+    out = []
+    for w, s in r.get("proxy", {}).items():
+        best = max(s["nginx"]["rps"], s["haproxy"]["rps"])
+        best_p99 = min(s["nginx"]["p99_ms"], s["haproxy"]["p99_ms"])
+        t = s["tollgate+auth+throttle"]
+        out.append((f"{w}: auth+throttle >= 1.0x nginx", f"{t['vs_nginx']}x", t["vs_nginx"] >= 1.0))
+        out.append((f"{w}: auth+throttle >= 1.0x HAProxy", f"{t['vs_haproxy']}x", t["vs_haproxy"] >= 1.0))
+        out.append((f"{w}: p99 within +0.5 ms of the best proxy", f"{t['p99_ms']:.2f} ms vs {best_p99:.2f} ms",
+                    t["p99_ms"] <= best_p99 + 0.5))
+        for kind in ("replica", "cluster"):
+            v = s[f"tollgate+{kind}-throttle"]["vs_tollgate"]
+            out.append((f"{w}: {kind} throttling cost <= 5 %", f"{(1 - v) * 100:.1f} %", v >= 0.95))
+        del best
+    if "propagation" in r:
+        p = r["propagation"]["p99_ms"]
+        out.append(("artifact write -> served p99 < 1 s", f"{p} ms", p < 1000))
+    if "cluster" in r:
+        p = r["cluster"]["propagation_kubectl"]["served_p99_ms"]
+        out.append(("kubectl apply -> served p99 < 2 s", f"{p:.0f} ms", p < 2000))
+        o = r["cluster"]["operator_scale"]
+        out.append((f"{o['apis']} ApiDeployments Deployed < 20 s", f"{o['all_deployed_s']:.1f} s", o["all_deployed_s"] < 20))
+        out.append(("operator RSS < 100 MiB", f"{o['rss_peak_mib']:.0f} MiB peak", o["rss_peak_mib"] < 100))
+    if "scale" in r:
+        s = r["scale"]
+        out.append((f"{s['apis']} APIs throughput >= 0.95x of 1 API", f"{s['throughput_ratio']}x", s["throughput_ratio"] >= 0.95))
+        out.append((f"{s['apis']} APIs reload < 250 ms", f"{s['reload_max_ms']} ms (max)", s["reload_max_ms"] < 250))
+    if "soak" in r:
+        t = r["soak"]["total"]
+        out.append(("soak: zero errors", f"{t['errors']} errors, {t['non2xx']} non-2xx", t["errors"] == 0 and t["non2xx"] == 0))
+    return out
+
+
+def write(r, path):
+    m = r["machine"]
+    parts = [f"""# Benchmarks
+
+Figures of one `make bench` run ({m['date']}, commit {m['commit']}), written by
+scripts/bench.py; the raw figures, every round included, are in
+[benchmarks.json](benchmarks.json). {TARGETS_NOTE}
+
+Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory']}, Linux {m['kernel']}.
+{m['nginx']}; {m['haproxy']}; {m['redis']}; {m['wrk']}. Every process on
+127.0.0.1 on the same machine, so the load generator, the proxy under test
+and the backend share the 2 CPUs: absolute figures are low, ratios are what
+to read.
+
+## Targets
+
+{_row(['target', 'figure', ''])}
+{_row(['---', '---', '---'])}
+""" + "\n".join(_row([t, f, _check(ok)]) for t, f, ok in targets(r))]
+
+    if "proxy" in r:
+        rows = [_row(["workers", "target", "req/s", "p50 ms", "p99 ms", "x nginx", "x HAProxy", "x tollgate", "non-2xx"]),
+                _row(["---"] * 9)]
+        for w, s in r["proxy"].items():
+            for name, v in s.items():
+                if isinstance(v, dict):
+                    rows.append(_row([w.split("=")[1], name, v["rps"], f"{v['p50_ms']:.2f}", f"{v['p99_ms']:.2f}",
+                                      v["vs_nginx"], v["vs_haproxy"], v["vs_tollgate"], v["non2xx"]]))
+        rounds = len(next(iter(r["proxy"].values()))["nginx"]["runs"])
+        parts.append(f"""
+## 1, 2. Proxy throughput, latency and the cost of throttling
+
+Small GET (18-byte static file from an nginx backend with 1 worker),
+keep-alive, `wrk -t1 -c32`, {rounds} interleaved rounds per target, medians.
+`workers` is nginx `worker_processes`, HAProxy `nbthread` and
+`tollgate-gateway --threads`. `direct` is wrk straight to the backend (the
+ceiling on this machine). `tollgate+auth+throttle` checks an API key (cached
+after the first request) and counts a per-consumer Replica policy that never
+trips; `tollgate+replica-throttle` and `tollgate+cluster-throttle` count an
+API-level policy in the pod and cluster-wide in Redis (a leased quota: one
+Redis round trip per lease, not per request). `x tollgate` is the ratio to
+tollgate without a policy: the throttling cost.
+
+""" + "\n".join(rows))
+
+    if "propagation" in r:
+        p = r["propagation"]
+        parts.append(f"""
+## 3. Configuration propagation
+
+Artifact written (an atomic rename into the watched folder, as the
+operator writes) -> first 200 through the gateway, {p['trials']} trials:
+p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms, max {p['max_ms']} ms. inotify wakes the
+gateway; it waits for a short debounce, reads the changed file and swaps the
+routing snapshot.""")
+    if "cluster" in r:
+        k = r["cluster"]["propagation_kubectl"]
+        o = r["cluster"]["operator_scale"]
+        parts.append(f"""
+On the local control plane (real kube-apiserver, etcd, controllers; the
+operator and a gateway as local processes, release builds), `kubectl apply`
+of a new ApiDeployment -> first 200 through the gateway, {k['trials']} trials:
+p50 {k['served_p50_ms']:.0f} ms, p99 {k['served_p99_ms']:.0f} ms, max
+{k['served_max_ms']:.0f} ms; of which `kubectl apply` itself (process start,
+discovery, request) takes p50 {k['apply_p50_ms']:.0f} ms.
+
+## 5. Operator scale
+
+{o['apis']} ApiDeployments created at once (32 requests in flight) against one
+AllInOne ApiManager: created in {o['create_s']:.1f} s, all `Deployed` (status
+written, observedGeneration current) after {o['all_deployed_s']:.1f} s, the
+last one served by the gateway after {o['last_served_s']:.1f} s;
+{o['artifact_files']} artifact files. Operator resident memory: {o['rss_idle_mib']:.0f} MiB idle,
+{o['rss_peak_mib']:.0f} MiB peak (sampled every 100 ms), {o['rss_after_mib']:.0f} MiB after;
+unexpected reconcile errors: {o['unexpected_reconcile_errors']:.0f}.""")
+
+    if "scale" in r:
+        s = r["scale"]
+        thr = s["throughput"]
+        parts.append(f"""
+## 4. {s['apis']:,} APIs
+
+{s['apis']:,} ApiDeployments, one file each (as the operator writes them),
+3 operations each ({s['routes']:,} routes), in one gateway:
+
+- startup to ready: {s['startup_to_ready_s']} s, of which the first snapshot build
+  (read, parse and validate every file, compile the router) {s['first_build_ms']} ms;
+- reload after one file changes, {s['reload_trials']} trials: p50 {s['reload_p50_ms']} ms,
+  max {s['reload_max_ms']} ms (unchanged files are not parsed again); write ->
+  change served p50 {s['write_to_served_p50_ms']} ms, max {s['write_to_served_max_ms']} ms;
+- resident memory: {s['rss_mib']} MiB (the same gateway with 1 API: {s['rss_one_api_mib']} MiB);
+- throughput through one of the APIs, interleaved with a 1-API gateway
+  (1 thread each): {' vs '.join(f"{k} {v['rps']} req/s (p99 {v['p99_ms']:.2f} ms)" for k, v in thr.items())}:
+  {s['throughput_ratio']}x.""")
+
+    if "soak" in r:
+        k = r["soak"]
+        t = k["total"]
+        rows = [_row(["minute", "completed", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "non-2xx", "RSS MiB"]),
+                _row(["---"] * 9)]
+        for w in k["windows"]:
+            rows.append(_row([round(w["window_end_s"] / 60, 2), w["completed"], w["p50_ms"], w["p99_ms"], w["p999_ms"],
+                              w["max_ms"], w["errors"], w["non2xx"], w["rss_mib"]]))
+        parts.append(f"""
+## 6. Soak
+
+`tollgate-loadgen` (e2e/src/bin/loadgen.rs), open loop: {k['rate']} requests per
+second on a fixed schedule over {k['connections']} keep-alive connections for
+{k['duration_s']} s, latency measured from when each request was due (no
+coordinated omission); API key + a per-consumer policy; gateway
+`--threads {k['threads']}`. Total: {t['completed']} of {t['expected']} requests completed,
+p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, p99.9 {t['p999_ms']} ms, max {t['max_ms']} ms,
+{t['errors']} errors, {t['non2xx']} non-2xx.
+
+""" + "\n".join(rows))
+
+    parts.append("""
+## Reproduce
+
+    make bench          # everything (~45 minutes): this file and benchmarks.json
+    make bench-quick    # under 2 minutes, prints the figures only
+    python3 scripts/bench.py --sections proxy,scale   # some sections
+
+`make bench` installs nginx, HAProxy, Redis and wrk (Debian packages),
+builds the release binaries, and runs the cluster section on the local
+control plane (started and stopped by e2e/cluster/with-cluster.sh, or the
+cluster of KUBECONFIG).
+""")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
