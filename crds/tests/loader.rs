@@ -222,3 +222,23 @@ fn settled_files_are_remembered_and_still_reread_when_replaced() {
     let report = load_dir_cached(dir, &mut cache).unwrap();
     assert_eq!(report.throttle_policies().next().unwrap().spec.limit.requests, 7000);
 }
+
+#[test]
+fn symlinked_files_and_folders_are_followed_like_configmap_volumes() {
+    // A ConfigMap volume: <dir>/..data -> ..2026_x/, <dir>/api.yaml -> ..data/api.yaml.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mount");
+    write(&dir, "..2026_11_26/api.yaml", API);
+    std::os::unix::fs::symlink("..2026_11_26", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/api.yaml", dir.join("api.yaml")).unwrap();
+    // A linked folder of policies.
+    write(tmp.path(), "shared/policy.yaml", POLICY);
+    std::os::unix::fs::symlink(tmp.path().join("shared"), dir.join("policies")).unwrap();
+    let report = load_dir(&dir).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.api_deployments().count(), 1, "the API once (hidden ..data is not read twice)");
+    assert_eq!(report.throttle_policies().count(), 1);
+    // A dangling link is skipped, not an error for the folder.
+    std::os::unix::fs::symlink("missing.yaml", dir.join("gone.yaml")).unwrap();
+    assert_eq!(load_dir(&dir).unwrap().api_deployments().count(), 1);
+}
