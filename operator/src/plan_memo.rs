@@ -20,10 +20,17 @@ use crate::plan::{Definitions, Key, Plan};
 /// How long a memorised plan is reused without syncing the folder again.
 pub const MEMO_TTL: Duration = Duration::from_secs(30);
 
+/// A plan, the fingerprint of its inputs and when its files were synced.
+struct Entry {
+    fingerprint: u64,
+    synced: Instant,
+    plan: Arc<Plan>,
+}
+
 /// Plans by manager.
 #[derive(Default)]
 pub struct PlanMemo {
-    entries: Mutex<HashMap<Key, (u64, Instant, Arc<Plan>)>>,
+    entries: Mutex<HashMap<Key, Entry>>,
 }
 
 impl PlanMemo {
@@ -32,14 +39,14 @@ impl PlanMemo {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(manager)
-            .filter(|(f, at, _)| *f == fingerprint && at.elapsed() < MEMO_TTL)
-            .map(|(_, _, p)| p.clone())
+            .filter(|e| e.fingerprint == fingerprint && e.synced.elapsed() < MEMO_TTL)
+            .map(|e| e.plan.clone())
     }
 
     /// Remembers a plan whose files were written.
     pub fn put(&self, manager: Key, fingerprint: u64, plan: Arc<Plan>) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.insert(manager, (fingerprint, Instant::now(), plan));
+        entries.insert(manager, Entry { fingerprint, synced: Instant::now(), plan });
     }
 
     /// Forgets a manager (its folder was changed or removed).

@@ -51,7 +51,14 @@ pub fn new_key(env: Environment) -> String {
 
 /// The stored form of a key.
 pub fn hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 /// The part of a key shown in listings (no secret bits beyond 4 characters).
@@ -78,6 +85,8 @@ mod tests {
         assert_ne!(a, new_key(Environment::Production));
         assert!(a.len() >= 8 + 43, "256 bits of base64: {a}");
         assert_eq!(hash(&a).len(), 64);
+        // SHA-256 of "abc" (FIPS 180-2 test vector), lowercase hex.
+        assert_eq!(hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_ne!(hash(&a), hash(&b));
         assert!(!hash(&a).contains(&a[8..]));
         assert_eq!(new_id().len(), 32);

@@ -33,8 +33,7 @@ use crate::{
     config::Config,
     error::{Error, Result},
     plan::{self, Definitions, Inputs, Key, Outcome, manager_key, policy_names},
-    plan_memo,
-    status,
+    plan_memo, status,
 };
 
 const CONTROLLER: &str = "apideployment";
