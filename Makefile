@@ -60,7 +60,7 @@ run: deps ## the single-node pattern without a cluster (sample backend + gateway
 
 BENCH_BINS := -p tollgate-gateway -p tollgate-operator -p tollgate-e2e --bins
 
-bench: deps ## benchmarks against nginx and HAProxy, ~45 min (writes docs/benchmarks.md and .json)
+bench: deps ## benchmarks against nginx and HAProxy, ~25 min + build (writes docs/benchmarks.md and .json)
 	$(CARGO) build --release --locked $(BENCH_BINS)
 	python3 scripts/bench.py
 

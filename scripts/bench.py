@@ -22,7 +22,7 @@ Sections (all by default; pick some with --sections):
 Writes docs/benchmarks.md and docs/benchmarks.json (full run), or prints
 the figures and writes target/bench/benchmarks-quick.json (--quick).
 
-  scripts/bench.py                        full run (make bench, ~45 min)
+  scripts/bench.py                        full run (make bench, ~25 min)
   scripts/bench.py --quick                under 2 minutes (make bench-quick)
   scripts/bench.py --sections proxy,scale one or more sections
 """

@@ -172,7 +172,7 @@ p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, p99.9 {t['p999_ms']} ms, max {t['max
     parts.append("""
 ## Reproduce
 
-    make bench          # everything (~45 minutes): this file and benchmarks.json
+    make bench          # everything (~25 minutes + the release build): this file and benchmarks.json
     make bench-quick    # under 2 minutes, prints the figures only
     python3 scripts/bench.py --sections proxy,scale   # some sections
 
