@@ -125,8 +125,7 @@ unexpected reconcile errors: {o['unexpected_reconcile_errors']:.0f}.""")
             parts.append(f"""
 The cluster figures (this section and `kubectl apply` above) are from
 `python3 scripts/bench.py --sections cluster` at commit {rr['commit']}
-({rr['date']}), re-run after: {rr['why']}. The first full run measured
-91.5 s until all 1,000 were Deployed.""")
+({rr['date']}), re-run after: {rr['why']}.""")
 
     if "scale" in r:
         s = r["scale"]

@@ -9,6 +9,5 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
-pub mod plan_memo;
 pub mod status;
 pub mod workload;

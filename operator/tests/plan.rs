@@ -271,34 +271,3 @@ fn openapi_parsing_rejects_bad_documents_clearly() {
         assert!(e.contains(fragment), "{doc:?}: {e}");
     }
 }
-
-#[test]
-fn the_plan_memo_fingerprint_follows_every_input_and_not_the_order() {
-    use std::sync::Arc;
-    use tollgate_operator::plan_memo::fingerprint;
-    let m = manager("bank", "apim", json!({}));
-    let a = Arc::new(api("bank", "accounts", "2026-01-01T00:00:00Z", json!({})));
-    let b = Arc::new(api("bank", "payments", "2026-01-02T00:00:00Z", json!({ "context": "/pay" })));
-    let p = vec![Arc::new(policy("bank", "gold", 10))];
-    let (labels, defs) = (BTreeMap::new(), Definitions::new());
-    let base = fingerprint(&m, &[a.clone(), b.clone()], &p, &labels, &defs);
-    assert_eq!(base, fingerprint(&m, &[b.clone(), a.clone()], &p, &labels, &defs), "order does not matter");
-
-    let mut changed = (*a).clone();
-    changed.metadata.generation = Some(2);
-    assert_ne!(base, fingerprint(&m, &[Arc::new(changed), b.clone()], &p, &labels, &defs), "spec change");
-    let mut deleting = (*a).clone();
-    deleting.metadata.deletion_timestamp = deleting.metadata.creation_timestamp.clone();
-    assert_ne!(base, fingerprint(&m, &[Arc::new(deleting), b.clone()], &p, &labels, &defs), "deletion");
-    assert_ne!(base, fingerprint(&m, std::slice::from_ref(&a), &p, &labels, &defs), "an API gone");
-    let mut gold = policy("bank", "gold", 10);
-    gold.metadata.generation = Some(7);
-    assert_ne!(base, fingerprint(&m, &[a.clone(), b.clone()], &[Arc::new(gold)], &labels, &defs), "policy change");
-    let labels2 = BTreeMap::from([("bank".to_string(), BTreeMap::from([("team".to_string(), "x".to_string())]))]);
-    assert_ne!(base, fingerprint(&m, &[a.clone(), b.clone()], &p, &labels2, &defs), "namespace labels");
-    let defs2 = Definitions::from([(("bank".into(), "cm".into(), "k".into()), Ok("openapi: 3.0.0".into()))]);
-    assert_ne!(base, fingerprint(&m, &[a.clone(), b.clone()], &p, &labels, &defs2), "definitions");
-    let mut m2 = m.clone();
-    m2.metadata.generation = Some(3);
-    assert_ne!(base, fingerprint(&m2, &[a, b], &p, &labels, &defs), "manager change");
-}

@@ -33,7 +33,7 @@ use crate::{
     config::Config,
     error::{Error, Result},
     plan::{self, Definitions, Inputs, Key, Outcome, manager_key, policy_names},
-    plan_memo, status,
+    status,
 };
 
 const CONTROLLER: &str = "apideployment";
@@ -154,44 +154,29 @@ async fn sync_manager(key: &Key, ctx: &Context, focus: Option<&ApiDeployment>) -
         policy_objs.iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), &**p)).collect();
     let namespace_labels = namespace_labels(ctx, &manager, &apis).await?;
     let definitions = definitions(ctx, &apis).await?;
-    let fingerprint = plan_memo::fingerprint(&manager, &apis, &policy_objs, &namespace_labels, &definitions);
-    let plan = match ctx.plans.get(key, fingerprint) {
-        // Same inputs as the last sync of this folder, moments ago.
-        Some(plan) => plan,
-        None => {
-            let plan = Arc::new(plan::plan(&Inputs {
-                manager: &manager,
-                apis: apis.iter().map(|a| &**a).collect(),
-                policies: &policies,
-                namespace_labels: &namespace_labels,
-                definitions: &definitions,
-            }));
-            let dir = artifacts::manager_dir(&ctx.config.artifact_dir, &key.0, &key.1);
-            let lock = ctx.folders.lock_for(&dir);
-            let report = {
-                let _guard = lock.lock().await;
-                let p = plan.clone();
-                let d = dir.clone();
-                tokio::task::spawn_blocking(move || artifacts::sync(&d, &p.files))
-                    .await
-                    .map_err(|e| Error::Finalizer(format!("artifact writer task: {e}")))?
-            };
-            let report = match report {
-                Ok(r) => r,
-                Err(e) => {
-                    ctx.plans.forget(key);
-                    return Err(e);
-                }
-            };
-            if report.written > 0 || report.removed > 0 {
-                ctx.metrics.artifacts_written.inc_by(report.written as u64);
-                ctx.metrics.artifacts_removed.inc_by(report.removed as u64);
-                tracing::info!(manager = %format!("{}/{}", key.0, key.1), written = report.written, removed = report.removed, "artifacts synced");
-            }
-            ctx.plans.put(key.clone(), fingerprint, plan.clone());
-            plan
-        }
+    let plan = plan::plan(&Inputs {
+        manager: &manager,
+        apis: apis.iter().map(|a| &**a).collect(),
+        policies: &policies,
+        namespace_labels: &namespace_labels,
+        definitions: &definitions,
+    });
+
+    let dir = artifacts::manager_dir(&ctx.config.artifact_dir, &key.0, &key.1);
+    let lock = ctx.folders.lock_for(&dir);
+    let report = {
+        let _guard = lock.lock().await;
+        let files = plan.files.clone();
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || artifacts::sync(&d, &files))
+            .await
+            .map_err(|e| Error::Finalizer(format!("artifact writer task: {e}")))??
     };
+    if report.written > 0 || report.removed > 0 {
+        ctx.metrics.artifacts_written.inc_by(report.written as u64);
+        ctx.metrics.artifacts_removed.inc_by(report.removed as u64);
+        tracing::info!(manager = %format!("{}/{}", key.0, key.1), written = report.written, removed = report.removed, "artifacts synced");
+    }
 
     // Siblings whose status no longer matches the plan get reconciled too.
     let focus_key = focus.map(|a| (a.namespace().unwrap_or_default(), a.name_any()));

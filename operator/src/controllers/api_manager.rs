@@ -302,7 +302,6 @@ fn sweep_once(ctx: &Context) -> Result<()> {
             let exists = ctx.managers.get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns)).is_some();
             if !exists && m_entry.path().is_dir() {
                 tracing::info!(namespace = %ns, apimanager = %name, "removing the artifact folder of a deleted ApiManager");
-                ctx.plans.forget(&(ns.clone(), name.clone()));
                 artifacts::remove_dir(&m_entry.path())?;
             }
         }

@@ -36,8 +36,6 @@ pub struct Context {
     pub apis: Store<ApiDeployment>,
     pub policies: Store<ThrottlePolicy>,
     pub folders: Folders,
-    /// The last plan of each manager, reused while its inputs are unchanged.
-    pub plans: crate::plan_memo::PlanMemo,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Re-run the reconciler of other ApiDeployments (siblings whose status a
@@ -149,7 +147,6 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
         apis,
         policies,
         folders: Folders::default(),
-        plans: Default::default(),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
         requeue_api: tx,
