@@ -61,7 +61,12 @@ pub struct ApiDeploymentSpec {
     pub context: String,
 
     /// Version of the API, one path segment (for example v3.1). Served at
-    /// <context>/<version>.
+    /// <context>/<version>. When two ApiDeployments on one ApiManager claim
+    /// the same context and version, the older one (creationTimestamp) keeps
+    /// it; on an equal creationTimestamp (one-second resolution) the one
+    /// already serving it keeps it; only when neither serves yet does
+    /// namespace/name order decide. The other gets Accepted=False, reason
+    /// Conflict, and takes over when the owner goes.
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": "self.matches('^[A-Za-z0-9_~-][A-Za-z0-9._~-]*$') && self != '.' && self != '..'",
         "message": "version must be a single path segment of letters, digits, '.', '_', '~' or '-' (for example v3.1)"
@@ -321,11 +326,17 @@ pub struct ConfigMapKeyRef {
     pub key: String,
 }
 
-/// Cross-origin resource sharing.
+/// Cross-origin resource sharing. The gateway answers preflights itself and
+/// its CORS headers replace any the backend sends.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.allowCredentials) && self.allowCredentials && has(self.allowOrigins) && self.allowOrigins.exists(o, o == '*'))",
+    "message": "allowCredentials: true needs explicit allowOrigins; \"*\" would let any web site call the API with the user's credentials"
+}]))]
 pub struct Cors {
-    /// Allowed origins (exact, or "*" for any).
+    /// Allowed origins (exact, or "*" for any; "*" is refused together with
+    /// allowCredentials).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allow_origins: Vec<String>,

@@ -549,8 +549,18 @@ impl Operator {
         self.metric("tollgate_operator_reconcile_errors_total") - self.metric_matching("reason=\"conflict\"")
     }
 
+    /// The /metrics text. Panics (with the log tail) when the process does
+    /// not answer: a dead operator must not read as "0 errors".
+    fn metrics_text(&self) -> String {
+        match http(self.metrics, "GET", "/metrics") {
+            Ok((200, body)) => body,
+            Ok((status, body)) => panic!("operator /metrics answered {status}: {body}"),
+            Err(e) => panic!("operator /metrics unreachable ({e}); exited? log:\n{}", self.proc.log_tail()),
+        }
+    }
+
     fn metric_matching(&self, needle: &str) -> f64 {
-        let (_, body) = http(self.metrics, "GET", "/metrics").unwrap_or_default();
+        let body = self.metrics_text();
         body.lines()
             .filter(|l| l.starts_with("tollgate_operator_reconcile_errors_total") && l.contains(needle))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -559,7 +569,7 @@ impl Operator {
 
     /// The value of a metric line that starts with `prefix` (0 when absent).
     pub fn metric(&self, prefix: &str) -> f64 {
-        let (_, body) = http(self.metrics, "GET", "/metrics").unwrap_or_default();
+        let body = self.metrics_text();
         body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 }

@@ -54,6 +54,13 @@ async fn expect(client: &kube::Client, ns: &str, name: &str, type_: &str, status
     .await
 }
 
+/// metadata.creationTimestamp of an ApiDeployment (RFC 3339, whole seconds).
+async fn created(client: &kube::Client, ns: &str, name: &str) -> String {
+    let ar = tollgate_resource("ApiDeployment").unwrap();
+    let obj = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).get(name).await.unwrap();
+    serde_json::to_value(obj).unwrap()["metadata"]["creationTimestamp"].as_str().unwrap().to_string()
+}
+
 fn artifact(dir: &Path, mgr_ns: &str, api_ns: &str, name: &str) -> std::path::PathBuf {
     dir.join(mgr_ns).join("apim").join(format!("apis/{api_ns}_{name}.yaml"))
 }
@@ -127,8 +134,13 @@ async fn conditions_for_missing_refs_disallowed_namespaces_and_conflicts() {
     expect(&client, &other, "outsider", "Deployed", "True", "Deployed").await;
     assert!(artifact(&artifacts, &home, &other, "outsider").is_file());
 
-    // Conflict: the newer API on the same context/version loses.
+    // Conflict: the newer API on the same context/version loses. A clear
+    // second apart, so creationTimestamp (one-second resolution) tells them
+    // apart; ties are tested on purpose below.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     apply_manifest(&client, &home, &api("copycat", json!({ "name": "apim" }), "v1", json!({}))).await.unwrap();
+    let (t_orphan, t_copycat) = (created(&client, &home, "orphan").await, created(&client, &home, "copycat").await);
+    assert!(t_copycat > t_orphan, "copycat ({t_copycat}) must be newer than orphan ({t_orphan})");
     let m = expect(&client, &home, "copycat", "Accepted", "False", "Conflict").await;
     assert!(m.contains("orphan"), "{m}");
     expect(&client, &home, "orphan", "Deployed", "True", "Deployed").await;
@@ -150,5 +162,159 @@ async fn conditions_for_missing_refs_disallowed_namespaces_and_conflicts() {
     for r in ["Conflict", "Deployed", "PolicyNotFound"] {
         assert!(reasons.iter().any(|x| x == r), "event {r} missing: {reasons:?}");
     }
+    assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
+}
+
+/// Sleep until just after the next full second of the wall clock, so that
+/// requests sent now land in one second of the apiserver's clock.
+async fn next_second() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    tokio::time::sleep(Duration::from_millis(1020 - u64::from(now.subsec_millis()))).await;
+}
+
+/// Create `names` concurrently within one second (creationTimestamp equal);
+/// tries again (after deleting them) when a request straddled a second.
+async fn create_in_one_second(client: &kube::Client, ns: &str, manifests: &[Value]) {
+    let ar = tollgate_resource("ApiDeployment").unwrap();
+    let apis = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
+    for attempt in 1..=5 {
+        next_second().await;
+        let created = futures::future::join_all(manifests.iter().map(|m| apply_manifest(client, ns, m))).await;
+        let stamps: Vec<String> = created
+            .into_iter()
+            .map(|r| {
+                serde_json::to_value(r.unwrap()).unwrap()["metadata"]["creationTimestamp"].as_str().unwrap().into()
+            })
+            .collect();
+        if stamps.iter().all(|s| s == &stamps[0]) {
+            return;
+        }
+        eprintln!("attempt {attempt}: created in different seconds {stamps:?}; again");
+        for m in manifests {
+            let name = m["metadata"]["name"].as_str().unwrap();
+            let _ = apis.delete(name, &DeleteParams::default()).await;
+            eventually(Duration::from_secs(20), &format!("{name} deleted"), || async {
+                match apis.get_opt(name).await {
+                    Ok(None) => Ok(()),
+                    other => Err(format!("{:?}", other.map(|o| o.map(|o| o.metadata.name)))),
+                }
+            })
+            .await;
+        }
+    }
+    panic!("could not create {} ApiDeployments within one second in 5 attempts", manifests.len());
+}
+
+/// Which of `names` is Accepted (exactly one), after the operator has seen
+/// the current generation of each; the others report Conflict naming it.
+async fn sole_owner(client: &kube::Client, ns: &str, names: &[&str]) -> String {
+    eventually(Duration::from_secs(20), "exactly one owner of the route", || async {
+        let mut owners = Vec::new();
+        for n in names {
+            let (status, reason, message) = condition(client, ns, n, "Accepted").await?;
+            match (status.as_str(), reason.as_str()) {
+                ("True", _) => owners.push(n.to_string()),
+                ("False", "Conflict") => {}
+                _ => return Err(format!("{n}: {status} {reason}: {message}")),
+            }
+        }
+        if owners.len() != 1 {
+            return Err(format!("owners {owners:?}"));
+        }
+        for n in names.iter().filter(|n| **n != owners[0]) {
+            let (_, _, message) = condition(client, ns, n, "Accepted").await?;
+            if !message.contains(&format!("{ns}/{}", owners[0])) {
+                return Err(format!("{n}'s conflict names someone else: {message}"));
+            }
+        }
+        Ok(owners.remove(0))
+    })
+    .await
+}
+
+/// creationTimestamp has one-second resolution: two ApiDeployments on one
+/// route created in the same second. Exactly one owns it and has the only
+/// artifact; the one already serving keeps it, whatever the names; deleting
+/// the owner hands the route over.
+#[tokio::test]
+async fn apis_created_in_the_same_second_have_exactly_one_owner() {
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("same-second").await;
+    let ns = ns.name().to_string();
+    let client = cluster.client.clone();
+    let work = tempfile::tempdir().unwrap();
+    let artifacts = work.path().join("artifacts");
+    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
+    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
+    let spec = OperatorSpec {
+        kubeconfig: access.kubeconfig.clone(),
+        artifact_dir: artifacts.clone(),
+        namespaces: vec![ns.clone()],
+        identity: "op".into(),
+        leader_election: false,
+        work: work.path().to_path_buf(),
+    };
+    apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
+    let mgr = json!({ "name": "apim" });
+    let has_artifact = |name: &str| artifact(&artifacts, &ns, &ns, name).is_file();
+
+    // 1. Created concurrently while the operator runs: it may see them one
+    //    after the other or both at once; either way exactly one owner.
+    let operator = Operator::start(&spec);
+    let pair = ["pair-a", "pair-b"];
+    create_in_one_second(&client, &ns, &pair.map(|n| api(n, mgr.clone(), "v1", json!({})))).await;
+    let owner = sole_owner(&client, &ns, &pair).await;
+    let loser = pair.into_iter().find(|n| *n != owner).unwrap();
+    assert!(has_artifact(&owner) && !has_artifact(loser), "one artifact, the owner's");
+    // A reconcile of the loser's new generation does not move the route.
+    apply_manifest(&client, &ns, &api(loser, mgr.clone(), "v1", json!({ "description": "touched" }))).await.unwrap();
+    assert_eq!(sole_owner(&client, &ns, &pair).await, owner);
+    assert!(has_artifact(&owner) && !has_artifact(loser));
+    // Deleting the owner hands the route over.
+    let ar = tollgate_resource("ApiDeployment").unwrap();
+    let apis = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &ar);
+    apis.delete(&owner, &DeleteParams::default()).await.unwrap();
+    expect(&client, &ns, loser, "Deployed", "True", "Deployed").await;
+    eventually(Duration::from_secs(20), "artifacts handed over", || async {
+        if has_artifact(loser) && !has_artifact(&owner) { Ok(()) } else { Err("not yet".to_string()) }
+    })
+    .await;
+    apis.delete(loser, &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(20), "the pair is gone", || async {
+        match apis.get_opt(loser).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|o| o.map(|o| o.metadata.finalizers)))),
+        }
+    })
+    .await;
+    assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
+    drop(operator);
+
+    // 2. The one serving keeps the route even when it sorts last by name.
+    //    Both are created in one second while no operator runs; "z-first"
+    //    serves v1 and "a-second" v2. Then "a-second" moves to v1: same
+    //    creationTimestamp, "a-second" first by name, but "z-first" serves.
+    create_in_one_second(
+        &client,
+        &ns,
+        &[api("z-first", mgr.clone(), "v1", json!({})), api("a-second", mgr.clone(), "v2", json!({}))],
+    )
+    .await;
+    let operator = Operator::start(&spec);
+    expect(&client, &ns, "z-first", "Deployed", "True", "Deployed").await;
+    expect(&client, &ns, "a-second", "Deployed", "True", "Deployed").await;
+    apply_manifest(&client, &ns, &api("a-second", mgr.clone(), "v1", json!({}))).await.unwrap();
+    let m = expect(&client, &ns, "a-second", "Accepted", "False", "Conflict").await;
+    assert!(m.contains(&format!("{ns}/z-first")), "{m}");
+    assert!(has_artifact("z-first") && !has_artifact("a-second"));
+    // A restarted operator reads who serves from the folder: no flip.
+    drop(operator);
+    let operator = Operator::start(&spec);
+    apply_manifest(&client, &ns, &api("a-second", mgr.clone(), "v1", json!({ "description": "again" }))).await.unwrap();
+    assert_eq!(sole_owner(&client, &ns, &["a-second", "z-first"]).await, "z-first");
+    assert!(has_artifact("z-first") && !has_artifact("a-second"));
+    apis.delete("z-first", &DeleteParams::default()).await.unwrap();
+    expect(&client, &ns, "a-second", "Deployed", "True", "Deployed").await;
     assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
 }

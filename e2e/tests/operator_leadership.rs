@@ -129,8 +129,13 @@ async fn killed_mid_reconcile_converges_and_a_clean_restart_rewrites_nothing() {
     .await;
     base_objects(&client, ns.name()).await;
     setup_objects(&client, ns.name(), 0, APIS).await;
-    // Crash while it is working through the new objects.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Crash once it has started working through the new objects (whatever
+    // it has or has not finished, the next operator must converge).
+    eventually(Duration::from_secs(20), "op-a wrote its first artifact", || async {
+        let n = first.metric("tollgate_operator_artifacts_written_total");
+        if n >= 1.0 { Ok(()) } else { Err(format!("{n}\n{}", first.proc.log_tail())) }
+    })
+    .await;
     first.proc.kill();
 
     let second = env.operator("op-b");
@@ -159,10 +164,16 @@ async fn killed_mid_reconcile_converges_and_a_clean_restart_rewrites_nothing() {
         if n >= 1.0 { Ok(()) } else { Err(format!("{n}")) }
     })
     .await;
-    eventually(Duration::from_secs(15), "op-c reports an empty queue", || async {
+    eventually(Duration::from_secs(15), "op-c reports an empty queue and nothing in flight", || async {
         let text = tollgate_e2e::stack::http(third.metrics, "GET", "/metrics").map_err(|e| e.to_string())?.1;
-        let line = "tollgate_operator_queue_depth{controller=\"apideployment\"} 0";
-        if text.contains(line) { Ok(()) } else { Err(text.lines().filter(|l| l.contains("queue_depth")).collect()) }
+        let idle = ["tollgate_operator_queue_depth", "tollgate_operator_reconciles_in_flight"]
+            .iter()
+            .all(|m| text.contains(&format!("{m}{{controller=\"apideployment\"}} 0")));
+        if idle {
+            Ok(())
+        } else {
+            Err(text.lines().filter(|l| l.contains("queue_depth") || l.contains("in_flight")).collect())
+        }
     })
     .await;
     assert_eq!(third.metric("tollgate_operator_artifacts_written_total"), 0.0);

@@ -141,7 +141,19 @@ async fn high_availability_objects_and_the_hpa_owns_replicas() {
     })
     .await;
     assert_eq!(sts.spec.unwrap().replicas, Some(4), "the operator does not fight the HPA over replicas");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The reconcile of that generation has finished (status written after
+    // the workloads): replicas are still the HPA's.
+    eventually(Duration::from_secs(30), "ApiManager status observed the update", || async {
+        let ar = tollgate_resource("ApiManager").expect("kind");
+        let obj = Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns, &ar)
+            .get("apim")
+            .await
+            .map_err(|e| e.to_string())?;
+        let v = serde_json::to_value(obj).map_err(|e| e.to_string())?;
+        let (observed, generation) = (&v["status"]["observedGeneration"], &v["metadata"]["generation"]);
+        if observed == generation { Ok(()) } else { Err(format!("observed {observed}, generation {generation}")) }
+    })
+    .await;
     assert_eq!(stss.get("apim").await.unwrap().spec.unwrap().replicas, Some(4));
 }
 

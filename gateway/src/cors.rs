@@ -2,15 +2,19 @@
 
 use tollgate_crds::api_deployment::Cors;
 
-/// Whether `origin` is allowed.
+/// Whether `origin` is allowed. With `allowCredentials`, only origins listed
+/// by name are (the schema refuses `"*"` with credentials; this holds even
+/// for a manifest that slipped past it): a credentialed response never
+/// reflects an arbitrary origin.
 pub fn origin_allowed(cors: &Cors, origin: &str) -> bool {
-    cors.allow_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    cors.allow_origins.iter().any(|o| (o == "*" && !cors.allow_credentials) || o.eq_ignore_ascii_case(origin))
 }
 
 /// Headers for an actual (non-preflight) response to an allowed origin.
 pub fn response_headers(cors: &Cors, origin: &str) -> Vec<(String, String)> {
     let mut h = Vec::with_capacity(4);
-    let wildcard = cors.allow_origins.iter().any(|o| o == "*") && !cors.allow_credentials;
+    let named = cors.allow_origins.iter().any(|o| o.eq_ignore_ascii_case(origin));
+    let wildcard = !named && cors.allow_origins.iter().any(|o| o == "*") && !cors.allow_credentials;
     h.push(("access-control-allow-origin".into(), if wildcard { "*".into() } else { origin.to_string() }));
     if !wildcard {
         h.push(("vary".into(), "Origin".into()));
@@ -22,6 +26,40 @@ pub fn response_headers(cors: &Cors, origin: &str) -> Vec<(String, String)> {
         h.push(("access-control-expose-headers".into(), cors.expose_headers.join(", ")));
     }
     h
+}
+
+/// Makes a backend response carry exactly the gateway's CORS answer: the
+/// backend's own `Access-Control-*` headers go (they would duplicate or widen
+/// what `spec.cors` allows), ours are set, and `Origin` appears in `Vary`
+/// once, next to the backend's other Vary values.
+pub fn apply_to_response(resp: &mut pingora::http::ResponseHeader, ours: &[(String, String)]) -> pingora::Result<()> {
+    let backend: Vec<http::HeaderName> =
+        resp.headers.keys().filter(|n| n.as_str().starts_with("access-control-")).cloned().collect();
+    for n in backend {
+        resp.remove_header(&n);
+    }
+    let mut vary: Vec<String> = resp
+        .headers
+        .get_all("vary")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    for (n, v) in ours {
+        if n == "vary" {
+            if !vary.iter().any(|x| x.eq_ignore_ascii_case(v)) {
+                vary.push(v.clone());
+            }
+        } else {
+            resp.insert_header(n.clone(), v.as_str())?;
+        }
+    }
+    if !vary.is_empty() {
+        resp.insert_header("vary", vary.join(", "))?;
+    }
+    Ok(())
 }
 
 /// Headers for a preflight answer, or `None` when the request is not allowed
@@ -85,6 +123,23 @@ mod tests {
         let h = preflight_headers(&cors(), "https://tpp.example", "POST", Some("Authorization"), "GET").unwrap();
         assert!(h.contains(&("access-control-allow-origin".into(), "https://tpp.example".into())));
         assert!(h.contains(&("access-control-max-age".into(), "600".into())));
+    }
+
+    #[test]
+    fn credentials_never_go_to_an_origin_that_is_not_named() {
+        let mut c = cors();
+        c.allow_origins = vec!["*".into(), "https://tpp.example".into()];
+        c.allow_credentials = true;
+        assert!(!origin_allowed(&c, "https://evil.example"));
+        assert!(preflight_headers(&c, "https://evil.example", "GET", None, "GET").is_none());
+        let h = response_headers(&c, "https://tpp.example");
+        assert!(h.contains(&("access-control-allow-origin".into(), "https://tpp.example".into())));
+        assert!(h.contains(&("access-control-allow-credentials".into(), "true".into())));
+        // Without credentials "*" is answered as "*", never as the origin.
+        c.allow_credentials = false;
+        let h = response_headers(&c, "https://any.example");
+        assert!(h.contains(&("access-control-allow-origin".into(), "*".into())));
+        assert!(!h.iter().any(|(n, _)| n == "access-control-allow-credentials"));
     }
 
     #[test]

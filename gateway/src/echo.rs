@@ -58,6 +58,8 @@ async fn handle(name: String, req: Request<Incoming>) -> Result<Response<BoxBody
             .and_then(|v| v.parse::<u64>().ok())
     };
     let (delay, status, bytes_out) = (param("delay_ms"), param("status"), param("bytes"));
+    // cors=1: answer with the backend's own (permissive) CORS headers.
+    let own_cors = param("cors") == Some(1);
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let headers: serde_json::Map<String, serde_json::Value> = req
@@ -101,6 +103,13 @@ async fn handle(name: String, req: Request<Incoming>) -> Result<Response<BoxBody
     resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
     resp.headers_mut()
         .insert("x-backend", http::HeaderValue::from_str(&name).unwrap_or(http::HeaderValue::from_static("echo")));
+    if own_cors {
+        let h = resp.headers_mut();
+        h.insert("access-control-allow-origin", http::HeaderValue::from_static("*"));
+        h.insert("access-control-allow-credentials", http::HeaderValue::from_static("true"));
+        h.insert("access-control-expose-headers", http::HeaderValue::from_static("x-internal"));
+        h.insert("vary", http::HeaderValue::from_static("Accept-Encoding, origin"));
+    }
     Ok(resp)
 }
 

@@ -5,6 +5,7 @@ pub mod cors;
 pub mod dns;
 pub mod management;
 pub mod metrics;
+pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

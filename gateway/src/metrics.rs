@@ -123,6 +123,8 @@ pub struct Metrics {
     pub traffic_leases: Counter,
     pub traffic_errors: Counter,
     pub traffic_fallback: Family<ResultLabels, Counter>,
+    /// Requests refused with 400 for their path, by reason.
+    pub refused_paths: Family<ResultLabels, Counter>,
 }
 
 /// Status classes in label order: 1xx..5xx, other.
@@ -179,6 +181,7 @@ impl Metrics {
             traffic_leases: Counter::default(),
             traffic_errors: Counter::default(),
             traffic_fallback: Family::default(),
+            refused_paths: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "API requests by API and status class", m.requests.clone());
@@ -233,6 +236,11 @@ impl Metrics {
             "traffic_manager_fallback",
             "Throttle checks decided without Redis while degraded, by failure mode (open, closed)",
             m.traffic_fallback.clone(),
+        );
+        registry.register(
+            "refused_paths",
+            "Requests refused with 400 because of their path, by reason (dot_segment, encoded_separator, ...)",
+            m.refused_paths.clone(),
         );
         Metrics { registry, ..m }
     }

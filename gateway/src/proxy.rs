@@ -73,48 +73,24 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
-/// The (percent-decoded) value of a query parameter.
+/// The decoded value of the first query parameter named `name`.
 fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// `query` without any parameter whose decoded name is `name`; the other
+/// parameters are kept byte for byte. None when nothing is left.
+fn strip_query_param(query: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| form_urlencoded::parse(pair.as_bytes()).next().is_none_or(|(k, _)| k != name))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// Whether a raw path has "." or ".." segments (also percent-encoded).
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let s = seg.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
-    })
 }
 
 /// Reads a claim from a bearer JWT without verifying it (only used for
@@ -238,7 +214,7 @@ impl Gateway {
     /// subscription tier (a ThrottlePolicy counted per application).
     async fn authenticate(
         &self,
-        session: &Session,
+        session: &mut Session,
         snapshot: &Snapshot,
         api: &Arc<Api>,
         security: &Security,
@@ -253,12 +229,31 @@ impl Gateway {
             )
             .header("www-authenticate", "Bearer"));
         };
-        let req = session.req_header();
+        // mtls.required is an extra requirement on top of any scheme. Client
+        // certificates are not requested by the listeners yet (no client CA),
+        // so no request can meet it: refuse instead of serving with less.
+        if security.mtls.as_ref().is_some_and(|m| m.required) {
+            return Err(Reply::new(
+                401,
+                "unauthorized",
+                "this API requires a verified TLS client certificate (mutual TLS)",
+            )
+            .header("www-authenticate", "Bearer error=\"invalid_token\""));
+        }
         let (presented, header_name) = match (&api_key.header, &api_key.query) {
-            (_, Some(q)) if api_key.header.is_none() => (query_param(req.uri.query().unwrap_or(""), q), None),
+            (_, Some(q)) if api_key.header.is_none() => {
+                let presented = query_param(session.req_header().uri.query().unwrap_or(""), q);
+                // The key never reaches the backend, nor any log line or
+                // error summary that prints the request: drop it from the
+                // request itself now.
+                if presented.is_some() {
+                    strip_key_from_query(session, q);
+                }
+                (presented, None)
+            }
             (h, _) => {
                 let name = h.clone().unwrap_or_else(|| "apikey".into()).to_ascii_lowercase();
-                (header(req, &name).map(str::to_string), Some(name))
+                (header(session.req_header(), &name).map(str::to_string), Some(name))
             }
         };
         let challenge = "APIKey";
@@ -305,6 +300,19 @@ impl Gateway {
     }
 }
 
+/// Rewrites the downstream request's URI without the query parameter `name`.
+fn strip_key_from_query(session: &mut Session, name: &str) {
+    let uri = &session.req_header().uri;
+    let Some(query) = uri.query() else { return };
+    let target = match strip_query_param(query, name) {
+        Some(q) => format!("{}?{q}", uri.path()),
+        None => uri.path().to_string(),
+    };
+    if let Ok(new) = target.parse::<http::Uri>() {
+        session.req_header_mut().set_uri(new);
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -335,12 +343,13 @@ impl ProxyHttp for Gateway {
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let snapshot = self.state.snapshot.load_full();
         let req = session.req_header();
-        let path = req.uri.path().to_string();
-        if has_dot_segment(&path) {
-            return self
-                .reject(session, ctx, Reply::new(400, "bad_request", "request paths may not contain . or .. segments"))
-                .await;
-        }
+        let path = match crate::path::canonicalise(req.uri.path()) {
+            Ok(p) => p,
+            Err(why) => {
+                self.state.shared.metrics.refused_paths.get_or_create(&ResultLabels { result: why.label() }).inc();
+                return self.reject(session, ctx, Reply::new(400, "bad_request", why.message())).await;
+            }
+        };
         let Some(m) = snapshot.router.lookup(&path) else {
             return self
                 .reject(session, ctx, Reply::new(404, "not_found", format!("no API is served at {path}")))
@@ -554,8 +563,8 @@ impl ProxyHttp for Gateway {
                 set.endpoints[i].health.succeed();
             }
         }
-        for (n, v) in &ctx.cors_headers {
-            resp.append_header(n.clone(), v.as_str())?;
+        if ctx.api.as_ref().is_some_and(|a| a.cors.is_some()) {
+            cors::apply_to_response(resp, &ctx.cors_headers)?;
         }
         if let Some(d) = &ctx.ratelimit {
             for (n, v) in ratelimit_headers(d) {
@@ -665,11 +674,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dot_segments_are_detected() {
-        assert!(has_dot_segment("/a/../b"));
-        assert!(has_dot_segment("/a/%2E%2e/b"));
-        assert!(has_dot_segment("/a/./b"));
-        assert!(!has_dot_segment("/a/.well-known/b"));
-        assert!(!has_dot_segment("/a/b..c"));
+    fn query_keys_are_read_decoded_and_stripped_exactly() {
+        assert_eq!(query_param("a=1&api%6Bey=s%2Bk+y&apikey=2", "apikey").as_deref(), Some("s+k y"));
+        assert_eq!(strip_query_param("a=1&apikey=x&b=%2F&apikey=y", "apikey").as_deref(), Some("a=1&b=%2F"));
+        assert_eq!(strip_query_param("api%6Bey=x&b", "apikey").as_deref(), Some("b"));
+        assert_eq!(strip_query_param("apikey=x", "apikey"), None);
+        assert_eq!(strip_query_param("apikeyx=1&&", "apikey").as_deref(), Some("apikeyx=1"));
     }
 }

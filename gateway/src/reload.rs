@@ -2,7 +2,8 @@
 //!
 //! inotify events (through `notify`) trigger a reload after a short debounce;
 //! a periodic rescan catches what inotify misses (network filesystems). A
-//! reload first compares a fingerprint of the folder (names, sizes, mtimes)
+//! reload first compares a fingerprint of the folder (names, devices,
+//! inodes, sizes, mtimes, ctimes)
 //! and does nothing when it is unchanged.
 //!
 //! What is never lost: an object whose new version is invalid keeps its last
@@ -11,7 +12,7 @@
 //! listed in /status until it is fixed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -88,7 +89,7 @@ pub enum Outcome {
     Failed,
 }
 
-type Fingerprint = Vec<(PathBuf, u64, u128)>;
+type Fingerprint = Vec<FileStamp>;
 
 /// Builds snapshots from a folder, remembering the last good objects.
 pub struct Reloader {
@@ -101,10 +102,37 @@ pub struct Reloader {
     cache: FileCache,
 }
 
-fn mtime_ns(p: &Path) -> Option<(u64, u128)> {
-    let m = std::fs::metadata(p).ok()?;
-    let t = m.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
-    Some((m.len(), t))
+/// What identifies one version of a file: a rename of a same-size copy
+/// that kept its mtime still changes the inode and the ctime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(path: PathBuf) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&path).ok()?;
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            path,
+        })
+    }
+
+    /// The last time the file or its metadata changed.
+    fn changed_ns(&self) -> i128 {
+        self.mtime_ns.max(self.ctime_ns)
+    }
 }
 
 fn unix_now() -> u64 {
@@ -118,7 +146,7 @@ impl Reloader {
 
     fn fingerprint(&self) -> Fingerprint {
         let (files, _) = manifest_files(&self.dir);
-        files.into_iter().filter_map(|f| mtime_ns(&f).map(|(len, t)| (f, len, t))).collect()
+        files.into_iter().filter_map(FileStamp::of).collect()
     }
 
     /// Waits until no manifest was modified within the settle time (files
@@ -127,8 +155,8 @@ impl Reloader {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         loop {
             let fp = self.fingerprint();
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            let fresh = fp.iter().any(|(_, _, t)| now.saturating_sub(*t) < self.settle.as_nanos());
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+            let fresh = fp.iter().any(|f| now - f.changed_ns() < self.settle.as_nanos() as i128);
             if !fresh || std::time::Instant::now() >= deadline {
                 return fp;
             }
@@ -206,7 +234,8 @@ impl Reloader {
             }
             errors.push(status_error(e, kept));
         }
-        let (mut snapshot, mut compile_errors) = compile(&objects, &self.state.shared);
+        let serving = self.state.snapshot.load().owners();
+        let (mut snapshot, mut compile_errors) = compile(&objects, &self.state.shared, &serving);
         if !compile_errors.is_empty() {
             // Put back the last good version of objects that no longer compile.
             let mut replaced = false;
@@ -221,7 +250,7 @@ impl Reloader {
             }
             let first_errors = std::mem::take(&mut compile_errors);
             if replaced {
-                (snapshot, compile_errors) = compile(&objects, &self.state.shared);
+                (snapshot, compile_errors) = compile(&objects, &self.state.shared, &serving);
             } else {
                 compile_errors = first_errors.clone();
             }

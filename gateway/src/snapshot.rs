@@ -87,6 +87,14 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Which object serves each `<context>/<version>` now: the tie-breaker
+    /// between two APIs created in the same second.
+    pub fn owners(&self) -> HashMap<String, ObjectRef> {
+        self.apis.iter().map(|a| (a.versioned_path.clone(), a.object.clone())).collect()
+    }
+}
+
 /// Long-lived state that snapshots share across reloads.
 pub struct Shared {
     pub counters: Registry,
@@ -120,9 +128,19 @@ pub fn revision_of(objects: &BTreeMap<ObjectRef, Resource>) -> String {
     d.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The `<context>/<version>` an ApiDeployment claims.
+pub fn versioned_path(ad: &ApiDeployment) -> String {
+    format!("{}/{}", ad.spec.context.trim_end_matches('/'), ad.spec.version)
+}
+
 /// Compiles objects into a snapshot. Objects that cannot be compiled are
-/// left out and reported.
-pub fn compile(objects: &BTreeMap<ObjectRef, Resource>, shared: &Shared) -> (Snapshot, Vec<ObjectError>) {
+/// left out and reported. `serving` (from [`Snapshot::owners`] of the
+/// current snapshot) breaks ties between APIs created in the same second.
+pub fn compile(
+    objects: &BTreeMap<ObjectRef, Resource>,
+    shared: &Shared,
+    serving: &HashMap<String, ObjectRef>,
+) -> (Snapshot, Vec<ObjectError>) {
     let mut errors = Vec::new();
     let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
     for (r, res) in objects {
@@ -139,7 +157,9 @@ pub fn compile(objects: &BTreeMap<ObjectRef, Resource>, shared: &Shared) -> (Sna
         .counters
         .retain(&policies.values().flat_map(|p| [p.id.clone(), format!("{}#bytes", p.id)]).collect::<HashSet<_>>());
 
-    // Older objects first, so the older of two conflicting APIs keeps its path.
+    // Who keeps a contested path: the older API (creationTimestamp); on an
+    // equal creationTimestamp the one serving it now; else namespace/name
+    // order. The operator applies the same rule.
     let mut apis: Vec<(&ObjectRef, &ApiDeployment)> = objects
         .iter()
         .filter_map(|(r, res)| match res {
@@ -148,10 +168,10 @@ pub fn compile(objects: &BTreeMap<ObjectRef, Resource>, shared: &Shared) -> (Sna
         })
         .filter(|(_, a)| serves_group(a, shared.gateway_group.as_deref()))
         .collect();
-    apis.sort_by(|a, b| {
-        let ta = a.1.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.1.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb).then_with(|| a.0.cmp(b.0))
+    apis.sort_by_cached_key(|(r, a)| {
+        let created = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let incumbent = serving.get(&versioned_path(a)) == Some(*r);
+        (created, !incumbent, *r)
     });
 
     let mut router = PrefixRouter::default();
@@ -257,7 +277,7 @@ fn compile_api(
         id,
         object: r.clone(),
         lifecycle: s.lifecycle,
-        versioned_path: format!("{}/{}", s.context, s.version),
+        versioned_path: versioned_path(ad),
         operations,
         paths,
         policy,

@@ -119,3 +119,66 @@ fn twenty_reloads_under_load_drop_no_request() {
     assert!(served.load(Ordering::Relaxed) > 100);
     assert_eq!(failures.load(Ordering::Relaxed), 0, "no failed request during 20 reloads");
 }
+
+/// Two APIs on one path created in the same second (creationTimestamp has
+/// one-second resolution): the one serving keeps it, whatever the names;
+/// only when neither serves does namespace/name order decide.
+#[test]
+fn created_in_the_same_second_the_serving_api_keeps_its_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (_one, one) = echo("one");
+    let (_two, two) = echo("two");
+    let with_time = |name: &str, backend: std::net::SocketAddr| {
+        api(name, "/pay", "v1", &format!("http://{backend}"), "")
+            .replace("namespace: bank}", "namespace: bank, creationTimestamp: '2026-01-01T00:00:00Z'}")
+    };
+    // "z-first" serves alone.
+    write_atomic(&dir.join("z.yaml"), &with_time("z-first", one));
+    let gw = gateway(&dir, &["--access-log", "false"]);
+    assert_eq!(gw.get("/pay/v1/x").header("x-backend"), Some("one"));
+    // "a-second" (same second, sorts first by name) appears: "z-first" keeps the path.
+    write_atomic(&dir.join("a.yaml"), &with_time("a-second", two));
+    eventually(Duration::from_secs(3), || gw.status()["errors"].to_string().contains("Conflict"));
+    let st = gw.status();
+    assert!(st["errors"].to_string().contains("bank/a-second"), "{st}");
+    assert!(st["errors"].to_string().contains("bank/z-first"), "{st}");
+    for _ in 0..5 {
+        assert_eq!(gw.get("/pay/v1/x").header("x-backend"), Some("one"));
+    }
+    // Further reloads do not move it.
+    write_atomic(&dir.join("free.yaml"), &api("free", "/free", "v1", &format!("http://{one}"), ""));
+    eventually(Duration::from_secs(3), || gw.get("/free/v1/x").status == 200);
+    assert_eq!(gw.get("/pay/v1/x").header("x-backend"), Some("one"));
+    // The owner goes: the path is handed over.
+    std::fs::remove_file(dir.join("z.yaml")).unwrap();
+    eventually(Duration::from_secs(3), || gw.get("/pay/v1/x").header("x-backend") == Some("two"));
+    eventually(Duration::from_secs(3), || !gw.status()["errors"].to_string().contains("Conflict"));
+    drop(gw);
+
+    // A fresh gateway that sees both at once: name order ("a-second") decides.
+    write_atomic(&dir.join("z.yaml"), &with_time("z-first", one));
+    let gw = gateway(&dir, &["--access-log", "false"]);
+    assert_eq!(gw.get("/pay/v1/x").header("x-backend"), Some("two"));
+}
+
+/// A same-size copy renamed into place that keeps the old mtime (cp -p,
+/// rsync -t, a ConfigMap projection) is still a change: the inode and ctime
+/// differ.
+#[test]
+fn a_same_size_copy_that_keeps_the_mtime_is_reloaded() {
+    let (_t, dir, _be, b, gw) = setup();
+    assert_eq!(gw.get("/free/v1/x").status, 200);
+    let old = dir.join("free.yaml");
+    let mtime = std::fs::metadata(&old).unwrap().modified().unwrap();
+    let text = api("free", "/fref", "v1", &b, "");
+    assert_eq!(text.len(), std::fs::metadata(&old).unwrap().len() as usize, "same size");
+    let tmp = dir.join(".free.yaml.new");
+    std::fs::write(&tmp, &text).unwrap();
+    std::fs::File::options().write(true).open(&tmp).unwrap().set_modified(mtime).unwrap();
+    std::fs::rename(&tmp, &old).unwrap();
+    assert_eq!(std::fs::metadata(&old).unwrap().modified().unwrap(), mtime);
+    eventually(Duration::from_secs(3), || gw.get("/fref/v1/x").status == 200);
+    assert_eq!(gw.get("/free/v1/x").status, 404);
+}

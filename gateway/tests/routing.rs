@@ -90,6 +90,31 @@ fn unknown_routes_and_methods_get_json_errors() {
 
     let r = gw.get("/open-banking/aisp/v3.1/accounts/../../../etc");
     assert_eq!(r.status, 400, "dot segments are refused");
+
+    // What a backend could resolve differently from the gateway is refused
+    // before any route decision, also on an API that allows every path.
+    for path in [
+        "/open-banking/v1/..;/admin",
+        "/open-banking/v1/x/..;jsessionid=1/admin",
+        "/open-banking/v1/%2e%2e/admin",
+        "/open-banking/v1/.%2E/admin",
+        "/open-banking/v1/%252e%252e/admin",
+        "/open-banking/v1/a%2Fb",
+        "/open-banking/v1/a%5cb",
+        "/open-banking/v1/a%00b",
+        "/open-banking/v1/%zz",
+        "/open-banking/v1//admin",
+        "/open-banking/aisp/v3.1/accounts/..%3B/x",
+    ] {
+        let r = gw.get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"], "bad_request", "{path}");
+    }
+    assert!(gw.metrics().contains("tollgate_refused_paths_total{result=\"dot_segment\"}"));
+    // Equivalent spellings route alike, and the backend gets the canonical one.
+    let r = gw.get("/open-banking/aisp/v3.1/%61ccounts/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["path"].as_str().unwrap().ends_with("/accounts/1"), "{}", r.text());
 }
 
 #[test]
@@ -179,6 +204,24 @@ fn cors_preflight_and_response_headers() {
     let r = request(gw.http, "GET", "/cors/v1/x", &[("origin", "https://evil.example")], b"");
     assert_eq!(r.status, 200);
     assert!(r.header("access-control-allow-origin").is_none(), "disallowed origins get no CORS headers");
+
+    // The backend's own CORS headers never duplicate or override the gateway's.
+    let all = |r: &Resp, name: &str| -> Vec<String> {
+        r.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).collect()
+    };
+    let r = request(gw.http, "GET", "/cors/v1/x?cors=1", &[("origin", "https://tpp.example")], b"");
+    assert_eq!(all(&r, "access-control-allow-origin"), vec!["https://tpp.example"]);
+    assert_eq!(all(&r, "access-control-expose-headers"), vec!["x-backend"]);
+    assert!(all(&r, "access-control-allow-credentials").is_empty(), "not configured: {:?}", r.headers);
+    let vary = all(&r, "vary").join(", ").to_ascii_lowercase();
+    assert_eq!(vary.matches("origin").count(), 1, "Origin once in Vary: {vary}");
+    assert!(vary.contains("accept-encoding"), "the backend's other Vary values stay: {vary}");
+    let r = request(gw.http, "GET", "/cors/v1/x?cors=1", &[("origin", "https://evil.example")], b"");
+    assert!(
+        all(&r, "access-control-allow-origin").is_empty() && all(&r, "access-control-allow-credentials").is_empty(),
+        "a disallowed origin gets no CORS grant from the backend either: {:?}",
+        r.headers
+    );
 }
 
 #[test]

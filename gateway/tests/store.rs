@@ -118,6 +118,7 @@ impl Env {
             accounts,
             api("payments", "/payments", "v1", &b, sec),
             api("byquery", "/byquery", "v1", &b, "  security: {apiKey: {query: key}}\n"),
+            api("bound", "/bound", "v1", &b, "  security: {apiKey: {header: x-api-key}, mtls: {required: true}}\n"),
             policy("gold", "  limit: {requests: 3, per: 1h}\n  keyBy: Consumer\n"),
         ];
         std::fs::write(dir.join("apis.yaml"), docs.join("---\n")).unwrap();
@@ -198,8 +199,15 @@ fn flow(backend: Backend) {
     assert_eq!((r.status, r.json()["path"].clone()), (200, json!("/sandbox/y")));
     // A key in the query string.
     subscribe(&gw, &app2, "bank/byquery");
-    let r = request(gw.http, "GET", &format!("/byquery/v1/z?key={key2}&a=1"), &[], b"");
+    let r = request(gw.http, "GET", &format!("/byquery/v1/z?a=1&key={key2}&b=%2F&key=again"), &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["query"], "a=1&b=%2F", "the key is not forwarded, the rest unchanged: {}", r.text());
+    // mtls.required is a requirement on top of the API key: a valid,
+    // subscribed key over plain HTTP (no client certificate) is refused.
+    subscribe(&gw, &app2, "bank/bound");
+    let r = call(&gw, "/bound/v1/x", Some(&key2));
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.text().contains("client certificate"), "{}", r.text());
     // Revocation: at once on this gateway.
     let r = admin(&gw, "DELETE", &format!("/api/v1/applications/{app}/keys/{key_id}"), None);
     assert_eq!(r.status, 204);

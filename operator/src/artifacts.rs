@@ -12,7 +12,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    plan::{Key, Route},
+};
 
 /// The sub-folders the operator owns inside a manager's folder.
 const OWNED_DIRS: [&str; 2] = ["apis", "policies"];
@@ -23,17 +26,76 @@ pub struct SyncReport {
     pub removed: usize,
 }
 
-/// Serializes the writers of each manager folder within this process.
+/// Serializes the writers of each manager folder within this process; the
+/// lock also guards what the writer knows about the folder.
 #[derive(Default)]
 pub struct Folders {
-    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<FolderState>>>>,
 }
 
 impl Folders {
-    pub fn lock_for(&self, dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn lock_for(&self, dir: &Path) -> Arc<tokio::sync::Mutex<FolderState>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(dir.to_path_buf()).or_default().clone()
     }
+}
+
+/// What the writer knows about one manager folder.
+#[derive(Debug, Default)]
+pub struct FolderState {
+    /// The route each API artifact in the folder claims; `None` until read
+    /// from the folder (after a start, or after a failed write).
+    serving: Option<BTreeMap<Key, Route>>,
+}
+
+impl FolderState {
+    /// The routes the folder's API artifacts claim, if known.
+    pub fn serving(&self) -> Option<&BTreeMap<Key, Route>> {
+        self.serving.as_ref()
+    }
+
+    /// Record what the folder holds after a successful sync.
+    pub fn synced(&mut self, serving: BTreeMap<Key, Route>) {
+        self.serving = Some(serving);
+    }
+
+    /// Forget what the folder holds (a failed write, or the folder removed).
+    pub fn forget(&mut self) {
+        self.serving = None;
+    }
+}
+
+/// The route every API artifact in `dir/apis` claims. Files that are not
+/// artifacts of this operator (unreadable, other shapes) claim nothing: the
+/// next sync replaces or removes them.
+pub fn read_serving(dir: &Path) -> Result<BTreeMap<Key, Route>> {
+    let apis = dir.join("apis");
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(&apis) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::Artifact { path: apis, source: e }),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(&apis))?;
+        let name = entry.file_name();
+        if name.to_str().is_none_or(|n| n.starts_with('.') || !n.ends_with(".yaml")) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        let Ok(doc) = serde_saphyr::from_str::<serde_json::Value>(&text) else { continue };
+        let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        let (Some(ns), Some(name), Some(context), Some(version)) = (
+            s(&doc["metadata"]["namespace"]),
+            s(&doc["metadata"]["name"]),
+            s(&doc["spec"]["context"]),
+            s(&doc["spec"]["version"]),
+        ) else {
+            continue;
+        };
+        out.insert((ns, name), (context.trim_end_matches('/').to_string(), version));
+    }
+    Ok(out)
 }
 
 /// Folder of one ApiManager.

@@ -30,6 +30,12 @@ impl Error {
         self.metric_label() == "conflict"
     }
 
+    /// The object the reconcile was about is gone (deleted between the
+    /// cache read and our write): nothing left to do.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(e)) if e.code == 404)
+    }
+
     /// Label used for the `reason` of the error metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -62,5 +68,6 @@ mod tests {
         assert_eq!(api_error(403).metric_label(), "api_error");
         assert!(!api_error(403).is_conflict());
         assert_eq!(Error::MissingField("metadata.name").metric_label(), "missing_field");
+        assert!(api_error(404).is_not_found() && !api_error(409).is_not_found() && !api_error(403).is_not_found());
     }
 }

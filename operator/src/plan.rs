@@ -79,6 +79,18 @@ pub struct Inputs<'a> {
     pub policies: &'a BTreeMap<Key, &'a ThrottlePolicy>,
     pub namespace_labels: &'a BTreeMap<String, BTreeMap<String, String>>,
     pub definitions: &'a Definitions,
+    /// The route (`context`, `version`) each ApiDeployment's artifact in the
+    /// folder claims right now: the tie-breaker between two ApiDeployments
+    /// created in the same second.
+    pub serving: &'a BTreeMap<Key, Route>,
+}
+
+/// A context (without a trailing `/`) and a version.
+pub type Route = (String, String);
+
+/// The route an ApiDeployment claims.
+pub fn route_of(api: &ApiDeployment) -> Route {
+    (api.spec.context.trim_end_matches('/').to_string(), api.spec.version.clone())
 }
 
 /// The files of one artifact folder and the status of every API on it.
@@ -87,6 +99,9 @@ pub struct Plan {
     /// Relative path (`apis/<ns>_<name>.yaml`, `policies/<ns>_<name>.yaml`) to content.
     pub files: BTreeMap<String, String>,
     pub outcomes: BTreeMap<Key, Outcome>,
+    /// The route each planned API artifact claims (what `serving` will be
+    /// once the folder holds `files`).
+    pub serving: BTreeMap<Key, Route>,
 }
 
 /// The ApiManager an ApiDeployment points at (namespace defaults to its own).
@@ -122,13 +137,17 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
     let mgr_name = manager.name_any();
     let mut plan = Plan::default();
 
-    // Oldest first: the older ApiDeployment keeps a contested context/version.
+    // Who keeps a contested context/version: the older ApiDeployment
+    // (creationTimestamp); on an equal creationTimestamp (one-second
+    // resolution) the one whose artifact already claims the route; only when
+    // neither does, namespace/name order.
     let mut apis: Vec<&ApiDeployment> =
         inputs.apis.iter().copied().filter(|a| a.metadata.deletion_timestamp.is_none()).collect();
-    apis.sort_by(|a, b| {
-        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb).then_with(|| a.namespace().cmp(&b.namespace())).then_with(|| a.name_any().cmp(&b.name_any()))
+    apis.sort_by_cached_key(|a| {
+        let created = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let key = (a.namespace().unwrap_or_default(), a.name_any());
+        let incumbent = inputs.serving.get(&key).is_some_and(|r| *r == route_of(a));
+        (created, !incumbent, key)
     });
 
     let mut claimed: BTreeMap<(String, String), Key> = BTreeMap::new();
@@ -170,9 +189,11 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
         }
 
         // 3. Conflicts: the oldest claim on context/version wins.
-        let route = (api.spec.context.trim_end_matches('/').to_string(), api.spec.version.clone());
+        let route = route_of(api);
         if let Some((ons, oname)) = claimed.get(&route) {
-            let msg = format!("{url} is already served on this ApiManager by the older ApiDeployment {ons}/{oname}");
+            let msg = format!(
+                "{url} is already served on this ApiManager by ApiDeployment {ons}/{oname} (older, or created in the same second and serving first)"
+            );
             plan.outcomes.insert(
                 key,
                 Outcome {
@@ -211,6 +232,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
         let mut hasher = Sha256::new();
         hasher.update(api_doc.as_bytes());
         plan.files.insert(api_file(&ns, &name), api_doc);
+        plan.serving.insert(key.clone(), route_of(api));
         for (pns, pname) in &used_policies {
             let policy = inputs.policies[&(pns.clone(), pname.clone())];
             let doc = render_policy(policy);

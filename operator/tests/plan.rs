@@ -52,11 +52,19 @@ struct World {
     policies: Vec<ThrottlePolicy>,
     labels: BTreeMap<String, BTreeMap<String, String>>,
     definitions: Definitions,
+    serving: BTreeMap<Key, plan::Route>,
 }
 
 impl World {
     fn new(manager: ApiManager) -> Self {
-        World { manager, apis: vec![], policies: vec![], labels: BTreeMap::new(), definitions: Definitions::new() }
+        World {
+            manager,
+            apis: vec![],
+            policies: vec![],
+            labels: BTreeMap::new(),
+            definitions: Definitions::new(),
+            serving: BTreeMap::new(),
+        }
     }
     fn plan(&self) -> plan::Plan {
         let policies: BTreeMap<Key, &ThrottlePolicy> = self
@@ -70,6 +78,7 @@ impl World {
             policies: &policies,
             namespace_labels: &self.labels,
             definitions: &self.definitions,
+            serving: &self.serving,
         })
     }
 }
@@ -161,6 +170,55 @@ fn the_older_api_keeps_a_contested_route() {
     // When the older one goes, the newer takes over.
     w.apis.retain(|a| a.metadata.name.as_deref() == Some("newer"));
     assert!(w.plan().outcomes[&key("banking", "newer")].deployed.ok);
+}
+
+/// The owner of the contested route in a plan, checked to be the only one.
+fn sole_owner(p: &plan::Plan, names: &[&str]) -> String {
+    let owners: Vec<&str> = names.iter().copied().filter(|n| p.outcomes[&key("banking", n)].accepted.ok).collect();
+    assert_eq!(owners.len(), 1, "exactly one owner: {:?}", p.outcomes);
+    let losers: Vec<&str> = names.iter().copied().filter(|n| !owners.contains(n)).collect();
+    for l in &losers {
+        assert_eq!(p.outcomes[&key("banking", l)].accepted.reason, reasons::CONFLICT);
+    }
+    assert_eq!(p.files.keys().filter(|f| f.starts_with("apis/")).count(), 1, "exactly one artifact");
+    assert_eq!(p.serving.keys().collect::<Vec<_>>(), vec![&key("banking", owners[0])]);
+    owners[0].to_string()
+}
+
+#[test]
+fn created_in_the_same_second_the_api_already_serving_keeps_the_route() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    // "b-first" was seen alone and got the artifact; "a-second", created in
+    // the same second, sorts first by name but must not take the route.
+    w.apis.push(api("banking", "b-first", T1, json!({})));
+    assert_eq!(sole_owner(&w.plan(), &["b-first"]), "b-first");
+    w.serving = w.plan().serving;
+    w.apis.push(api("banking", "a-second", T1, json!({})));
+    let p = w.plan();
+    assert_eq!(sole_owner(&p, &["a-second", "b-first"]), "b-first");
+    assert!(p.outcomes[&key("banking", "a-second")].accepted.message.contains("banking/b-first"));
+    // Stable across any number of further plans from the folder it wrote.
+    w.serving = p.serving;
+    assert_eq!(sole_owner(&w.plan(), &["a-second", "b-first"]), "b-first");
+
+    // Neither serves yet (both seen at once): namespace/name order decides.
+    w.serving.clear();
+    assert_eq!(sole_owner(&w.plan(), &["a-second", "b-first"]), "a-second");
+
+    // An artifact that claims another route is no claim on this one.
+    w.serving = BTreeMap::from([(key("banking", "b-first"), ("/open-banking/pisp".into(), "v3.1".into()))]);
+    assert_eq!(sole_owner(&w.plan(), &["a-second", "b-first"]), "a-second");
+
+    // Age still comes first: an older API takes the route from a newer incumbent.
+    w.apis.push(api("banking", "z-oldest", "2025-12-31T23:59:59Z", json!({})));
+    w.serving = BTreeMap::from([(key("banking", "b-first"), ("/open-banking/aisp".into(), "v3.1".into()))]);
+    assert_eq!(sole_owner(&w.plan(), &["a-second", "b-first", "z-oldest"]), "z-oldest");
+
+    // When the owner goes, the route is handed over.
+    w.apis.retain(|a| a.metadata.name.as_deref() != Some("z-oldest"));
+    assert_eq!(sole_owner(&w.plan(), &["a-second", "b-first"]), "b-first");
+    w.apis.retain(|a| a.metadata.name.as_deref() != Some("b-first"));
+    assert_eq!(sole_owner(&w.plan(), &["a-second"]), "a-second");
 }
 
 #[test]
@@ -270,4 +328,22 @@ fn openapi_parsing_rejects_bad_documents_clearly() {
         let e = operations_from_openapi(doc).unwrap_err();
         assert!(e.contains(fragment), "{doc:?}: {e}");
     }
+}
+
+#[test]
+fn the_routes_read_back_from_a_written_folder_equal_the_plans() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "accounts", T1, json!({ "context": "/open-banking/aisp/" })));
+    w.apis.push(api("banking", "payments", T1, json!({ "context": "/open-banking/pisp", "version": "v4" })));
+    let p = w.plan();
+    let tmp = tempfile::tempdir().unwrap();
+    tollgate_operator::artifacts::sync(tmp.path(), &p.files).unwrap();
+    // Things that are not this operator's artifacts claim nothing.
+    std::fs::write(tmp.path().join("apis/garbage.yaml"), "{ not: [yaml").unwrap();
+    std::fs::write(tmp.path().join("apis/other.yaml"), "kind: ConfigMap\nmetadata: {name: x}\n").unwrap();
+    std::fs::write(tmp.path().join("apis/.tmp-banking_x.yaml-1"), "half").unwrap();
+    let read = tollgate_operator::artifacts::read_serving(tmp.path()).unwrap();
+    assert_eq!(read, p.serving);
+    assert_eq!(read[&key("banking", "accounts")], ("/open-banking/aisp".to_string(), "v3.1".to_string()));
+    assert!(tollgate_operator::artifacts::read_serving(&tmp.path().join("missing")).unwrap().is_empty());
 }

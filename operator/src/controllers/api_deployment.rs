@@ -91,12 +91,21 @@ pub async fn reconcile(api: Arc<ApiDeployment>, ctx: Arc<Context>) -> Result<Act
     .await;
     match result {
         Ok(action) => Ok(action),
+        // Deleted while we worked from a cached copy (a queued sibling
+        // requeue, a related-object event): the deletion already ran cleanup.
+        Err(kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e))
+            if e.is_not_found() =>
+        {
+            tracing::debug!(%e, "ApiDeployment gone while reconciling");
+            Ok(Action::await_change())
+        }
         Err(kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e)) => {
             Err(e)
         }
         // The finalizer patch tests the current list: 409/422 mean our copy was stale.
         Err(kube::runtime::finalizer::Error::AddFinalizer(e) | kube::runtime::finalizer::Error::RemoveFinalizer(e)) => {
             match e {
+                kube::Error::Api(s) if s.code == 404 => Ok(Action::await_change()),
                 kube::Error::Api(s) if s.code == 409 || s.code == 422 => Err(Error::Conflict(s.message.to_string())),
                 e => Err(Error::Kube(e)),
             }
@@ -148,30 +157,51 @@ async fn sync_manager(key: &Key, ctx: &Context, focus: Option<&ApiDeployment>) -
     if manager.metadata.deletion_timestamp.is_some() {
         return Ok(None);
     }
+    // Plan and write under the folder lock, from the caches as they are
+    // now: a plan from an older view can never overwrite a newer one.
+    let dir = artifacts::manager_dir(&ctx.config.artifact_dir, &key.0, &key.1);
+    let lock = ctx.folders.lock_for(&dir);
+    let mut folder = lock.lock().await;
     let apis: Vec<Arc<ApiDeployment>> = ctx.apis.state().into_iter().filter(|a| &manager_key(a) == key).collect();
     let policy_objs = ctx.policies.state();
     let policies: BTreeMap<Key, &ThrottlePolicy> =
         policy_objs.iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), &**p)).collect();
     let namespace_labels = namespace_labels(ctx, &manager, &apis).await?;
     let definitions = definitions(ctx, &apis).await?;
+    if folder.serving().is_none() {
+        let d = dir.clone();
+        let read = tokio::task::spawn_blocking(move || artifacts::read_serving(&d))
+            .await
+            .map_err(|e| Error::Finalizer(format!("artifact reader task: {e}")))??;
+        folder.synced(read);
+    }
+    let serving = folder.serving().cloned().unwrap_or_default();
     let plan = plan::plan(&Inputs {
         manager: &manager,
         apis: apis.iter().map(|a| &**a).collect(),
         policies: &policies,
         namespace_labels: &namespace_labels,
         definitions: &definitions,
+        serving: &serving,
     });
-
-    let dir = artifacts::manager_dir(&ctx.config.artifact_dir, &key.0, &key.1);
-    let lock = ctx.folders.lock_for(&dir);
     let report = {
-        let _guard = lock.lock().await;
         let files = plan.files.clone();
         let d = dir.clone();
-        tokio::task::spawn_blocking(move || artifacts::sync(&d, &files))
+        let written = tokio::task::spawn_blocking(move || artifacts::sync(&d, &files))
             .await
-            .map_err(|e| Error::Finalizer(format!("artifact writer task: {e}")))??
+            .map_err(|e| Error::Finalizer(format!("artifact writer task: {e}")));
+        match written {
+            Ok(Ok(report)) => {
+                folder.synced(plan.serving.clone());
+                report
+            }
+            Ok(Err(e)) | Err(e) => {
+                folder.forget();
+                return Err(e);
+            }
+        }
     };
+    drop(folder);
     if report.written > 0 || report.removed > 0 {
         ctx.metrics.artifacts_written.inc_by(report.written as u64);
         ctx.metrics.artifacts_removed.inc_by(report.removed as u64);

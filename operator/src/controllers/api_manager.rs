@@ -281,13 +281,13 @@ pub async fn sweep_orphans(ctx: Arc<Context>) {
     ctx.caches_ready().await;
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
-        if let Err(e) = sweep_once(&ctx) {
+        if let Err(e) = sweep_once(&ctx).await {
             tracing::warn!(error = %e, "sweeping artifact folders failed");
         }
     }
 }
 
-fn sweep_once(ctx: &Context) -> Result<()> {
+async fn sweep_once(ctx: &Context) -> Result<()> {
     let root = &ctx.config.artifact_dir;
     let Ok(namespaces) = std::fs::read_dir(root) else { return Ok(()) };
     let watched = &ctx.config.watch_namespaces;
@@ -302,7 +302,11 @@ fn sweep_once(ctx: &Context) -> Result<()> {
             let exists = ctx.managers.get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns)).is_some();
             if !exists && m_entry.path().is_dir() {
                 tracing::info!(namespace = %ns, apimanager = %name, "removing the artifact folder of a deleted ApiManager");
-                artifacts::remove_dir(&m_entry.path())?;
+                let dir = m_entry.path();
+                let lock = ctx.folders.lock_for(&dir);
+                let mut folder = lock.lock().await;
+                folder.forget();
+                artifacts::remove_dir(&dir)?;
             }
         }
     }
