@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use base64::Engine;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -93,19 +92,6 @@ fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Reads a claim from a bearer JWT without verifying it (only used for
-/// throttling keys of open APIs).
-fn unverified_claim(req: &RequestHeader, name: &str) -> Option<String> {
-    let token = header(req, "authorization")?.strip_prefix("Bearer ")?;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    match v.get(name)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
 fn ratelimit_headers(d: &Decision) -> Vec<(String, String)> {
     vec![
         ("ratelimit-limit".into(), d.limit.to_string()),
@@ -128,7 +114,7 @@ impl Gateway {
         if policy.scope == Scope::Cluster
             && let Some(tm) = &self.state.shared.traffic
         {
-            match tm.hit(key, window, count_over).await {
+            match tm.hit(key, window).await {
                 ClusterCount::Counted(d) => return Ok(d),
                 ClusterCount::Unavailable => {
                     let metrics = &self.state.shared.metrics;
@@ -151,24 +137,19 @@ impl Gateway {
     }
 
     /// Counts the request against `policy`; returns the decision to report.
-    async fn check_policy(&self, policy: &Arc<Policy>, req: &RequestHeader, api: &Api, ctx: &mut Ctx) -> Throttle {
-        let claim_allowed = api.security.is_none();
+    async fn check_policy(&self, policy: &Arc<Policy>, req: &RequestHeader, ctx: &mut Ctx) -> Throttle {
         let key: Vec<u8> = match policy.key_by {
             KeyBy::Api => Vec::new(),
             KeyBy::Consumer => ctx.consumer.clone().unwrap_or_default().into_bytes(),
             KeyBy::ClientIp => ctx.client_ip.map(|i| i.to_string()).unwrap_or_default().into_bytes(),
             KeyBy::Header => header(req, &policy.key_name).unwrap_or("").as_bytes().to_vec(),
-            KeyBy::Claim => {
-                if claim_allowed {
-                    unverified_claim(req, &policy.key_name).unwrap_or_default().into_bytes()
-                } else {
-                    Vec::new()
-                }
-            }
+            // Only verified claims count (none until OAuth2 tokens are
+            // verified): a forged token must not mint its own counter.
+            KeyBy::Claim => Vec::new(),
         };
         let (which, window) = {
             let header_fn = |n: &str| header(req, n);
-            let claim_fn = |n: &str| if claim_allowed { unverified_claim(req, n) } else { None };
+            let claim_fn = |_: &str| None;
             let facts = RequestFacts { client_ip: ctx.client_ip, header: &header_fn, claim: &claim_fn };
             policy.limit_for(&facts)
         };
@@ -437,7 +418,7 @@ impl ProxyHttp for Gateway {
             api.policy.iter().cloned().chain(op.and_then(|o| o.policy.clone())).chain(tier).collect();
         for policy in &policies {
             let req = session.req_header();
-            match self.check_policy(policy, req, &api, ctx).await {
+            match self.check_policy(policy, req, ctx).await {
                 Throttle::Pass(Some(d)) => {
                     if ctx.ratelimit.is_none_or(|cur| d.remaining < cur.remaining) {
                         ctx.ratelimit = Some(d);

@@ -234,6 +234,7 @@ impl Reloader {
             }
             errors.push(status_error(e, kept));
         }
+        self.keep_policies_still_in_use(&mut objects, &mut sources, &mut errors);
         let serving = self.state.snapshot.load().owners();
         let (mut snapshot, mut compile_errors) = compile(&objects, &self.state.shared, &serving);
         if !compile_errors.is_empty() {
@@ -296,6 +297,57 @@ impl Reloader {
             Outcome::Applied
         } else {
             Outcome::Unchanged
+        }
+    }
+}
+
+impl Reloader {
+    /// A ThrottlePolicy removed from the folder while an API still uses it
+    /// keeps its last good version (the API is not dropped, its counters
+    /// stay); reported on /status until no API uses it any more.
+    fn keep_policies_still_in_use(
+        &self,
+        objects: &mut BTreeMap<ObjectRef, Resource>,
+        sources: &mut HashMap<ObjectRef, PathBuf>,
+        errors: &mut Vec<StatusError>,
+    ) {
+        let mut users: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for (r, res) in objects.iter() {
+            let Resource::ApiDeployment(ad) = res else { continue };
+            let manager_ns = ad.spec.api_manager_ref.namespace.clone().unwrap_or_else(|| r.namespace.clone());
+            let names = ad
+                .spec
+                .throttling
+                .iter()
+                .chain(ad.spec.operations.iter().filter_map(|o| o.throttling.as_ref()))
+                .map(|t| t.policy.clone());
+            for name in names {
+                for ns in [&r.namespace, &manager_ns] {
+                    users.entry((ns.clone(), name.clone())).or_default().push(r.to_string());
+                }
+            }
+        }
+        for (obj, (res, file)) in &self.last_good {
+            if !matches!(res, Resource::ThrottlePolicy(_)) || objects.contains_key(obj) {
+                continue;
+            }
+            let Some(apis) = users.get(&(obj.namespace.clone(), obj.name.clone())) else { continue };
+            let mut apis = apis.clone();
+            apis.sort();
+            apis.dedup();
+            objects.insert(obj.clone(), res.clone());
+            sources.insert(obj.clone(), file.clone());
+            errors.push(StatusError {
+                file: Some(file.display().to_string()),
+                document: None,
+                object: Some(obj.to_string()),
+                field: None,
+                reason: format!(
+                    "PolicyRemoved: the policy was removed but {} still use(s) it; serving its last good version",
+                    apis.join(", ")
+                ),
+                serving_last_good: true,
+            });
         }
     }
 }

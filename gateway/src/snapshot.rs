@@ -153,9 +153,17 @@ pub fn compile(
             }
         }
     }
-    shared
-        .counters
-        .retain(&policies.values().flat_map(|p| [p.id.clone(), format!("{}#bytes", p.id)]).collect::<HashSet<_>>());
+    // Counters belong to every policy in the folder, also one whose new
+    // version fails to compile (its last good version comes back with them).
+    let live: HashSet<String> = objects
+        .iter()
+        .filter(|(_, res)| matches!(res, Resource::ThrottlePolicy(_)))
+        .flat_map(|(r, _)| {
+            let id = format!("{}/{}", r.namespace, r.name);
+            [format!("{id}#bytes"), id]
+        })
+        .collect();
+    shared.counters.retain(&live);
 
     // Who keeps a contested path: the older API (creationTimestamp); on an
     // equal creationTimestamp the one serving it now; else namespace/name

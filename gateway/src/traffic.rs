@@ -326,9 +326,10 @@ impl TrafficManager {
     }
 
     /// Counts one request against `window` for counter `key` (a hash of
-    /// policy, limit and request key) cluster-wide. With `count_over`, an
-    /// exhausted window still admits (the caller flags it).
-    pub async fn hit(&self, key: u64, window: Window, count_over: bool) -> ClusterCount {
+    /// policy, limit and request key) cluster-wide. An exhausted window gives
+    /// `allowed: false`; the caller rejects or, for a count-only policy
+    /// (`stopOnQuotaReach: false`), lets the request through and flags it.
+    pub async fn hit(&self, key: u64, window: Window) -> ClusterCount {
         let period_ms = window.period_secs.max(1) * 1000;
         loop {
             let now = now_ms();
@@ -359,7 +360,7 @@ impl TrafficManager {
             }
             lease.tokens.fetch_add(1, Ordering::AcqRel);
             if lease.exhausted.load(Ordering::Acquire) {
-                return ClusterCount::Counted(decision(count_over, 0));
+                return ClusterCount::Counted(decision(false, 0));
             }
             // Refill: one request per counter asks Redis; the others wait for it.
             let _g = lease.refill.lock().await;
@@ -368,7 +369,7 @@ impl TrafficManager {
                 continue;
             }
             if lease.exhausted.load(Ordering::Acquire) {
-                return ClusterCount::Counted(decision(count_over, 0));
+                return ClusterCount::Counted(decision(false, 0));
             }
             let Some(conn) = self.conn.load_full() else { return ClusterCount::Unavailable };
             let redis_key = format!("{}:{key:016x}:{window_end_ms}", self.prefix);
@@ -377,7 +378,7 @@ impl TrafficManager {
                 Ok((0, used)) => {
                     lease.shared_used.store(used, Ordering::Release);
                     lease.exhausted.store(true, Ordering::Release);
-                    return ClusterCount::Counted(decision(count_over, 0));
+                    return ClusterCount::Counted(decision(false, 0));
                 }
                 Ok((granted, used)) => {
                     lease.shared_used.store(used, Ordering::Release);

@@ -188,6 +188,41 @@ fn a_limit_holds_across_three_gateways_with_per_key_isolation() {
     assert!((29..=30).contains(&a) && (29..=30).contains(&b), "alice {a}, bob {b}");
 }
 
+/// stopOnQuotaReach: false under scope Cluster: every request passes, and
+/// those over the cluster-wide limit are flagged (header and metric).
+#[test]
+fn count_only_cluster_policies_flag_requests_over_the_limit() {
+    let redis = Redis::start();
+    let c = cluster(
+        &redis,
+        &[("watch", "  limit: {requests: 5, per: 1h}\n  stopOnQuotaReach: false\n")],
+        &[api("w", "/w", "v1", "BACKEND", "  throttling: {policy: watch}\n")],
+        &[],
+    );
+    away_from_boundary(3600, 10_000);
+    let mut flagged = 0;
+    for i in 0..12 {
+        let r = request(addrs(&c)[i % 3], "GET", "/w/v1/x", &[], b"");
+        assert_eq!(r.status, 200, "count-only never rejects");
+        if r.header("x-tollgate-quota-exceeded") == Some("watch") {
+            flagged += 1;
+        }
+    }
+    assert_eq!(flagged, 7, "the 7 requests past the cluster-wide 5 are flagged");
+    let counted: u64 = c
+        .gateways
+        .iter()
+        .flat_map(|g| {
+            g.metrics()
+                .lines()
+                .filter(|l| l.starts_with("tollgate_throttled_requests_total") && l.contains("flagged"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert_eq!(counted, 7);
+}
+
 #[test]
 fn windows_reset_and_bursts_hold_cluster_wide() {
     let redis = Redis::start();

@@ -182,3 +182,25 @@ fn a_same_size_copy_that_keeps_the_mtime_is_reloaded() {
     eventually(Duration::from_secs(3), || gw.get("/fref/v1/x").status == 200);
     assert_eq!(gw.get("/free/v1/x").status, 404);
 }
+
+/// A policy deleted while an API uses it: the API stays served with the last
+/// good policy (and its counters); /status says why. Once no API uses it,
+/// it goes.
+#[test]
+fn a_deleted_policy_still_in_use_keeps_its_last_good_version() {
+    let (_t, dir, _be, b, gw) = setup();
+    write_atomic(&dir.join("tp.yaml"), &policy("tier", "  limit: {requests: 2, per: 1h}\n"));
+    // The new limit of 2 is live and used up (the requests that see it count).
+    eventually(Duration::from_secs(3), || gw.get("/a/v1/x").status == 429);
+    std::fs::remove_file(dir.join("tp.yaml")).unwrap();
+    eventually(Duration::from_secs(3), || gw.status()["errors"].to_string().contains("PolicyRemoved"));
+    let st = gw.status();
+    assert_eq!(st["errors"][0]["serving_last_good"], true, "{st}");
+    assert!(st["errors"][0]["reason"].as_str().unwrap().contains("bank/a"), "{st}");
+    assert_eq!(gw.get("/a/v1/x").status, 429, "still served, still counted");
+    // The API stops using it: the policy goes, the error clears.
+    write_atomic(&dir.join("a.yaml"), &api("a", "/a", "v1", &b, ""));
+    eventually(Duration::from_secs(3), || gw.get("/a/v1/x").status == 200);
+    eventually(Duration::from_secs(3), || gw.status()["errors"].as_array().unwrap().is_empty());
+    assert_eq!(gw.status()["policies"], 0);
+}

@@ -161,3 +161,28 @@ fn count_only_policies_flag_instead_of_reject_and_operation_policies_apply_too()
     assert_eq!(codes, vec![200, 200, 200, 429], "operation policy enforced on top of the API policy");
     assert!(gw.metrics().contains("action=\"flagged\""));
 }
+
+/// keyBy: Claim reads verified claims only. Unverified bearer tokens (here
+/// on an open API, where nothing verifies them) do not get a counter of
+/// their own: forging a new `sub` per request does not escape the limit.
+#[test]
+fn forged_token_claims_do_not_mint_counters() {
+    let (_t, _be, gw) = setup(
+        &[("per-sub", "  limit: {requests: 3, per: 1h}\n  keyBy: Claim\n  keyName: sub\n")],
+        &[api("open", "/open", "v1", "BACKEND", "  throttling: {policy: per-sub}\n")],
+    );
+    away_from_boundary(3600);
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| {
+            // {"alg":"none"}.{"sub":"forged-<i>"}.
+            let payload = format!("{{\"sub\":\"forged-{i}\"}}");
+            let b64 = |s: &str| {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+            };
+            let token = format!("Bearer {}.{}.", b64("{\"alg\":\"none\"}"), b64(&payload));
+            request(gw.http, "GET", "/open/v1/x", &[("authorization", &token)], b"").status
+        })
+        .collect();
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429, 429]);
+}
