@@ -125,6 +125,9 @@ pub struct Metrics {
     pub traffic_fallback: Family<ResultLabels, Counter>,
     /// Requests refused with 400 for their path, by reason.
     pub refused_paths: Family<ResultLabels, Counter>,
+    /// New throttle keys refused because a counter table was full of keys
+    /// at their limit.
+    pub throttle_keys_refused: Counter,
 }
 
 /// Status classes in label order: 1xx..5xx, other.
@@ -182,6 +185,7 @@ impl Metrics {
             traffic_errors: Counter::default(),
             traffic_fallback: Family::default(),
             refused_paths: Family::default(),
+            throttle_keys_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "API requests by API and status class", m.requests.clone());
@@ -241,6 +245,11 @@ impl Metrics {
             "refused_paths",
             "Requests refused with 400 because of their path, by reason (dot_segment, encoded_separator, ...)",
             m.refused_paths.clone(),
+        );
+        registry.register(
+            "throttle_keys_refused",
+            "New throttle keys refused (treated as over the limit) because a counter table was full of keys at their limit",
+            m.throttle_keys_refused.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -100,6 +100,28 @@ fn ratelimit_headers(d: &Decision) -> Vec<(String, String)> {
     ]
 }
 
+/// The counter key of a client address: IPv4 (also IPv4-mapped IPv6) as is,
+/// IPv6 by its /64, the smallest block one subscriber is usually given, so
+/// one host cannot mint unlimited keys from its own prefix.
+fn client_ip_key(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets().to_vec(),
+            None => v6.octets()[..8].to_vec(),
+        },
+    }
+}
+
+/// One request counted against one limit, to give back when a later check
+/// refuses the request.
+struct Reservation {
+    policy: Arc<Policy>,
+    key: u64,
+    window: Window,
+    cluster: bool,
+}
+
 enum Throttle {
     Pass(Option<Decision>),
     Reject(Decision, String),
@@ -110,12 +132,24 @@ enum Throttle {
 impl Gateway {
     /// Counts one request against one limit: cluster-wide for Cluster-scoped
     /// policies when a traffic manager is configured, else in this process.
-    async fn count(&self, policy: &Policy, key: u64, window: Window, count_over: bool) -> Result<Decision, String> {
+    async fn count(
+        &self,
+        policy: &Arc<Policy>,
+        key: u64,
+        window: Window,
+        count_over: bool,
+        held: &mut Vec<Reservation>,
+    ) -> Result<Decision, String> {
         if policy.scope == Scope::Cluster
             && let Some(tm) = &self.state.shared.traffic
         {
             match tm.hit(key, window).await {
-                ClusterCount::Counted(d) => return Ok(d),
+                ClusterCount::Counted(d) => {
+                    if d.allowed {
+                        held.push(Reservation { policy: policy.clone(), key, window, cluster: true });
+                    }
+                    return Ok(d);
+                }
                 ClusterCount::Unavailable => {
                     let metrics = &self.state.shared.metrics;
                     match tm.failure_mode {
@@ -133,15 +167,35 @@ impl Gateway {
                 }
             }
         }
-        Ok(policy.requests.hit(key, window, 1, count_over, now_ms()))
+        let d = policy.requests.hit(key, window, 1, count_over, now_ms());
+        if d.allowed || count_over {
+            held.push(Reservation { policy: policy.clone(), key, window, cluster: false });
+        }
+        Ok(d)
+    }
+
+    /// Gives back what a request refused by a later check had counted.
+    fn refund(&self, held: Vec<Reservation>) {
+        for r in held {
+            match (&self.state.shared.traffic, r.cluster) {
+                (Some(tm), true) => tm.refund(r.key, r.window),
+                _ => r.policy.requests.refund(r.key, r.window, 1, now_ms()),
+            }
+        }
     }
 
     /// Counts the request against `policy`; returns the decision to report.
-    async fn check_policy(&self, policy: &Arc<Policy>, req: &RequestHeader, ctx: &mut Ctx) -> Throttle {
+    async fn check_policy(
+        &self,
+        policy: &Arc<Policy>,
+        req: &RequestHeader,
+        ctx: &mut Ctx,
+        held: &mut Vec<Reservation>,
+    ) -> Throttle {
         let key: Vec<u8> = match policy.key_by {
             KeyBy::Api => Vec::new(),
             KeyBy::Consumer => ctx.consumer.clone().unwrap_or_default().into_bytes(),
-            KeyBy::ClientIp => ctx.client_ip.map(|i| i.to_string()).unwrap_or_default().into_bytes(),
+            KeyBy::ClientIp => ctx.client_ip.map(client_ip_key).unwrap_or_default(),
             KeyBy::Header => header(req, &policy.key_name).unwrap_or("").as_bytes().to_vec(),
             // Only verified claims count (none until OAuth2 tokens are
             // verified): a forged token must not mint its own counter.
@@ -167,7 +221,7 @@ impl Gateway {
             ctx.bandwidth.push((policy.clone(), k));
         }
         if let Some(burst) = policy.burst {
-            let d = match self.count(policy, key_hash(&[id, b"burst", &key]), burst, count_over).await {
+            let d = match self.count(policy, key_hash(&[id, b"burst", &key]), burst, count_over, held).await {
                 Ok(d) => d,
                 Err(why) => return Throttle::Unavailable(why),
             };
@@ -178,7 +232,7 @@ impl Gateway {
                 ctx.flagged = Some(policy.name.clone());
             }
         }
-        let d = match self.count(policy, key_hash(&[id, &[which as u8], &key]), window, count_over).await {
+        let d = match self.count(policy, key_hash(&[id, &[which as u8], &key]), window, count_over, held).await {
             Ok(d) => d,
             Err(why) => return Throttle::Unavailable(why),
         };
@@ -416,9 +470,18 @@ impl ProxyHttp for Gateway {
 
         let policies: Vec<Arc<Policy>> =
             api.policy.iter().cloned().chain(op.and_then(|o| o.policy.clone())).chain(tier).collect();
+        // Check every policy; a request refused by any consumes no quota of
+        // the others (what was counted is given back).
+        let mut held = Vec::new();
         for policy in &policies {
             let req = session.req_header();
-            match self.check_policy(policy, req, ctx).await {
+            let verdict = self.check_policy(policy, req, ctx, &mut held).await;
+            if matches!(verdict, Throttle::Reject(..) | Throttle::Unavailable(_)) {
+                self.refund(std::mem::take(&mut held));
+                ctx.bandwidth.clear();
+                ctx.flagged = None;
+            }
+            match verdict {
                 Throttle::Pass(Some(d)) => {
                     if ctx.ratelimit.is_none_or(|cur| d.remaining < cur.remaining) {
                         ctx.ratelimit = Some(d);
@@ -653,6 +716,15 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_ip_key(ip("2001:db8:1:2::1")), client_ip_key(ip("2001:db8:1:2:ffff:1:2:3")));
+        assert_ne!(client_ip_key(ip("2001:db8:1:2::1")), client_ip_key(ip("2001:db8:1:3::1")));
+        assert_eq!(client_ip_key(ip("::ffff:203.0.113.7")), client_ip_key(ip("203.0.113.7")));
+        assert_ne!(client_ip_key(ip("203.0.113.7")), client_ip_key(ip("203.0.113.8")));
+    }
 
     #[test]
     fn query_keys_are_read_decoded_and_stripped_exactly() {

@@ -88,7 +88,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(State::new(Shared {
         store: Some(store),
         traffic,
-        counters: Registry::default(),
+        counters: Registry::new(metrics.throttle_keys_refused.clone()),
         health: HealthRegistry::default(),
         metrics,
         max_keys: config.max_throttle_keys,

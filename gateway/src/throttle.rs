@@ -6,6 +6,13 @@
 //! keyed by a 64-bit hash of (policy, counter kind, key); entries of past
 //! windows are evicted, and each table holds at most a configured number of
 //! keys, so memory stays bounded however many distinct keys arrive.
+//!
+//! When a shard is full of live windows, keys still below their limit are
+//! evicted (fewest requests first); a key at or over its limit is never
+//! forgotten, so a throttled client stays throttled however many new keys an
+//! attacker mints. Only when every key is at its limit is a new key refused
+//! (its request is treated as over the limit), counted in
+//! `tollgate_throttle_keys_refused_total`.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -13,6 +20,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 
 const SHARDS: usize = 64;
 
@@ -44,12 +52,22 @@ impl Decision {
 struct Slot {
     window_end_ms: u64,
     count: u64,
+    /// The limit the key was last counted against.
+    limit: u64,
+}
+
+impl Slot {
+    fn below_limit(&self) -> bool {
+        self.count < self.limit
+    }
 }
 
 /// A table of fixed-window counters.
 pub struct CounterTable {
     shards: Box<[Mutex<HashMap<u64, Slot, NoHash>>]>,
     per_shard_cap: usize,
+    /// New keys refused because the table was full of keys at their limit.
+    refused: Counter,
 }
 
 /// Keys are already hashes; use them as they are.
@@ -88,8 +106,13 @@ pub fn now_ms() -> u64 {
 impl CounterTable {
     /// A table holding at most about `max_keys` keys.
     pub fn new(max_keys: usize) -> Self {
+        Self::with_refused_counter(max_keys, Counter::default())
+    }
+
+    /// A table that counts refused new keys in `refused`.
+    pub fn with_refused_counter(max_keys: usize, refused: Counter) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::with_hasher(NoHash))).collect();
-        CounterTable { shards, per_shard_cap: max_keys.div_ceil(SHARDS).max(1) }
+        CounterTable { shards, per_shard_cap: max_keys.div_ceil(SHARDS).max(1), refused }
     }
 
     fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Slot, NoHash>> {
@@ -103,13 +126,18 @@ impl CounterTable {
         let period_ms = window.period_secs.max(1) * 1000;
         let window_end_ms = (now_ms / period_ms + 1) * period_ms;
         let mut map = self.shard(key).lock();
-        if map.len() >= self.per_shard_cap && !map.contains_key(&key) {
-            evict(&mut map, now_ms, self.per_shard_cap);
+        if map.len() >= self.per_shard_cap
+            && !map.contains_key(&key)
+            && !make_room(&mut map, now_ms, self.per_shard_cap)
+        {
+            self.refused.inc();
+            return Decision { allowed: false, limit: window.requests, remaining: 0, reset_ms: window_end_ms - now_ms };
         }
-        let slot = map.entry(key).or_insert(Slot { window_end_ms, count: 0 });
+        let slot = map.entry(key).or_insert(Slot { window_end_ms, count: 0, limit: window.requests });
         if slot.window_end_ms != window_end_ms {
-            *slot = Slot { window_end_ms, count: 0 };
+            *slot = Slot { window_end_ms, count: 0, limit: window.requests };
         }
+        slot.limit = window.requests;
         let allowed = slot.count + cost <= window.requests;
         if allowed || count_over {
             slot.count = slot.count.saturating_add(cost);
@@ -136,6 +164,18 @@ impl CounterTable {
         })
     }
 
+    /// Takes back `cost` counted for `key` in the window containing `now_ms`
+    /// (a request that a later check refused consumes nothing).
+    pub fn refund(&self, key: u64, window: Window, cost: u64, now_ms: u64) {
+        let period_ms = window.period_secs.max(1) * 1000;
+        let window_end_ms = (now_ms / period_ms + 1) * period_ms;
+        if let Some(slot) = self.shard(key).lock().get_mut(&key)
+            && slot.window_end_ms == window_end_ms
+        {
+            slot.count = slot.count.saturating_sub(cost);
+        }
+    }
+
     /// Removes counters of windows that have ended.
     pub fn sweep(&self, now_ms: u64) {
         for s in self.shards.iter() {
@@ -154,18 +194,24 @@ impl CounterTable {
     }
 }
 
-fn evict(map: &mut HashMap<u64, Slot, NoHash>, now_ms: u64, cap: usize) {
+/// Frees room in a full shard: drops ended windows, then keys below their
+/// limit (fewest requests first, an eighth of the shard at a time so the scan
+/// is amortised). False when every key is at or over its limit.
+fn make_room(map: &mut HashMap<u64, Slot, NoHash>, now_ms: u64, cap: usize) -> bool {
     map.retain(|_, s| s.window_end_ms > now_ms);
-    if map.len() >= cap {
-        // Still full of live windows: drop the ones that end soonest.
-        let mut ends: Vec<u64> = map.values().map(|s| s.window_end_ms).collect();
-        ends.sort_unstable();
-        let cut = ends[(cap / 4).min(ends.len() - 1)];
-        map.retain(|_, s| s.window_end_ms > cut);
-        if map.len() >= cap {
-            map.clear();
-        }
+    if map.len() < cap {
+        return true;
     }
+    let mut below: Vec<(u64, u64)> = map.iter().filter(|(_, s)| s.below_limit()).map(|(k, s)| (s.count, *k)).collect();
+    if below.is_empty() {
+        return false;
+    }
+    let n = (cap / 8).clamp(1, below.len());
+    below.select_nth_unstable(n - 1);
+    for (_, k) in &below[..n] {
+        map.remove(k);
+    }
+    true
 }
 
 /// Counter tables by policy id, kept across configuration reloads so an
@@ -173,12 +219,22 @@ fn evict(map: &mut HashMap<u64, Slot, NoHash>, now_ms: u64, cap: usize) {
 #[derive(Default)]
 pub struct Registry {
     tables: Mutex<HashMap<String, Arc<CounterTable>>>,
+    refused: Counter,
 }
 
 impl Registry {
+    /// A registry whose tables count refused new keys in `refused`.
+    pub fn new(refused: Counter) -> Self {
+        Registry { tables: Mutex::default(), refused }
+    }
+
     /// The table of a policy, created on first use.
     pub fn table(&self, policy_id: &str, max_keys: usize) -> Arc<CounterTable> {
-        self.tables.lock().entry(policy_id.to_string()).or_insert_with(|| Arc::new(CounterTable::new(max_keys))).clone()
+        self.tables
+            .lock()
+            .entry(policy_id.to_string())
+            .or_insert_with(|| Arc::new(CounterTable::with_refused_counter(max_keys, self.refused.clone())))
+            .clone()
     }
 
     /// Forgets tables of policies no longer configured.
@@ -248,16 +304,52 @@ mod tests {
     }
 
     #[test]
-    fn memory_is_bounded() {
+    fn memory_is_bounded_and_a_throttled_client_stays_throttled() {
         let t = CounterTable::new(6400);
-        let w = Window { requests: 1, period_secs: 60 };
+        let tight = Window { requests: 1, period_secs: 60 };
+        let roomy = Window { requests: 5, period_secs: 60 };
         let now = now_ms();
+        let throttled = key_hash(&[b"throttled client"]);
+        assert!(t.hit(throttled, tight, 1, false, now).allowed);
+        assert!(!t.hit(throttled, tight, 1, false, now).allowed);
+        // A flood of new keys, each below its limit.
         for k in 0..200_000u64 {
-            t.hit(key_hash(&[&k.to_le_bytes()]), w, 1, false, now);
+            assert!(t.hit(key_hash(&[&k.to_le_bytes()]), roomy, 1, false, now).allowed);
         }
         assert!(t.len() <= 6400, "{}", t.len());
+        assert!(!t.hit(throttled, tight, 1, false, now).allowed, "still throttled after the flood");
+        assert_eq!(t.refused.get(), 0, "room was made by evicting keys below their limit");
         t.sweep(now + 120_000);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn new_keys_are_refused_only_when_every_key_is_at_its_limit() {
+        let t = CounterTable::new(64);
+        let w = Window { requests: 1, period_secs: 60 };
+        let now = now_ms();
+        let keys: Vec<u64> = (0..10_000u64).map(|k| key_hash(&[&k.to_le_bytes()])).collect();
+        let admitted: Vec<u64> = keys.iter().copied().filter(|k| t.hit(*k, w, 1, false, now).allowed).collect();
+        assert!(t.len() <= 64);
+        assert!(t.refused.get() > 0, "a full table of keys at their limit refuses new keys");
+        assert_eq!(admitted.len() as u64 + t.refused.get(), keys.len() as u64);
+        // Every admitted key that is still held is at its limit and stays throttled.
+        let held = admitted.iter().filter(|k| !t.hit(**k, w, 1, false, now).allowed).count();
+        assert_eq!(held, admitted.len(), "no admitted key was forgotten and readmitted");
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_was_counted() {
+        let t = CounterTable::new(100);
+        let w = Window { requests: 2, period_secs: 60 };
+        let now = 1_000_000 * 60_000;
+        assert!(t.hit(9, w, 1, false, now).allowed);
+        assert!(t.hit(9, w, 1, false, now).allowed);
+        t.refund(9, w, 1, now);
+        assert!(t.hit(9, w, 1, false, now).allowed, "the refunded request is available again");
+        assert!(!t.hit(9, w, 1, false, now).allowed);
+        t.refund(9, w, 1, now + 60_000);
+        assert!(!t.hit(9, w, 1, false, now).allowed, "a refund for another window changes nothing");
     }
 
     #[test]

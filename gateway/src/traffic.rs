@@ -392,6 +392,20 @@ impl TrafficManager {
         }
     }
 
+    /// Gives back one request counted for `key` in the current window of
+    /// `window` (a later check refused the request): the token returns to the
+    /// local lease, so no Redis round trip.
+    pub fn refund(&self, key: u64, window: Window) {
+        let period_ms = window.period_secs.max(1) * 1000;
+        let window_end_ms = (now_ms() / period_ms + 1) * period_ms;
+        let lease = self.leases.lock().get(&key).cloned();
+        if let Some(lease) = lease
+            && lease.window_end_ms.load(Ordering::Acquire) == window_end_ms
+        {
+            lease.tokens.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     fn lease_slot(&self, key: u64, window_end_ms: u64) -> Arc<Lease> {
         let mut map = self.leases.lock();
         if map.len() > 100_000 {

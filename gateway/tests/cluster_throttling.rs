@@ -223,6 +223,35 @@ fn count_only_cluster_policies_flag_requests_over_the_limit() {
     assert_eq!(counted, 7);
 }
 
+/// A request refused by a later (local) policy gives its cluster-wide count
+/// back: it does not use up the quota everyone shares.
+#[test]
+fn a_refused_request_uses_no_cluster_quota() {
+    let redis = Redis::start();
+    let c = cluster(
+        &redis,
+        &[
+            ("shared", "  limit: {requests: 10, per: 1h}\n  scope: Cluster\n"),
+            ("per-client", "  limit: {requests: 1, per: 1h}\n  keyBy: Header\n  keyName: x-client\n  scope: Replica\n"),
+        ],
+        &[api(
+            "both",
+            "/both",
+            "v1",
+            "BACKEND",
+            "  throttling: {policy: shared}\n  operations:\n  - {method: GET, path: /x, throttling: {policy: per-client}}\n",
+        )],
+        &[],
+    );
+    away_from_boundary(3600, 10_000);
+    let gw = addrs(&c)[0];
+    let call = |client: &str| request(gw, "GET", "/both/v1/x", &[("x-client", client)], b"").status;
+    let flood: Vec<u16> = (0..6).map(|_| call("greedy")).collect();
+    assert_eq!(flood, vec![200, 429, 429, 429, 429, 429]);
+    let others: Vec<u16> = (0..12).map(|i| call(&format!("client-{i}"))).collect();
+    assert_eq!(others.iter().filter(|s| **s == 200).count(), 9, "{others:?}");
+}
+
 #[test]
 fn windows_reset_and_bursts_hold_cluster_wide() {
     let redis = Redis::start();

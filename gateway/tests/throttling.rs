@@ -186,3 +186,31 @@ fn forged_token_claims_do_not_mint_counters() {
         .collect();
     assert_eq!(statuses, vec![200, 200, 200, 429, 429, 429]);
 }
+
+/// A request refused by one policy consumes no quota of another: a client
+/// hammering its own (operation-level, per-header) limit does not use up
+/// the API-wide quota that everyone shares.
+#[test]
+fn a_request_refused_by_one_policy_uses_no_quota_of_the_others() {
+    let (_t, _be, gw) = setup(
+        &[
+            ("shared", "  limit: {requests: 10, per: 1h}\n"),
+            ("per-client", "  limit: {requests: 1, per: 1h}\n  keyBy: Header\n  keyName: x-client\n"),
+        ],
+        &[api(
+            "both",
+            "/both",
+            "v1",
+            "BACKEND",
+            "  throttling: {policy: shared}\n  operations:\n  - {method: GET, path: /x, throttling: {policy: per-client}}\n",
+        )],
+    );
+    away_from_boundary(3600);
+    let call = |client: &str| request(gw.http, "GET", "/both/v1/x", &[("x-client", client)], b"").status;
+    let flood: Vec<u16> = (0..6).map(|_| call("greedy")).collect();
+    assert_eq!(flood, vec![200, 429, 429, 429, 429, 429]);
+    // 9 of the shared 10 are left for everyone else.
+    let others: Vec<u16> = (0..12).map(|i| call(&format!("client-{i}"))).collect();
+    assert_eq!(others.iter().filter(|s| **s == 200).count(), 9, "{others:?}");
+    assert_eq!(&others[9..], &[429, 429, 429]);
+}
