@@ -128,6 +128,8 @@ pub struct Metrics {
     /// New throttle keys refused because a counter table was full of keys
     /// at their limit.
     pub throttle_keys_refused: Counter,
+    /// API-key lookups that reached the database (cache misses).
+    pub store_key_lookups: Counter,
 }
 
 /// Status classes in label order: 1xx..5xx, other.
@@ -186,6 +188,7 @@ impl Metrics {
             traffic_fallback: Family::default(),
             refused_paths: Family::default(),
             throttle_keys_refused: Counter::default(),
+            store_key_lookups: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "API requests by API and status class", m.requests.clone());
@@ -250,6 +253,11 @@ impl Metrics {
             "throttle_keys_refused",
             "New throttle keys refused (treated as over the limit) because a counter table was full of keys at their limit",
             m.throttle_keys_refused.clone(),
+        );
+        registry.register(
+            "store_key_lookups",
+            "API-key checks that reached the database (the key cache missed)",
+            m.store_key_lookups.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -84,7 +84,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let store = open_store(&config)?;
+    let store = open_store(&config, metrics.store_key_lookups.clone())?;
     let state = Arc::new(State::new(Shared {
         store: Some(store),
         traffic,
@@ -163,7 +163,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 /// Opens the store on a runtime thread of its own, which keeps driving the
 /// database pool for the life of the process.
-fn open_store(config: &Config) -> anyhow::Result<Arc<crate::store::Store>> {
+fn open_store(
+    config: &Config,
+    key_lookups: prometheus_client::metrics::counter::Counter,
+) -> anyhow::Result<Arc<crate::store::Store>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (data_dir, url, token, ttl) =
         (config.data_dir.clone(), config.database_url.clone(), config.admin_token_file.clone(), config.key_cache_ttl);
@@ -175,7 +178,8 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<crate::store::Store>> {
                 return;
             }
         };
-        let opened = rt.block_on(crate::store::Store::open(&data_dir, url.as_deref(), token.as_deref(), ttl));
+        let opened =
+            rt.block_on(crate::store::Store::open(&data_dir, url.as_deref(), token.as_deref(), ttl, key_lookups));
         let _ = tx.send(opened.map(Arc::new));
         rt.block_on(std::future::pending::<()>());
     })?;

@@ -185,7 +185,7 @@ async fn delete_application(AxState(s): AxState<ApiState>, headers: HeaderMap, P
     match s.store.db.delete_application(&id).await {
         Ok(hashes) => {
             for h in hashes {
-                s.store.cache.invalidate(&h);
+                s.store.cache.invalidate(&h).await;
             }
             StatusCode::NO_CONTENT.into_response()
         }
@@ -263,7 +263,7 @@ async fn revoke_key(
     }
     match s.store.db.revoke_key(&id, &key_id).await {
         Ok(hash) => {
-            s.store.cache.invalidate(&hash);
+            s.store.cache.invalidate(&hash).await;
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => store_error(e),

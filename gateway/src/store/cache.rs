@@ -1,16 +1,29 @@
-//! API-key checks off the database on the hot path: grants are cached for a
-//! short TTL (default 5 s), unknown keys too (so a flood of bad keys does
-//! not reach the database). A revocation on this node invalidates at once;
-//! other nodes see it within the TTL. While the database is unreachable,
-//! cached grants keep working however old they are.
+//! API-key checks off the database on the hot path, in two moka caches:
+//!
+//! - `answers`: what the database said about a key hash, for the TTL
+//!   (default 5 s); "no such key" only briefly (at most 2 s), so a key
+//!   created on another node works soon and a flood of made-up keys still
+//!   costs at most one query per key per interval. Concurrent checks of one
+//!   key share a single query (moka's `or_try_insert_with`). Size-bounded
+//!   with TinyLFU eviction: a flood of distinct keys never empties it.
+//! - `last_known`: the last grant read for each key, size-bounded and without
+//!   a TTL, used only while the database is unreachable, so known keys keep
+//!   working through an outage however long.
+//!
+//! A revocation on this node invalidates at once; other nodes see it within
+//! the TTL.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use moka::Expiry;
 
-use super::db::{Db, KeyGrant, StoreError};
+use super::db::{Db, KeyGrant};
+
+/// Longest time an "unknown key" answer is reused.
+const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+/// Keys held in each cache.
+const MAX_KEYS: u64 = 200_000;
 
 /// Result of checking a key.
 #[derive(Clone, Debug)]
@@ -22,65 +35,144 @@ pub enum KeyCheck {
     Unavailable,
 }
 
-struct Entry {
-    grant: Option<Arc<KeyGrant>>,
-    fetched: Instant,
+type Answer = Option<Arc<KeyGrant>>;
+
+/// Known keys live for the TTL, unknown ones at most NEGATIVE_TTL.
+struct AnswerExpiry {
+    ttl: Duration,
+}
+
+impl Expiry<String, Answer> for AnswerExpiry {
+    fn expire_after_create(&self, _key: &String, value: &Answer, _created_at: Instant) -> Option<Duration> {
+        Some(if value.is_some() { self.ttl } else { self.ttl.min(NEGATIVE_TTL) })
+    }
 }
 
 pub struct KeyCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<String, Entry>>,
-    max_entries: usize,
+    answers: moka::future::Cache<String, Answer>,
+    last_known: moka::future::Cache<String, Arc<KeyGrant>>,
 }
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> KeyCache {
-        KeyCache { ttl, entries: Mutex::new(HashMap::new()), max_entries: 100_000 }
+        Self::with_capacity(ttl, MAX_KEYS)
+    }
+
+    /// A cache holding at most about `max_keys` keys in each tier.
+    pub fn with_capacity(ttl: Duration, max_keys: u64) -> KeyCache {
+        KeyCache {
+            answers: moka::future::Cache::builder()
+                .max_capacity(max_keys)
+                .expire_after(AnswerExpiry { ttl })
+                .support_invalidation_closures()
+                .build(),
+            last_known: moka::future::Cache::builder().max_capacity(max_keys).support_invalidation_closures().build(),
+        }
     }
 
     /// Checks a key by its hash.
     pub async fn check(&self, db: &Db, key_hash: &str) -> KeyCheck {
-        let cached = self.entries.lock().get(key_hash).map(|e| (e.grant.clone(), e.fetched.elapsed() < self.ttl));
-        if let Some((grant, true)) = &cached {
-            return verdict(grant.clone());
-        }
-        match db.grant(key_hash).await {
-            Ok(grant) => {
-                let grant = grant.map(Arc::new);
-                let mut map = self.entries.lock();
-                if map.len() >= self.max_entries {
-                    let ttl = self.ttl;
-                    map.retain(|_, e| e.fetched.elapsed() < ttl);
-                    if map.len() >= self.max_entries {
-                        map.clear();
-                    }
+        let loaded = self
+            .answers
+            .entry_by_ref(key_hash)
+            .or_try_insert_with(async { db.grant(key_hash).await.map(|g| g.map(Arc::new)) })
+            .await;
+        match loaded {
+            Ok(entry) => {
+                if entry.is_fresh()
+                    && let Some(grant) = entry.value()
+                {
+                    self.last_known.insert(key_hash.to_string(), grant.clone()).await;
                 }
-                map.insert(key_hash.to_string(), Entry { grant: grant.clone(), fetched: Instant::now() });
-                verdict(grant)
+                verdict(entry.into_value())
             }
-            Err(StoreError::Unavailable(_)) | Err(StoreError::Other(_)) => match cached {
-                Some((grant, _)) => verdict(grant),
+            // Unreachable database: the last grant read, however old.
+            Err(_) => match self.last_known.get(key_hash).await {
+                Some(grant) => verdict(Some(grant)),
                 None => KeyCheck::Unavailable,
             },
-            Err(_) => KeyCheck::Unavailable,
         }
     }
 
     /// Forgets a key at once (revocation or deletion on this node).
-    pub fn invalidate(&self, key_hash: &str) {
-        self.entries.lock().remove(key_hash);
+    pub async fn invalidate(&self, key_hash: &str) {
+        self.answers.invalidate(key_hash).await;
+        self.last_known.invalidate(key_hash).await;
     }
 
     /// Forgets every key of an application (its subscriptions changed).
     pub fn invalidate_application(&self, application_id: &str) {
-        self.entries.lock().retain(|_, e| e.grant.as_ref().is_none_or(|g| g.application_id != application_id));
+        let app = application_id.to_string();
+        let a = app.clone();
+        // Only fails without support_invalidation_closures(), set above.
+        let _ = self.answers.invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|g| g.application_id == a));
+        let _ = self.last_known.invalidate_entries_if(move |_, g| g.application_id == app);
+    }
+
+    /// Keys held now (both tiers; pending maintenance is run first).
+    pub async fn held_keys(&self) -> u64 {
+        self.answers.run_pending_tasks().await;
+        self.last_known.run_pending_tasks().await;
+        self.answers.entry_count() + self.last_known.entry_count()
     }
 }
 
-fn verdict(grant: Option<Arc<KeyGrant>>) -> KeyCheck {
+fn verdict(grant: Answer) -> KeyCheck {
     match grant {
         None => KeyCheck::Unknown,
         Some(g) if g.revoked => KeyCheck::Revoked,
         Some(g) => KeyCheck::Valid(g),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::keys::{Environment, hash};
+
+    async fn sqlite() -> (tempfile::TempDir, Db) {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", tmp.path().join("t.db").display());
+        sqlx::any::install_default_drivers();
+        let db = Db::connect(&url, Duration::from_secs(2)).await.unwrap();
+        (tmp, db)
+    }
+
+    #[tokio::test]
+    async fn concurrent_checks_of_an_unknown_key_share_one_query_and_the_answer_is_reused() {
+        let (_t, db) = sqlite().await;
+        let cache = Arc::new(KeyCache::new(Duration::from_secs(5)));
+        let checks = (0..50).map(|_| {
+            let (cache, db) = (cache.clone(), db.clone());
+            tokio::spawn(async move { cache.check(&db, "made-up").await })
+        });
+        for c in futures::future::join_all(checks).await {
+            assert!(matches!(c.unwrap(), KeyCheck::Unknown));
+        }
+        assert_eq!(db.key_lookups.get(), 1, "single flight");
+        assert!(matches!(cache.check(&db, "made-up").await, KeyCheck::Unknown));
+        assert_eq!(db.key_lookups.get(), 1, "negative answers are cached");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unknown_keys_never_costs_a_known_key_its_outage_fallback() {
+        let (_t, db) = sqlite().await;
+        let app = db.create_application("tpp").await.unwrap();
+        let (_, key) = db.create_key(&app.id, Environment::Production).await.unwrap();
+        let cache = KeyCache::with_capacity(Duration::from_millis(200), 100);
+        assert!(matches!(cache.check(&db, &hash(&key)).await, KeyCheck::Valid(_)));
+        for i in 0..2_000 {
+            assert!(matches!(cache.check(&db, &format!("flood-{i}")).await, KeyCheck::Unknown));
+        }
+        assert!(cache.held_keys().await <= 2 * 100 + 16, "bounded: {}", cache.held_keys().await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The database goes away: the known key still works, unknown keys get Unavailable.
+        let down =
+            Db::connect_without_migrating("postgres://tollgate@127.0.0.1:1/none", Duration::from_millis(300)).unwrap();
+        assert!(matches!(cache.check(&down, &hash(&key)).await, KeyCheck::Valid(_)));
+        assert!(matches!(cache.check(&down, "flood-new").await, KeyCheck::Unavailable));
+        // A revocation on this node is seen at once.
+        cache.invalidate(&hash(&key)).await;
+        assert!(matches!(cache.check(&down, &hash(&key)).await, KeyCheck::Unavailable));
     }
 }

@@ -92,6 +92,8 @@ pub struct KeyGrant {
 pub struct Db {
     pool: AnyPool,
     pub kind: &'static str,
+    /// API-key lookups that reached the database (`tollgate_store_key_lookups_total`).
+    pub key_lookups: prometheus_client::metrics::counter::Counter,
 }
 
 /// The database URL: the given one, else SQLite under `<data-dir>/database`.
@@ -123,7 +125,7 @@ impl Db {
             .acquire_timeout(timeout)
             .connect_lazy(url)
             .map_err(|e| StoreError::Other(format!("database URL: {e}")))?;
-        Ok(Db { pool, kind })
+        Ok(Db { pool, kind, key_lookups: Default::default() })
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -334,6 +336,7 @@ impl Db {
 
     /// The grant of a presented key (by hash), None when unknown.
     pub async fn grant(&self, key_hash: &str) -> Result<Option<KeyGrant>> {
+        self.key_lookups.inc();
         let Some(row) = sqlx::query("SELECT application_id, environment, revoked_ms FROM api_keys WHERE key_hash = $1")
             .bind(key_hash)
             .fetch_optional(&self.pool)

@@ -36,6 +36,7 @@ impl Store {
         database_url: Option<&str>,
         admin_token_file: Option<&Path>,
         key_ttl: Duration,
+        key_lookups: prometheus_client::metrics::counter::Counter,
     ) -> anyhow::Result<Store> {
         let admin_token = match admin_token_file {
             Some(p) => {
@@ -62,6 +63,8 @@ impl Store {
             }
             Err(e) => anyhow::bail!("opening the database: {e}"),
         };
+        let mut pool_db = pool_db;
+        pool_db.0.key_lookups = key_lookups;
         tracing::info!(kind = pool_db.0.kind, "store database opened");
         let search = match search::SearchIndex::open(&data_dir.join("search-index")) {
             Ok(s) => Some(s),
