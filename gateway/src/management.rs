@@ -92,6 +92,7 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         "lastReloadMillis": st.last_reload_millis,
         "errors": st.errors,
         "trafficManager": state.shared.traffic.as_ref().map(|t| t.status()),
+        "tls": state.tls_cert.get().map(|c| c.status()),
     }))
     .into_response()
 }

@@ -65,6 +65,8 @@ pub struct State {
     pub traffic_probe: parking_lot::Mutex<Option<std::net::SocketAddr>>,
     /// The traffic listener accepted a probe connection.
     pub listening: AtomicBool,
+    /// The reloading TLS certificate, when TLS is on (for /status).
+    pub tls_cert: std::sync::OnceLock<Arc<crate::tls::ReloadingCert>>,
 }
 
 impl State {
@@ -76,6 +78,7 @@ impl State {
             traffic_probe: parking_lot::Mutex::new(None),
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            tls_cert: std::sync::OnceLock::new(),
             shared,
         }
     }

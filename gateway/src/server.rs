@@ -105,6 +105,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(c) = &cert {
+        let _ = state.tls_cert.set(c.clone());
+    }
 
     let conf = ServerConf {
         threads: config.threads,

@@ -22,6 +22,8 @@ pub enum TlsError {
     NoKey { path: PathBuf },
     #[error("{path}: unsupported private key: {message}")]
     BadKey { path: PathBuf, message: String },
+    #[error("{key} does not belong to the certificate in {cert} ({message})")]
+    Mismatch { cert: PathBuf, key: PathBuf, message: String },
 }
 
 /// Loads a certificate chain and key into a rustls `CertifiedKey`.
@@ -39,7 +41,11 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
         .ok_or_else(|| TlsError::NoKey { path: key.into() })?;
     let signing =
         any_supported_type(&key_der).map_err(|e| TlsError::BadKey { path: key.into(), message: e.to_string() })?;
-    Ok(CertifiedKey::new(certs, signing))
+    let pair = CertifiedKey::new(certs, signing);
+    // A certificate written before its key (or the other way round) must
+    // never go live: every handshake would fail.
+    pair.keys_match().map_err(|e| TlsError::Mismatch { cert: cert.into(), key: key.into(), message: e.to_string() })?;
+    Ok(pair)
 }
 
 /// A certificate resolver whose pair is swapped when the files change.
@@ -47,6 +53,8 @@ pub struct ReloadingCert {
     current: ArcSwap<CertifiedKey>,
     cert: PathBuf,
     key: PathBuf,
+    /// Why the files on disk are not in service (None when they are).
+    problem: parking_lot::Mutex<Option<String>>,
 }
 
 impl fmt::Debug for ReloadingCert {
@@ -69,6 +77,7 @@ impl ReloadingCert {
             current: ArcSwap::from_pointee(pair),
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            problem: parking_lot::Mutex::new(None),
         });
         let weak = Arc::downgrade(&me);
         let mut last = (stamp(cert), stamp(key));
@@ -85,17 +94,33 @@ impl ReloadingCert {
                     match load_pair(&me.cert, &me.key) {
                         Ok(pair) => {
                             me.current.store(Arc::new(pair));
+                            *me.problem.lock() = None;
                             last = now;
                             tracing::info!(cert = %me.cert.display(), "TLS certificate reloaded");
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "new TLS certificate not usable yet; keeping the current one");
+                            let message = e.to_string();
+                            if me.problem.lock().replace(message.clone()).as_ref() != Some(&message) {
+                                tracing::warn!(error = %message, "new TLS certificate not usable; keeping the current one");
+                            }
                         }
                     }
                 }
             })
             .expect("spawning the TLS reload thread");
         Ok(me)
+    }
+}
+
+impl ReloadingCert {
+    /// For /status: the files, and why they are not in service if so.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cert": self.cert.display().to_string(),
+            "key": self.key.display().to_string(),
+            "servingLastGood": self.problem.lock().is_some(),
+            "error": *self.problem.lock(),
+        })
     }
 }
 

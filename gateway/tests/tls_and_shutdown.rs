@@ -38,6 +38,16 @@ fn tls_get(
     path: &str,
     trust: &[CertificateDer<'static>],
 ) -> (u16, CertificateDer<'static>) {
+    let (status, cert, _) = tls_get_body(addr, path, trust);
+    (status, cert)
+}
+
+/// [`tls_get`] that also returns the response.
+fn tls_get_body(
+    addr: std::net::SocketAddr,
+    path: &str,
+    trust: &[CertificateDer<'static>],
+) -> (u16, CertificateDer<'static>, Resp) {
     let mut roots = rustls::RootCertStore::empty();
     for c in trust {
         roots.add(c.clone()).unwrap();
@@ -54,7 +64,7 @@ fn tls_get(
     let mut tls = rustls::StreamOwned::new(conn, sock);
     let resp = exchange(&mut tls, "GET", path, &[], b"").unwrap();
     let cert = tls.conn.peer_certificates().unwrap()[0].clone().into_owned();
-    (resp.status, cert)
+    (resp.status, cert, resp)
 }
 
 #[test]
@@ -75,24 +85,38 @@ fn https_serves_and_rotates_certificates_without_restart() {
     let gw = gateway(&dir, &["--tls-cert", cert_arg.to_str().unwrap(), "--tls-key", key_arg.to_str().unwrap()]);
     wait_port(gw.https);
     let (first, second) = (der(&certs.join("first.crt")), der(&certs.join("second.crt")));
-    let (status, served) = tls_get(gw.https, "/a/v1/x", &[first.clone(), second.clone()]);
+    let (status, served, resp) = tls_get_body(gw.https, "/a/v1/x", &[first.clone(), second.clone()]);
     assert_eq!(status, 200);
     assert_eq!(served, first);
     // The backend sees https as the forwarded protocol.
+    assert_eq!(resp.json()["headers"]["x-forwarded-proto"], "https", "{}", resp.text());
+    let plain = gw.get("/a/v1/x");
+    assert_eq!(plain.json()["headers"]["x-forwarded-proto"], "http");
     let (status, _) = tls_get(gw.mgmt_tls, "/healthz", std::slice::from_ref(&first));
     assert_eq!(status, 200, "management TLS listener");
+    assert_eq!(gw.status()["tls"]["error"], serde_json::Value::Null);
 
-    // A half-written pair is not taken; the complete new pair is.
+    // A half-written pair is not taken (and /status says so).
     std::fs::write(certs.join("tls.crt"), "-----BEGIN CERTIFICATE-----\nnot really\n").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    eventually(Duration::from_secs(4), || gw.status()["tls"]["error"].is_string());
+    assert_eq!(gw.status()["tls"]["servingLastGood"], true);
     assert_eq!(
         tls_get(gw.https, "/a/v1/x", &[first.clone(), second.clone()]).1,
         first,
         "broken files keep the old pair"
     );
-    std::fs::copy(certs.join("second.key"), certs.join("tls.key")).unwrap();
+    // The new certificate before its key: a mismatched pair never goes live.
     std::fs::copy(certs.join("second.crt"), certs.join("tls.crt")).unwrap();
+    eventually(Duration::from_secs(4), || {
+        gw.status()["tls"]["error"].as_str().is_some_and(|e| e.contains("does not belong to the certificate"))
+    });
+    for _ in 0..3 {
+        assert_eq!(tls_get(gw.https, "/a/v1/x", &[first.clone(), second.clone()]).1, first, "still the old pair");
+    }
+    // Its key arrives: the new pair goes live and the problem clears.
+    std::fs::copy(certs.join("second.key"), certs.join("tls.key")).unwrap();
     eventually(Duration::from_secs(4), || tls_get(gw.https, "/a/v1/x", &[first.clone(), second.clone()]).1 == second);
+    eventually(Duration::from_secs(4), || gw.status()["tls"]["error"].is_null());
 }
 
 #[test]
@@ -105,12 +129,24 @@ fn sigterm_lets_requests_in_flight_finish() {
     let mut gw = gateway(&dir, &[]);
     let http = gw.http;
     let slow: Vec<_> = (0..3)
-        .map(|_| std::thread::spawn(move || request(http, "GET", "/a/v1/x?delay_ms=1500", &[], b"").status))
+        .map(|_| std::thread::spawn(move || request(http, "GET", "/a/v1/x?delay_ms=3000", &[], b"").status))
         .collect();
     std::thread::sleep(Duration::from_millis(400));
     let pid = gw.proc.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let start = Instant::now();
+    // /readyz turns 503 at once, while the requests are still in flight (so
+    // a load balancer stops sending before the listeners close).
+    let mut readyz = 0;
+    while start.elapsed() < Duration::from_millis(2000) {
+        readyz = try_request(gw.mgmt, "GET", "/readyz", &[], b"").map(|r| r.status).unwrap_or(0);
+        if readyz == 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(readyz, 503, "/readyz during the drain");
+    assert!(slow.iter().all(|t| !t.is_finished()), "observed while the requests were in flight");
     for t in slow {
         assert_eq!(t.join().unwrap(), 200, "in-flight request completed");
     }
