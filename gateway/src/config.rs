@@ -91,6 +91,11 @@ pub struct Args {
     /// Longest time, in seconds, in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "TOLLGATE_DRAIN_SECONDS", default_value = "20")]
     pub drain_seconds: u64,
+    /// Seconds a client gets to send a request head (and, on TLS listeners,
+    /// to finish the handshake) before the connection is closed (slowloris).
+    #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT_SECONDS", default_value = "10",
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_timeout_seconds: u64,
     /// Write one JSON access-log line per request to stdout.
     #[arg(long, env = "TOLLGATE_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
@@ -144,6 +149,7 @@ pub struct Config {
     pub rescan_interval: Duration,
     pub reload_debounce: Duration,
     pub drain: Duration,
+    pub header_timeout: Duration,
     pub access_log: bool,
     pub max_throttle_keys: usize,
     pub eject_for: Duration,
@@ -235,6 +241,7 @@ impl Config {
             rescan_interval: Duration::from_secs_f64(a.rescan_interval),
             reload_debounce: Duration::from_millis(a.reload_debounce_ms),
             drain: Duration::from_secs(a.drain_seconds),
+            header_timeout: Duration::from_secs(a.header_timeout_seconds),
             access_log: a.access_log,
             max_throttle_keys: a.max_throttle_keys.max(1),
             eject_for: Duration::from_secs(a.eject_seconds.max(1)),
@@ -285,6 +292,7 @@ struct FileKeys {
     rescan_interval: Option<serde_json::Value>,
     reload_debounce_ms: Option<serde_json::Value>,
     drain_seconds: Option<serde_json::Value>,
+    header_timeout_seconds: Option<serde_json::Value>,
     access_log: Option<serde_json::Value>,
     max_throttle_keys: Option<serde_json::Value>,
     eject_seconds: Option<serde_json::Value>,
@@ -355,6 +363,11 @@ fn merge_file_layer(
             from_file.reload_debounce_ms
         },
         drain_seconds: if pick("drain_seconds") { parsed.drain_seconds } else { from_file.drain_seconds },
+        header_timeout_seconds: if pick("header_timeout_seconds") {
+            parsed.header_timeout_seconds
+        } else {
+            from_file.header_timeout_seconds
+        },
         access_log: if pick("access_log") { parsed.access_log } else { from_file.access_log },
         max_throttle_keys: if pick("max_throttle_keys") {
             parsed.max_throttle_keys

@@ -111,6 +111,8 @@ pub struct ManagementService {
     pub state: Arc<State>,
     pub plain: SocketAddr,
     pub tls: Option<(SocketAddr, Arc<ReloadingCert>)>,
+    /// Time a client gets for the TLS handshake and the request head.
+    pub header_timeout: Duration,
 }
 
 #[async_trait]
@@ -126,15 +128,10 @@ impl BackgroundService for ManagementService {
         };
         tracing::info!(addr = %self.plain, "management API listening");
         let mut tasks = Vec::new();
-        let app_plain = app.clone();
-        let mut sd = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(plain, app_plain)
-                .with_graceful_shutdown(async move {
-                    let _ = sd.changed().await;
-                })
-                .await;
-        }));
+        // The management listeners keep serving through the drain after
+        // SIGTERM (so /readyz answers 503 to the load balancer) until the
+        // process exits.
+        tasks.push(tokio::spawn(serve(plain, None, app.clone(), self.header_timeout)));
         if let Some((addr, cert)) = &self.tls {
             let listener = match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
@@ -151,28 +148,7 @@ impl BackgroundService for ManagementService {
                     .with_no_client_auth()
                     .with_cert_resolver(cert.clone());
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-            let app_tls = app.clone();
-            let mut sd = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let (stream, _) = tokio::select! {
-                        r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
-                        _ = sd.changed() => return,
-                    };
-                    let acceptor = acceptor.clone();
-                    let app = app_tls.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(stream).await else { return };
-                        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let app = app.clone();
-                            async move { Ok::<_, std::convert::Infallible>(tower_call(app, req).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                            .await;
-                    });
-                }
-            }));
+            tasks.push(tokio::spawn(serve(listener, Some(acceptor), app.clone(), self.header_timeout)));
         }
         // Requests per second, averaged over the last 5 seconds.
         let metrics = self.state.shared.metrics.clone();
@@ -206,6 +182,56 @@ impl BackgroundService for ManagementService {
         for t in tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// Accepts connections and serves `app` on each (through TLS with
+/// `acceptor`). A client gets `header_timeout` for the TLS handshake and for
+/// each request head (slowloris); accept errors such as EMFILE back off
+/// (5 ms doubling to 1 s) instead of spinning.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    header_timeout: Duration,
+) {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = FIRST_BACKOFF;
+                stream
+            }
+            Err(e) => {
+                if backoff == FIRST_BACKOFF {
+                    tracing::warn!(error = %e, "management listener cannot accept connections; backing off");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let (app, acceptor) = (app.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move { Ok::<_, std::convert::Infallible>(tower_call(app, req).await) }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+            match acceptor {
+                Some(acceptor) => {
+                    let Ok(Ok(tls)) = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await else {
+                        return;
+                    };
+                    let _ = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                }
+                None => {
+                    let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                }
+            }
+        });
     }
 }
 

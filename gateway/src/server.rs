@@ -150,6 +150,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         state: state.clone(),
         plain: config.management,
         tls: cert.clone().map(|c| (config.management_tls, c)),
+        header_timeout: config.header_timeout,
     };
     server.add_service(background_service("management", management));
     tracing::info!(

@@ -160,3 +160,44 @@ fn sigterm_lets_requests_in_flight_finish() {
     assert!(status.success(), "{status:?}");
     assert!(TcpStream::connect_timeout(&http, Duration::from_millis(300)).is_err(), "no longer accepting");
 }
+
+/// A client that sends half a request head (or nothing after connecting to
+/// the TLS port) is cut off after --header-timeout-seconds: management
+/// connections cannot be held open forever (slowloris).
+#[test]
+fn management_listeners_close_connections_that_never_finish_their_request_head() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    let dir = tmp.path().join("config");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    make_cert(&certs, "tls");
+    let (cert, key) = (certs.join("tls.crt"), certs.join("tls.key"));
+    let gw = gateway(
+        &dir,
+        &["--header-timeout-seconds", "1", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    wait_port(gw.mgmt_tls);
+    let closed_within = |addr, send: &[u8]| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        s.write_all(send).unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return start.elapsed(),
+                Ok(_) => continue, // a 408 answer before the close is fine
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return start.elapsed(),
+                Err(e) => panic!("still open after {:?}: {e}", start.elapsed()),
+            }
+        }
+    };
+    let plain = closed_within(gw.mgmt, b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    assert!(plain < Duration::from_secs(8), "{plain:?}");
+    let tls = closed_within(gw.mgmt_tls, b"");
+    assert!(tls < Duration::from_secs(8), "{tls:?}");
+    // The listeners still serve everyone else.
+    assert_eq!(request(gw.mgmt, "GET", "/healthz", &[], b"").status, 200);
+}
