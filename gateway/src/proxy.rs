@@ -54,6 +54,9 @@ pub struct Ctx {
     flagged: Option<String>,
     bandwidth: Vec<(Arc<Policy>, u64)>,
     upstream_error: Option<&'static str>,
+    /// A pooled (reused) connection to the current endpoint failed: the
+    /// retry goes to the same endpoint on a fresh connection.
+    retry_same_endpoint: bool,
     client_ip: Option<IpAddr>,
     tls: bool,
     /// The calling application (from its API key), for keyBy Consumer.
@@ -368,6 +371,7 @@ impl ProxyHttp for Gateway {
             flagged: None,
             bandwidth: Vec::new(),
             upstream_error: None,
+            retry_same_endpoint: false,
             client_ip: None,
             tls: false,
         }
@@ -517,10 +521,16 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
         let api = ctx.api.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no API in context"))?;
         let set = if ctx.sandbox { api.sandbox.as_ref().unwrap_or(&api.endpoints) } else { &api.endpoints };
-        let idx = set
-            .pick(&ctx.tried)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no backend endpoint available"))?;
-        ctx.tried.push(idx);
+        let idx = match (std::mem::take(&mut ctx.retry_same_endpoint), ctx.current) {
+            (true, Some(current)) => current,
+            _ => {
+                let idx = set
+                    .pick(&ctx.tried)
+                    .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no backend endpoint available"))?;
+                ctx.tried.push(idx);
+                idx
+            }
+        };
         ctx.current = Some(idx);
         let ep = &set.endpoints[idx];
         let addr = ep.addr().ok_or_else(|| {
@@ -632,6 +642,31 @@ impl ProxyHttp for Gateway {
             e.set_retry(idempotent && retries_left && another);
         }
         ctx.upstream_error = Some("connect");
+        e
+    }
+
+    /// Pingora's default retry policy (idempotent requests whose body is
+    /// still buffered; `ReusedOnly` errors only on a reused connection), plus:
+    /// a failure of a pooled connection is retried on the same endpoint,
+    /// which is not at fault (a single-endpoint API would otherwise have
+    /// nothing left to pick and answer 502).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() && client_reused {
+            ctx.retry_same_endpoint = true;
+        }
         e
     }
 

@@ -90,3 +90,99 @@ fn backend_host_names_resolve_off_the_request_path_and_unknown_hosts_give_502() 
     assert_eq!(status["apis"], 2, "an unresolvable backend does not reject the API: {status}");
     assert!(status["errors"].as_array().unwrap().is_empty(), "{status}");
 }
+
+/// A raw keep-alive backend answering "fresh". With `drop_reused`, it answers
+/// only the first request of each connection and drops the connection when a
+/// second request arrives on it, like a server whose idle timeout is shorter
+/// than the gateway's pool. Returns its address and how many connections it
+/// accepted.
+fn raw_backend(drop_reused: bool) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request head (GETs without a body).
+                    let mut buf = Vec::new();
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh");
+                    if drop_reused {
+                        // Read the second request, then close without an answer.
+                        let _ = conn.read(&mut chunk);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A pooled connection that turns out dead is not the endpoint's fault: an
+/// idempotent request is retried on the same endpoint over a new connection,
+/// also when the API has only that one endpoint.
+#[test]
+fn a_dead_pooled_connection_is_retried_on_the_same_endpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (addr, accepted) = raw_backend(true);
+    std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &format!("http://{addr}"), "")).unwrap();
+    let gw = gateway(&dir, &["--access-log", "false"]);
+    for i in 0..6 {
+        let r = gw.get("/a/v1/x");
+        assert_eq!((r.status, r.text()), (200, "fresh".to_string()), "request {i}");
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 6, "each answer came over a new connection");
+}
+
+/// Downstream keep-alive: several requests over one client connection; and
+/// upstream connections come from the pool (one backend connection for
+/// sequential requests).
+#[test]
+fn keep_alive_downstream_and_pooled_upstream_connections() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (addr, accepted) = raw_backend(false);
+    std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &format!("http://{addr}"), "")).unwrap();
+    let gw = gateway(&dir, &["--access-log", "false"]);
+    let stream = std::net::TcpStream::connect(gw.http).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    for i in 0..5 {
+        write!(writer, "GET /a/v1/x?i={i} HTTP/1.1\r\nhost: gateway.test\r\n\r\n").unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "request {i} on the same connection: {status}");
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).unwrap();
+        assert_eq!(body, b"fresh");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one pooled backend connection");
+}
