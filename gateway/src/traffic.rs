@@ -15,13 +15,11 @@
 //! `Closed` refuses with 503. A prober reconnects every second and cluster
 //! counting resumes as soon as Redis answers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 
@@ -39,6 +37,9 @@ pub enum FailureMode {
 /// Lease sizes: a lease takes 1/LEASE_DIVISOR of what remains (at least 1,
 /// at most `max_lease`), so leases shrink as the quota runs out.
 pub const LEASE_DIVISOR: u64 = 8;
+
+/// Local leases kept at most (one per counter key seen recently).
+const MAX_LEASES: u64 = 100_000;
 
 /// Atomically grants up to a share of the remaining quota of one window.
 /// KEYS[1] counter; ARGV: limit, divisor, max lease, ttl ms.
@@ -154,7 +155,10 @@ pub struct TrafficManager {
     conn: ArcSwapOption<Conn>,
     healthy: AtomicBool,
     degraded: ArcSwap<(u64, String)>,
-    leases: Mutex<HashMap<u64, Arc<Lease>>>,
+    /// Local leases by counter key: bounded (TinyLFU, idle ones expire), so
+    /// no request ever pays for trimming it. An evicted lease only forgets
+    /// tokens it had not used yet (fewer admissions, never more).
+    leases: moka::sync::Cache<u64, Arc<Lease>>,
     script: redis::Script,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -195,7 +199,11 @@ impl TrafficManager {
             conn: ArcSwapOption::empty(),
             healthy: AtomicBool::new(false),
             degraded: ArcSwap::from_pointee((now_ms(), "not connected yet".to_string())),
-            leases: Mutex::new(HashMap::new()),
+            leases: moka::sync::Cache::builder()
+                .max_capacity(MAX_LEASES)
+                .time_to_idle(Duration::from_secs(600))
+                .support_invalidation_closures()
+                .build(),
             script: redis::Script::new(LEASE_SCRIPT),
             metrics,
         });
@@ -299,7 +307,7 @@ impl TrafficManager {
             Ok(Ok(conn)) => {
                 self.conn.store(Some(Arc::new(conn)));
                 // Leases from before the outage are stale: start over.
-                self.leases.lock().clear();
+                self.leases.invalidate_all();
                 self.healthy.store(true, Ordering::Release);
                 self.set_degraded_gauge(false);
                 tracing::info!("traffic manager connected to Redis: cluster-wide counting");
@@ -398,7 +406,7 @@ impl TrafficManager {
     pub fn refund(&self, key: u64, window: Window) {
         let period_ms = window.period_secs.max(1) * 1000;
         let window_end_ms = (now_ms() / period_ms + 1) * period_ms;
-        let lease = self.leases.lock().get(&key).cloned();
+        let lease = self.leases.get(&key);
         if let Some(lease) = lease
             && lease.window_end_ms.load(Ordering::Acquire) == window_end_ms
         {
@@ -407,27 +415,21 @@ impl TrafficManager {
     }
 
     fn lease_slot(&self, key: u64, window_end_ms: u64) -> Arc<Lease> {
-        let mut map = self.leases.lock();
-        if map.len() > 100_000 {
-            let now = now_ms();
-            map.retain(|_, l| l.window_end_ms.load(Ordering::Relaxed) > now);
-        }
-        map.entry(key)
-            .or_insert_with(|| {
-                Arc::new(Lease {
-                    window_end_ms: AtomicU64::new(window_end_ms),
-                    tokens: AtomicI64::new(0),
-                    exhausted: AtomicBool::new(false),
-                    shared_used: AtomicU64::new(0),
-                    refill: tokio::sync::Mutex::new(()),
-                })
+        self.leases.get_with(key, || {
+            Arc::new(Lease {
+                window_end_ms: AtomicU64::new(window_end_ms),
+                tokens: AtomicI64::new(0),
+                exhausted: AtomicBool::new(false),
+                shared_used: AtomicU64::new(0),
+                refill: tokio::sync::Mutex::new(()),
             })
-            .clone()
+        })
     }
 
     /// Forgets leases of ended windows.
     pub fn sweep(&self, now_ms: u64) {
-        self.leases.lock().retain(|_, l| l.window_end_ms.load(Ordering::Relaxed) > now_ms);
+        // Off the request path (the config-watch thread); moka applies it lazily.
+        let _ = self.leases.invalidate_entries_if(move |_, l| l.window_end_ms.load(Ordering::Relaxed) <= now_ms);
     }
 }
 
