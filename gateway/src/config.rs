@@ -11,6 +11,14 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 
+/// A CIDR range, or a single address (as a /32 or /128).
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR range or an IP address"))
+}
+
 /// The roles a gateway process can play.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -91,6 +99,12 @@ pub struct Args {
     /// Longest time, in seconds, in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "TOLLGATE_DRAIN_SECONDS", default_value = "20")]
     pub drain_seconds: u64,
+    /// Peers (comma-separated CIDRs, for example 10.0.0.0/8) whose
+    /// X-Forwarded-For/-Proto/-Host are believed: the client address is then
+    /// the right-most X-Forwarded-For entry outside these ranges. From any
+    /// other peer those headers are replaced.
+    #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a client gets to send a request head (and, on TLS listeners,
     /// to finish the handshake) before the connection is closed (slowloris).
     #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT_SECONDS", default_value = "10",
@@ -150,6 +164,7 @@ pub struct Config {
     pub reload_debounce: Duration,
     pub drain: Duration,
     pub header_timeout: Duration,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: bool,
     pub max_throttle_keys: usize,
     pub eject_for: Duration,
@@ -242,6 +257,7 @@ impl Config {
             reload_debounce: Duration::from_millis(a.reload_debounce_ms),
             drain: Duration::from_secs(a.drain_seconds),
             header_timeout: Duration::from_secs(a.header_timeout_seconds),
+            trusted_proxies: a.trusted_proxies,
             access_log: a.access_log,
             max_throttle_keys: a.max_throttle_keys.max(1),
             eject_for: Duration::from_secs(a.eject_seconds.max(1)),
@@ -293,6 +309,7 @@ struct FileKeys {
     reload_debounce_ms: Option<serde_json::Value>,
     drain_seconds: Option<serde_json::Value>,
     header_timeout_seconds: Option<serde_json::Value>,
+    trusted_proxies: Option<serde_json::Value>,
     access_log: Option<serde_json::Value>,
     max_throttle_keys: Option<serde_json::Value>,
     eject_seconds: Option<serde_json::Value>,
@@ -363,6 +380,7 @@ fn merge_file_layer(
             from_file.reload_debounce_ms
         },
         drain_seconds: if pick("drain_seconds") { parsed.drain_seconds } else { from_file.drain_seconds },
+        trusted_proxies: if pick("trusted_proxies") { parsed.trusted_proxies } else { from_file.trusted_proxies },
         header_timeout_seconds: if pick("header_timeout_seconds") {
             parsed.header_timeout_seconds
         } else {

@@ -39,6 +39,8 @@ pub struct Gateway {
     pub access_log: bool,
     pub eject_for: Duration,
     pub tls_listener_port: Option<u16>,
+    /// Peers whose X-Forwarded-* headers are believed (--trusted-proxies).
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
 
 /// Per-request state.
@@ -57,7 +59,13 @@ pub struct Ctx {
     /// A pooled (reused) connection to the current endpoint failed: the
     /// retry goes to the same endpoint on a fresh connection.
     retry_same_endpoint: bool,
+    /// The client: the TCP peer, or from X-Forwarded-For when the peer is a
+    /// trusted proxy.
     client_ip: Option<IpAddr>,
+    /// The TCP peer.
+    peer_ip: Option<IpAddr>,
+    /// The peer is a trusted proxy (its X-Forwarded-* headers are kept).
+    peer_trusted: bool,
     tls: bool,
     /// The calling application (from its API key), for keyBy Consumer.
     consumer: Option<String>,
@@ -101,6 +109,42 @@ fn ratelimit_headers(d: &Decision) -> Vec<(String, String)> {
         ("ratelimit-remaining".into(), d.remaining.to_string()),
         ("ratelimit-reset".into(), d.reset_secs().to_string()),
     ]
+}
+
+/// Every value of a header, joined with ", " (None when absent).
+fn joined(req: &RequestHeader, name: &str) -> Option<String> {
+    let values: Vec<&str> = req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn trusted(proxies: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    let ip = unmapped(ip);
+    proxies.iter().any(|n| n.contains(&ip))
+}
+
+/// The client behind trusted proxies: the right-most X-Forwarded-For entry
+/// that is not itself a trusted proxy. None when the header is absent or an
+/// entry on the way is not an address (the peer then counts).
+fn forwarded_client(req: &RequestHeader, proxies: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let chain = joined(req, "x-forwarded-for")?;
+    for entry in chain.rsplit(',').map(str::trim) {
+        let ip = entry
+            .parse::<IpAddr>()
+            .or_else(|_| entry.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+            .ok()
+            .map(unmapped)?;
+        if !trusted(proxies, ip) {
+            return Some(ip);
+        }
+    }
+    None
 }
 
 /// The counter key of a client address: IPv4 (also IPv4-mapped IPv6) as is,
@@ -373,12 +417,20 @@ impl ProxyHttp for Gateway {
             upstream_error: None,
             retry_same_endpoint: false,
             client_ip: None,
+            peer_ip: None,
+            peer_trusted: false,
             tls: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        ctx.client_ip = client_ip(session);
+        ctx.peer_ip = client_ip(session);
+        ctx.peer_trusted = ctx.peer_ip.is_some_and(|p| trusted(&self.trusted_proxies, p));
+        ctx.client_ip = if ctx.peer_trusted {
+            forwarded_client(session.req_header(), &self.trusted_proxies).or(ctx.peer_ip)
+        } else {
+            ctx.peer_ip
+        };
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let snapshot = self.state.snapshot.load_full();
         let req = session.req_header();
@@ -585,16 +637,26 @@ impl ProxyHttp for Gateway {
         let default_port = if ep.tls { 443 } else { 80 };
         let host = if ep.port == default_port { ep.host.clone() } else { format!("{}:{}", ep.host, ep.port) };
         upstream.insert_header("host", host)?;
-        if let Some(ip) = ctx.client_ip {
-            let xff = match header(session.req_header(), "x-forwarded-for") {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            upstream.insert_header("x-forwarded-for", xff)?;
+        // X-Forwarded-*: a trusted proxy's values are extended or kept; from
+        // anyone else they are replaced, so a client cannot forge its
+        // address, scheme or host for the backend.
+        let incoming = |name: &str| joined(session.req_header(), name).filter(|_| ctx.peer_trusted);
+        match (ctx.peer_ip, incoming("x-forwarded-for")) {
+            (Some(peer), Some(prev)) => upstream.insert_header("x-forwarded-for", format!("{prev}, {peer}"))?,
+            (Some(peer), None) => upstream.insert_header("x-forwarded-for", peer.to_string())?,
+            (None, _) => {
+                upstream.remove_header("x-forwarded-for");
+            }
         }
-        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
-        if let Some(h) = original_host {
-            upstream.insert_header("x-forwarded-host", h)?;
+        let proto = incoming("x-forwarded-proto")
+            .filter(|p| p == "http" || p == "https")
+            .unwrap_or_else(|| (if ctx.tls { "https" } else { "http" }).to_string());
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        match incoming("x-forwarded-host").or(original_host) {
+            Some(h) => upstream.insert_header("x-forwarded-host", h)?,
+            None => {
+                upstream.remove_header("x-forwarded-host");
+            }
         }
         Ok(())
     }
@@ -751,6 +813,26 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_forwarded_address() {
+        let proxies: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.1/32".parse().unwrap()];
+        let req = |values: &[&str]| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            for v in values {
+                r.append_header("x-forwarded-for", *v).unwrap();
+            }
+            r
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(forwarded_client(&req(&["198.51.100.1, 203.0.113.9, 10.1.2.3"]), &proxies), ip("203.0.113.9"));
+        assert_eq!(forwarded_client(&req(&["198.51.100.1", "203.0.113.9"]), &proxies), ip("203.0.113.9"));
+        assert_eq!(forwarded_client(&req(&["[2001:db8::1]:4711, ::ffff:10.0.0.1"]), &proxies), ip("2001:db8::1"));
+        assert_eq!(forwarded_client(&req(&["198.51.100.1, garbage, 10.0.0.2"]), &proxies), None);
+        assert_eq!(forwarded_client(&req(&["10.0.0.1, 127.0.0.1"]), &proxies), None, "only proxies");
+        assert_eq!(forwarded_client(&req(&[]), &proxies), None);
+        assert!(trusted(&proxies, "::ffff:10.9.9.9".parse().unwrap()));
+    }
 
     #[test]
     fn ipv6_clients_are_keyed_by_their_64_and_mapped_ipv4_as_ipv4() {

@@ -9,6 +9,10 @@ use std::time::Duration;
 use support::*;
 
 fn setup(policies: &[(&str, &str)], apis: &[String]) -> (tempfile::TempDir, Proc, Gateway) {
+    setup_with(policies, apis, &[])
+}
+
+fn setup_with(policies: &[(&str, &str)], apis: &[String], extra: &[&str]) -> (tempfile::TempDir, Proc, Gateway) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("config");
     std::fs::create_dir(&dir).unwrap();
@@ -19,7 +23,9 @@ fn setup(policies: &[(&str, &str)], apis: &[String]) -> (tempfile::TempDir, Proc
     for (i, a) in apis.iter().enumerate() {
         std::fs::write(dir.join(format!("api-{i}.yaml")), a.replace("BACKEND", &format!("http://{addr}"))).unwrap();
     }
-    let gw = gateway(&dir, &["--access-log", "false"]);
+    let mut args = vec!["--access-log", "false"];
+    args.extend_from_slice(extra);
+    let gw = gateway(&dir, &args);
     (tmp, be, gw)
 }
 
@@ -213,4 +219,46 @@ fn a_request_refused_by_one_policy_uses_no_quota_of_the_others() {
     let others: Vec<u16> = (0..12).map(|i| call(&format!("client-{i}"))).collect();
     assert_eq!(others.iter().filter(|s| **s == 200).count(), 9, "{others:?}");
     assert_eq!(&others[9..], &[429, 429, 429]);
+}
+
+/// X-Forwarded-For from an untrusted peer is replaced (a client cannot pick
+/// its own throttling key or forge its address for the backend); behind a
+/// --trusted-proxies peer, the right-most untrusted entry is the client.
+#[test]
+fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let policies = [("by-ip", "  limit: {requests: 2, per: 1h}\n  keyBy: ClientIp\n")];
+    let apis = [api("a", "/a", "v1", "BACKEND", "  throttling: {policy: by-ip}\n")];
+    let call = |gw: &Gateway, xff: &str| {
+        let r = request(
+            gw.http,
+            "GET",
+            "/a/v1/x",
+            &[("x-forwarded-for", xff), ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.example")],
+            b"",
+        );
+        let seen = if r.status == 200 { r.json()["headers"].clone() } else { serde_json::Value::Null };
+        (r.status, seen)
+    };
+    away_from_boundary(3600);
+
+    // Untrusted: spoofed headers are replaced; every request is the peer's.
+    let (_t1, _b1, plain) = setup(&policies, &apis);
+    let (status, seen) = call(&plain, "203.0.113.1");
+    assert_eq!(status, 200);
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "gateway.test");
+    assert_eq!(call(&plain, "203.0.113.2").0, 200);
+    assert_eq!(call(&plain, "203.0.113.3").0, 429, "a new spoofed address is no new client");
+
+    // Trusted peer: the forwarded client is the key, the chain is extended.
+    let (_t2, _b2, behind) = setup_with(&policies, &apis, &["--trusted-proxies", "127.0.0.0/8,10.0.0.0/8"]);
+    let (status, seen) = call(&behind, "198.51.100.7, 203.0.113.1, 10.0.0.5");
+    assert_eq!(status, 200);
+    assert_eq!(seen["x-forwarded-for"], "198.51.100.7, 203.0.113.1, 10.0.0.5, 127.0.0.1", "{seen}");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-host"], "evil.example");
+    assert_eq!(call(&behind, "203.0.113.1").0, 200);
+    assert_eq!(call(&behind, "203.0.113.1").0, 429, "client 203.0.113.1 used its 2");
+    assert_eq!(call(&behind, "203.0.113.2").0, 200, "another client behind the proxy has its own");
 }
