@@ -274,6 +274,9 @@ impl Reloader {
                 errors.push(object_error(ce, false));
             }
         }
+        // New backend names are looked up now, in parallel and off the
+        // request path, so the snapshot starts with their addresses.
+        self.state.shared.dns.resolve_pending(Duration::from_secs(2));
         self.last_good = objects
             .into_iter()
             .filter(|(o, _)| !compile_errors.iter().any(|c| &c.object == o))
