@@ -212,8 +212,8 @@ pub fn load_dir_cached(dir: &Path, cache: &mut FileCache) -> Result<LoadReport, 
         return Err(folder_error("not a folder".into()));
     }
     let mut report = LoadReport::default();
-    let mut files = Vec::new();
-    collect_files(dir, 0, &mut files, &mut report.errors);
+    let (files, folder_errors) = manifest_files(dir);
+    report.errors.extend(folder_errors);
     let mut next = HashMap::with_capacity(files.len());
     for file in files {
         // The stamp is taken before reading: a write racing the read gives
@@ -274,50 +274,43 @@ fn read_limited(file: &Path) -> Result<String, String> {
 pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<LoadError>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
-    collect_files(dir, 0, &mut files, &mut errors);
-    (files, errors)
-}
-
-fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, errors: &mut Vec<LoadError>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            errors.push(LoadError {
-                file: dir.to_path_buf(),
-                document: None,
-                line: 0,
-                object: None,
-                field: None,
-                message: format!("cannot read folder: {e}"),
-            });
-            return;
-        }
+    let folder_error = |path: &Path, message: String| LoadError {
+        file: path.to_path_buf(),
+        document: None,
+        line: 0,
+        object: None,
+        field: None,
+        message,
     };
-    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        // The type comes with the folder listing (no stat per file); only
-        // symlinks are followed with a stat (ConfigMap volumes link every
-        // key into ..data/).
-        let Ok(mut kind) = entry.file_type() else { continue };
-        if kind.is_symlink() {
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
-            kind = meta.file_type();
-        }
-        if kind.is_dir() {
-            if depth < MAX_DEPTH {
-                collect_files(&path, depth + 1, out, errors);
+    // Depth-first in file-name order; hidden names (and ConfigMap volumes'
+    // `..data` folders) are skipped, symlinks followed (a ConfigMap volume
+    // links every key into `..data/`); the entry type comes with the folder
+    // listing, so only symlinks cost a stat. Symlink loops are detected.
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .max_depth(MAX_DEPTH + 1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || e.file_name().to_str().is_some_and(|n| !n.starts_with('.')));
+    for entry in walker {
+        match entry {
+            Ok(e) => {
+                let is_manifest = e.file_name().to_str().is_some_and(is_manifest_name);
+                if e.depth() > 0 && e.file_type().is_file() && is_manifest {
+                    files.push(e.into_path());
+                }
             }
-        } else if kind.is_file() && is_manifest_name(name) {
-            out.push(path);
+            // A folder that cannot be listed is reported; a dangling
+            // symlink or a loop holds no manifest and is passed over.
+            Err(e) => match (e.path(), e.io_error()) {
+                (Some(p), Some(io)) if p.is_dir() || e.depth() == 0 => {
+                    errors.push(folder_error(p, format!("cannot read folder: {io}")));
+                }
+                _ => {}
+            },
         }
     }
+    (files, errors)
 }
 
 /// Loads the documents of one file's text. `file` only labels errors.

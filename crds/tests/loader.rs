@@ -241,4 +241,49 @@ fn symlinked_files_and_folders_are_followed_like_configmap_volumes() {
     // A dangling link is skipped, not an error for the folder.
     std::os::unix::fs::symlink("missing.yaml", dir.join("gone.yaml")).unwrap();
     assert_eq!(load_dir(&dir).unwrap().api_deployments().count(), 1);
+    // A link back to an ancestor (a loop) is not followed forever.
+    std::os::unix::fs::symlink(&dir, dir.join("policies-loop")).unwrap();
+    let report = load_dir(&dir).unwrap();
+    assert_eq!(report.api_deployments().count(), 1);
+    assert_eq!(report.throttle_policies().count(), 1);
+}
+
+mod never_panics {
+    use proptest::prelude::*;
+    use tollgate_crds::loader::load_str;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        /// Any text, as YAML or JSON: errors, never a panic.
+        #[test]
+        fn on_arbitrary_text(text in any::<String>(), json in any::<bool>()) {
+            let name = if json { "x.json" } else { "x.yaml" };
+            let _ = load_str(std::path::Path::new(name), &text);
+        }
+
+        /// Manifest-shaped text with arbitrary values in the places a
+        /// validator walks: errors, never a panic.
+        #[test]
+        fn on_manifest_shaped_text(
+            kind in prop_oneof![Just("ApiDeployment".to_string()), Just("ThrottlePolicy".to_string()), Just("ApiManager".to_string()), ".{0,12}"],
+            field in "[a-zA-Z]{1,12}",
+            value in prop_oneof![".{0,20}", "[-0-9.e]{1,12}", Just("[1, {a: b}]".to_string()), Just("~".to_string())],
+        ) {
+            let text = format!(
+                "apiVersion: tollgate.dev/v1alpha1\nkind: {kind}\nmetadata: {{name: x, namespace: y}}\nspec:\n  {field}: {value}\n  limit: {{requests: {value}, per: {value}}}\n  context: {value}\n"
+            );
+            let _ = load_str(std::path::Path::new("x.yaml"), &text);
+        }
+    }
+}
+
+#[test]
+fn arbitrary_bytes_in_a_folder_are_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(tmp.path().join("garbage.yaml"), &bytes).unwrap();
+    std::fs::write(tmp.path().join("garbage.json"), &bytes).unwrap();
+    let report = load_dir(tmp.path()).unwrap();
+    assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
 }

@@ -115,6 +115,50 @@ mod tests {
         assert_eq!(r.len(), 3);
     }
 
+    use proptest::prelude::*;
+
+    /// The longest inserted prefix that `path` starts with on a segment
+    /// boundary, found the slow way.
+    fn naive<'a>(prefixes: &'a [String], path: &str) -> Option<&'a String> {
+        prefixes
+            .iter()
+            .filter(|p| path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            .max_by_key(|p| p.len())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn lookup_agrees_with_a_naive_longest_prefix_search(
+            prefixes in prop::collection::btree_set(prop::collection::vec("[ab]{1,2}", 1..4), 1..8),
+            path in prop::collection::vec("[ab]{0,2}", 0..6),
+        ) {
+            let prefixes: Vec<String> = prefixes.into_iter().map(|segs| format!("/{}", segs.join("/"))).collect();
+            let mut r = PrefixRouter::default();
+            for p in &prefixes {
+                r.insert(p, p.clone()).unwrap();
+            }
+            let path = format!("/{}", path.join("/"));
+            let want = naive(&prefixes, &path);
+            match (r.lookup(&path), want) {
+                (Some(m), Some(w)) => {
+                    prop_assert_eq!(m.target, w);
+                    prop_assert_eq!(m.prefix_len, w.len());
+                }
+                (None, None) => {}
+                (got, want) => prop_assert!(false, "{path}: got {:?}, want {want:?}", got.map(|m| m.target)),
+            }
+        }
+
+        #[test]
+        fn lookup_never_panics(path in any::<String>()) {
+            let mut r = PrefixRouter::default();
+            r.insert("/a/b", 1).unwrap();
+            let _ = r.lookup(&path);
+        }
+    }
+
     #[test]
     fn lookup_is_per_segment_for_many_routes() {
         let mut r = PrefixRouter::default();

@@ -125,7 +125,7 @@ pub fn revision_of(objects: &BTreeMap<ObjectRef, Resource>) -> String {
         h.update(&json);
     }
     let d = h.finalize();
-    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    hex::encode(&d[..6])
 }
 
 /// The `<context>/<version>` an ApiDeployment claims.

@@ -239,7 +239,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
             hasher.update(doc.as_bytes());
             plan.files.insert(policy_file(pns, pname), doc);
         }
-        let revision = hex(&hasher.finalize()[..8]);
+        let revision = hex::encode(&hasher.finalize()[..8]);
         let deployed = match api.spec.lifecycle {
             tollgate_crds::api_deployment::Lifecycle::Created => {
                 Verdict::no(reasons::NOT_SERVED, "artifact written; lifecycle Created is not served (404)")
@@ -465,8 +465,4 @@ pub fn render_policy(policy: &ThrottlePolicy) -> String {
         "spec": policy.spec,
     });
     to_yaml(&doc)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -37,7 +37,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// A random identifier (128 bits, hex).
 pub fn new_id() -> String {
-    random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(random_bytes::<16>())
 }
 
 /// A new key: `tg_live_…` or `tg_test_…` followed by 256 random bits.
@@ -51,14 +51,7 @@ pub fn new_key(env: Environment) -> String {
 
 /// The stored form of a key.
 pub fn hash(key: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = String::with_capacity(digest.len() * 2);
-    for b in digest {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0xf)] as char);
-    }
-    out
+    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 /// The part of a key shown in listings (no secret bits beyond 4 characters).
@@ -66,11 +59,12 @@ pub fn prefix(key: &str) -> String {
     key.chars().take(12).collect()
 }
 
-/// Compares secrets without leaking where they differ (hash first, so the
-/// time does not depend on the lengths either).
+/// Compares secrets without leaking where they differ: both are hashed
+/// first (so the time does not depend on their lengths), then the digests
+/// are compared with `subtle`'s constant-time equality.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
-    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    Sha256::digest(a).as_slice().ct_eq(Sha256::digest(b).as_slice()).into()
 }
 
 #[cfg(test)]
@@ -95,7 +89,18 @@ mod tests {
     #[test]
     fn constant_time_comparison() {
         assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(constant_time_eq(b"", b""));
+        // A difference anywhere (first byte, last byte, length) is found.
+        assert!(!constant_time_eq(b"secret", b"Secret"));
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret-longer"));
+        assert!(!constant_time_eq(b"secret", b""));
+        // Inputs whose plain bytes share a prefix longer than a digest
+        // differ after hashing too (no truncation to a common length).
+        let long = [b'x'; 100];
+        let mut other = long;
+        other[99] = b'y';
+        assert!(!constant_time_eq(&long, &other));
+        assert!(!constant_time_eq(&long, &long[..64]));
     }
 }
