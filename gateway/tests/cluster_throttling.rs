@@ -234,13 +234,7 @@ fn a_refused_request_uses_no_cluster_quota() {
             ("shared", "  limit: {requests: 10, per: 1h}\n  scope: Cluster\n"),
             ("per-client", "  limit: {requests: 1, per: 1h}\n  keyBy: Header\n  keyName: x-client\n  scope: Replica\n"),
         ],
-        &[api(
-            "both",
-            "/both",
-            "v1",
-            "BACKEND",
-            "  throttling: {policy: shared}\n  operations:\n  - {method: GET, path: /x, throttling: {policy: per-client}}\n",
-        )],
+        &[api_with_operation_policy("both", "/both", "BACKEND", "shared", "per-client")],
         &[],
     );
     away_from_boundary(3600, 10_000);

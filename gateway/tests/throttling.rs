@@ -203,13 +203,7 @@ fn a_request_refused_by_one_policy_uses_no_quota_of_the_others() {
             ("shared", "  limit: {requests: 10, per: 1h}\n"),
             ("per-client", "  limit: {requests: 1, per: 1h}\n  keyBy: Header\n  keyName: x-client\n"),
         ],
-        &[api(
-            "both",
-            "/both",
-            "v1",
-            "BACKEND",
-            "  throttling: {policy: shared}\n  operations:\n  - {method: GET, path: /x, throttling: {policy: per-client}}\n",
-        )],
+        &[api_with_operation_policy("both", "/both", "BACKEND", "shared", "per-client")],
     );
     away_from_boundary(3600);
     let call = |client: &str| request(gw.http, "GET", "/both/v1/x", &[("x-client", client)], b"").status;

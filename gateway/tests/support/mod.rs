@@ -238,6 +238,26 @@ pub fn api(name: &str, context: &str, version: &str, backend: &str, extra: &str)
     )
 }
 
+/// An API at `<context>/v1` with an API-level policy and a GET /x operation
+/// with its own policy.
+pub fn api_with_operation_policy(
+    name: &str,
+    context: &str,
+    backend: &str,
+    api_policy: &str,
+    op_policy: &str,
+) -> String {
+    api(
+        name,
+        context,
+        "v1",
+        backend,
+        &format!(
+            "  throttling: {{policy: {api_policy}}}\n  operations:\n  - {{method: GET, path: /x, throttling: {{policy: {op_policy}}}}}\n"
+        ),
+    )
+}
+
 pub fn policy(name: &str, body: &str) -> String {
     format!(
         "apiVersion: tollgate.dev/v1alpha1\nkind: ThrottlePolicy\nmetadata: {{name: {name}, namespace: bank}}\nspec:\n{body}"
