@@ -105,6 +105,11 @@ pub struct Args {
     /// other peer those headers are replaced.
     #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Seconds an idle keep-alive client connection on the API-traffic
+    /// listeners stays open (whatever the client's Keep-Alive header asks).
+    #[arg(long, env = "TOLLGATE_KEEPALIVE_TIMEOUT_SECONDS", default_value = "60",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub keepalive_timeout_seconds: u64,
     /// Seconds a client gets to send a request head (and, on TLS listeners,
     /// to finish the handshake) before the connection is closed (slowloris).
     #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT_SECONDS", default_value = "10",
@@ -164,6 +169,7 @@ pub struct Config {
     pub reload_debounce: Duration,
     pub drain: Duration,
     pub header_timeout: Duration,
+    pub keepalive_timeout_secs: u64,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: bool,
     pub max_throttle_keys: usize,
@@ -257,6 +263,7 @@ impl Config {
             reload_debounce: Duration::from_millis(a.reload_debounce_ms),
             drain: Duration::from_secs(a.drain_seconds),
             header_timeout: Duration::from_secs(a.header_timeout_seconds),
+            keepalive_timeout_secs: a.keepalive_timeout_seconds,
             trusted_proxies: a.trusted_proxies,
             access_log: a.access_log,
             max_throttle_keys: a.max_throttle_keys.max(1),
@@ -309,6 +316,7 @@ struct FileKeys {
     reload_debounce_ms: Option<serde_json::Value>,
     drain_seconds: Option<serde_json::Value>,
     header_timeout_seconds: Option<serde_json::Value>,
+    keepalive_timeout_seconds: Option<serde_json::Value>,
     trusted_proxies: Option<serde_json::Value>,
     access_log: Option<serde_json::Value>,
     max_throttle_keys: Option<serde_json::Value>,
@@ -381,6 +389,11 @@ fn merge_file_layer(
         },
         drain_seconds: if pick("drain_seconds") { parsed.drain_seconds } else { from_file.drain_seconds },
         trusted_proxies: if pick("trusted_proxies") { parsed.trusted_proxies } else { from_file.trusted_proxies },
+        keepalive_timeout_seconds: if pick("keepalive_timeout_seconds") {
+            parsed.keepalive_timeout_seconds
+        } else {
+            from_file.keepalive_timeout_seconds
+        },
         header_timeout_seconds: if pick("header_timeout_seconds") {
             parsed.header_timeout_seconds
         } else {

@@ -39,6 +39,8 @@ pub struct Gateway {
     pub access_log: bool,
     pub eject_for: Duration,
     pub tls_listener_port: Option<u16>,
+    /// Idle keep-alive limit for client connections, seconds.
+    pub keepalive_timeout_secs: u64,
     /// Peers whose X-Forwarded-* headers are believed (--trusted-proxies).
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
@@ -424,6 +426,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        // Idle keep-alive connections close after --keepalive-timeout-seconds
+        // (Pingora keeps HTTP/1.1 connections forever, or for whatever the
+        // client's Keep-Alive header asks); connections that are not kept
+        // alive stay so.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.keepalive_timeout_secs));
+        }
         ctx.peer_ip = client_ip(session);
         ctx.peer_trusted = ctx.peer_ip.is_some_and(|p| trusted(&self.trusted_proxies, p));
         ctx.client_ip = if ctx.peer_trusted {

@@ -137,6 +137,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             eject_for: config.eject_for,
             tls_listener_port: config.tls.as_ref().map(|_| config.https.port()),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+            keepalive_timeout_secs: config.keepalive_timeout_secs,
         };
         let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "api-traffic");
         proxy.add_tcp(&config.http.to_string());

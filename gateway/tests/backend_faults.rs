@@ -191,3 +191,36 @@ fn keep_alive_downstream_and_pooled_upstream_connections() {
     let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
     assert!((1..=10).contains(&opened), "20 requests over {opened} backend connections");
 }
+
+/// An idle keep-alive client connection is closed after
+/// --keepalive-timeout-seconds, whatever its Keep-Alive header asks.
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (_be, addr) = echo("bank");
+    std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &format!("http://{addr}"), "")).unwrap();
+    let gw = gateway(&dir, &["--access-log", "false", "--keepalive-timeout-seconds", "1"]);
+    let mut s = std::net::TcpStream::connect(gw.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /a/v1/x?bytes=3 HTTP/1.1\r\nhost: g\r\nconnection: keep-alive\r\nkeep-alive: timeout=3600\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"xxx") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the response: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let idle = Instant::now();
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("connection still open after {:?}: {other:?}", idle.elapsed()),
+    }
+    assert!(idle.elapsed() < Duration::from_secs(9), "{:?}", idle.elapsed());
+}
