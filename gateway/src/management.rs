@@ -23,7 +23,7 @@ use crate::tls::ReloadingCert;
 /// Routes of the management API.
 pub fn router(state: Arc<State>) -> Router {
     let store_routes = match &state.shared.store {
-        Some(store) => crate::store::api::routes(state.clone(), store.clone()),
+        Some(store) => crate::store_api::routes(state.clone(), store.clone()),
         None => Router::new(),
     };
     Router::new()
@@ -172,7 +172,7 @@ impl BackgroundService for ManagementService {
                         let snap = self.state.snapshot.load_full();
                         if index.revision() != snap.revision {
                             let store = store.clone();
-                            let _ = tokio::task::spawn_blocking(move || store.sync_search(&snap)).await;
+                            let _ = tokio::task::spawn_blocking(move || store.sync_search(&snap.revision, &snap.indexed_apis())).await;
                         }
                     }
                 }

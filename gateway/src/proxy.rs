@@ -375,7 +375,7 @@ impl Gateway {
         }
         ctx.consumer = Some(grant.application_id.clone());
         ctx.strip_header = header_name;
-        Ok(crate::store::tier_policy(snapshot, api, tier_name))
+        Ok(snapshot.tier_policy(api, tier_name))
     }
 
     async fn reject(&self, session: &mut Session, ctx: &Ctx, reply: Reply) -> pingora::Result<bool> {

@@ -25,7 +25,8 @@ use serde::Serialize;
 use tollgate_crds::loader::{FileCache, LoadError, load_dir_cached, manifest_files};
 use tollgate_crds::{ObjectRef, Resource};
 
-use crate::snapshot::{Shared, Snapshot, compile};
+use crate::runtime::Shared;
+use crate::snapshot::{Snapshot, compile};
 
 /// A problem shown in /status.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::management::ManagementService;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, IN_FLIGHT};
 use crate::reload::{Reloader, State};
-use crate::snapshot::Shared;
+use crate::runtime::Shared;
 use crate::throttle::Registry;
 use crate::tls::ReloadingCert;
 use crate::upstream::HealthRegistry;

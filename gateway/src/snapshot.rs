@@ -11,11 +11,11 @@ use sha2::{Digest, Sha256};
 use tollgate_crds::api_deployment::{Cors, Lifecycle, Security};
 use tollgate_crds::{ApiDeployment, ObjectRef, Resource, ThrottlePolicy};
 
-use crate::metrics::{ApiMetrics, Metrics};
+use crate::metrics::ApiMetrics;
 use crate::policy::Policy;
 use crate::router::PrefixRouter;
-use crate::throttle::Registry;
-use crate::upstream::{EndpointSet, HealthRegistry};
+use crate::runtime::Shared;
+use crate::upstream::EndpointSet;
 
 /// One operation's settings.
 pub struct OpInfo {
@@ -49,6 +49,19 @@ pub struct Api {
     pub cors: Option<Cors>,
     pub security: Option<Security>,
     pub metrics: ApiMetrics,
+}
+
+impl Api {
+    /// The words an API is found by (substring search without an index).
+    pub fn search_text(&self) -> String {
+        let s = &self.spec;
+        let mut parts = vec![self.id.clone(), s.context.clone(), s.version.clone()];
+        parts.extend(s.display_name.clone());
+        parts.extend(s.description.clone());
+        parts.extend(s.tags.iter().cloned());
+        parts.extend(s.operations.iter().map(|o| format!("{} {}", o.method.as_str(), o.path)));
+        parts.join(" ")
+    }
 }
 
 /// Where a prefix leads.
@@ -88,27 +101,37 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// The ThrottlePolicy a subscription tier names, for an API: in the
+    /// API's namespace, else its ApiManager's.
+    pub fn tier_policy(&self, api: &Api, tier: &str) -> Option<Arc<Policy>> {
+        let ns = &api.object.namespace;
+        let mgr_ns = api.spec.api_manager_ref.namespace.as_deref().unwrap_or(ns);
+        self.policies.get(&format!("{ns}/{tier}")).or_else(|| self.policies.get(&format!("{mgr_ns}/{tier}"))).cloned()
+    }
+
+    /// The published APIs as the store's search index holds them.
+    pub fn indexed_apis(&self) -> Vec<crate::store::search::IndexedApi> {
+        self.apis
+            .iter()
+            .map(|a| {
+                let s = &a.spec;
+                crate::store::search::IndexedApi {
+                    id: a.id.clone(),
+                    name: s.display_name.clone().unwrap_or_else(|| a.object.name.clone()),
+                    description: s.description.clone().unwrap_or_default(),
+                    tags: s.tags.clone(),
+                    context: s.context.clone(),
+                    operations: s.operations.iter().map(|o| format!("{} {}", o.method.as_str(), o.path)).collect(),
+                }
+            })
+            .collect()
+    }
+
     /// Which object serves each `<context>/<version>` now: the tie-breaker
     /// between two APIs created in the same second.
     pub fn owners(&self) -> HashMap<String, ObjectRef> {
         self.apis.iter().map(|a| (a.versioned_path.clone(), a.object.clone())).collect()
     }
-}
-
-/// Long-lived state that snapshots share across reloads.
-pub struct Shared {
-    pub counters: Registry,
-    pub health: HealthRegistry,
-    pub metrics: Arc<Metrics>,
-    pub max_keys: usize,
-    /// Applications, keys and subscriptions (None only in unit tests).
-    pub store: Option<Arc<crate::store::Store>>,
-    /// Cluster-wide throttling (None without --redis-url).
-    pub traffic: Option<Arc<crate::traffic::TrafficManager>>,
-    /// Backend host names and their addresses.
-    pub dns: Arc<crate::dns::DnsCache>,
-    /// This process's gateway group; APIs targeting other groups are skipped.
-    pub gateway_group: Option<String>,
 }
 
 /// Content hash of a set of objects.

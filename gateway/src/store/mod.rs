@@ -1,8 +1,9 @@
 //! The store and key manager roles: applications, API keys and
 //! subscriptions in a SQL database (SQLite embedded, PostgreSQL for HA), the
-//! management REST API over them, and the key checks of the gateway.
+//! search index over published APIs, and the key checks of the gateway. The
+//! management REST API over it lives in `store_api.rs`; nothing here knows
+//! the routing snapshot (it is handed the views it needs).
 
-pub mod api;
 pub mod cache;
 pub mod db;
 pub mod keys;
@@ -10,12 +11,8 @@ pub mod openapi;
 pub mod search;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use crate::policy::Policy;
-use crate::snapshot::{Api, Snapshot};
 
 /// The store: its database, the key cache and the admin token.
 pub struct Store {
@@ -83,11 +80,12 @@ impl Store {
         })
     }
 
-    /// Brings the search index up to `snap` (blocking; call off the async threads).
-    pub fn sync_search(&self, snap: &Snapshot) {
+    /// Brings the search index up to the published APIs of snapshot
+    /// `revision` (blocking; call off the async threads).
+    pub fn sync_search(&self, revision: &str, apis: &[search::IndexedApi]) {
         if let Some(index) = &self.search {
-            match index.sync(snap) {
-                Ok(true) => tracing::info!(revision = %snap.revision, apis = snap.apis.len(), "search index rebuilt"),
+            match index.sync(revision, apis) {
+                Ok(true) => tracing::info!(revision = %revision, apis = apis.len(), "search index rebuilt"),
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "updating the search index failed"),
             }
@@ -106,23 +104,4 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// The ThrottlePolicy a subscription tier names, for an API: in the API's
-/// namespace, else its ApiManager's.
-pub fn tier_policy(snap: &Snapshot, api: &Api, tier: &str) -> Option<Arc<Policy>> {
-    let ns = &api.object.namespace;
-    let mgr_ns = api.spec.api_manager_ref.namespace.as_deref().unwrap_or(ns);
-    snap.policies.get(&format!("{ns}/{tier}")).or_else(|| snap.policies.get(&format!("{mgr_ns}/{tier}"))).cloned()
-}
-
-/// The words an API is found by.
-pub fn search_text(a: &Api) -> String {
-    let s = &a.spec;
-    let mut parts = vec![a.id.clone(), s.context.clone(), s.version.clone()];
-    parts.extend(s.display_name.clone());
-    parts.extend(s.description.clone());
-    parts.extend(s.tags.iter().cloned());
-    parts.extend(s.operations.iter().map(|o| format!("{} {}", o.method.as_str(), o.path)));
-    parts.join(" ")
 }

@@ -12,8 +12,6 @@ use tantivy::query::QueryParser;
 use tantivy::schema::{Field, STORED, STRING, Schema, TEXT, Value};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, doc};
 
-use crate::snapshot::Snapshot;
-
 const REVISION_FILE: &str = "tollgate-revision";
 
 struct Fields {
@@ -85,31 +83,29 @@ impl SearchIndex {
         self.revision.lock().clone()
     }
 
-    /// Rebuilds the index from `snap` unless it already holds that revision.
-    /// Returns whether it rebuilt.
-    pub fn sync(&self, snap: &Snapshot) -> anyhow::Result<bool> {
-        if *self.revision.lock() == snap.revision {
+    /// Rebuilds the index from the published APIs of snapshot `revision`
+    /// unless it already holds that revision. Returns whether it rebuilt.
+    pub fn sync(&self, revision: &str, apis: &[IndexedApi]) -> anyhow::Result<bool> {
+        if *self.revision.lock() == revision {
             return Ok(false);
         }
         let f = &self.fields;
         let mut w = self.writer.lock();
         w.delete_all_documents()?;
-        for a in &snap.apis {
-            let s = &a.spec;
-            let ops: Vec<String> = s.operations.iter().map(|o| format!("{} {}", o.method.as_str(), o.path)).collect();
+        for a in apis {
             w.add_document(doc!(
                 f.id => a.id.clone(),
-                f.name => s.display_name.clone().unwrap_or_else(|| a.object.name.clone()),
-                f.description => s.description.clone().unwrap_or_default(),
-                f.tags => s.tags.join(" "),
-                f.context => format!("{} {}", s.context, s.context.replace('/', " ")),
-                f.operations => ops.join(" ").replace('/', " "),
+                f.name => a.name.clone(),
+                f.description => a.description.clone(),
+                f.tags => a.tags.join(" "),
+                f.context => format!("{} {}", a.context, a.context.replace('/', " ")),
+                f.operations => a.operations.join(" ").replace('/', " "),
             ))?;
         }
         w.commit()?;
         self.reader.reload()?;
-        write_atomic(&self.dir.join(REVISION_FILE), snap.revision.as_bytes())?;
-        *self.revision.lock() = snap.revision.clone();
+        write_atomic(&self.dir.join(REVISION_FILE), revision.as_bytes())?;
+        *self.revision.lock() = revision.to_string();
         Ok(true)
     }
 
@@ -131,6 +127,20 @@ impl SearchIndex {
         }
         Ok(ids)
     }
+}
+
+/// What the index holds of one published API.
+#[derive(Clone, Debug, Default)]
+pub struct IndexedApi {
+    /// `namespace/name`.
+    pub id: String,
+    /// Display name, else the object name.
+    pub name: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub context: String,
+    /// `METHOD /path` of each operation.
+    pub operations: Vec<String>,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

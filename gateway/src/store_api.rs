@@ -17,10 +17,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::Store;
-use super::db::StoreError;
-use super::keys::{Environment, constant_time_eq};
 use crate::reload::State;
+use crate::store::Store;
+use crate::store::db::StoreError;
+use crate::store::keys::{Environment, constant_time_eq};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -294,7 +294,7 @@ async fn create_subscription(AxState(s): AxState<ApiState>, headers: HeaderMap, 
             req.api
         ));
     };
-    if crate::store::tier_policy(&snap, api, &req.policy).is_none() {
+    if snap.tier_policy(api, &req.policy).is_none() {
         return unprocessable(format!("unknown ThrottlePolicy {:?} for API {}", req.policy, req.api));
     }
     if let Err(r) = ready(&s).await {
@@ -365,7 +365,7 @@ async fn list_apis(AxState(s): AxState<ApiState>, headers: HeaderMap, Query(q): 
     } else if s.store.search.is_some() {
         let (store, snap2, query2) = (s.store.clone(), snap.clone(), query.clone());
         let found = tokio::task::spawn_blocking(move || {
-            store.sync_search(&snap2);
+            store.sync_search(&snap2.revision, &snap2.indexed_apis());
             store.search.as_ref().map(|i| i.search(&query2, 1000))
         })
         .await;
@@ -385,7 +385,7 @@ async fn list_apis(AxState(s): AxState<ApiState>, headers: HeaderMap, Query(q): 
         snap.apis
             .iter()
             .filter(|a| {
-                let text = crate::store::search_text(a).to_lowercase();
+                let text = a.search_text().to_lowercase();
                 words.iter().all(|w| text.contains(w.as_str()))
             })
             .cloned()
@@ -413,5 +413,5 @@ async fn openapi(AxState(s): AxState<ApiState>, headers: HeaderMap) -> Response 
     if let Err(r) = authorize(&s, &headers) {
         return *r;
     }
-    ([(header::CONTENT_TYPE, "application/json")], super::openapi::DOCUMENT).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], crate::store::openapi::DOCUMENT).into_response()
 }

@@ -1,0 +1,26 @@
+//! The long-lived services the request path and reloads use: throttle
+//! counters, backend health, metrics, the store, the traffic manager and the
+//! DNS cache. Built once by the server; snapshots reference none of it, so a
+//! reload swaps routing without touching a service.
+
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::throttle::Registry;
+use crate::upstream::HealthRegistry;
+
+/// Long-lived state that snapshots share across reloads.
+pub struct Shared {
+    pub counters: Registry,
+    pub health: HealthRegistry,
+    pub metrics: Arc<Metrics>,
+    pub max_keys: usize,
+    /// Applications, keys and subscriptions (None only in unit tests).
+    pub store: Option<Arc<crate::store::Store>>,
+    /// Cluster-wide throttling (None without --redis-url).
+    pub traffic: Option<Arc<crate::traffic::TrafficManager>>,
+    /// Backend host names and their addresses.
+    pub dns: Arc<crate::dns::DnsCache>,
+    /// This process's gateway group; APIs targeting other groups are skipped.
+    pub gateway_group: Option<String>,
+}
