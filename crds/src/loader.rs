@@ -155,8 +155,11 @@ struct CachedFile {
     errors: Vec<LoadError>,
 }
 
+/// What identifies one version of a file: device, inode, size, mtime and
+/// ctime (a same-size copy renamed into place that kept its mtime still has
+/// another inode and ctime).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
+pub struct FileStamp {
     dev: u64,
     ino: u64,
     len: u64,
@@ -173,10 +176,17 @@ impl FileStamp {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
-        now - self.mtime_ns.max(self.ctime_ns) >= SETTLED_NS
+        now - self.changed_ns() >= SETTLED_NS
     }
 
-    fn of(meta: &std::fs::Metadata) -> FileStamp {
+    /// Nanoseconds since the epoch of the last change to the file or its
+    /// metadata.
+    pub fn changed_ns(&self) -> i128 {
+        self.mtime_ns.max(self.ctime_ns)
+    }
+
+    /// The stamp of a file's metadata.
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
         FileStamp {
             dev: meta.dev(),

@@ -649,7 +649,7 @@ impl ProxyHttp for Gateway {
         // X-Forwarded-*: a trusted proxy's values are extended or kept; from
         // anyone else they are replaced, so a client cannot forge its
         // address, scheme or host for the backend.
-        let incoming = |name: &str| joined(session.req_header(), name).filter(|_| ctx.peer_trusted);
+        let incoming = |name: &str| if ctx.peer_trusted { joined(session.req_header(), name) } else { None };
         match (ctx.peer_ip, incoming("x-forwarded-for")) {
             (Some(peer), Some(prev)) => upstream.insert_header("x-forwarded-for", format!("{prev}, {peer}"))?,
             (Some(peer), None) => upstream.insert_header("x-forwarded-for", peer.to_string())?,

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use notify::Watcher;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tollgate_crds::loader::{FileCache, LoadError, load_dir_cached, manifest_files};
+use tollgate_crds::loader::{FileCache, FileStamp, LoadError, load_dir_cached, manifest_files};
 use tollgate_crds::{ObjectRef, Resource};
 
 use crate::runtime::Shared;
@@ -93,7 +93,9 @@ pub enum Outcome {
     Failed,
 }
 
-type Fingerprint = Vec<FileStamp>;
+/// Every manifest file with its stamp (a same-size copy that kept its
+/// mtime still changes the inode and ctime).
+type Fingerprint = Vec<(PathBuf, FileStamp)>;
 
 /// Builds snapshots from a folder, remembering the last good objects.
 pub struct Reloader {
@@ -104,39 +106,6 @@ pub struct Reloader {
     settle: Duration,
     /// Parse results of unchanged files, reused by the next reload.
     cache: FileCache,
-}
-
-/// What identifies one version of a file: a rename of a same-size copy
-/// that kept its mtime still changes the inode and the ctime.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FileStamp {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-impl FileStamp {
-    fn of(path: PathBuf) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(&path).ok()?;
-        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
-        Some(FileStamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-            path,
-        })
-    }
-
-    /// The last time the file or its metadata changed.
-    fn changed_ns(&self) -> i128 {
-        self.mtime_ns.max(self.ctime_ns)
-    }
 }
 
 fn unix_now() -> u64 {
@@ -150,7 +119,7 @@ impl Reloader {
 
     fn fingerprint(&self) -> Fingerprint {
         let (files, _) = manifest_files(&self.dir);
-        files.into_iter().filter_map(FileStamp::of).collect()
+        files.into_iter().filter_map(|f| std::fs::metadata(&f).ok().map(|m| (f, FileStamp::of(&m)))).collect()
     }
 
     /// Waits until no manifest was modified within the settle time (files
@@ -160,7 +129,7 @@ impl Reloader {
         loop {
             let fp = self.fingerprint();
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-            let fresh = fp.iter().any(|f| now - f.changed_ns() < self.settle.as_nanos() as i128);
+            let fresh = fp.iter().any(|(_, f)| now - f.changed_ns() < self.settle.as_nanos() as i128);
             if !fresh || std::time::Instant::now() >= deadline {
                 return fp;
             }

@@ -115,11 +115,12 @@ impl ReloadingCert {
 impl ReloadingCert {
     /// For /status: the files, and why they are not in service if so.
     pub fn status(&self) -> serde_json::Value {
+        let problem = self.problem.lock().clone();
         serde_json::json!({
             "cert": self.cert.display().to_string(),
             "key": self.key.display().to_string(),
-            "servingLastGood": self.problem.lock().is_some(),
-            "error": *self.problem.lock(),
+            "servingLastGood": problem.is_some(),
+            "error": problem,
         })
     }
 }

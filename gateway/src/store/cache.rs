@@ -110,7 +110,8 @@ impl KeyCache {
     }
 
     /// Keys held now (both tiers; pending maintenance is run first).
-    pub async fn held_keys(&self) -> u64 {
+    #[cfg(test)]
+    async fn held_keys(&self) -> u64 {
         self.answers.run_pending_tasks().await;
         self.last_known.run_pending_tasks().await;
         self.answers.entry_count() + self.last_known.entry_count()

@@ -175,14 +175,14 @@ async fn sync_manager(key: &Key, ctx: &Context, focus: Option<&ApiDeployment>) -
             .map_err(|e| Error::Finalizer(format!("artifact reader task: {e}")))??;
         folder.synced(read);
     }
-    let serving = folder.serving().cloned().unwrap_or_default();
-    let plan = plan::plan(&Inputs {
+    let empty = BTreeMap::new();
+    let mut plan = plan::plan(&Inputs {
         manager: &manager,
         apis: apis.iter().map(|a| &**a).collect(),
         policies: &policies,
         namespace_labels: &namespace_labels,
         definitions: &definitions,
-        serving: &serving,
+        serving: folder.serving().unwrap_or(&empty),
     });
     let report = {
         let files = plan.files.clone();
@@ -192,7 +192,7 @@ async fn sync_manager(key: &Key, ctx: &Context, focus: Option<&ApiDeployment>) -
             .map_err(|e| Error::Finalizer(format!("artifact writer task: {e}")));
         match written {
             Ok(Ok(report)) => {
-                folder.synced(plan.serving.clone());
+                folder.synced(std::mem::take(&mut plan.serving));
                 report
             }
             Ok(Err(e)) | Err(e) => {
