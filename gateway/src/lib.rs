@@ -1,16 +1,15 @@
 //! tollgate-gateway: the Pingora data plane and the management API.
 
 pub mod config;
-pub mod cors;
 pub mod dns;
 pub mod management;
 pub mod metrics;
-pub mod path;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod respond;
-pub mod router;
+pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;

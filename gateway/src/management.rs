@@ -76,7 +76,7 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
                 "id": a.id,
                 "context": a.spec.context,
                 "version": a.spec.version,
-                "lifecycle": format!("{:?}", a.lifecycle),
+                "lifecycle": format!("{:?}", a.spec.lifecycle),
                 "url": a.versioned_path,
             })
         })

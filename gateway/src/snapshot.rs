@@ -8,27 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use tollgate_crds::api_deployment::{Cors, Lifecycle, Security};
+use tollgate_crds::api_deployment::Lifecycle;
 use tollgate_crds::{ApiDeployment, ObjectRef, Resource, ThrottlePolicy};
 
 use crate::metrics::ApiMetrics;
+use crate::pipeline::throttle::{NamespacePolicies, Tiers};
+use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::policy::Policy;
-use crate::router::PrefixRouter;
+use crate::route::router::PrefixRouter;
 use crate::runtime::Shared;
 use crate::upstream::EndpointSet;
-
-/// One operation's settings.
-pub struct OpInfo {
-    pub policy: Option<Arc<Policy>>,
-    pub scopes: Vec<String>,
-}
-
-/// The operations declared at one path template.
-pub struct PathOps {
-    pub methods: Vec<(http::Method, OpInfo)>,
-    /// Value of the Allow header for 405 answers.
-    pub allow: String,
-}
 
 /// A compiled ApiDeployment.
 pub struct Api {
@@ -36,19 +25,26 @@ pub struct Api {
     pub id: String,
     pub object: ObjectRef,
     pub spec: tollgate_crds::ApiDeploymentSpec,
-    pub lifecycle: Lifecycle,
     /// `<context>/<version>`.
     pub versioned_path: String,
-    pub operations: Option<matchit::Router<usize>>,
-    pub paths: Vec<PathOps>,
-    pub policy: Option<Arc<Policy>>,
+    /// The checks a request goes through before it is forwarded.
+    pub pipeline: Pipeline,
     pub endpoints: Arc<EndpointSet>,
     pub sandbox: Option<Arc<EndpointSet>>,
     pub timeout: Duration,
     pub retries: u32,
-    pub cors: Option<Cors>,
-    pub security: Option<Security>,
     pub metrics: ApiMetrics,
+}
+
+impl Api {
+    /// The endpoints a request goes to (sandbox credentials use the
+    /// sandbox endpoints).
+    pub fn endpoints_for(&self, sandbox: bool) -> &EndpointSet {
+        match (&self.sandbox, sandbox) {
+            (Some(s), true) => s,
+            _ => &self.endpoints,
+        }
+    }
 }
 
 impl Api {
@@ -187,6 +183,13 @@ pub fn compile(
         })
         .collect();
     shared.counters.retain(&live);
+    let mut by_namespace: HashMap<String, HashMap<String, Arc<Policy>>> = HashMap::new();
+    for (id, p) in &policies {
+        let ns = id.split_once('/').map(|(ns, _)| ns).unwrap_or_default();
+        by_namespace.entry(ns.to_string()).or_default().insert(p.name.clone(), p.clone());
+    }
+    let by_namespace: HashMap<String, NamespacePolicies> =
+        by_namespace.into_iter().map(|(ns, m)| (ns, Arc::new(m))).collect();
 
     // Who keeps a contested path: the older API (creationTimestamp); on an
     // equal creationTimestamp the one serving it now; else namespace/name
@@ -213,7 +216,7 @@ pub fn compile(
         if matches!(lifecycle, Lifecycle::Retired | Lifecycle::Created) {
             continue;
         }
-        let api = match compile_api(r, ad, &policies, shared) {
+        let api = match compile_api(r, ad, &policies, &by_namespace, shared) {
             Ok(a) => Arc::new(a),
             Err(message) => {
                 errors.push(ObjectError { object: r.clone(), message });
@@ -269,49 +272,36 @@ fn compile_api(
     r: &ObjectRef,
     ad: &ApiDeployment,
     policies: &HashMap<String, Arc<Policy>>,
+    by_namespace: &HashMap<String, NamespacePolicies>,
     shared: &Shared,
 ) -> Result<Api, String> {
     let s = &ad.spec;
     let ns = r.namespace.as_str();
     let manager_ns = s.api_manager_ref.namespace.as_deref().unwrap_or(ns);
     let policy = s.throttling.as_ref().map(|t| lookup_policy(&t.policy, ns, manager_ns, policies)).transpose()?;
-    let mut by_path: BTreeMap<&str, Vec<(http::Method, OpInfo)>> = BTreeMap::new();
-    for op in &s.operations {
-        let method = http::Method::from_bytes(op.method.as_str().as_bytes()).map_err(|e| e.to_string())?;
-        let policy = op.throttling.as_ref().map(|t| lookup_policy(&t.policy, ns, manager_ns, policies)).transpose()?;
-        by_path.entry(op.path.as_str()).or_default().push((method, OpInfo { policy, scopes: op.scopes.clone() }));
-    }
-    let (operations, paths) = if by_path.is_empty() {
-        (None, Vec::new())
-    } else {
-        let mut router = matchit::Router::new();
-        let mut paths = Vec::new();
-        for (path, methods) in by_path {
-            router.insert(path, paths.len()).map_err(|e| format!("operation path {path:?}: {e}"))?;
-            let mut names: Vec<&str> = methods.iter().map(|(m, _)| m.as_str()).collect();
-            if !names.contains(&"OPTIONS") {
-                names.push("OPTIONS");
-            }
-            paths.push(PathOps { allow: names.join(", "), methods });
-        }
-        (Some(router), paths)
+    let operation_policies = s
+        .operations
+        .iter()
+        .map(|op| op.throttling.as_ref().map(|t| lookup_policy(&t.policy, ns, manager_ns, policies)).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
+    let id = format!("{ns}/{}", r.name);
+    let tiers = Tiers {
+        own: by_namespace.get(ns).cloned(),
+        manager: (manager_ns != ns).then(|| by_namespace.get(manager_ns).cloned()).flatten(),
     };
+    let pipeline = Pipeline::compile(PipelineSpec { api_id: &id, spec: s, policy, operation_policies, tiers })?;
     let endpoints = |list: &[tollgate_crds::api_deployment::Endpoint]| {
         let items: Vec<(String, u32)> = list.iter().map(|e| (e.url.clone(), e.weight.max(0) as u32)).collect();
         EndpointSet::build(&items, &shared.health, &shared.dns).map(Arc::new).map_err(|e| e.to_string())
     };
     let timeout =
         s.backend.timeout.duration().ok_or_else(|| format!("invalid backend timeout {:?}", s.backend.timeout.0))?;
-    let id = format!("{ns}/{}", r.name);
     Ok(Api {
         metrics: shared.metrics.api(&id),
         id,
         object: r.clone(),
-        lifecycle: s.lifecycle,
         versioned_path: versioned_path(ad),
-        operations,
-        paths,
-        policy,
+        pipeline,
         endpoints: endpoints(&s.backend.endpoints)?,
         sandbox: if s.backend.sandbox_endpoints.is_empty() {
             None
@@ -320,8 +310,6 @@ fn compile_api(
         },
         timeout,
         retries: s.backend.retries.max(0) as u32,
-        cors: s.cors.clone(),
-        security: s.security.clone().filter(|sec| sec.api_key.is_some() || sec.oauth2.is_some() || sec.mtls.is_some()),
         spec: s.clone(),
     })
 }

@@ -402,7 +402,7 @@ async fn list_apis(AxState(s): AxState<ApiState>, headers: HeaderMap, Query(q): 
                 "context": a.spec.context,
                 "version": a.spec.version,
                 "url": a.versioned_path,
-                "lifecycle": format!("{:?}", a.lifecycle),
+                "lifecycle": format!("{:?}", a.spec.lifecycle),
             })
         })
         .collect();

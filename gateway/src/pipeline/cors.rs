@@ -1,6 +1,56 @@
-//! Cross-origin resource sharing from `spec.cors`.
+//! Pipeline step `cors`: cross-origin resource sharing from `spec.cors`.
+//! Every answer to an allowed origin carries the CORS headers (also the
+//! gateway's own errors, so a browser can read them); preflights are
+//! answered here, without reaching the backend or needing credentials.
 
+use pingora::http::{RequestHeader, ResponseHeader};
 use tollgate_crds::api_deployment::Cors;
+
+use super::Flow;
+use super::request::{OpMatch, RequestCtx, header};
+
+/// Methods an API without declared operations allows.
+pub const ANY_METHOD: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// The compiled `cors` step.
+pub struct CorsStep {
+    cors: Cors,
+}
+
+impl CorsStep {
+    pub fn new(cors: Cors) -> CorsStep {
+        CorsStep { cors }
+    }
+
+    /// Notes the CORS headers for an allowed origin; answers a preflight
+    /// (OPTIONS with Access-Control-Request-Method) to a declared path with
+    /// 204, with CORS headers only when the origin, method and headers are
+    /// allowed (the browser then blocks the call).
+    pub fn on_request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
+        let Some(origin) = header(req, "origin") else { return Flow::Next };
+        if origin_allowed(&self.cors, origin) {
+            ctx.cors_headers = response_headers(&self.cors, origin);
+        }
+        let preflight_method = header(req, "access-control-request-method");
+        let (true, Some(method)) = (req.method == http::Method::OPTIONS, preflight_method) else {
+            return Flow::Next;
+        };
+        let allow = match &ctx.operation {
+            OpMatch::Undeclared => ANY_METHOD,
+            OpMatch::Path { allow, .. } => allow,
+            // Unknown paths are refused by the operations step.
+            OpMatch::NoPath => return Flow::Next,
+        };
+        let headers =
+            preflight_headers(&self.cors, origin, method, header(req, "access-control-request-headers"), allow);
+        Flow::Empty { status: 204, headers: headers.unwrap_or_default() }
+    }
+
+    /// A backend response carries exactly the gateway's CORS answer.
+    pub fn on_response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+        apply_to_response(resp, &ctx.cors_headers)
+    }
+}
 
 /// Whether `origin` is allowed. With `allowCredentials`, only origins listed
 /// by name are (the schema refuses `"*"` with credentials; this holds even
@@ -140,6 +190,38 @@ mod tests {
         let h = response_headers(&c, "https://any.example");
         assert!(h.contains(&("access-control-allow-origin".into(), "*".into())));
         assert!(!h.iter().any(|(n, _)| n == "access-control-allow-credentials"));
+    }
+
+    #[test]
+    fn the_step_answers_preflights_and_notes_headers_for_allowed_origins() {
+        use crate::pipeline::test_support::request;
+        let step = CorsStep::new(cors());
+        let mut ctx = RequestCtx::default();
+        let req = request("GET", "/x", &[("origin", "https://tpp.example")]);
+        assert!(matches!(step.on_request(&req, &mut ctx), Flow::Next));
+        assert!(ctx.cors_headers.contains(&("access-control-allow-origin".into(), "https://tpp.example".into())));
+
+        let mut ctx = RequestCtx::default();
+        let req = request("GET", "/x", &[("origin", "https://evil.example")]);
+        assert!(matches!(step.on_request(&req, &mut ctx), Flow::Next));
+        assert!(ctx.cors_headers.is_empty());
+
+        let preflight = |origin: &str, op: OpMatch| {
+            let mut ctx = RequestCtx { operation: op, ..Default::default() };
+            let req = request("OPTIONS", "/x", &[("origin", origin), ("access-control-request-method", "POST")]);
+            step.on_request(&req, &mut ctx)
+        };
+        match preflight("https://tpp.example", OpMatch::Undeclared) {
+            Flow::Empty { status: 204, headers } => {
+                assert!(headers.contains(&("access-control-allow-methods".into(), "GET, POST".into())));
+            }
+            _ => panic!("preflight answered"),
+        }
+        match preflight("https://evil.example", OpMatch::Undeclared) {
+            Flow::Empty { status: 204, headers } => assert!(headers.is_empty(), "no CORS for a foreign origin"),
+            _ => panic!("preflight answered"),
+        }
+        assert!(matches!(preflight("https://tpp.example", OpMatch::NoPath), Flow::Next), "404 comes later");
     }
 
     #[test]

@@ -1,0 +1,256 @@
+//! The request pipeline: the checks between routing and forwarding, compiled
+//! per API at reload into a list of small steps, each in its own file and
+//! testable alone.
+//!
+//! Order (a step is left out when the API does not need it):
+//!
+//! 1. `cors`: CORS headers for every answer; preflights answered here.
+//! 2. `lifecycle`: Blocked APIs answer 503; Deprecated ones say so.
+//! 3. `operations`: paths and methods the API does not declare (404/405).
+//! 4. `authn`: checks the credential the API asks for and produces the one
+//!    verified [`request::Principal`] the later steps use.
+//! 5. `throttle`: the API's, the operation's and the subscription tier's
+//!    ThrottlePolicies, all or nothing.
+//!
+//! A step answers the request itself by returning [`Flow::Reply`] or
+//! [`Flow::Empty`]; the proxy then writes that answer and nothing after the
+//! step runs. On a backend response every step's `on_response` runs.
+
+pub mod authn;
+pub mod cors;
+pub mod lifecycle;
+pub mod operations;
+pub mod request;
+pub mod throttle;
+
+use std::sync::Arc;
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use tollgate_crds::ApiDeploymentSpec;
+
+use crate::policy::Policy;
+use crate::respond::Reply;
+use crate::runtime::Shared;
+use request::RequestCtx;
+
+/// What a step decided.
+pub enum Flow {
+    /// Go on with the next step (after the last: forward to the backend).
+    Next,
+    /// Answer with a JSON error (or other gateway answer).
+    Reply(Reply),
+    /// Answer with a bodiless response (preflights, OPTIONS).
+    Empty { status: u16, headers: Vec<(String, String)> },
+}
+
+/// One compiled step.
+pub enum Step {
+    Cors(cors::CorsStep),
+    Lifecycle(lifecycle::LifecycleStep),
+    Operations(operations::OperationsStep),
+    Authn(authn::AuthnStep),
+    Throttle(throttle::ThrottleStep),
+}
+
+impl Step {
+    /// The step's name (status pages, tests).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Cors(_) => "cors",
+            Step::Lifecycle(_) => "lifecycle",
+            Step::Operations(_) => "operations",
+            Step::Authn(_) => "authn",
+            Step::Throttle(_) => "throttle",
+        }
+    }
+
+    async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, rt: &Shared) -> Flow {
+        match self {
+            Step::Cors(s) => s.on_request(req, ctx),
+            Step::Lifecycle(s) => s.on_request(),
+            Step::Operations(s) => s.on_request(req, ctx),
+            Step::Authn(s) => s.on_request(req, ctx, rt).await,
+            Step::Throttle(s) => s.on_request(req, ctx, rt).await,
+        }
+    }
+
+    fn on_response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+        match self {
+            Step::Cors(s) => s.on_response(resp, ctx),
+            Step::Lifecycle(s) => s.on_response(resp),
+            Step::Throttle(s) => s.on_response(resp, ctx),
+            Step::Operations(_) | Step::Authn(_) => Ok(()),
+        }
+    }
+}
+
+/// What an API's pipeline is compiled from.
+pub struct PipelineSpec<'a> {
+    /// `namespace/name` of the ApiDeployment.
+    pub api_id: &'a str,
+    pub spec: &'a ApiDeploymentSpec,
+    /// The API-level ThrottlePolicy.
+    pub policy: Option<Arc<Policy>>,
+    /// The ThrottlePolicy of each entry of `spec.operations`, in order.
+    pub operation_policies: Vec<Option<Arc<Policy>>>,
+    /// Where subscription tiers are looked up.
+    pub tiers: throttle::Tiers,
+}
+
+/// An API's compiled request pipeline.
+pub struct Pipeline {
+    operations: Option<operations::Operations>,
+    steps: Vec<Step>,
+}
+
+impl Pipeline {
+    /// Compiles the steps `input` needs, in pipeline order.
+    pub fn compile(input: PipelineSpec<'_>) -> Result<Pipeline, String> {
+        let s = input.spec;
+        let operations = operations::Operations::compile(&s.operations, input.operation_policies)?;
+        let mut steps = Vec::new();
+        if let Some(c) = &s.cors {
+            steps.push(Step::Cors(cors::CorsStep::new(c.clone())));
+        }
+        if let Some(l) = lifecycle::LifecycleStep::new(s.lifecycle, &s.context) {
+            steps.push(Step::Lifecycle(l));
+        }
+        if operations.is_some() {
+            steps.push(Step::Operations(operations::OperationsStep));
+        }
+        let authn = s.security.as_ref().and_then(|sec| authn::AuthnStep::new(input.api_id, sec, s));
+        let tiers = authn.is_some().then_some(input.tiers);
+        if let Some(a) = authn {
+            steps.push(Step::Authn(a));
+        }
+        let op_policies = operations.as_ref().is_some_and(|o| o.has_policies());
+        if input.policy.is_some() || op_policies || tiers.is_some() {
+            steps.push(Step::Throttle(throttle::ThrottleStep::new(input.policy, tiers)));
+        }
+        Ok(Pipeline { operations, steps })
+    }
+
+    /// The steps' names in order.
+    pub fn step_names(&self) -> Vec<&'static str> {
+        self.steps.iter().map(Step::name).collect()
+    }
+
+    /// Runs the steps for a routed request (`ctx.rest` set) until one
+    /// answers it.
+    pub async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, rt: &Shared) -> Flow {
+        if let Some(ops) = &self.operations {
+            let op_path = if ctx.rest.is_empty() { "/" } else { ctx.rest.as_str() };
+            ctx.operation = ops.lookup(op_path, &req.method);
+        }
+        for step in &self.steps {
+            match step.on_request(req, ctx, rt).await {
+                Flow::Next => {}
+                answer => return answer,
+            }
+        }
+        Flow::Next
+    }
+
+    /// Lets every step adjust a backend response.
+    pub fn on_response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+        for step in &self.steps {
+            step.on_response(resp, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// After the response: charges its size to bandwidth quotas.
+    pub fn on_logging(&self, ctx: &RequestCtx, response_bytes: u64) {
+        throttle::charge_bandwidth(ctx, response_bytes);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Building blocks for the steps' unit tests.
+
+    use std::sync::Arc;
+
+    use pingora::http::RequestHeader;
+
+    use crate::runtime::Shared;
+
+    /// Services as a gateway without store or traffic manager has them.
+    pub fn runtime() -> Shared {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        Shared {
+            counters: crate::throttle::Registry::new(metrics.throttle_keys_refused.clone()),
+            health: Default::default(),
+            metrics,
+            max_keys: 1000,
+            store: None,
+            traffic: None,
+            dns: Arc::default(),
+            gateway_group: None,
+        }
+    }
+
+    pub fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, uri.as_bytes(), None).unwrap();
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    pub fn spec(yaml: &str) -> tollgate_crds::ApiDeploymentSpec {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    fn compile(yaml: &str) -> Pipeline {
+        let spec = spec(yaml);
+        let operation_policies = vec![None; spec.operations.len()];
+        Pipeline::compile(PipelineSpec {
+            api_id: "ns/api",
+            spec: &spec,
+            policy: None,
+            operation_policies,
+            tiers: Default::default(),
+        })
+        .unwrap()
+    }
+
+    const BASE: &str =
+        "apiManagerRef: {name: m}\ncontext: /a\nversion: v1\nbackend: {endpoints: [{url: 'http://127.0.0.1:1'}]}\n";
+
+    #[test]
+    fn only_the_steps_an_api_needs_are_compiled_in_order() {
+        assert!(compile(BASE).step_names().is_empty(), "a plain API runs no step");
+        let all = format!(
+            "{BASE}lifecycle: Deprecated\ncors: {{allowOrigins: ['https://a.example']}}\n\
+             operations: [{{method: GET, path: /x}}]\nsecurity: {{apiKey: {{}}}}\n"
+        );
+        assert_eq!(compile(&all).step_names(), ["cors", "lifecycle", "operations", "authn", "throttle"]);
+    }
+
+    #[tokio::test]
+    async fn a_step_that_answers_stops_the_pipeline() {
+        let rt = runtime();
+        let p = compile(&format!("{BASE}operations: [{{method: GET, path: /x}}]\nsecurity: {{apiKey: {{}}}}\n"));
+        let mut ctx = RequestCtx { rest: "/nope".into(), ..Default::default() };
+        let mut req = request("GET", "/a/v1/nope", &[]);
+        match p.on_request(&mut req, &mut ctx, &rt).await {
+            Flow::Reply(r) => assert_eq!(r.status, 404),
+            _ => panic!("expected 404"),
+        }
+        // The operation matched, so authentication ran next and refused.
+        let mut ctx = RequestCtx { rest: "/x".into(), ..Default::default() };
+        let mut req = request("GET", "/a/v1/x", &[]);
+        match p.on_request(&mut req, &mut ctx, &rt).await {
+            Flow::Reply(r) => assert_eq!((r.status, r.message.as_str()), (401, "an API key is required")),
+            _ => panic!("expected 401"),
+        }
+        assert!(ctx.principal.is_none());
+    }
+}
