@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dns;
+pub mod head_timeout;
 pub mod management;
 pub mod metrics;
 pub mod pipeline;

@@ -130,6 +130,9 @@ pub struct Metrics {
     pub throttle_keys_refused: Counter,
     /// API-key lookups that reached the database (cache misses).
     pub store_key_lookups: Counter,
+    /// Traffic connections closed because a request head did not arrive
+    /// within --header-timeout-seconds.
+    pub request_head_timeouts: Counter,
 }
 
 /// Status classes in label order: 1xx..5xx, other.
@@ -188,6 +191,7 @@ impl Metrics {
             traffic_fallback: Family::default(),
             refused_paths: Family::default(),
             throttle_keys_refused: Counter::default(),
+            request_head_timeouts: Counter::default(),
             store_key_lookups: Counter::default(),
             registry: Registry::default(),
         };
@@ -258,6 +262,11 @@ impl Metrics {
             "store_key_lookups",
             "API-key checks that reached the database (the key cache missed)",
             m.store_key_lookups.clone(),
+        );
+        registry.register(
+            "request_head_timeouts",
+            "Traffic connections closed because a request head did not arrive within --header-timeout-seconds",
+            m.request_head_timeouts.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -139,7 +139,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             keepalive_timeout_secs: config.keepalive_timeout_secs,
         };
-        let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "api-traffic");
+        // Pingora's proxy behind a whole-head deadline (slowloris).
+        let app = crate::head_timeout::HeadTimeout::new(
+            pingora::proxy::http_proxy(&server.configuration, gateway),
+            Duration::from_secs(config.keepalive_timeout_secs),
+            config.header_timeout,
+            state.shared.metrics.request_head_timeouts.clone(),
+        );
+        let mut proxy = pingora::services::listening::Service::new("api-traffic".to_string(), app);
         proxy.add_tcp(&config.http.to_string());
         if let Some(cert) = &cert {
             let mut settings = TlsSettings::intermediate("", "").context("TLS settings")?;

@@ -201,3 +201,65 @@ fn management_listeners_close_connections_that_never_finish_their_request_head()
     // The listeners still serve everyone else.
     assert_eq!(request(gw.mgmt, "GET", "/healthz", &[], b"").status, 200);
 }
+
+/// A client that drips its request head onto the traffic listener, a byte
+/// at a time well inside Pingora's per-read timeout, is cut off once the
+/// head has taken --header-timeout-seconds; a head that arrives in pieces
+/// within the deadline is served, and so are keep-alive requests after it.
+#[test]
+fn traffic_listeners_close_connections_whose_request_head_is_dripped() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (_be, addr) = echo("bank");
+    std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &format!("http://{addr}"), "")).unwrap();
+    let gw = gateway(&dir, &["--access-log", "false", "--header-timeout-seconds", "1"]);
+
+    let mut s = TcpStream::connect(gw.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let start = Instant::now();
+    let mut closed = None;
+    let head = b"GET /a/v1/x HTTP/1.1\r\nhost: g\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for b in head {
+        if s.write_all(&[*b]).is_err() {
+            closed = Some(start.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = Some(start.elapsed());
+                break;
+            }
+            Ok(n) => panic!("answered a half head: {}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                closed = Some(start.elapsed());
+                break;
+            }
+            Err(_) => {} // still open: drip the next byte
+        }
+    }
+    let closed = closed.unwrap_or_else(|| panic!("still open after dripping for {:?}", start.elapsed()));
+    assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(4), "{closed:?}");
+    assert!(gw.metrics().contains("tollgate_request_head_timeouts_total 1"), "{}", gw.metrics());
+
+    // A head in two pieces inside the deadline, then a second request on
+    // the same connection.
+    let mut s = TcpStream::connect(gw.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /a/v1/x?bytes=3 HTTP/1.1\r\nhost: g\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    s.write_all(b"\r\n").unwrap();
+    for round in 0..2 {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"xxx") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "round {round}: closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        s.write_all(b"GET /a/v1/y?bytes=3 HTTP/1.1\r\nhost: g\r\n\r\n").unwrap();
+    }
+}
