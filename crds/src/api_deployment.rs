@@ -227,13 +227,26 @@ pub struct ApiKeySecurity {
     pub query: Option<String>,
 }
 
-/// OAuth2 access tokens (JWT) from the key manager.
+/// OAuth2 access tokens (JWT) from trusted key managers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2Security {
-    /// Required audience (`aud` claim); not checked when empty.
+    /// KeyManagers (by name, in this namespace, then in the ApiManager's)
+    /// whose tokens this API accepts; every KeyManager of the ApiManager
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub key_managers: Vec<String>,
+    /// Required audience: a token's `aud` must hold it (on top of the
+    /// KeyManager's own audiences); not checked when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub audience: Option<String>,
+    /// Forward the client's Authorization header to the backend (it is
+    /// removed by default; the backend gets the verified identity in
+    /// X-Tollgate-* headers either way).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_token: bool,
 }
 
 /// Mutual TLS requirement.

@@ -1,5 +1,5 @@
 //! Tollgate custom resources (group `tollgate.dev`, version `v1alpha1`):
-//! [`ApiManager`], [`ApiDeployment`] and [`ThrottlePolicy`], their generated
+//! [`ApiManager`], [`ApiDeployment`], [`ThrottlePolicy`] and [`KeyManager`], their generated
 //! CustomResourceDefinitions, and the manifest [`loader`] shared by the
 //! operator and the gateway.
 
@@ -7,12 +7,14 @@ pub mod api_deployment;
 pub mod api_manager;
 pub mod common;
 pub mod conditions;
+pub mod key_manager;
 pub mod loader;
 pub mod resource;
 pub mod validate;
 
 pub use api_deployment::{ApiDeployment, ApiDeploymentSpec, ApiDeploymentStatus};
 pub use api_manager::{ApiManager, ApiManagerSpec, ApiManagerStatus};
+pub use key_manager::{KeyManager, KeyManagerSpec, KeyManagerStatus};
 pub use resource::{ObjectRef, Resource};
 pub use throttle_policy::{ThrottlePolicy, ThrottlePolicySpec, ThrottlePolicyStatus};
 
@@ -34,6 +36,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("apimanagers.yaml", ApiManager::crd()),
         ("apideployments.yaml", ApiDeployment::crd()),
         ("throttlepolicies.yaml", ThrottlePolicy::crd()),
+        ("keymanagers.yaml", KeyManager::crd()),
     ]
 }
 

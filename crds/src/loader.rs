@@ -113,6 +113,14 @@ impl LoadReport {
         })
     }
 
+    /// The KeyManagers found.
+    pub fn key_managers(&self) -> impl Iterator<Item = &crate::KeyManager> {
+        self.resources.iter().filter_map(|l| match &l.resource {
+            Resource::KeyManager(r) => Some(r.as_ref()),
+            _ => None,
+        })
+    }
+
     /// The ApiManagers found.
     pub fn api_managers(&self) -> impl Iterator<Item = &crate::ApiManager> {
         self.resources.iter().filter_map(|l| match &l.resource {
@@ -402,13 +410,13 @@ pub fn parse_document(mut doc: Value) -> Result<Option<Resource>, DocError> {
     if group != crate::GROUP {
         return Ok(None);
     }
-    if !matches!(kind.as_str(), "ApiManager" | "ApiDeployment" | "ThrottlePolicy") {
+    if !matches!(kind.as_str(), "ApiManager" | "ApiDeployment" | "ThrottlePolicy" | "KeyManager") {
         return Err((
             None,
             fe(
                 "kind",
                 format!(
-                    "unknown kind {kind:?} in {}; supported: ApiManager, ApiDeployment, ThrottlePolicy",
+                    "unknown kind {kind:?} in {}; supported: ApiManager, ApiDeployment, ThrottlePolicy, KeyManager",
                     crate::GROUP
                 ),
             ),
@@ -454,6 +462,7 @@ pub fn parse_document(mut doc: Value) -> Result<Option<Resource>, DocError> {
     let typed = match kind.as_str() {
         "ApiManager" => typed(doc).map(|r| Resource::ApiManager(Box::new(r))),
         "ApiDeployment" => typed(doc).map(|r| Resource::ApiDeployment(Box::new(r))),
+        "KeyManager" => typed(doc).map(|r| Resource::KeyManager(Box::new(r))),
         _ => typed(doc).map(|r| Resource::ThrottlePolicy(Box::new(r))),
     };
     typed.map(Some).map_err(|e| (Some(object), e))

@@ -4,14 +4,15 @@ use std::fmt;
 
 use kube::ResourceExt;
 
-use crate::{ApiDeployment, ApiManager, ThrottlePolicy};
+use crate::{ApiDeployment, ApiManager, KeyManager, ThrottlePolicy};
 
-/// Any of the three Tollgate resources.
+/// Any of the Tollgate resources.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     ApiManager(Box<ApiManager>),
     ApiDeployment(Box<ApiDeployment>),
     ThrottlePolicy(Box<ThrottlePolicy>),
+    KeyManager(Box<KeyManager>),
 }
 
 impl Resource {
@@ -21,6 +22,7 @@ impl Resource {
             Resource::ApiManager(r) => ("ApiManager", r.namespace(), r.name_any()),
             Resource::ApiDeployment(r) => ("ApiDeployment", r.namespace(), r.name_any()),
             Resource::ThrottlePolicy(r) => ("ThrottlePolicy", r.namespace(), r.name_any()),
+            Resource::KeyManager(r) => ("KeyManager", r.namespace(), r.name_any()),
         };
         ObjectRef { kind: kind.to_string(), namespace: ns.unwrap_or_default(), name }
     }

@@ -60,6 +60,7 @@ fn crds_have_names_printer_columns_and_status() {
         ("ApiManager", "apim", &["Pattern", "Ready", "Age"]),
         ("ApiDeployment", "apid", &["Context", "Version", "Lifecycle", "Deployed", "Age"]),
         ("ThrottlePolicy", "tp", &["Limit", "Per", "KeyBy", "Scope"]),
+        ("KeyManager", "km", &["Issuer", "Manager", "Accepted", "Age"]),
     ];
     for (_, crd) in tollgate_crds::crds() {
         let (_, short, cols) = want.iter().find(|w| w.0 == crd.spec.names.kind).expect("known kind");

@@ -50,6 +50,17 @@ const EXPECTED: &[Expected] = &[
             ("Scope", "string", ".spec.scope"),
         ],
     ),
+    (
+        "KeyManager",
+        "keymanagers",
+        "km",
+        &[
+            ("Issuer", "string", ".spec.issuer"),
+            ("Manager", "string", ".spec.apiManagerRef.name"),
+            ("Accepted", "string", r#".status.conditions[?(@.type=="Accepted")].status"#),
+            ("Age", "date", ".metadata.creationTimestamp"),
+        ],
+    ),
 ];
 
 fn condition(crd: &CustomResourceDefinition, type_: &str) -> Option<String> {
@@ -60,7 +71,7 @@ fn condition(crd: &CustomResourceDefinition, type_: &str) -> Option<String> {
 async fn crds_install_and_are_established() {
     let cluster = Cluster::connect().await;
     let installed = install_crds(&cluster.client).await;
-    assert_eq!(installed.len(), 3);
+    assert_eq!(installed.len(), 4);
     // Installing again (an update with the same content) is a no-op that succeeds.
     let again = install_crds(&cluster.client).await;
     for (crd, crd2) in installed.iter().zip(&again) {

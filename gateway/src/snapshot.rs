@@ -139,6 +139,7 @@ pub fn revision_of(objects: &BTreeMap<ObjectRef, Resource>) -> String {
             Resource::ApiDeployment(a) => serde_json::to_vec(&a.spec),
             Resource::ThrottlePolicy(p) => serde_json::to_vec(&p.spec),
             Resource::ApiManager(m) => serde_json::to_vec(&m.spec),
+            Resource::KeyManager(k) => serde_json::to_vec(&k.spec),
         }
         .unwrap_or_default();
         h.update(&json);
