@@ -148,6 +148,39 @@ pub struct Args {
     /// takes effect within this time; on this one at once).
     #[arg(long, env = "TOLLGATE_KEY_CACHE_TTL_SECONDS", default_value = "5")]
     pub key_cache_ttl_seconds: f64,
+    /// PEM bundle of the CAs that sign client (TPP) certificates; reloaded
+    /// when it changes. Enables mutual TLS on 8243 and 9443.
+    #[arg(long, env = "TOLLGATE_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Client certificates on the TLS listeners: none, optional (verified
+    /// when presented; the default with --client-ca) or required.
+    #[arg(long, env = "TOLLGATE_CLIENT_AUTH", value_enum)]
+    pub client_auth: Option<ClientAuthMode>,
+    /// TLS profile of 8243 and 9443: default (TLS 1.2 and 1.3) or fapi (TLS
+    /// 1.2 only with ECDHE and AES-GCM suites, FAPI 1.0 Advanced 8.5; TLS 1.3).
+    #[arg(long, env = "TOLLGATE_TLS_PROFILE", value_enum, default_value = "default")]
+    pub tls_profile: TlsProfile,
+    /// Request header in which a TLS-terminating proxy forwards the client
+    /// certificate (URL-encoded PEM, as nginx $ssl_client_escaped_cert and AWS
+    /// ALB send it). Believed only from --trusted-proxies peers; removed from
+    /// every other request.
+    #[arg(long, env = "TOLLGATE_CLIENT_CERT_HEADER")]
+    pub client_cert_header: Option<String>,
+}
+
+/// Whether the TLS listeners ask for client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientAuthMode {
+    None,
+    Optional,
+    Required,
+}
+
+/// TLS versions and cipher suites of the TLS listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsProfile {
+    Default,
+    Fapi,
 }
 
 /// The resolved configuration the gateway runs with.
@@ -180,6 +213,11 @@ pub struct Config {
     pub redis_timeout: Duration,
     pub redis_key_prefix: String,
     pub key_cache_ttl: Duration,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuthMode,
+    pub tls_profile: TlsProfile,
+    /// Lower-cased.
+    pub client_cert_header: Option<String>,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -246,6 +284,23 @@ impl Config {
         }
         let mut roles = a.roles;
         roles.dedup();
+        let client_auth = match (a.client_auth, &a.client_ca) {
+            (Some(ClientAuthMode::None), _) | (None, None) => ClientAuthMode::None,
+            (None, Some(_)) => ClientAuthMode::Optional,
+            (Some(mode), Some(_)) => mode,
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "--client-auth optional or required needs --client-ca (the CAs that sign client certificates)"
+                        .into(),
+                ));
+            }
+        };
+        let client_cert_header = a.client_cert_header.map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty());
+        if let Some(h) = &client_cert_header
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err(ConfigError::Invalid(format!("--client-cert-header {h:?} is not a header name")));
+        }
         Ok(Config {
             config_dir,
             http: a.http,
@@ -274,6 +329,10 @@ impl Config {
             redis_timeout: Duration::from_millis(a.redis_timeout_ms.clamp(1, 60_000)),
             redis_key_prefix: a.redis_key_prefix,
             key_cache_ttl: Duration::from_secs_f64(a.key_cache_ttl_seconds.clamp(0.0, 3600.0)),
+            client_ca: a.client_ca,
+            client_auth,
+            tls_profile: a.tls_profile,
+            client_cert_header,
         })
     }
 
@@ -327,6 +386,10 @@ struct FileKeys {
     redis_timeout_ms: Option<serde_json::Value>,
     redis_key_prefix: Option<serde_json::Value>,
     key_cache_ttl_seconds: Option<serde_json::Value>,
+    client_ca: Option<serde_json::Value>,
+    client_auth: Option<serde_json::Value>,
+    tls_profile: Option<serde_json::Value>,
+    client_cert_header: Option<serde_json::Value>,
 }
 
 /// Re-parses with file values inserted for every setting that still has its
@@ -424,6 +487,14 @@ fn merge_file_layer(
         } else {
             from_file.dns_refresh_seconds
         },
+        client_ca: if pick("client_ca") { parsed.client_ca } else { from_file.client_ca },
+        client_auth: if pick("client_auth") { parsed.client_auth } else { from_file.client_auth },
+        tls_profile: if pick("tls_profile") { parsed.tls_profile } else { from_file.tls_profile },
+        client_cert_header: if pick("client_cert_header") {
+            parsed.client_cert_header
+        } else {
+            from_file.client_cert_header
+        },
     })
 }
 
@@ -447,6 +518,23 @@ mod tests {
         assert!(matches!(Config::from_args(["gw"]), Err(ConfigError::MissingConfigDir)));
         assert!(matches!(Config::from_args(["gw", "--config-dir", "x", "--tls-cert", "c"]), Err(ConfigError::HalfTls)));
         assert!(Config::from_args(["gw", "--config-dir", "x", "--roles", "gateway,mystery"]).is_err());
+    }
+
+    #[test]
+    fn client_auth_defaults_to_optional_with_a_client_ca_and_needs_one() {
+        let c = Config::from_args(["gw", "--config-dir", "x"]).unwrap();
+        assert_eq!((c.client_auth, c.tls_profile), (ClientAuthMode::None, TlsProfile::Default));
+        let c =
+            Config::from_args(["gw", "--config-dir", "x", "--client-ca", "ca.pem", "--tls-profile", "fapi"]).unwrap();
+        assert_eq!((c.client_auth, c.tls_profile), (ClientAuthMode::Optional, TlsProfile::Fapi));
+        let c = Config::from_args(["gw", "--config-dir", "x", "--client-ca", "ca.pem", "--client-auth", "required"])
+            .unwrap();
+        assert_eq!(c.client_auth, ClientAuthMode::Required);
+        let e = Config::from_args(["gw", "--config-dir", "x", "--client-auth", "required"]).unwrap_err();
+        assert!(e.to_string().contains("needs --client-ca"), "{e}");
+        let c = Config::from_args(["gw", "--config-dir", "x", "--client-cert-header", "X-SSL-Client-Cert"]).unwrap();
+        assert_eq!(c.client_cert_header.as_deref(), Some("x-ssl-client-cert"));
+        assert!(Config::from_args(["gw", "--config-dir", "x", "--client-cert-header", "bad header"]).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod dns;
 pub mod head_timeout;
 pub mod management;
 pub mod metrics;
+pub mod oauth;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

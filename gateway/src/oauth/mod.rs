@@ -1,0 +1,10 @@
+//! OAuth2 resource-server side: trusted issuers (KeyManagers), their keys,
+//! and JWT access-token verification.
+
+pub mod issuer;
+pub mod jwks;
+pub mod keys;
+pub mod verify;
+
+pub use issuer::Issuer;
+pub use verify::{TokenError, VerifiedToken, Verifier};

@@ -1,0 +1,440 @@
+//! JWT access-token verification (RFC 9068 / RFC 7519) against the issuers
+//! an API trusts: signature with the issuer's key for the token's `kid`,
+//! algorithm from the issuer's allow-list (never `none` or HMAC), `iss`
+//! exactly, `exp` and `nbf` with 30 s of leeway, `aud` against the issuer's
+//! audiences. Verified tokens are cached by their SHA-256 until they expire
+//! (at most 5 minutes), so a hot token costs one hash per request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Validation, decode, decode_header};
+use sha2::{Digest, Sha256};
+
+use super::issuer::{Issuer, Keys};
+use super::jwks::JwksCache;
+use super::keys::family;
+
+/// Clock skew allowed on `exp` and `nbf`.
+const LEEWAY_SECS: u64 = 30;
+/// Longest a verified token is reused without checking its signature again.
+const MAX_CACHED: Duration = Duration::from_secs(300);
+/// Verified tokens held.
+const CACHE_CAPACITY: u64 = 100_000;
+
+/// A token whose signature and claims were checked.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    /// `namespace/name` of the KeyManager that issued it.
+    pub issuer_id: String,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The OAuth2 client (the KeyManager's consumerKey claim).
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    /// `cnf.x5t#S256`: the certificate the token is bound to (RFC 8705).
+    pub x5t_s256: Option<String>,
+    /// `exp`, Unix seconds.
+    pub expires: u64,
+}
+
+impl VerifiedToken {
+    /// Whether `aud` holds `audience`.
+    pub fn has_audience(&self, audience: &str) -> bool {
+        audiences(&self.claims).iter().any(|a| a == audience)
+    }
+}
+
+/// Why a token is refused (each is a 401 `invalid_token`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the access token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's algorithm {0} is not accepted")]
+    Algorithm(String),
+    #[error("no trusted key manager holds the key that signed the token")]
+    UnknownKey,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token is not valid yet")]
+    NotYetValid,
+    #[error("the token's issuer is not trusted by this API")]
+    WrongIssuer,
+    #[error("the token's audience is not accepted")]
+    WrongAudience,
+    #[error("the token lacks a required claim ({0})")]
+    MissingClaim(String),
+    #[error("the key manager's signing keys cannot be fetched right now")]
+    KeysUnavailable,
+}
+
+impl TokenError {
+    /// Label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::Algorithm(_) => "algorithm",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// How specific an error is: the most specific of several issuers' is reported.
+    fn rank(&self) -> u8 {
+        match self {
+            TokenError::Malformed | TokenError::Algorithm(_) => 0,
+            TokenError::WrongIssuer => 1,
+            TokenError::UnknownKey | TokenError::KeysUnavailable => 2,
+            TokenError::BadSignature => 3,
+            _ => 4,
+        }
+    }
+}
+
+struct TokenExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for TokenExpiry {
+    fn expire_after_create(&self, _: &[u8; 32], t: &Arc<VerifiedToken>, _: Instant) -> Option<Duration> {
+        let left = t.expires.saturating_sub(unix_now());
+        Some(Duration::from_secs(left).min(MAX_CACHED))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The `aud` claim as a list.
+fn audiences(claims: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    match claims.get("aud") {
+        Some(serde_json::Value::String(a)) => vec![a.clone()],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Checks tokens; shared by every API and reload.
+pub struct Verifier {
+    cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier { cache: moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).expire_after(TokenExpiry).build() }
+    }
+}
+
+impl Verifier {
+    /// Verifies `token` as issued by one of `issuers`.
+    pub async fn verify(
+        &self,
+        token: &str,
+        issuers: &[Arc<Issuer>],
+        jwks: &JwksCache,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(t) = self.cache.get(&digest) {
+            if t.expires + LEEWAY_SECS < unix_now() {
+                return Err(TokenError::Expired);
+            }
+            // Cached for another API maybe: still only from a trusted issuer.
+            return if issuers.iter().any(|i| i.id == t.issuer_id) { Ok(t) } else { Err(TokenError::WrongIssuer) };
+        }
+        let header = decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if family(header.alg).is_none() {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header.kid.as_deref();
+        let mut best: Option<TokenError> = None;
+        let mut note = |e: TokenError| {
+            if best.as_ref().is_none_or(|b| e.rank() > b.rank()) {
+                best = Some(e);
+            }
+        };
+        let mut refetch = Vec::new();
+        for issuer in issuers {
+            if !issuer.algorithms.contains(&header.alg) {
+                note(TokenError::Algorithm(format!("{:?}", header.alg)));
+                continue;
+            }
+            match self.try_issuer(token, &header, issuer) {
+                Ok(t) => return Ok(self.remember(digest, t)),
+                Err(TokenError::UnknownKey) if matches!(issuer.keys, Keys::Remote(_)) => refetch.push(issuer),
+                Err(e) => note(e),
+            }
+        }
+        // Keys rotated? One refresh (rate-limited per issuer), then once more.
+        for issuer in refetch {
+            let Keys::Remote(src) = &issuer.keys else { continue };
+            if kid.is_some() || src.current().is_none() {
+                jwks.refresh_for_unknown_kid(src).await;
+            }
+            match self.try_issuer(token, &header, issuer) {
+                Ok(t) => return Ok(self.remember(digest, t)),
+                Err(TokenError::UnknownKey) if src.current().is_none() => note(TokenError::KeysUnavailable),
+                Err(e) => note(e),
+            }
+        }
+        Err(best.unwrap_or(TokenError::UnknownKey))
+    }
+
+    fn remember(&self, digest: [u8; 32], t: VerifiedToken) -> Arc<VerifiedToken> {
+        let t = Arc::new(t);
+        self.cache.insert(digest, t.clone());
+        t
+    }
+
+    fn try_issuer(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        issuer: &Issuer,
+    ) -> Result<VerifiedToken, TokenError> {
+        let keys = issuer.current_keys().ok_or(TokenError::UnknownKey)?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_issuer(&[issuer.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        let mut result = Err(TokenError::UnknownKey);
+        for key in keys.candidates(header.kid.as_deref(), header.alg) {
+            match decode::<serde_json::Map<String, serde_json::Value>>(token, &key.key, &validation) {
+                Ok(data) => {
+                    result = Ok(data.claims);
+                    break;
+                }
+                Err(e) => {
+                    result = Err(match e.kind() {
+                        ErrorKind::ExpiredSignature => TokenError::Expired,
+                        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                        ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+                        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => TokenError::BadSignature,
+                        _ => TokenError::Malformed,
+                    });
+                    // Another key of the family may have signed it (no kid);
+                    // a claim error is final.
+                    if !matches!(result, Err(TokenError::BadSignature)) {
+                        break;
+                    }
+                }
+            }
+        }
+        let claims = result?;
+        // `iss` exactly, as one string (jsonwebtoken also accepts a list).
+        if claims.get("iss").and_then(|v| v.as_str()) != Some(issuer.issuer.as_str()) {
+            return Err(TokenError::WrongIssuer);
+        }
+        if !issuer.audiences.is_empty() {
+            let aud = audiences(&claims);
+            if !issuer.audiences.iter().any(|a| aud.contains(a)) {
+                return Err(TokenError::WrongAudience);
+            }
+        }
+        let expires = claims.get("exp").and_then(|v| v.as_u64()).ok_or(TokenError::MissingClaim("exp".into()))?;
+        let client_id = claims.get(&issuer.consumer_claim).and_then(|v| v.as_str()).map(str::to_string);
+        let scopes = match claims.get(&issuer.scopes_claim) {
+            Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        };
+        let x5t_s256 = match claims.get("cnf") {
+            None => None,
+            // Bound some other way (DPoP `jkt`, ...): proof this gateway
+            // cannot check, so not a bearer token either.
+            Some(cnf) => Some(
+                cnf.get("x5t#S256")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                    .ok_or(TokenError::MissingClaim("cnf.x5t#S256".into()))?,
+            ),
+        };
+        Ok(VerifiedToken { issuer_id: issuer.id.clone(), client_id, scopes, x5t_s256, expires, claims })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use prometheus_client::metrics::family::Family;
+    use serde_json::json;
+
+    /// An EC P-256 signing key and its public JWK.
+    pub struct TestKey {
+        pub kid: String,
+        pub encoding: EncodingKey,
+        pub jwk: serde_json::Value,
+    }
+
+    impl TestKey {
+        pub fn ec(kid: &str) -> TestKey {
+            let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let raw = kp.public_key_raw();
+            let (x, y) = (&raw[1..33], &raw[33..65]);
+            TestKey {
+                kid: kid.into(),
+                encoding: EncodingKey::from_ec_der(&kp.serialize_der()),
+                jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": B64.encode(x), "y": B64.encode(y)}),
+            }
+        }
+
+        pub fn sign(&self, claims: &serde_json::Value) -> String {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some(self.kid.clone());
+            encode(&h, claims, &self.encoding).unwrap()
+        }
+    }
+
+    pub fn now() -> u64 {
+        unix_now()
+    }
+
+    fn issuer(keys: &[&TestKey], audiences: &[&str]) -> Arc<Issuer> {
+        let doc = json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
+        Arc::new(Issuer {
+            id: "bank/idp".into(),
+            namespace: "bank".into(),
+            name: "idp".into(),
+            issuer: "https://idp.bank.example".into(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            algorithms: vec![Algorithm::PS256, Algorithm::ES256],
+            consumer_claim: "client_id".into(),
+            scopes_claim: "scope".into(),
+            keys: Keys::Inline(Arc::new(super::super::keys::KeySet::parse(doc.to_string().as_bytes()).unwrap())),
+        })
+    }
+
+    fn claims(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = json!({"iss": "https://idp.bank.example", "exp": now() + 300, "client_id": "tpp-1",
+                           "scope": "accounts payments", "aud": "https://api.bank.example"});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    fn jwks() -> JwksCache {
+        JwksCache::with_fetcher(Arc::new(|_| Box::pin(async { Err("offline".to_string()) })), Family::default())
+    }
+
+    async fn check(token: &str, issuers: &[Arc<Issuer>]) -> Result<Arc<VerifiedToken>, TokenError> {
+        Verifier::default().verify(token, issuers, &jwks()).await
+    }
+
+    #[tokio::test]
+    async fn a_valid_token_yields_client_scopes_and_binding() {
+        let k = TestKey::ec("k1");
+        let t = k.sign(&claims(json!({"cnf": {"x5t#S256": "abc"}})));
+        let v = check(&t, &[issuer(&[&k], &["https://api.bank.example"])]).await.unwrap();
+        assert_eq!(v.client_id.as_deref(), Some("tpp-1"));
+        assert_eq!(v.scopes, ["accounts", "payments"]);
+        assert_eq!(v.x5t_s256.as_deref(), Some("abc"));
+        assert!(v.has_audience("https://api.bank.example"));
+        let arr = k.sign(&claims(json!({"scope": ["a", "b"]})));
+        assert_eq!(check(&arr, &[issuer(&[&k], &[])]).await.unwrap().scopes, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn hostile_and_stale_tokens_are_refused_for_the_right_reason() {
+        let k = TestKey::ec("k1");
+        let iss = [issuer(&[&k], &["https://api.bank.example"])];
+        let expired = k.sign(&claims(json!({"exp": now() - 120})));
+        assert_eq!(check(&expired, &iss).await.unwrap_err(), TokenError::Expired);
+        let early = k.sign(&claims(json!({"nbf": now() + 600})));
+        assert_eq!(check(&early, &iss).await.unwrap_err(), TokenError::NotYetValid);
+        let foreign = k.sign(&claims(json!({"iss": "https://evil.example"})));
+        assert_eq!(check(&foreign, &iss).await.unwrap_err(), TokenError::WrongIssuer);
+        let listed = k.sign(&claims(json!({"iss": ["https://idp.bank.example", "https://evil.example"]})));
+        assert!(check(&listed, &iss).await.is_err(), "iss must be one string");
+        let other_aud = k.sign(&claims(json!({"aud": "https://other.example"})));
+        assert_eq!(check(&other_aud, &iss).await.unwrap_err(), TokenError::WrongAudience);
+        let no_exp = {
+            let mut c = claims(json!({}));
+            c.as_object_mut().unwrap().remove("exp");
+            k.sign(&c)
+        };
+        assert_eq!(check(&no_exp, &iss).await.unwrap_err(), TokenError::MissingClaim("exp".into()));
+        let dpop = k.sign(&claims(json!({"cnf": {"jkt": "xyz"}})));
+        assert!(check(&dpop, &iss).await.is_err(), "a binding this gateway cannot check is refused");
+
+        // Tampered claims: the signature no longer covers them.
+        let good = k.sign(&claims(json!({})));
+        let parts: Vec<&str> = good.split('.').collect();
+        let forged = B64.encode(claims(json!({"client_id": "someone-else"})).to_string());
+        let tampered = format!("{}.{}.{}", parts[0], forged, parts[2]);
+        assert_eq!(check(&tampered, &iss).await.unwrap_err(), TokenError::BadSignature);
+
+        // Signed by a key the issuer does not hold (same kid).
+        let impostor = TestKey::ec("k1");
+        assert_eq!(check(&impostor.sign(&claims(json!({}))), &iss).await.unwrap_err(), TokenError::BadSignature);
+        let unknown = TestKey::ec("k9");
+        assert_eq!(check(&unknown.sign(&claims(json!({}))), &iss).await.unwrap_err(), TokenError::UnknownKey);
+        assert_eq!(check("not.a.jwt", &iss).await.unwrap_err(), TokenError::Malformed);
+    }
+
+    #[tokio::test]
+    async fn none_and_hmac_signed_with_the_public_key_are_never_accepted() {
+        let k = TestKey::ec("k1");
+        let iss = [issuer(&[&k], &[])];
+        let body = B64.encode(claims(json!({})).to_string());
+        let none = format!("{}.{body}.", B64.encode(r#"{"alg":"none","kid":"k1"}"#));
+        assert!(check(&none, &iss).await.is_err());
+        // HS256 keyed with the public key's bytes, the classic confusion attack.
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        let hs = encode(&h, &claims(json!({})), &EncodingKey::from_secret(k.jwk.to_string().as_bytes())).unwrap();
+        assert_eq!(check(&hs, &iss).await.unwrap_err(), TokenError::Algorithm("HS256".into()));
+        // An algorithm the issuer does not list.
+        let mut strict = (*issuer(&[&k], &[])).clone_for_test();
+        strict.algorithms = vec![Algorithm::PS256];
+        assert!(matches!(
+            check(&k.sign(&claims(json!({}))), &[Arc::new(strict)]).await.unwrap_err(),
+            TokenError::Algorithm(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_still_needs_a_trusted_issuer_and_still_expires() {
+        let k = TestKey::ec("k1");
+        let trusted = issuer(&[&k], &[]);
+        let mut other = trusted.clone_for_test();
+        other.id = "bank/other".into();
+        let v = Verifier::default();
+        let t = k.sign(&claims(json!({})));
+        assert!(v.verify(&t, &[trusted.clone()], &jwks()).await.is_ok());
+        assert!(v.verify(&t, &[trusted], &jwks()).await.is_ok(), "cache hit");
+        assert_eq!(v.verify(&t, &[Arc::new(other)], &jwks()).await.unwrap_err(), TokenError::WrongIssuer);
+    }
+
+    impl Issuer {
+        fn clone_for_test(&self) -> Issuer {
+            let keys = match &self.keys {
+                Keys::Inline(k) => Keys::Inline(k.clone()),
+                Keys::Remote(r) => Keys::Remote(r.clone()),
+            };
+            Issuer {
+                id: self.id.clone(),
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                issuer: self.issuer.clone(),
+                audiences: self.audiences.clone(),
+                algorithms: self.algorithms.clone(),
+                consumer_claim: self.consumer_claim.clone(),
+                scopes_claim: self.scopes_claim.clone(),
+                keys,
+            }
+        }
+    }
+}
