@@ -413,7 +413,7 @@ pub(crate) mod tests {
         other.id = "bank/other".into();
         let v = Verifier::default();
         let t = k.sign(&claims(json!({})));
-        assert!(v.verify(&t, &[trusted.clone()], &jwks()).await.is_ok());
+        assert!(v.verify(&t, std::slice::from_ref(&trusted), &jwks()).await.is_ok());
         assert!(v.verify(&t, &[trusted], &jwks()).await.is_ok(), "cache hit");
         assert_eq!(v.verify(&t, &[Arc::new(other)], &jwks()).await.unwrap_err(), TokenError::WrongIssuer);
     }
