@@ -23,6 +23,7 @@ pub mod reasons {
     pub const NOT_ALLOWED: &str = "NotAllowed";
     pub const API_MANAGER_NOT_FOUND: &str = "ApiManagerNotFound";
     pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
+    pub const KEY_MANAGER_NOT_FOUND: &str = "KeyManagerNotFound";
     pub const GATEWAY_NOT_FOUND: &str = "GatewayNotFound";
     pub const DEFINITION_NOT_FOUND: &str = "DefinitionNotFound";
     pub const INVALID_DEFINITION: &str = "InvalidDefinition";

@@ -341,19 +341,21 @@ impl Drop for TestNamespace {
     }
 }
 
-/// Drops the operator's finalizers from the namespace's ApiDeployments, so
-/// the namespace can go even when no operator runs any more.
+/// Drops the operator's finalizers from the namespace's ApiDeployments and
+/// KeyManagers, so the namespace can go even when no operator runs any more.
 async fn release_finalizers(client: &Client, namespace: &str) {
-    let Some(ar) = tollgate_resource("ApiDeployment") else { return };
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
-    let Ok(list) = api.list(&ListParams::default()).await else { return };
-    for obj in list.items {
-        if obj.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty())
-            && let Some(name) = obj.metadata.name.as_deref()
-        {
-            let _ = api
-                .patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-                .await;
+    for kind in ["ApiDeployment", "KeyManager"] {
+        let Some(ar) = tollgate_resource(kind) else { continue };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+        let Ok(list) = api.list(&ListParams::default()).await else { continue };
+        for obj in list.items {
+            if obj.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty())
+                && let Some(name) = obj.metadata.name.as_deref()
+            {
+                let _ = api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+                    .await;
+            }
         }
     }
 }

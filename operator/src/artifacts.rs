@@ -1,5 +1,5 @@
 //! The artifact folder of one ApiManager on the ReadWriteMany volume:
-//! `<artifact-dir>/<namespace>/<name>/{apis,policies}/*.yaml`.
+//! `<artifact-dir>/<namespace>/<name>/{apis,policies,keymanagers}/*.yaml`.
 //!
 //! Files are written atomically (a hidden temp file in the same folder, fsync,
 //! rename), so a gateway never reads half a file; unchanged content is never
@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// The sub-folders the operator owns inside a manager's folder.
-const OWNED_DIRS: [&str; 2] = ["apis", "policies"];
+const OWNED_DIRS: [&str; 3] = ["apis", "policies", "keymanagers"];
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SyncReport {
@@ -204,6 +204,20 @@ mod tests {
         assert!(!dir.join("policies/a_p.yaml").exists());
         assert!(!dir.join("apis/.tmp-a_x.yaml-1").exists(), "stale temp files are cleaned");
         assert!(dir.join("README").exists() && dir.join("apis/notes.txt").exists());
+    }
+
+    #[test]
+    fn key_manager_artifacts_are_owned_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ns/apim");
+        // A folder from before KeyManagers: no keymanagers/ sub-folder yet.
+        std::fs::create_dir_all(dir.join("apis")).unwrap();
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        let r = sync(&dir, &files(&[("keymanagers/a_idp.yaml", "km")])).unwrap();
+        assert_eq!(r, SyncReport { written: 1, removed: 0 });
+        let r = sync(&dir, &files(&[])).unwrap();
+        assert_eq!(r, SyncReport { written: 0, removed: 1 }, "an issuer no longer planned is no longer trusted");
+        assert!(!dir.join("keymanagers/a_idp.yaml").exists());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! tollgate-operator: reconciles ApiManager, ApiDeployment and ThrottlePolicy
-//! into StatefulSets, Services, HPAs, PDBs and artifact files.
+//! tollgate-operator: reconciles ApiManager, ApiDeployment, ThrottlePolicy and
+//! KeyManager into StatefulSets, Services, HPAs, PDBs and artifact files.
 
 pub mod artifacts;
 pub mod config;

@@ -1,11 +1,14 @@
 //! The artifact plan of one ApiManager: a pure function from the objects the
 //! operator sees (the ApiManager, the ApiDeployments that point at it, the
-//! ThrottlePolicies, namespace labels, OpenAPI definitions) to the files its
-//! artifact folder must hold and the status every ApiDeployment must show.
+//! ThrottlePolicies, the KeyManagers, namespace labels, OpenAPI definitions)
+//! to the files its artifact folder must hold and the status every
+//! ApiDeployment and KeyManager must show.
 //!
 //! Nothing here talks to the API server or the file system, so every rule
 //! (allowed namespaces, conflicts, reference resolution, lifecycle) is unit
 //! tested directly.
+
+mod key_managers;
 
 use std::collections::BTreeMap;
 
@@ -14,11 +17,13 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tollgate_crds::{
-    API_VERSION, ApiDeployment, ApiManager, ThrottlePolicy,
+    API_VERSION, ApiDeployment, ApiManager, KeyManager, ThrottlePolicy,
     api_deployment::{Method, Operation},
     api_manager::{NamespacesFrom, Pattern},
     conditions::reasons,
 };
+
+pub use key_managers::{key_manager_file, key_manager_names, manager_of, render_key_manager};
 
 /// Namespace and name of an object.
 pub type Key = (String, String);
@@ -48,7 +53,7 @@ pub struct Outcome {
     pub deployed: Verdict,
     /// `<context>/<version>` once accepted.
     pub url: Option<String>,
-    /// Hash of the artifact and the policy artifacts it uses.
+    /// Hash of the artifact and the policy and KeyManager artifacts it uses.
     pub revision: Option<String>,
 }
 
@@ -77,6 +82,8 @@ pub struct Inputs<'a> {
     /// Every ApiDeployment whose apiManagerRef names this manager.
     pub apis: Vec<&'a ApiDeployment>,
     pub policies: &'a BTreeMap<Key, &'a ThrottlePolicy>,
+    /// KeyManagers (any ApiManager's; the plan picks those bound to this one).
+    pub key_managers: &'a BTreeMap<Key, &'a KeyManager>,
     pub namespace_labels: &'a BTreeMap<String, BTreeMap<String, String>>,
     pub definitions: &'a Definitions,
     /// The route (`context`, `version`) each ApiDeployment's artifact in the
@@ -96,9 +103,12 @@ pub fn route_of(api: &ApiDeployment) -> Route {
 /// The files of one artifact folder and the status of every API on it.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Relative path (`apis/<ns>_<name>.yaml`, `policies/<ns>_<name>.yaml`) to content.
+    /// Relative path (`apis/<ns>_<name>.yaml`, `policies/<ns>_<name>.yaml`,
+    /// `keymanagers/<ns>_<name>.yaml`) to content.
     pub files: BTreeMap<String, String>,
     pub outcomes: BTreeMap<Key, Outcome>,
+    /// The Accepted verdict of every KeyManager bound to this manager.
+    pub key_managers: BTreeMap<Key, Verdict>,
     /// The route each planned API artifact claims (what `serving` will be
     /// once the folder holds `files`).
     pub serving: BTreeMap<Key, Route>,
@@ -136,6 +146,14 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
     let mgr_ns = manager.namespace().unwrap_or_default();
     let mgr_name = manager.name_any();
     let mut plan = Plan::default();
+
+    // Every trusted KeyManager is in the folder, whether or not an API
+    // names it: an API with an empty `keyManagers` list accepts them all.
+    let key_managers = key_managers::bound(inputs, &mgr_ns, &mgr_name);
+    for ((kns, kname), km) in &key_managers.trusted {
+        plan.files.insert(key_manager_file(kns, kname), render_key_manager(km, &mgr_ns));
+    }
+    plan.key_managers = key_managers.verdicts;
 
     // Who keeps a contested context/version: the older ApiDeployment
     // (creationTimestamp); on an equal creationTimestamp (one-second
@@ -208,9 +226,9 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
         }
         claimed.insert(route, key.clone());
 
-        // 4. References: gateway groups, policies, definition.
-        let resolved = resolve(api, manager, &mgr_ns, inputs);
-        let (operations, used_policies) = match resolved {
+        // 4. References: gateway groups, policies, key managers, definition.
+        let resolved = resolve(api, manager, &mgr_ns, inputs, &key_managers.trusted);
+        let Resolved { operations, policies: used_policies, key_managers: used_key_managers } = match resolved {
             Ok(r) => r,
             Err((reason, msg)) => {
                 plan.outcomes.insert(
@@ -239,6 +257,12 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
             hasher.update(doc.as_bytes());
             plan.files.insert(policy_file(pns, pname), doc);
         }
+        for (kns, kname) in &used_key_managers {
+            // Written above with every trusted KeyManager.
+            if let Some(doc) = plan.files.get(&key_manager_file(kns, kname)) {
+                hasher.update(doc.as_bytes());
+            }
+        }
         let revision = hex::encode(&hasher.finalize()[..8]);
         let deployed = match api.spec.lifecycle {
             tollgate_crds::api_deployment::Lifecycle::Created => {
@@ -260,13 +284,19 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
     plan
 }
 
-type Resolved = (Vec<Operation>, Vec<Key>);
+/// What an ApiDeployment's references resolved to.
+struct Resolved {
+    operations: Vec<Operation>,
+    policies: Vec<Key>,
+    key_managers: Vec<Key>,
+}
 
 fn resolve(
     api: &ApiDeployment,
     manager: &ApiManager,
     mgr_ns: &str,
     inputs: &Inputs<'_>,
+    trusted: &BTreeMap<Key, &KeyManager>,
 ) -> Result<Resolved, (&'static str, String)> {
     let ns = api.namespace().unwrap_or_default();
     if manager.spec.pattern == Pattern::DistributedGateways {
@@ -300,6 +330,7 @@ fn resolve(
             format!("ThrottlePolicy {} not found in {places}", missing.join(", ")),
         ));
     }
+    let key_managers = key_managers::resolve(api, mgr_ns, trusted)?;
     let mut operations = api.spec.operations.clone();
     if operations.is_empty()
         && let Some(def) = &api.spec.definition
@@ -324,7 +355,7 @@ fn resolve(
     }
     used.sort();
     used.dedup();
-    Ok((operations, used))
+    Ok(Resolved { operations, policies: used, key_managers })
 }
 
 /// Whether APIs from `ns` may deploy onto the manager (Err says why not).

@@ -30,7 +30,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use tollgate_crds::{
     ApiManager,
-    api_manager::{AutoscalingSpec, FailureMode, Pattern, PullPolicy, VolumeSpec},
+    api_manager::{AutoscalingSpec, ClientAuth, FailureMode, Pattern, PullPolicy, VolumeSpec},
     common::SecretKeyRef,
 };
 
@@ -44,6 +44,9 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const ARTIFACT_MOUNT: &str = "/etc/tollgate/artifacts";
 pub const DATA_DIR: &str = "/var/lib/tollgate";
 pub const TLS_MOUNT: &str = "/etc/tollgate/tls";
+pub const CLIENT_CA_MOUNT: &str = "/etc/tollgate/client-ca";
+/// The key of `listeners.clientCaSecretName` that holds the CA bundle.
+pub const CLIENT_CA_KEY: &str = "ca.crt";
 pub const ADMIN_TOKEN_MOUNT: &str = "/etc/tollgate/admin";
 
 /// preStop pause before SIGTERM, so Services stop sending new connections first.
@@ -374,6 +377,37 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
         });
     }
 
+    if let Some(secret) = &l.client_ca_secret_name {
+        let mode = match l.client_auth {
+            ClientAuth::None => "none",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        };
+        args.push(format!("--client-ca={CLIENT_CA_MOUNT}/{CLIENT_CA_KEY}"));
+        args.push(format!("--client-auth={mode}"));
+        mounts.push(VolumeMount {
+            name: "client-ca".into(),
+            mount_path: CLIENT_CA_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        // Only ca.crt: a Secret made by a certificate tool may also hold a
+        // private key, which the gateway has no use for.
+        volumes.push(Volume {
+            name: "client-ca".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: CLIENT_CA_KEY.into(),
+                    path: CLIENT_CA_KEY.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
     if let Some(r) = &spec.admin_token_secret_ref {
         args.push(format!("--admin-token-file={ADMIN_TOKEN_MOUNT}/token"));
         mounts.push(VolumeMount {
@@ -527,6 +561,9 @@ pub fn secret_refs(m: &ApiManager) -> Vec<(&'static str, SecretKeyRef)> {
     }
     if let Some(name) = &m.spec.listeners.tls_secret_name {
         out.push(("listeners.tlsSecretName", SecretKeyRef { name: name.clone(), key: "tls.crt".into() }));
+    }
+    if let Some(name) = &m.spec.listeners.client_ca_secret_name {
+        out.push(("listeners.clientCaSecretName", SecretKeyRef { name: name.clone(), key: CLIENT_CA_KEY.into() }));
     }
     out
 }

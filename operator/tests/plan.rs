@@ -1,10 +1,11 @@
-//! The artifact plan: allowed namespaces, conflicts, reference resolution,
-//! lifecycle, and artifacts the gateway's loader accepts.
+//! The artifact plan: allowed namespaces, conflicts, reference resolution
+//! (policies, key managers, definitions), lifecycle, and artifacts the
+//! gateway's loader accepts.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use tollgate_crds::{ApiDeployment, ApiManager, ThrottlePolicy, conditions::reasons};
+use tollgate_crds::{ApiDeployment, ApiManager, KeyManager, ThrottlePolicy, conditions::reasons};
 use tollgate_operator::plan::{self, Definitions, Inputs, Key, operations_from_openapi};
 
 fn manager(ns: &str, name: &str, extra: Value) -> ApiManager {
@@ -46,10 +47,26 @@ fn policy(ns: &str, name: &str, requests: i64) -> ThrottlePolicy {
     .unwrap()
 }
 
+fn key_manager(ns: &str, name: &str, manager_ref: Value) -> KeyManager {
+    serde_json::from_value(json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "KeyManager",
+        "metadata": { "name": name, "namespace": ns, "uid": format!("{name}-uid"), "generation": 1 },
+        "spec": { "apiManagerRef": manager_ref, "issuer": format!("https://{name}.example/oauth2"),
+                  "jwksUri": format!("https://{name}.example/jwks") },
+    }))
+    .unwrap()
+}
+
+/// `security.oauth2.keyManagers` naming `names`, with mutual TLS required.
+fn oauth2(names: &[&str]) -> Value {
+    json!({ "security": { "oauth2": { "keyManagers": names }, "mtls": { "required": true } } })
+}
+
 struct World {
     manager: ApiManager,
     apis: Vec<ApiDeployment>,
     policies: Vec<ThrottlePolicy>,
+    key_managers: Vec<KeyManager>,
     labels: BTreeMap<String, BTreeMap<String, String>>,
     definitions: Definitions,
     serving: BTreeMap<Key, plan::Route>,
@@ -61,6 +78,7 @@ impl World {
             manager,
             apis: vec![],
             policies: vec![],
+            key_managers: vec![],
             labels: BTreeMap::new(),
             definitions: Definitions::new(),
             serving: BTreeMap::new(),
@@ -72,10 +90,16 @@ impl World {
             .iter()
             .map(|p| ((p.metadata.namespace.clone().unwrap(), p.metadata.name.clone().unwrap()), p))
             .collect();
+        let key_managers: BTreeMap<Key, &KeyManager> = self
+            .key_managers
+            .iter()
+            .map(|k| ((k.metadata.namespace.clone().unwrap(), k.metadata.name.clone().unwrap()), k))
+            .collect();
         plan::plan(&Inputs {
             manager: &self.manager,
             apis: self.apis.iter().collect(),
             policies: &policies,
+            key_managers: &key_managers,
             namespace_labels: &self.labels,
             definitions: &self.definitions,
             serving: &self.serving,
@@ -346,4 +370,117 @@ fn the_routes_read_back_from_a_written_folder_equal_the_plans() {
     assert_eq!(read, p.serving);
     assert_eq!(read[&key("banking", "accounts")], ("/open-banking/aisp".to_string(), "v3.1".to_string()));
     assert!(tollgate_operator::artifacts::read_serving(&tmp.path().join("missing")).unwrap().is_empty());
+}
+
+#[test]
+fn key_managers_bound_to_the_manager_are_written_even_when_no_api_names_them() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.key_managers.push(key_manager("banking", "bank-idp", json!({ "name": "apim" })));
+    w.key_managers.push(key_manager("banking", "other-idp", json!({ "name": "other-apim" })));
+    let mut going = key_manager("banking", "old-idp", json!({ "name": "apim" }));
+    going.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    w.key_managers.push(going);
+    let p = w.plan();
+    assert_eq!(p.files.keys().collect::<Vec<_>>(), vec!["keymanagers/banking_bank-idp.yaml"]);
+    assert_eq!(p.key_managers.keys().collect::<Vec<_>>(), vec![&key("banking", "bank-idp")], "only bound ones");
+    let v = &p.key_managers[&key("banking", "bank-idp")];
+    assert_eq!((v.ok, v.reason), (true, reasons::ACCEPTED));
+
+    let text = &p.files["keymanagers/banking_bank-idp.yaml"];
+    assert!(text.starts_with("# Written by tollgate-operator"), "{text}");
+    let (loaded, errors) = tollgate_crds::loader::load_str(std::path::Path::new("km.yaml"), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let tollgate_crds::Resource::KeyManager(km) = &loaded[0].resource else { panic!("a KeyManager: {text}") };
+    assert_eq!(km.metadata.namespace.as_deref(), Some("banking"));
+    assert_eq!(km.spec.issuer, "https://bank-idp.example/oauth2");
+    assert_eq!(km.spec.api_manager_ref.namespace.as_deref(), Some("banking"), "manager namespace filled in");
+}
+
+#[test]
+fn a_missing_key_manager_keeps_the_api_out_with_key_manager_not_found() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "payments", T1, oauth2(&["bank-idp"])));
+    // Same name, but bound to another ApiManager: not one this API may use.
+    w.key_managers.push(key_manager("banking", "bank-idp", json!({ "name": "other-apim" })));
+    let p = w.plan();
+    let o = &p.outcomes[&key("banking", "payments")];
+    assert!(o.accepted.ok, "{o:?}");
+    assert_eq!((o.resolved_refs.ok, o.resolved_refs.reason), (false, reasons::KEY_MANAGER_NOT_FOUND));
+    assert_eq!((o.deployed.ok, o.deployed.reason), (false, reasons::KEY_MANAGER_NOT_FOUND));
+    assert!(o.resolved_refs.message.contains("bank-idp"), "{}", o.resolved_refs.message);
+    assert!(o.revision.is_none());
+    assert!(p.files.is_empty(), "never served with weaker security: {:?}", p.files.keys());
+
+    w.key_managers[0] = key_manager("banking", "bank-idp", json!({ "name": "apim" }));
+    let p = w.plan();
+    let o = &p.outcomes[&key("banking", "payments")];
+    assert!(o.resolved_refs.ok && o.deployed.ok, "{o:?}");
+    assert!(p.files.contains_key("apis/banking_payments.yaml"));
+    assert!(p.files["apis/banking_payments.yaml"].contains("bank-idp"));
+
+    // The KeyManager is being deleted: its artifact goes, and the API with it.
+    w.key_managers[0].metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    let p = w.plan();
+    assert_eq!(p.outcomes[&key("banking", "payments")].resolved_refs.reason, reasons::KEY_MANAGER_NOT_FOUND);
+    assert!(p.files.is_empty(), "{:?}", p.files.keys());
+}
+
+#[test]
+fn an_empty_key_manager_list_needs_no_key_manager() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "payments", T1, oauth2(&[])));
+    let o = &w.plan().outcomes[&key("banking", "payments")];
+    assert!(o.resolved_refs.ok && o.deployed.ok, "{o:?}");
+}
+
+#[test]
+fn key_managers_resolve_in_the_api_namespace_first_then_the_managers() {
+    let mut w = World::new(manager("platform", "apim", json!({ "allowedNamespaces": { "from": "All" } })));
+    let mut a = api("team-a", "payments", T1, oauth2(&["bank-idp"]));
+    a.spec.api_manager_ref.namespace = Some("platform".into());
+    w.apis.push(a);
+    let platform_idp = || key_manager("platform", "bank-idp", json!({ "name": "apim" }));
+    w.key_managers.push(platform_idp());
+    let revision = |w: &World| w.plan().outcomes[&key("team-a", "payments")].revision.clone().unwrap();
+    let r_platform = revision(&w);
+    // A KeyManager edit changes the revision of the API that uses it.
+    w.key_managers[0].spec.audiences = vec!["https://api.bank.example".into()];
+    let r_edited = revision(&w);
+    assert_ne!(r_edited, r_platform);
+
+    let mut own = key_manager("team-a", "bank-idp", json!({ "name": "apim", "namespace": "platform" }));
+    own.spec.issuer = "https://team-a.example/oauth2".into();
+    w.key_managers.push(own);
+    let r_own = revision(&w);
+    assert_ne!(r_own, r_edited, "the API's own namespace wins");
+    // Now the manager's KeyManager is not the one used: editing it leaves the API alone.
+    w.key_managers[0] = platform_idp();
+    assert_eq!(revision(&w), r_own);
+    let p = w.plan();
+    assert!(
+        p.files.contains_key("keymanagers/platform_bank-idp.yaml")
+            && p.files.contains_key("keymanagers/team-a_bank-idp.yaml"),
+        "every trusted KeyManager is written: {:?}",
+        p.files.keys()
+    );
+}
+
+#[test]
+fn key_managers_from_namespaces_that_may_not_deploy_are_not_trusted() {
+    let mut w = World::new(manager("platform", "apim", json!({})));
+    w.key_managers.push(key_manager("team-a", "rogue-idp", json!({ "name": "apim", "namespace": "platform" })));
+    w.apis.push(api("platform", "payments", T1, oauth2(&["rogue-idp"])));
+    let p = w.plan();
+    let v = &p.key_managers[&key("team-a", "rogue-idp")];
+    assert_eq!((v.ok, v.reason), (false, reasons::NOT_ALLOWED));
+    assert!(v.message.contains("team-a"), "{}", v.message);
+    assert!(p.files.is_empty(), "{:?}", p.files.keys());
+    assert_eq!(p.outcomes[&key("platform", "payments")].resolved_refs.reason, reasons::KEY_MANAGER_NOT_FOUND);
+
+    w.manager = manager("platform", "apim", json!({ "allowedNamespaces": { "from": "All" } }));
+    let p = w.plan();
+    assert!(p.key_managers[&key("team-a", "rogue-idp")].ok);
+    assert!(p.files.contains_key("keymanagers/team-a_rogue-idp.yaml"));
 }

@@ -199,3 +199,47 @@ fn tls_secret_is_mounted_and_passed_to_the_gateway() {
     assert!(vols.contains("apim-tls"));
     assert_eq!(v["svc"][1]["spec"]["ports"][0]["port"], 18280);
 }
+
+#[test]
+fn client_ca_secret_is_mounted_and_client_auth_passed_to_the_gateway() {
+    for (mode, flag) in [("None", "none"), ("Optional", "optional"), ("Required", "required")] {
+        let m = manager(json!({ "pattern": "DistributedGateways", "gateways": [{ "name": "production" }],
+                                "listeners": { "tlsSecretName": "apim-tls", "clientCaSecretName": "tpp-ca",
+                                               "clientAuth": mode } }));
+        let d = workload::desired(&m, &cfg());
+        assert_eq!(d.stateful_sets.len(), 2);
+        // Every pod that terminates TLS verifies clients the same way.
+        for sts in &d.stateful_sets {
+            let pod = serde_json::to_value(sts).unwrap()["spec"]["template"]["spec"].clone();
+            let c = &pod["containers"][0];
+            let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+            assert!(args.contains(&"--client-ca=/etc/tollgate/client-ca/ca.crt"), "{args:?}");
+            assert!(args.contains(&format!("--client-auth={flag}").as_str()), "{mode}: {args:?}");
+            let mount = c["volumeMounts"].as_array().unwrap().iter().find(|v| v["name"] == "client-ca").unwrap();
+            assert_eq!(mount["mountPath"], "/etc/tollgate/client-ca");
+            assert_eq!(mount["readOnly"], true);
+            let vol = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "client-ca").unwrap();
+            assert_eq!(vol["secret"]["secretName"], "tpp-ca");
+            assert_eq!(vol["secret"]["items"], json!([{ "key": "ca.crt", "path": "ca.crt" }]), "only the CA bundle");
+        }
+        let refs: Vec<(&str, String, String)> =
+            workload::secret_refs(&m).into_iter().map(|(f, r)| (f, r.name, r.key)).collect();
+        assert!(
+            refs.contains(&("listeners.clientCaSecretName", "tpp-ca".into(), "ca.crt".into())),
+            "a missing client CA Secret is reported: {refs:?}"
+        );
+    }
+}
+
+#[test]
+fn without_a_client_ca_no_client_auth_flags_or_volume() {
+    // clientAuth alone means nothing without a CA to verify against.
+    let m = manager(
+        json!({ "pattern": "AllInOne", "listeners": { "tlsSecretName": "apim-tls", "clientAuth": "Required" } }),
+    );
+    let v = json_of(&workload::desired(&m, &cfg()));
+    let pod = &v["sts"][0]["spec"]["template"]["spec"];
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(!args.contains("--client-ca") && !args.contains("--client-auth"), "{args}");
+    assert!(!pod["volumes"].to_string().contains("client-ca"));
+}

@@ -21,25 +21,25 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream_shim::UnboundedReceiverStream;
 use tollgate_crds::{
-    API_VERSION, ApiDeployment, ApiManager, ThrottlePolicy,
+    API_VERSION, ApiDeployment, ApiManager, KeyManager, ThrottlePolicy,
     api_deployment::ApiDeploymentStatus,
     api_manager::NamespacesFrom,
     conditions::{self, reasons},
 };
 
-use super::{ARTIFACT_FINALIZER, Context, FIELD_MANAGER, backoff, scoped};
+use super::{ARTIFACT_FINALIZER, Context, FIELD_MANAGER, backoff, scoped, settle};
 use crate::{
     artifacts,
     config::Config,
     error::{Error, Result},
-    plan::{self, Definitions, Inputs, Key, Outcome, manager_key, policy_names},
+    plan::{self, Definitions, Inputs, Key, Outcome, Plan, key_manager_names, manager_key, policy_names},
     status,
 };
 
 const CONTROLLER: &str = "apideployment";
 
-/// Add the secondary watches: an ApiManager or ThrottlePolicy change
-/// re-reconciles every ApiDeployment that uses it.
+/// Add the secondary watches: an ApiManager, ThrottlePolicy or KeyManager
+/// change re-reconciles every ApiDeployment that uses it.
 pub fn wire(
     ctrl: Controller<ApiDeployment>,
     client: &Client,
@@ -48,7 +48,8 @@ pub fn wire(
     requeue: mpsc::UnboundedReceiver<ObjectRef<ApiDeployment>>,
 ) -> Controller<ApiDeployment> {
     let by_manager = apis.clone();
-    let by_policy = apis;
+    let by_policy = apis.clone();
+    let by_key_manager = apis;
     ctrl.watches(scoped::<ApiManager>(client, config), watcher::Config::default(), move |m: ApiManager| {
         let key = (m.namespace().unwrap_or_default(), m.name_any());
         by_manager
@@ -71,6 +72,24 @@ pub fn wire(
             .map(|a| ObjectRef::from(&*a))
             .collect::<Vec<_>>()
     })
+    .watches(scoped::<KeyManager>(client, config), watcher::Config::default(), move |k: KeyManager| {
+        // Only APIs that name it: the artifact of an API with an empty list
+        // does not depend on which KeyManagers exist (the KeyManager
+        // controller writes the KeyManager's own artifact).
+        let ns = k.namespace().unwrap_or_default();
+        let name = k.name_any();
+        let manager = plan::manager_of(&k);
+        by_key_manager
+            .state()
+            .into_iter()
+            .filter(|a| {
+                manager_key(a) == manager
+                    && key_manager_names(a).contains(&name.as_str())
+                    && (a.namespace().as_deref() == Some(ns.as_str()) || manager.0 == ns)
+            })
+            .map(|a| ObjectRef::from(&*a))
+            .collect::<Vec<_>>()
+    })
     .reconcile_on(UnboundedReceiverStream(requeue))
 }
 
@@ -89,29 +108,7 @@ pub async fn reconcile(api: Arc<ApiDeployment>, ctx: Arc<Context>) -> Result<Act
         }
     })
     .await;
-    match result {
-        Ok(action) => Ok(action),
-        // Deleted while we worked from a cached copy (a queued sibling
-        // requeue, a related-object event): the deletion already ran cleanup.
-        Err(kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e))
-            if e.is_not_found() =>
-        {
-            tracing::debug!(%e, "ApiDeployment gone while reconciling");
-            Ok(Action::await_change())
-        }
-        Err(kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e)) => {
-            Err(e)
-        }
-        // The finalizer patch tests the current list: 409/422 mean our copy was stale.
-        Err(kube::runtime::finalizer::Error::AddFinalizer(e) | kube::runtime::finalizer::Error::RemoveFinalizer(e)) => {
-            match e {
-                kube::Error::Api(s) if s.code == 404 => Ok(Action::await_change()),
-                kube::Error::Api(s) if s.code == 409 || s.code == 422 => Err(Error::Conflict(s.message.to_string())),
-                e => Err(Error::Kube(e)),
-            }
-        }
-        Err(e) => Err(Error::Finalizer(e.to_string())),
-    }
+    settle(result, "ApiDeployment")
 }
 
 pub fn error_policy(api: Arc<ApiDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -126,8 +123,10 @@ pub fn error_policy(api: Arc<ApiDeployment>, error: &Error, ctx: Arc<Context>) -
 
 async fn apply(api: &ApiDeployment, ctx: &Context) -> Result<Action> {
     let key = manager_key(api);
-    let outcome = sync_manager(&key, ctx, Some(api)).await?;
-    let outcome = outcome.unwrap_or_else(|| Outcome::manager_not_found(api));
+    let api_key = (api.namespace().unwrap_or_default(), api.name_any());
+    let planned = sync_manager(&key, ctx, Some(api)).await?;
+    let outcome =
+        planned.and_then(|mut p| p.outcomes.remove(&api_key)).unwrap_or_else(|| Outcome::manager_not_found(api));
     write_status(api, &outcome, ctx).await?;
     ctx.failures.reset(&format!("apid/{}/{}", api.namespace().unwrap_or_default(), api.name_any()));
     // Definitions in ConfigMaps and namespace labels are not watched: look again now and then.
@@ -142,15 +141,16 @@ async fn cleanup(api: &ApiDeployment, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-fn manager_uses_selector(ctx: &Context, key: &Key) -> bool {
+pub(super) fn manager_uses_selector(ctx: &Context, key: &Key) -> bool {
     ctx.managers
         .get(&ObjectRef::new(&key.1).within(&key.0))
         .is_some_and(|m| m.spec.allowed_namespaces.from == NamespacesFrom::Selector)
 }
 
-/// Plan the folder of one manager, write it, and queue siblings whose status
-/// changes. Returns the outcome of `focus` (None when the manager is missing).
-async fn sync_manager(key: &Key, ctx: &Context, focus: Option<&ApiDeployment>) -> Result<Option<Outcome>> {
+/// Plan the folder of one manager, write it, and queue ApiDeployments
+/// (other than `focus`) whose status changes. Returns the plan without its
+/// files (None when the manager is missing or going).
+pub(super) async fn sync_manager(key: &Key, ctx: &Context, focus: Option<&ApiDeployment>) -> Result<Option<Plan>> {
     let Some(manager) = ctx.managers.get(&ObjectRef::new(&key.1).within(&key.0)) else {
         return Ok(None);
     };
@@ -166,7 +166,16 @@ async fn sync_manager(key: &Key, ctx: &Context, focus: Option<&ApiDeployment>) -
     let policy_objs = ctx.policies.state();
     let policies: BTreeMap<Key, &ThrottlePolicy> =
         policy_objs.iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), &**p)).collect();
-    let namespace_labels = namespace_labels(ctx, &manager, &apis).await?;
+    let key_manager_objs: Vec<Arc<KeyManager>> =
+        ctx.key_managers.state().into_iter().filter(|k| &plan::manager_of(k) == key).collect();
+    let key_managers: BTreeMap<Key, &KeyManager> =
+        key_manager_objs.iter().map(|k| ((k.namespace().unwrap_or_default(), k.name_any()), &**k)).collect();
+    let namespaces: Vec<String> = apis
+        .iter()
+        .filter_map(|a| a.namespace())
+        .chain(key_manager_objs.iter().filter_map(|k| k.namespace()))
+        .collect();
+    let namespace_labels = namespace_labels(ctx, &manager, &namespaces).await?;
     let definitions = definitions(ctx, &apis).await?;
     if folder.serving().is_none() {
         let d = dir.clone();
@@ -180,12 +189,13 @@ async fn sync_manager(key: &Key, ctx: &Context, focus: Option<&ApiDeployment>) -
         manager: &manager,
         apis: apis.iter().map(|a| &**a).collect(),
         policies: &policies,
+        key_managers: &key_managers,
         namespace_labels: &namespace_labels,
         definitions: &definitions,
         serving: folder.serving().unwrap_or(&empty),
     });
     let report = {
-        let files = plan.files.clone();
+        let files = std::mem::take(&mut plan.files);
         let d = dir.clone();
         let written = tokio::task::spawn_blocking(move || artifacts::sync(&d, &files))
             .await
@@ -219,26 +229,26 @@ async fn sync_manager(key: &Key, ctx: &Context, focus: Option<&ApiDeployment>) -
             let _ = ctx.requeue_api.send(ObjectRef::from(&**sibling));
         }
     }
-    Ok(focus_key.and_then(|k| plan.outcomes.get(&k).cloned()))
+    Ok(Some(plan))
 }
 
+/// Labels of `namespaces`, read only when the manager selects namespaces by label.
 async fn namespace_labels(
     ctx: &Context,
     manager: &ApiManager,
-    apis: &[Arc<ApiDeployment>],
+    namespaces: &[String],
 ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
     let mut out = BTreeMap::new();
     if manager.spec.allowed_namespaces.from != NamespacesFrom::Selector {
         return Ok(out);
     }
     let nss: Api<Namespace> = Api::all(ctx.client.clone());
-    for api in apis {
-        let ns = api.namespace().unwrap_or_default();
-        if out.contains_key(&ns) {
+    for ns in namespaces {
+        if out.contains_key(ns) {
             continue;
         }
-        let labels = nss.get_opt(&ns).await?.map(|n| n.labels().clone()).unwrap_or_default();
-        out.insert(ns, labels);
+        let labels = nss.get_opt(ns).await?.map(|n| n.labels().clone()).unwrap_or_default();
+        out.insert(ns.clone(), labels);
     }
     Ok(out)
 }

@@ -1,7 +1,8 @@
-//! The three controllers and what they share.
+//! The controllers and what they share.
 
 pub mod api_deployment;
 pub mod api_manager;
+pub mod key_manager;
 pub mod throttle_policy;
 
 use std::{sync::Arc, time::Duration};
@@ -18,13 +19,19 @@ use kube::{
     },
 };
 use tokio::sync::{mpsc, watch};
-use tollgate_crds::{ApiDeployment, ApiManager, ThrottlePolicy};
+use tollgate_crds::{ApiDeployment, ApiManager, KeyManager, ThrottlePolicy};
 
-use crate::{artifacts::Folders, config::Config, metrics::Metrics, workload::WorkloadConfig};
+use crate::{
+    artifacts::Folders,
+    config::Config,
+    error::{Error, Result},
+    metrics::Metrics,
+    workload::WorkloadConfig,
+};
 
 /// The one field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "tollgate-operator";
-/// Finalizer that removes an ApiDeployment's artifact before it goes.
+/// Finalizer that removes an ApiDeployment's or KeyManager's artifact before it goes.
 pub const ARTIFACT_FINALIZER: &str = "tollgate.dev/artifact";
 
 /// State shared by the reconcilers.
@@ -35,6 +42,7 @@ pub struct Context {
     pub managers: Store<ApiManager>,
     pub apis: Store<ApiDeployment>,
     pub policies: Store<ThrottlePolicy>,
+    pub key_managers: Store<KeyManager>,
     pub folders: Folders,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -43,7 +51,7 @@ pub struct Context {
     pub requeue_api: mpsc::UnboundedSender<ObjectRef<ApiDeployment>>,
     /// Consecutive failures per object, for the error backoff.
     pub failures: Failures,
-    /// One flag per cache (managers, APIs, policies): true after the initial list.
+    /// One flag per cache (managers, APIs, policies, key managers): true after the initial list.
     pub ready: Vec<watch::Receiver<bool>>,
 }
 
@@ -114,6 +122,32 @@ where
     }
 }
 
+/// The result of a reconcile run through kube's finalizer helper, with the
+/// errors that only mean "try again" or "nothing left to do" told apart.
+pub fn settle(
+    result: std::result::Result<Action, kube::runtime::finalizer::Error<Error>>,
+    kind: &str,
+) -> Result<Action> {
+    use kube::runtime::finalizer::Error as F;
+    match result {
+        Ok(action) => Ok(action),
+        // Deleted while we worked from a cached copy (a queued requeue, a
+        // related-object event): the deletion already ran cleanup.
+        Err(F::ApplyFailed(e) | F::CleanupFailed(e)) if e.is_not_found() => {
+            tracing::debug!(%e, kind, "object gone while reconciling");
+            Ok(Action::await_change())
+        }
+        Err(F::ApplyFailed(e) | F::CleanupFailed(e)) => Err(e),
+        // The finalizer patch tests the current list: 409/422 mean our copy was stale.
+        Err(F::AddFinalizer(e) | F::RemoveFinalizer(e)) => match e {
+            kube::Error::Api(s) if s.code == 404 => Ok(Action::await_change()),
+            kube::Error::Api(s) if s.code == 409 || s.code == 422 => Err(Error::Conflict(s.message.to_string())),
+            e => Err(Error::Kube(e)),
+        },
+        Err(e) => Err(Error::Finalizer(e.to_string())),
+    }
+}
+
 /// Backoff for failed reconciliations: 1 s doubling to 5 min, per object.
 pub fn backoff(failures: u32) -> Action {
     let secs = 1u64 << failures.min(8);
@@ -135,8 +169,11 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
     let (managers, manager_stream, managers_ready) = cached(scoped::<ApiManager>(&client, &config), wc.clone());
     let (policies, policy_stream, policies_ready) = cached(scoped::<ThrottlePolicy>(&client, &config), wc.clone());
     let (apis, api_stream, apis_ready) = cached(scoped::<ApiDeployment>(&client, &config), wc.clone());
+    let (key_managers, key_manager_stream, key_managers_ready) =
+        cached(scoped::<KeyManager>(&client, &config), wc.clone());
     let manager_ctrl = api_manager::controller(&client, &config, manager_stream, managers.clone());
     let policy_ctrl = Controller::for_stream(policy_stream, policies.clone());
+    let key_manager_ctrl = key_manager::controller(&client, &config, key_manager_stream, key_managers.clone());
     let api_ctrl = Controller::for_stream(api_stream, apis.clone());
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity) };
@@ -146,12 +183,13 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
         managers,
         apis,
         policies,
+        key_managers,
         folders: Folders::default(),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
         requeue_api: tx,
         failures: Failures::default(),
-        ready: vec![managers_ready, apis_ready, policies_ready],
+        ready: vec![managers_ready, apis_ready, policies_ready, key_managers_ready],
         config,
     });
     let api_ctrl = api_deployment::wire(api_ctrl, &client, &ctx.config, ctx.apis.clone(), rx);
@@ -168,14 +206,19 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
         .run(api_deployment::reconcile, api_deployment::error_policy, ctx.clone())
         .for_each(|r| async move { log_result("apideployment", r) });
     let policies = policy_ctrl
-        .with_config(cfg)
+        .with_config(cfg.clone())
         .shutdown_on_signal()
         .run(throttle_policy::reconcile, throttle_policy::error_policy, ctx.clone())
         .for_each(|r| async move { log_result("throttlepolicy", r) });
+    let key_managers = key_manager_ctrl
+        .with_config(cfg)
+        .shutdown_on_signal()
+        .run(key_manager::reconcile, key_manager::error_policy, ctx.clone())
+        .for_each(|r| async move { log_result("keymanager", r) });
     let sweeper = api_manager::sweep_orphans(ctx.clone());
     let depth = sample_queue_depth(ctx.clone());
     tokio::select! {
-        _ = futures::future::join3(managers, apis, policies) => {}
+        _ = futures::future::join4(managers, apis, policies, key_managers) => {}
         _ = sweeper => {}
         _ = depth => {}
     }
@@ -196,6 +239,7 @@ async fn sample_queue_depth(ctx: Arc<Context>) {
         set("apimanager", behind(&ctx.managers, |m| m.status.as_ref().and_then(|s| s.observed_generation)));
         set("apideployment", behind(&ctx.apis, |a| a.status.as_ref().and_then(|s| s.observed_generation)));
         set("throttlepolicy", behind(&ctx.policies, |p| p.status.as_ref().and_then(|s| s.observed_generation)));
+        set("keymanager", behind(&ctx.key_managers, |k| k.status.as_ref().and_then(|s| s.observed_generation)));
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
