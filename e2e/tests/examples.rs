@@ -19,6 +19,44 @@ fn ready(obj: &Value, type_: &str) -> bool {
         && obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
 }
 
+/// The ApiDeployments the files under `paths` (files or folders) declare.
+fn declared_apis(paths: &[std::path::PathBuf]) -> usize {
+    let mut count = 0;
+    for p in paths {
+        let files: Vec<std::path::PathBuf> = if p.is_dir() {
+            std::fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).collect()
+        } else {
+            vec![p.clone()]
+        };
+        for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
+            let text = std::fs::read_to_string(f).unwrap();
+            let docs: Vec<Value> =
+                serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            count += docs.iter().filter(|d| d["kind"] == "ApiDeployment").count();
+        }
+    }
+    count
+}
+
+/// The Secrets the pattern files' headers tell users to create for the
+/// HTTPS listeners (placeholder contents: kwok runs no gateway).
+fn create_listener_secrets(cluster: &Cluster, ns: &str) {
+    #[rustfmt::skip]
+    let secrets: [&[&str]; 2] = [
+        &["create", "secret", "generic", "tollgate-tls", "--type=kubernetes.io/tls", "-n", ns,
+          "--from-literal=tls.crt=placeholder", "--from-literal=tls.key=placeholder"],
+        &["create", "secret", "generic", "tpp-client-ca", "-n", ns, "--from-literal=ca.crt=placeholder"],
+    ];
+    for args in secrets {
+        tool(cluster, "kubectl", args);
+    }
+}
+
+fn condition(obj: &Value, type_: &str) -> Option<(String, String)> {
+    let c = obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?;
+    Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
+}
+
 fn names(cluster: &Cluster, kind: &str, ns: &str) -> Vec<String> {
     let out = tool(cluster, "kubectl", &["get", kind, "-n", ns, "-o", "jsonpath={.items[*].metadata.name}"]);
     let mut v: Vec<String> = out.split_whitespace().map(str::to_string).collect();
@@ -48,9 +86,11 @@ async fn apply_pattern(
         work: work.path().to_path_buf(),
     });
     let root = repo_root().join("examples");
+    let expected_apis = declared_apis(&[root.join(file), root.join("apis")]);
     let pattern = root.join(file).display().to_string();
     let policies = root.join("policies").display().to_string();
     let apis = root.join("apis").display().to_string();
+    create_listener_secrets(cluster, ns.name());
     tool(cluster, "kubectl", &["apply", "-n", ns.name(), "-f", &pattern, "-f", &policies, "-f", &apis]);
 
     let mgr_ar = tollgate_resource("ApiManager").unwrap();
@@ -71,7 +111,7 @@ async fn apply_pattern(
             .filter(|v| !ready(v, "Deployed"))
             .map(|v| format!("{}: {}", v["metadata"]["name"], v["status"]["conditions"]))
             .collect();
-        if list.items.len() == 4 && not.is_empty() {
+        if list.items.len() == expected_apis && not.is_empty() {
             Ok(())
         } else {
             Err(format!("{} APIs; not deployed: {not:?}", list.items.len()))
@@ -84,7 +124,7 @@ async fn apply_pattern(
 #[tokio::test]
 async fn pattern_1_all_in_one() {
     let cluster = Cluster::connect().await;
-    let (ns, op, _w, _a, _v) = apply_pattern(&cluster, "pattern-1.yaml").await;
+    let (ns, op, work, _a, _v) = apply_pattern(&cluster, "pattern-1.yaml").await;
     assert_eq!(names(&cluster, "statefulsets", ns.name()), vec!["tollgate"]);
     let replicas = tool(
         &cluster,
@@ -94,13 +134,40 @@ async fn pattern_1_all_in_one() {
     assert_eq!(replicas, "1");
     assert!(names(&cluster, "hpa", ns.name()).is_empty() && names(&cluster, "pdb", ns.name()).is_empty());
     assert_eq!(names(&cluster, "services", ns.name()), vec!["tollgate", "tollgate-headless"]);
+    assert_oauth2_and_mtls(&cluster, ns.name(), &work.path().join("artifacts")).await;
     assert_eq!(op.unexpected_errors(), 0.0, "{}", op.proc.log_lines("failed"));
+}
+
+/// The KeyManager is trusted (its artifact is in the folder; the API that
+/// names it was Deployed above), the gateway pods verify client certificates
+/// with the CA Secret, and the Secrets the header names are the ones the
+/// ApiManager uses.
+async fn assert_oauth2_and_mtls(cluster: &Cluster, ns: &str, artifacts: &std::path::Path) {
+    let km_ar = tollgate_resource("KeyManager").unwrap();
+    let kms: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), ns, &km_ar);
+    let km = serde_json::to_value(kms.get("bank-idp").await.unwrap()).unwrap();
+    assert_eq!(condition(&km, "Accepted"), Some(("True".into(), "Accepted".into())), "{}", km["status"]);
+    let km_file = artifacts.join(ns).join(format!("tollgate/keymanagers/{ns}_bank-idp.yaml"));
+    assert!(km_file.is_file(), "{} missing", km_file.display());
+    let mgr_ar = tollgate_resource("ApiManager").unwrap();
+    let managers: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), ns, &mgr_ar);
+    let m = serde_json::to_value(managers.get("tollgate").await.unwrap()).unwrap();
+    assert_eq!(condition(&m, "Degraded"), Some(("False".into(), "AsExpected".into())), "{}", m["status"]);
+    let args = tool(
+        cluster,
+        "kubectl",
+        &["get", "sts", "tollgate", "-n", ns, "-o", "jsonpath={.spec.template.spec.containers[0].args}"],
+    );
+    assert!(
+        args.contains("--client-ca=/etc/tollgate/client-ca/ca.crt") && args.contains("--client-auth=optional"),
+        "{args}"
+    );
 }
 
 #[tokio::test]
 async fn pattern_1_ha() {
     let cluster = Cluster::connect().await;
-    let (ns, op, _w, _a, _v) = apply_pattern(&cluster, "pattern-1-ha.yaml").await;
+    let (ns, op, work, _a, _v) = apply_pattern(&cluster, "pattern-1-ha.yaml").await;
     let replicas = tool(
         &cluster,
         "kubectl",
@@ -114,6 +181,7 @@ async fn pattern_1_ha() {
         &["get", "sts", "tollgate", "-n", ns.name(), "-o", "jsonpath={.spec.template.spec.containers[0].env}"],
     );
     assert!(env.contains("tollgate-db") && env.contains("tollgate-redis") && !env.contains("postgres://"), "{env}");
+    assert_oauth2_and_mtls(&cluster, ns.name(), &work.path().join("artifacts")).await;
     assert_eq!(op.unexpected_errors(), 0.0, "{}", op.proc.log_lines("failed"));
 }
 
