@@ -93,8 +93,24 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         "errors": st.errors,
         "trafficManager": state.shared.traffic.as_ref().map(|t| t.status()),
         "tls": state.tls_cert.get().map(|c| c.status()),
+        "clientCa": state.client_ca.get().map(|c| c.status()),
+        "keyManagers": key_managers(&snap),
     }))
     .into_response()
+}
+
+/// The trusted token issuers and the state of their keys.
+fn key_managers(snap: &crate::snapshot::Snapshot) -> Vec<serde_json::Value> {
+    snap.issuers
+        .values()
+        .map(|i| {
+            let keys = match &i.keys {
+                crate::oauth::issuer::Keys::Inline(k) => json!({"inline": true, "keys": k.len()}),
+                crate::oauth::issuer::Keys::Remote(r) => serde_json::to_value(r.status()).unwrap_or_default(),
+            };
+            json!({"id": i.id, "issuer": i.issuer, "apiManager": i.manager, "keys": keys})
+        })
+        .collect()
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
@@ -111,6 +127,8 @@ pub struct ManagementService {
     pub state: Arc<State>,
     pub plain: SocketAddr,
     pub tls: Option<(SocketAddr, Arc<ReloadingCert>)>,
+    /// Verifies client certificates on the TLS listener (--client-auth).
+    pub client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     /// Time a client gets for the TLS handshake and the request head.
     pub header_timeout: Duration,
 }
@@ -141,12 +159,18 @@ impl BackgroundService for ManagementService {
                 }
             };
             tracing::info!(addr = %addr, "management API (TLS) listening");
-            let config =
-                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .expect("default TLS versions")
-                    .with_no_client_auth()
-                    .with_cert_resolver(cert.clone());
+            // The process's provider: the --tls-profile suites.
+            let provider = rustls::crypto::CryptoProvider::get_default()
+                .cloned()
+                .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+            let builder = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("default TLS versions");
+            let builder = match &self.client_verifier {
+                Some(v) => builder.with_client_cert_verifier(v.clone()),
+                None => builder.with_no_client_auth(),
+            };
+            let config = builder.with_cert_resolver(cert.clone());
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
             tasks.push(tokio::spawn(serve(listener, Some(acceptor), app.clone(), self.header_timeout)));
         }

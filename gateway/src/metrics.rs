@@ -133,6 +133,12 @@ pub struct Metrics {
     /// Traffic connections closed because a request head did not arrive
     /// within --header-timeout-seconds.
     pub request_head_timeouts: Counter,
+    /// JWK Set fetches of remote KeyManagers, by result (ok, error).
+    pub jwks_fetches: Family<ResultLabels, Counter>,
+    /// OAuth2 access tokens refused, by reason (expired, bad_signature, ...).
+    pub token_rejections: Family<ResultLabels, Counter>,
+    /// Client certificates from --client-cert-header refused, by reason.
+    pub forwarded_cert_rejections: Family<ResultLabels, Counter>,
 }
 
 /// Status classes in label order: 1xx..5xx, other.
@@ -192,6 +198,9 @@ impl Metrics {
             refused_paths: Family::default(),
             throttle_keys_refused: Counter::default(),
             request_head_timeouts: Counter::default(),
+            jwks_fetches: Family::default(),
+            token_rejections: Family::default(),
+            forwarded_cert_rejections: Family::default(),
             store_key_lookups: Counter::default(),
             registry: Registry::default(),
         };
@@ -267,6 +276,17 @@ impl Metrics {
             "request_head_timeouts",
             "Traffic connections closed because a request head did not arrive within --header-timeout-seconds",
             m.request_head_timeouts.clone(),
+        );
+        registry.register("jwks_fetches", "JWK Set fetches of remote KeyManagers, by result", m.jwks_fetches.clone());
+        registry.register(
+            "oauth_token_rejections",
+            "OAuth2 access tokens refused, by reason (malformed, expired, bad_signature, unknown_key, wrong_issuer, ...)",
+            m.token_rejections.clone(),
+        );
+        registry.register(
+            "forwarded_client_cert_rejections",
+            "Client certificates forwarded in --client-cert-header that were refused, by reason",
+            m.forwarded_cert_rejections.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -39,6 +39,9 @@ pub struct Gateway {
     pub keepalive_timeout_secs: u64,
     /// Peers whose X-Forwarded-* headers are believed (--trusted-proxies).
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// Client certificates forwarded by a TLS-terminating proxy
+    /// (--client-cert-header).
+    pub forwarded_certs: Option<Arc<crate::client_tls::ForwardedCerts>>,
 }
 
 /// Per-request state: the pipeline's, plus what forwarding needs.
@@ -99,8 +102,34 @@ impl ProxyHttp for Gateway {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.keepalive_timeout_secs));
         }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.req.client = Client::of(session.req_header(), peer_ip(session), tls, &self.trusted_proxies);
+        let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
+        ctx.req.client = Client::of(session.req_header(), peer_ip(session), ssl.is_some(), &self.trusted_proxies);
+        ctx.req.client.cert =
+            ssl.as_ref().and_then(|s| s.extension.get::<crate::client_tls::HandshakeCert>()).map(|c| c.0.clone());
+        if let Some(fwd) = &self.forwarded_certs {
+            // Only a trusted proxy's header counts; everyone else's is
+            // removed before anything reads or forwards it.
+            let value = session.req_header_mut().remove_header(fwd.header.as_str());
+            if let (true, None, Some(v)) = (ctx.req.client.peer_trusted, &ctx.req.client.cert, value) {
+                match fwd.parse(v.as_bytes()) {
+                    Ok(cert) => ctx.req.client.cert = Some(cert),
+                    Err(why) => {
+                        let result = if why.starts_with("not PEM") || why == "no PEM certificate" {
+                            "malformed"
+                        } else {
+                            "unverified"
+                        };
+                        self.state
+                            .shared
+                            .metrics
+                            .forwarded_cert_rejections
+                            .get_or_create(&ResultLabels { result })
+                            .inc();
+                        tracing::debug!(error = %why, "forwarded client certificate refused");
+                    }
+                }
+            }
+        }
         let path = match crate::route::canonical::canonicalise(session.req_header().uri.path()) {
             Ok(p) => p,
             Err(why) => {
@@ -194,6 +223,15 @@ impl ProxyHttp for Gateway {
         for h in named.iter().chain(ctx.req.strip_headers.iter()) {
             upstream.remove_header(h.as_str());
         }
+        // The verified identity, never the client's claim of one.
+        for h in crate::pipeline::authn::IDENTITY_HEADERS {
+            upstream.remove_header(h);
+        }
+        for (n, v) in &ctx.req.identity_headers {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
+                upstream.insert_header(*n, v)?;
+            }
+        }
         let original_host = header(session.req_header(), "host").map(str::to_string);
         let default_port = if ep.tls { 443 } else { 80 };
         let host = if ep.port == default_port { ep.host.clone() } else { format!("{}:{}", ep.host, ep.port) };
@@ -201,7 +239,7 @@ impl ProxyHttp for Gateway {
         // X-Forwarded-*: a trusted proxy's values are extended or kept; from
         // anyone else they are replaced, so a client cannot forge its
         // address, scheme or host for the backend.
-        let client = ctx.req.client;
+        let client = &ctx.req.client;
         let incoming = |name: &str| if client.peer_trusted { joined(session.req_header(), name) } else { None };
         match (client.peer_ip, incoming("x-forwarded-for")) {
             (Some(peer), Some(prev)) => upstream.insert_header("x-forwarded-for", format!("{prev}, {peer}"))?,

@@ -68,6 +68,8 @@ pub struct State {
     pub listening: AtomicBool,
     /// The reloading TLS certificate, when TLS is on (for /status).
     pub tls_cert: std::sync::OnceLock<Arc<crate::tls::ReloadingCert>>,
+    /// The client CA bundle, when --client-ca is set.
+    pub client_ca: std::sync::OnceLock<Arc<crate::client_tls::ClientCa>>,
 }
 
 impl State {
@@ -80,6 +82,7 @@ impl State {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             tls_cert: std::sync::OnceLock::new(),
+            client_ca: std::sync::OnceLock::new(),
             shared,
         }
     }
@@ -278,36 +281,50 @@ impl Reloader {
 }
 
 impl Reloader {
-    /// A ThrottlePolicy removed from the folder while an API still uses it
-    /// keeps its last good version (the API is not dropped, its counters
-    /// stay); reported on /status until no API uses it any more.
+    /// A ThrottlePolicy or KeyManager removed from the folder while an API
+    /// still names it keeps its last good version (the API is not dropped,
+    /// a policy's counters stay); reported on /status until no API uses it
+    /// any more.
     fn keep_policies_still_in_use(
         &self,
         objects: &mut BTreeMap<ObjectRef, Resource>,
         sources: &mut HashMap<ObjectRef, PathBuf>,
         errors: &mut Vec<StatusError>,
     ) {
-        let mut users: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        // (kind, namespace, name) -> the APIs that name it.
+        let mut users: BTreeMap<(&'static str, String, String), Vec<String>> = BTreeMap::new();
         for (r, res) in objects.iter() {
             let Resource::ApiDeployment(ad) = res else { continue };
             let manager_ns = ad.spec.api_manager_ref.namespace.clone().unwrap_or_else(|| r.namespace.clone());
-            let names = ad
+            let policies = ad
                 .spec
                 .throttling
                 .iter()
                 .chain(ad.spec.operations.iter().filter_map(|o| o.throttling.as_ref()))
-                .map(|t| t.policy.clone());
-            for name in names {
+                .map(|t| ("ThrottlePolicy", t.policy.clone()));
+            let key_managers = ad
+                .spec
+                .security
+                .iter()
+                .filter_map(|s| s.oauth2.as_ref())
+                .flat_map(|o| o.key_managers.iter())
+                .map(|k| ("KeyManager", k.clone()));
+            for (kind, name) in policies.chain(key_managers) {
                 for ns in [&r.namespace, &manager_ns] {
-                    users.entry((ns.clone(), name.clone())).or_default().push(r.to_string());
+                    users.entry((kind, ns.clone(), name.clone())).or_default().push(r.to_string());
                 }
             }
         }
         for (obj, (res, file)) in &self.last_good {
-            if !matches!(res, Resource::ThrottlePolicy(_)) || objects.contains_key(obj) {
+            let (kind, reason) = match res {
+                Resource::ThrottlePolicy(_) => ("ThrottlePolicy", "PolicyRemoved: the policy"),
+                Resource::KeyManager(_) => ("KeyManager", "KeyManagerRemoved: the key manager"),
+                _ => continue,
+            };
+            if objects.contains_key(obj) {
                 continue;
             }
-            let Some(apis) = users.get(&(obj.namespace.clone(), obj.name.clone())) else { continue };
+            let Some(apis) = users.get(&(kind, obj.namespace.clone(), obj.name.clone())) else { continue };
             let mut apis = apis.clone();
             apis.sort();
             apis.dedup();
@@ -319,7 +336,7 @@ impl Reloader {
                 object: Some(obj.to_string()),
                 field: None,
                 reason: format!(
-                    "PolicyRemoved: the policy was removed but {} still use(s) it; serving its last good version",
+                    "{reason} was removed but {} still use(s) it; serving its last good version",
                     apis.join(", ")
                 ),
                 serving_last_good: true,

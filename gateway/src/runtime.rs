@@ -1,7 +1,8 @@
 //! The long-lived services the request path and reloads use: throttle
-//! counters, backend health, metrics, the store, the traffic manager and the
-//! DNS cache. Built once by the server; snapshots reference none of it, so a
-//! reload swaps routing without touching a service.
+//! counters, backend health, metrics, the store, the traffic manager, the
+//! DNS cache, and the OAuth2 key sets and token cache. Built once by the
+//! server; snapshots reference none of it, so a reload swaps routing without
+//! touching a service.
 
 use std::sync::Arc;
 
@@ -23,4 +24,8 @@ pub struct Shared {
     pub dns: Arc<crate::dns::DnsCache>,
     /// This process's gateway group; APIs targeting other groups are skipped.
     pub gateway_group: Option<String>,
+    /// Remote JWK Sets of the KeyManagers.
+    pub jwks: Arc<crate::oauth::jwks::JwksCache>,
+    /// Verified access tokens.
+    pub tokens: Arc<crate::oauth::Verifier>,
 }

@@ -64,7 +64,9 @@ fn init_logging() {
 /// Runs the gateway until shutdown.
 pub fn run(config: Config) -> anyhow::Result<()> {
     init_logging();
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Every TLS endpoint of the process (listeners, JWKS and database
+    // clients) uses this provider: the --tls-profile suites.
+    let _ = crate::client_tls::crypto_provider(config.tls_profile).install_default();
     if !config.config_dir.is_dir() {
         anyhow::bail!("--config-dir {} is not a readable folder", config.config_dir.display());
     }
@@ -85,6 +87,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let store = open_store(&config, metrics.store_key_lookups.clone())?;
+    let jwks = Arc::new(crate::oauth::jwks::JwksCache::new(metrics.jwks_fetches.clone()));
+    jwks.spawn_worker();
     let state = Arc::new(State::new(Shared {
         store: Some(store),
         traffic,
@@ -94,6 +98,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         max_keys: config.max_throttle_keys,
         gateway_group: config.gateway_group.clone(),
         dns: dns.clone(),
+        jwks,
+        tokens: Arc::default(),
     }));
     let mut reloader = Reloader::new(config.config_dir.clone(), state.clone(), config.reload_debounce);
     reloader.reload(true);
@@ -108,6 +114,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(c) = &cert {
         let _ = state.tls_cert.set(c.clone());
     }
+    let client_ca = match &config.client_ca {
+        Some(path) => Some(
+            crate::client_tls::ClientCa::start(path, config.client_auth, Duration::from_secs(1))
+                .context("loading the client CA bundle (--client-ca)")?,
+        ),
+        None => None,
+    };
+    if let Some(c) = &client_ca {
+        let _ = state.client_ca.set(c.clone());
+    }
+    // The listeners ask for client certificates unless --client-auth none.
+    let client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> = match &client_ca {
+        Some(c) if config.client_auth != crate::config::ClientAuthMode::None => Some(c.clone()),
+        _ => None,
+    };
+    let forwarded_certs = config
+        .client_cert_header
+        .clone()
+        .map(|h| Arc::new(crate::client_tls::ForwardedCerts::new(h, client_ca.clone())));
 
     let conf = ServerConf {
         threads: config.threads,
@@ -138,6 +163,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             tls_listener_port: config.tls.as_ref().map(|_| config.https.port()),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             keepalive_timeout_secs: config.keepalive_timeout_secs,
+            forwarded_certs: forwarded_certs.clone(),
         };
         // Pingora's proxy behind a whole-head deadline (slowloris).
         let app = crate::head_timeout::HeadTimeout::new(
@@ -149,8 +175,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let mut proxy = pingora::services::listening::Service::new("api-traffic".to_string(), app);
         proxy.add_tcp(&config.http.to_string());
         if let Some(cert) = &cert {
-            let mut settings = TlsSettings::intermediate("", "").context("TLS settings")?;
+            // The handshake hook keeps the verified client certificate for
+            // the requests on the connection.
+            let mut settings =
+                TlsSettings::with_callbacks(Box::new(crate::client_tls::KeepClientCert)).context("TLS settings")?;
             settings.set_cert_resolver(cert.clone());
+            if let Some(v) = &client_verifier {
+                settings.set_client_cert_verifier(v.clone());
+            }
             proxy.add_tls_with_settings(&config.https.to_string(), None, settings);
         }
         server.add_service(proxy);
@@ -159,6 +191,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         state: state.clone(),
         plain: config.management,
         tls: cert.clone().map(|c| (config.management_tls, c)),
+        client_verifier: client_verifier.clone(),
         header_timeout: config.header_timeout,
     };
     server.add_service(background_service("management", management));

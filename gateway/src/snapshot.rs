@@ -12,6 +12,8 @@ use tollgate_crds::api_deployment::Lifecycle;
 use tollgate_crds::{ApiDeployment, ObjectRef, Resource, ThrottlePolicy};
 
 use crate::metrics::ApiMetrics;
+use crate::oauth::Issuer;
+use crate::pipeline::authn::OAuth2;
 use crate::pipeline::throttle::{NamespacePolicies, Tiers};
 use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::policy::Policy;
@@ -80,6 +82,8 @@ pub struct Snapshot {
     pub router: PrefixRouter<Route>,
     pub apis: Vec<Arc<Api>>,
     pub policies: HashMap<String, Arc<Policy>>,
+    /// Trusted token issuers (KeyManagers) by `namespace/name`.
+    pub issuers: BTreeMap<String, Arc<Issuer>>,
     pub built_at: SystemTime,
 }
 
@@ -91,6 +95,7 @@ impl Snapshot {
             router: PrefixRouter::default(),
             apis: Vec::new(),
             policies: HashMap::new(),
+            issuers: BTreeMap::new(),
             built_at: SystemTime::now(),
         }
     }
@@ -191,6 +196,17 @@ pub fn compile(
     }
     let by_namespace: HashMap<String, NamespacePolicies> =
         by_namespace.into_iter().map(|(ns, m)| (ns, Arc::new(m))).collect();
+    let mut issuers: BTreeMap<String, Arc<Issuer>> = BTreeMap::new();
+    for (r, res) in objects {
+        if let Resource::KeyManager(km) = res {
+            match Issuer::compile(km, &shared.jwks) {
+                Ok(i) => {
+                    issuers.insert(i.id.clone(), Arc::new(i));
+                }
+                Err(message) => errors.push(ObjectError { object: r.clone(), message: format!("Invalid: {message}") }),
+            }
+        }
+    }
 
     // Who keeps a contested path: the older API (creationTimestamp); on an
     // equal creationTimestamp the one serving it now; else namespace/name
@@ -217,7 +233,7 @@ pub fn compile(
         if matches!(lifecycle, Lifecycle::Retired | Lifecycle::Created) {
             continue;
         }
-        let api = match compile_api(r, ad, &policies, &by_namespace, shared) {
+        let api = match compile_api(r, ad, &policies, &by_namespace, &issuers, shared) {
             Ok(a) => Arc::new(a),
             Err(message) => {
                 errors.push(ObjectError { object: r.clone(), message });
@@ -249,8 +265,14 @@ pub fn compile(
         }
         compiled.push(api);
     }
-    let snapshot =
-        Snapshot { revision: revision_of(objects), router, apis: compiled, policies, built_at: SystemTime::now() };
+    let snapshot = Snapshot {
+        revision: revision_of(objects),
+        router,
+        apis: compiled,
+        policies,
+        issuers,
+        built_at: SystemTime::now(),
+    };
     (snapshot, errors)
 }
 
@@ -274,6 +296,7 @@ fn compile_api(
     ad: &ApiDeployment,
     policies: &HashMap<String, Arc<Policy>>,
     by_namespace: &HashMap<String, NamespacePolicies>,
+    issuers: &BTreeMap<String, Arc<Issuer>>,
     shared: &Shared,
 ) -> Result<Api, String> {
     let s = &ad.spec;
@@ -290,7 +313,20 @@ fn compile_api(
         own: by_namespace.get(ns).cloned(),
         manager: (manager_ns != ns).then(|| by_namespace.get(manager_ns).cloned()).flatten(),
     };
-    let pipeline = Pipeline::compile(PipelineSpec { api_id: &id, spec: s, policy, operation_policies, tiers })?;
+    let oauth2 = s
+        .security
+        .as_ref()
+        .and_then(|sec| sec.oauth2.as_ref())
+        .map(|o| {
+            let manager = format!("{manager_ns}/{}", s.api_manager_ref.name);
+            trusted_issuers(&o.key_managers, ns, manager_ns, &manager, issuers).map(|issuers| OAuth2 {
+                issuers,
+                audience: o.audience.clone().filter(|a| !a.is_empty()),
+                forward_token: o.forward_token,
+            })
+        })
+        .transpose()?;
+    let pipeline = Pipeline::compile(PipelineSpec { api_id: &id, spec: s, policy, operation_policies, tiers, oauth2 })?;
     let endpoints = |list: &[tollgate_crds::api_deployment::Endpoint]| {
         let items: Vec<(String, u32)> = list.iter().map(|e| (e.url.clone(), e.weight.max(0) as u32)).collect();
         EndpointSet::build(&items, &shared.health, &shared.dns).map(Arc::new).map_err(|e| e.to_string())
@@ -313,6 +349,36 @@ fn compile_api(
         retries: s.backend.retries.max(0) as u32,
         spec: s.clone(),
     })
+}
+
+/// The issuers an API trusts: the KeyManagers it names (in its namespace,
+/// then its ApiManager's; each bound to that ApiManager), or every
+/// KeyManager of its ApiManager when it names none.
+fn trusted_issuers(
+    names: &[String],
+    own_ns: &str,
+    manager_ns: &str,
+    manager: &str,
+    issuers: &BTreeMap<String, Arc<Issuer>>,
+) -> Result<Vec<Arc<Issuer>>, String> {
+    if names.is_empty() {
+        return Ok(issuers.values().filter(|i| i.manager == manager).cloned().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            issuers
+                .get(&format!("{own_ns}/{n}"))
+                .or_else(|| issuers.get(&format!("{manager_ns}/{n}")))
+                .filter(|i| i.manager == manager)
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "KeyManagerNotFound: KeyManager {n:?} of ApiManager {manager} not found in namespace {own_ns:?} or {manager_ns:?}"
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Objects by identity from policies and APIs (helper for tests and reload).

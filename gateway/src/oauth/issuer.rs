@@ -22,6 +22,8 @@ pub struct Issuer {
     pub id: String,
     pub namespace: String,
     pub name: String,
+    /// `namespace/name` of the ApiManager it is bound to.
+    pub manager: String,
     /// The exact `iss` its tokens carry.
     pub issuer: String,
     /// When not empty, a token's `aud` must hold one of these.
@@ -68,8 +70,10 @@ impl Issuer {
         if algorithms.is_empty() {
             return Err("algorithms must name at least one algorithm".into());
         }
+        let manager_ns = s.api_manager_ref.namespace.clone().unwrap_or_else(|| namespace.clone());
         Ok(Issuer {
             id: format!("{namespace}/{name}"),
+            manager: format!("{manager_ns}/{}", s.api_manager_ref.name),
             namespace,
             name,
             issuer: s.issuer.clone(),

@@ -1,14 +1,26 @@
 //! Pipeline step `authn`: checks the credential `spec.security` asks for and
 //! produces the request's one verified [`Principal`]. It is the only code
 //! that reads a credential; a credential it read is removed from what the
-//! backend receives (the header named in `apiKey.header`, the query
-//! parameter named in `apiKey.query`).
+//! backend receives (the API-key header or query parameter; the
+//! Authorization header unless `oauth2.forwardToken`), and the backend gets
+//! the verified identity instead (`X-Tollgate-Application`,
+//! `X-Tollgate-Client-Id`).
 //!
-//! Answers: 401 with `WWW-Authenticate` for a missing, unknown or revoked
-//! credential; 403 when the application is not subscribed to the API or
-//! holds sandbox keys for an API without sandbox endpoints; 503 with
-//! `Retry-After` when keys cannot be checked (no store, database down and
-//! key not cached).
+//! Each listed scheme is accepted: a `Bearer` token when `oauth2` is listed,
+//! else the API key. `mtls.required` is an extra requirement on top of
+//! either: a verified client certificate, and for tokens a binding to it
+//! (RFC 8705 `cnf.x5t#S256`). A token bound to a certificate is refused
+//! without that certificate on any API.
+//!
+//! Answers (RFC 6750 for tokens): 401 with `WWW-Authenticate` for a
+//! missing, malformed, expired, wrongly signed or foreign credential, or a
+//! missing or mismatched certificate; 403 when the client or key belongs to
+//! no application, the application is not subscribed to the API, or holds
+//! sandbox credentials for an API without sandbox endpoints; 503 with
+//! `Retry-After` when credentials cannot be checked (no store, database
+//! down and nothing cached, issuer keys never fetched).
+
+use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 use tollgate_crds::ApiDeploymentSpec;
@@ -16,9 +28,12 @@ use tollgate_crds::api_deployment::Security;
 
 use super::Flow;
 use super::request::{Credential, Principal, RequestCtx, header};
+use crate::metrics::ResultLabels;
+use crate::oauth::{Issuer, TokenError};
 use crate::respond::Reply;
 use crate::runtime::Shared;
 use crate::store::cache::KeyCheck;
+use crate::store::db::KeyGrant;
 use crate::store::keys::Environment;
 
 /// Where the API key travels.
@@ -29,19 +44,55 @@ enum KeyIn {
     Query(String),
 }
 
+/// What `security.oauth2` compiles to.
+pub struct OAuth2 {
+    /// The KeyManagers whose tokens are accepted.
+    pub issuers: Vec<Arc<Issuer>>,
+    /// `security.oauth2.audience`.
+    pub audience: Option<String>,
+    pub forward_token: bool,
+}
+
 /// The compiled `authn` step.
 pub struct AuthnStep {
     api_id: String,
     has_sandbox: bool,
     api_key: Option<KeyIn>,
+    oauth2: Option<OAuth2>,
     mtls_required: bool,
 }
 
 const API_KEY_CHALLENGE: &str = "APIKey";
 
+/// Identity headers the gateway sets; a client's own are always removed.
+pub const IDENTITY_HEADERS: [&str; 2] = ["x-tollgate-application", "x-tollgate-client-id"];
+
+fn invalid_token(message: impl Into<String>) -> Reply {
+    let message = message.into();
+    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", message.replace('"', "'"));
+    Reply::new(401, "invalid_token", message).header("www-authenticate", challenge)
+}
+
+fn unavailable(message: &str) -> Reply {
+    Reply::new(503, "key_check_unavailable", message).header("retry-after", "1")
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer(req: &RequestHeader) -> Option<&str> {
+    let v = header(req, "authorization")?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
 impl AuthnStep {
-    /// The step for `security`; None when it asks for nothing.
-    pub fn new(api_id: &str, security: &Security, spec: &ApiDeploymentSpec) -> Option<AuthnStep> {
+    /// The step for `security` (with the issuers `oauth2` trusts); None when
+    /// it asks for nothing.
+    pub fn new(
+        api_id: &str,
+        security: &Security,
+        spec: &ApiDeploymentSpec,
+        oauth2: Option<OAuth2>,
+    ) -> Option<AuthnStep> {
         if security.api_key.is_none() && security.oauth2.is_none() && security.mtls.is_none() {
             return None;
         }
@@ -53,6 +104,10 @@ impl AuthnStep {
             api_id: api_id.to_string(),
             has_sandbox: !spec.backend.sandbox_endpoints.is_empty(),
             api_key,
+            oauth2: security
+                .oauth2
+                .as_ref()
+                .map(|_| oauth2.unwrap_or(OAuth2 { issuers: Vec::new(), audience: None, forward_token: false })),
             mtls_required: security.mtls.as_ref().is_some_and(|m| m.required),
         })
     }
@@ -60,6 +115,10 @@ impl AuthnStep {
     pub async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, rt: &Shared) -> Flow {
         match self.authenticate(req, ctx, rt).await {
             Ok(principal) => {
+                ctx.identity_headers.push(("x-tollgate-application", principal.application.clone()));
+                if let Some(c) = &principal.client_id {
+                    ctx.identity_headers.push(("x-tollgate-client-id", c.clone()));
+                }
                 ctx.principal = Some(principal);
                 Flow::Next
             }
@@ -73,18 +132,7 @@ impl AuthnStep {
         ctx: &mut RequestCtx,
         rt: &Shared,
     ) -> Result<Principal, Reply> {
-        let Some(key_in) = &self.api_key else {
-            return Err(Reply::new(
-                401,
-                "unauthorized",
-                "this API requires OAuth2 or mTLS credentials, which this gateway cannot verify yet",
-            )
-            .header("www-authenticate", "Bearer"));
-        };
-        // mtls.required is an extra requirement on top of any scheme. Client
-        // certificates are not requested by the listeners yet (no client CA),
-        // so no request can meet it: refuse instead of serving with less.
-        if self.mtls_required {
+        if self.mtls_required && ctx.client.cert.is_none() {
             return Err(Reply::new(
                 401,
                 "unauthorized",
@@ -92,6 +140,111 @@ impl AuthnStep {
             )
             .header("www-authenticate", "Bearer error=\"invalid_token\""));
         }
+        let token = self.oauth2.as_ref().and_then(|_| bearer(req)).map(str::to_string);
+        match (token, &self.oauth2, &self.api_key) {
+            (Some(token), Some(oauth2), _) => self.with_token(&token, oauth2, ctx, rt).await,
+            (None, _, Some(key_in)) => self.with_api_key(req, key_in, ctx, rt).await,
+            _ => {
+                let mut reply = invalid_token("an OAuth2 access token is required (Authorization: Bearer)");
+                if self.api_key.is_some() {
+                    reply.headers.push(("www-authenticate".into(), API_KEY_CHALLENGE.into()));
+                }
+                Err(reply)
+            }
+        }
+    }
+
+    async fn with_token(
+        &self,
+        token: &str,
+        oauth2: &OAuth2,
+        ctx: &mut RequestCtx,
+        rt: &Shared,
+    ) -> Result<Principal, Reply> {
+        if !oauth2.forward_token {
+            ctx.strip_headers.push("authorization".into());
+        }
+        let verified = match rt.tokens.verify(token, &oauth2.issuers, &rt.jwks).await {
+            Ok(t) => t,
+            Err(e) => {
+                rt.metrics.token_rejections.get_or_create(&ResultLabels { result: e.label() }).inc();
+                return Err(match e {
+                    TokenError::KeysUnavailable => {
+                        unavailable("the key manager's signing keys cannot be fetched right now")
+                    }
+                    e => invalid_token(e.to_string()),
+                });
+            }
+        };
+        let reject = |e: TokenError| {
+            rt.metrics.token_rejections.get_or_create(&ResultLabels { result: e.label() }).inc();
+            invalid_token(e.to_string())
+        };
+        if let Some(aud) = &oauth2.audience
+            && !verified.has_audience(aud)
+        {
+            return Err(reject(TokenError::WrongAudience));
+        }
+        // RFC 8705: a bound token is good only with its certificate.
+        let cert = ctx.client.cert.clone();
+        match (&verified.x5t_s256, &cert) {
+            (Some(bound), Some(c)) if *bound == c.x5t_s256 => {}
+            (Some(_), Some(_)) => {
+                rt.metrics.token_rejections.get_or_create(&ResultLabels { result: "certificate_mismatch" }).inc();
+                return Err(invalid_token("the access token is bound to another client certificate"));
+            }
+            (Some(_), None) => {
+                rt.metrics.token_rejections.get_or_create(&ResultLabels { result: "certificate_missing" }).inc();
+                return Err(invalid_token("the access token is bound to a client certificate that was not presented"));
+            }
+            (None, _) if self.mtls_required => {
+                rt.metrics.token_rejections.get_or_create(&ResultLabels { result: "unbound" }).inc();
+                return Err(invalid_token(
+                    "this API requires an access token bound to the client certificate (cnf.x5t#S256)",
+                ));
+            }
+            (None, _) => {}
+        }
+        let Some(client_id) = verified.client_id.clone() else {
+            return Err(Reply::new(403, "forbidden", "the access token names no OAuth2 client"));
+        };
+        let Some(store) = &rt.store else {
+            return Err(Reply::new(
+                503,
+                "key_check_unavailable",
+                "this gateway has no store to find the client's application",
+            ));
+        };
+        let grant = match store.cache.check_client(&store.db, &verified.issuer_id, &client_id).await {
+            KeyCheck::Valid(g) => g,
+            KeyCheck::Unknown | KeyCheck::Revoked => {
+                return Err(Reply::new(
+                    403,
+                    "forbidden",
+                    format!("client {client_id} of {} is not registered to an application", verified.issuer_id),
+                ));
+            }
+            KeyCheck::Unavailable => return Err(unavailable("the client's application cannot be looked up right now")),
+        };
+        let (environment, tier) = self.subscription(&grant)?;
+        Ok(Principal {
+            credential: Credential::OAuth2,
+            application: grant.application_id.clone(),
+            environment,
+            tier: Some(tier),
+            client_id: Some(client_id),
+            token: Some(verified),
+            client_cert: cert,
+        })
+    }
+
+    async fn with_api_key(
+        &self,
+        req: &mut RequestHeader,
+        key_in: &KeyIn,
+        ctx: &mut RequestCtx,
+        rt: &Shared,
+    ) -> Result<Principal, Reply> {
         let presented = match key_in {
             KeyIn::Query(name) => {
                 let presented = query_param(req.uri.query().unwrap_or(""), name);
@@ -118,11 +271,22 @@ impl AuthnStep {
             KeyCheck::Valid(g) => g,
             KeyCheck::Unknown => return Err(unauthorized("unknown API key")),
             KeyCheck::Revoked => return Err(unauthorized("revoked API key")),
-            KeyCheck::Unavailable => {
-                return Err(Reply::new(503, "key_check_unavailable", "API keys cannot be checked right now")
-                    .header("retry-after", "1"));
-            }
+            KeyCheck::Unavailable => return Err(unavailable("API keys cannot be checked right now")),
         };
+        let (environment, tier) = self.subscription(&grant)?;
+        Ok(Principal {
+            credential: Credential::ApiKey,
+            application: grant.application_id.clone(),
+            environment,
+            tier: Some(tier),
+            client_id: None,
+            token: None,
+            client_cert: ctx.client.cert.clone(),
+        })
+    }
+
+    /// The application's environment and its tier for this API.
+    fn subscription(&self, grant: &KeyGrant) -> Result<(Environment, String), Reply> {
         let Some((_, tier)) = grant.subscriptions.iter().find(|(a, _)| *a == self.api_id) else {
             return Err(Reply::new(403, "forbidden", format!("the application is not subscribed to {}", self.api_id)));
         };
@@ -130,17 +294,10 @@ impl AuthnStep {
             return Err(Reply::new(
                 403,
                 "forbidden",
-                format!("{} has no sandbox endpoints for sandbox keys", self.api_id),
+                format!("{} has no sandbox endpoints for sandbox credentials", self.api_id),
             ));
         }
-        Ok(Principal {
-            credential: Credential::ApiKey,
-            application: grant.application_id.clone(),
-            environment: grant.environment,
-            tier: Some(tier.clone()),
-            scopes: Vec::new(),
-            claims: serde_json::Map::new(),
-        })
+        Ok((grant.environment, tier.clone()))
     }
 }
 
@@ -187,7 +344,7 @@ mod tests {
             "apiManagerRef: {{name: m}}\ncontext: /a\nversion: v1\n\
              backend: {{endpoints: [{{url: 'http://127.0.0.1:1'}}]}}\nsecurity: {security}\n"
         ));
-        AuthnStep::new("ns/a", s.security.as_ref().unwrap(), &s).unwrap()
+        AuthnStep::new("ns/a", s.security.as_ref().unwrap(), &s, None).unwrap()
     }
 
     #[test]
@@ -226,7 +383,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn mtls_required_is_on_top_of_api_keys_and_oauth2_alone_is_refused() {
+    async fn mtls_required_needs_a_certificate_and_oauth2_a_bearer_token() {
         let rt = runtime();
         for security in ["{apiKey: {}, mtls: {required: true}}", "{oauth2: {}}"] {
             let mut req = request("GET", "/a/v1/x", &[("apikey", "k")]);

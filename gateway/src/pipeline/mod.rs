@@ -9,7 +9,8 @@
 //! 3. `operations`: paths and methods the API does not declare (404/405).
 //! 4. `authn`: checks the credential the API asks for and produces the one
 //!    verified [`request::Principal`] the later steps use.
-//! 5. `throttle`: the API's, the operation's and the subscription tier's
+//! 5. `authz`: the scopes the operation lists, for OAuth2 tokens.
+//! 6. `throttle`: the API's, the operation's and the subscription tier's
 //!    ThrottlePolicies, all or nothing.
 //!
 //! A step answers the request itself by returning [`Flow::Reply`] or
@@ -17,6 +18,7 @@
 //! step runs. On a backend response every step's `on_response` runs.
 
 pub mod authn;
+pub mod authz;
 pub mod cors;
 pub mod lifecycle;
 pub mod operations;
@@ -49,6 +51,7 @@ pub enum Step {
     Lifecycle(lifecycle::LifecycleStep),
     Operations(operations::OperationsStep),
     Authn(authn::AuthnStep),
+    Authz(authz::AuthzStep),
     Throttle(throttle::ThrottleStep),
 }
 
@@ -60,6 +63,7 @@ impl Step {
             Step::Lifecycle(_) => "lifecycle",
             Step::Operations(_) => "operations",
             Step::Authn(_) => "authn",
+            Step::Authz(_) => "authz",
             Step::Throttle(_) => "throttle",
         }
     }
@@ -70,6 +74,7 @@ impl Step {
             Step::Lifecycle(s) => s.on_request(),
             Step::Operations(s) => s.on_request(req, ctx),
             Step::Authn(s) => s.on_request(req, ctx, rt).await,
+            Step::Authz(s) => s.on_request(ctx),
             Step::Throttle(s) => s.on_request(req, ctx, rt).await,
         }
     }
@@ -79,7 +84,7 @@ impl Step {
             Step::Cors(s) => s.on_response(resp, ctx),
             Step::Lifecycle(s) => s.on_response(resp),
             Step::Throttle(s) => s.on_response(resp, ctx),
-            Step::Operations(_) | Step::Authn(_) => Ok(()),
+            Step::Operations(_) | Step::Authn(_) | Step::Authz(_) => Ok(()),
         }
     }
 }
@@ -95,6 +100,8 @@ pub struct PipelineSpec<'a> {
     pub operation_policies: Vec<Option<Arc<Policy>>>,
     /// Where subscription tiers are looked up.
     pub tiers: throttle::Tiers,
+    /// The issuers `security.oauth2` trusts (None without oauth2).
+    pub oauth2: Option<authn::OAuth2>,
 }
 
 /// An API's compiled request pipeline.
@@ -118,10 +125,14 @@ impl Pipeline {
         if operations.is_some() {
             steps.push(Step::Operations(operations::OperationsStep));
         }
-        let authn = s.security.as_ref().and_then(|sec| authn::AuthnStep::new(input.api_id, sec, s));
+        let oauth2 = input.oauth2.is_some();
+        let authn = s.security.as_ref().and_then(|sec| authn::AuthnStep::new(input.api_id, sec, s, input.oauth2));
         let tiers = authn.is_some().then_some(input.tiers);
         if let Some(a) = authn {
             steps.push(Step::Authn(a));
+            if oauth2 && operations.as_ref().is_some_and(|o| o.has_scopes()) {
+                steps.push(Step::Authz(authz::AuthzStep));
+            }
         }
         let op_policies = operations.as_ref().is_some_and(|o| o.has_policies());
         if input.policy.is_some() || op_policies || tiers.is_some() {
@@ -187,6 +198,11 @@ pub(crate) mod test_support {
             traffic: None,
             dns: Arc::default(),
             gateway_group: None,
+            jwks: Arc::new(crate::oauth::jwks::JwksCache::with_fetcher(
+                Arc::new(|_| Box::pin(async { Err("no network in unit tests".to_string()) })),
+                Default::default(),
+            )),
+            tokens: Arc::default(),
         }
     }
 
@@ -217,6 +233,11 @@ mod tests {
             policy: None,
             operation_policies,
             tiers: Default::default(),
+            oauth2: spec.security.as_ref().and_then(|s| s.oauth2.as_ref()).map(|_| authn::OAuth2 {
+                issuers: Vec::new(),
+                audience: None,
+                forward_token: false,
+            }),
         })
         .unwrap()
     }
@@ -229,9 +250,12 @@ mod tests {
         assert!(compile(BASE).step_names().is_empty(), "a plain API runs no step");
         let all = format!(
             "{BASE}lifecycle: Deprecated\ncors: {{allowOrigins: ['https://a.example']}}\n\
-             operations: [{{method: GET, path: /x}}]\nsecurity: {{apiKey: {{}}}}\n"
+             operations: [{{method: GET, path: /x, scopes: [accounts]}}]\nsecurity: {{apiKey: {{}}, oauth2: {{}}}}\n"
         );
-        assert_eq!(compile(&all).step_names(), ["cors", "lifecycle", "operations", "authn", "throttle"]);
+        assert_eq!(compile(&all).step_names(), ["cors", "lifecycle", "operations", "authn", "authz", "throttle"]);
+        let keys_only =
+            format!("{BASE}operations: [{{method: GET, path: /x, scopes: [a]}}]\nsecurity: {{apiKey: {{}}}}\n");
+        assert_eq!(compile(&keys_only).step_names(), ["operations", "authn", "throttle"], "no scopes without oauth2");
     }
 
     #[tokio::test]

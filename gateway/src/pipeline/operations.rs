@@ -58,6 +58,11 @@ impl Operations {
         self.paths.iter().flat_map(|p| &p.methods).any(|(_, o)| o.policy.is_some())
     }
 
+    /// Whether any operation lists OAuth2 scopes.
+    pub fn has_scopes(&self) -> bool {
+        self.paths.iter().flat_map(|p| &p.methods).any(|(_, o)| !o.scopes.is_empty())
+    }
+
     /// The declared operation for `method` at `path` (HEAD falls back to GET).
     pub fn lookup(&self, path: &str, method: &http::Method) -> OpMatch {
         let Ok(found) = self.router.at(path) else { return OpMatch::NoPath };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 
+use crate::oauth::VerifiedToken;
 use crate::policy::Policy;
 use crate::store::keys::Environment;
 use crate::throttle::Decision;
@@ -41,8 +42,26 @@ impl OpMatch {
     }
 }
 
+/// A verified client certificate (TLS, or forwarded by a trusted proxy).
+#[derive(Debug)]
+pub struct ClientCert {
+    /// The leaf certificate (DER).
+    pub der: Vec<u8>,
+    /// base64url SHA-256 of `der`: RFC 8705 `x5t#S256`.
+    pub x5t_s256: String,
+}
+
+impl ClientCert {
+    pub fn new(der: Vec<u8>) -> ClientCert {
+        use base64::Engine;
+        use sha2::Digest;
+        let x5t_s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&der));
+        ClientCert { der, x5t_s256 }
+    }
+}
+
 /// The client connection as far as the gateway can tell.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Client {
     /// The TCP peer.
     pub peer_ip: Option<IpAddr>,
@@ -54,12 +73,16 @@ pub struct Client {
     pub ip: Option<IpAddr>,
     /// The request came over TLS.
     pub tls: bool,
+    /// The client's verified certificate: from the TLS handshake, or from
+    /// --client-cert-header when the peer is a trusted proxy.
+    pub cert: Option<Arc<ClientCert>>,
 }
 
 /// How the caller proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Credential {
     ApiKey,
+    OAuth2,
 }
 
 /// The verified caller: produced only by the authentication step, from a
@@ -75,19 +98,27 @@ pub struct Principal {
     pub environment: Environment,
     /// The application's subscription tier for this API (a ThrottlePolicy name).
     pub tier: Option<String>,
-    /// Scopes the credential grants (none for API keys).
-    pub scopes: Vec<String>,
-    /// Verified token claims (none for API keys).
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The OAuth2 client (for tokens).
+    pub client_id: Option<String>,
+    /// The verified access token (None for API keys).
+    pub token: Option<Arc<VerifiedToken>>,
+    /// The verified client certificate the request came with.
+    pub client_cert: Option<Arc<ClientCert>>,
 }
 
 impl Principal {
-    /// A verified claim as text (strings as they are, other values as JSON).
+    /// A verified claim as text (strings as they are, other values as
+    /// JSON); API keys carry none.
     pub fn claim(&self, name: &str) -> Option<String> {
-        self.claims.get(name).map(|v| match v {
+        self.token.as_ref()?.claims.get(name).map(|v| match v {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         })
+    }
+
+    /// Scopes the credential grants (none for API keys).
+    pub fn scopes(&self) -> &[String] {
+        self.token.as_ref().map(|t| t.scopes.as_slice()).unwrap_or_default()
     }
 }
 
@@ -105,6 +136,8 @@ pub struct RequestCtx {
     pub principal: Option<Principal>,
     /// Request headers that carried a credential: never forwarded.
     pub strip_headers: Vec<String>,
+    /// The verified identity for the backend (X-Tollgate-*).
+    pub identity_headers: Vec<(&'static str, String)>,
     /// The tightest rate-limit decision, reported in RateLimit-* headers.
     pub ratelimit: Option<Decision>,
     /// A policy with stopOnQuotaReach false that the request went over.
@@ -163,11 +196,12 @@ pub fn forwarded_client(req: &RequestHeader, proxies: &[ipnet::IpNet]) -> Option
 }
 
 impl Client {
-    /// The client of a request that arrived from `peer_ip`.
+    /// The client of a request that arrived from `peer_ip` (the
+    /// certificate is added by the caller).
     pub fn of(req: &RequestHeader, peer_ip: Option<IpAddr>, tls: bool, proxies: &[ipnet::IpNet]) -> Client {
         let peer_trusted = peer_ip.is_some_and(|p| trusted(proxies, p));
         let ip = if peer_trusted { forwarded_client(req, proxies).or(peer_ip) } else { peer_ip };
-        Client { peer_ip, peer_trusted, ip, tls }
+        Client { peer_ip, peer_trusted, ip, tls, cert: None }
     }
 }
 
@@ -205,20 +239,40 @@ mod tests {
     }
 
     #[test]
-    fn claims_read_as_text() {
+    fn claims_read_as_text_and_api_keys_have_none() {
         let mut claims = serde_json::Map::new();
         claims.insert("sub".into(), "tpp-1".into());
         claims.insert("n".into(), 7.into());
-        let p = Principal {
-            credential: Credential::ApiKey,
+        let token = VerifiedToken {
+            issuer_id: "bank/idp".into(),
+            claims,
+            client_id: Some("tpp-1".into()),
+            scopes: vec!["accounts".into()],
+            x5t_s256: None,
+            expires: 0,
+        };
+        let mut p = Principal {
+            credential: Credential::OAuth2,
             application: "a".into(),
             environment: Environment::Production,
             tier: None,
-            scopes: Vec::new(),
-            claims,
+            client_id: Some("tpp-1".into()),
+            token: Some(Arc::new(token)),
+            client_cert: None,
         };
         assert_eq!(p.claim("sub").as_deref(), Some("tpp-1"));
         assert_eq!(p.claim("n").as_deref(), Some("7"));
         assert_eq!(p.claim("missing"), None);
+        assert_eq!(p.scopes(), ["accounts"]);
+        p.token = None;
+        assert_eq!(p.claim("sub"), None);
+        assert!(p.scopes().is_empty());
+    }
+
+    #[test]
+    fn certificate_thumbprints_are_rfc_8705() {
+        // x5t#S256 is the base64url SHA-256 of the DER certificate.
+        let c = ClientCert::new(b"abc".to_vec());
+        assert_eq!(c.x5t_s256, "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0");
     }
 }

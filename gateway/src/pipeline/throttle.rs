@@ -296,8 +296,9 @@ mod tests {
             application: app.into(),
             environment: Environment::Production,
             tier: tier.map(str::to_string),
-            scopes: Vec::new(),
-            claims: serde_json::Map::new(),
+            client_id: None,
+            token: None,
+            client_cert: None,
         }
     }
 
@@ -350,7 +351,17 @@ mod tests {
         let step = ThrottleStep::new(Some(per_sub), None);
         let with_sub = |sub: &str| {
             let mut p = principal("app", None);
-            p.claims.insert("sub".into(), sub.into());
+            let mut claims = serde_json::Map::new();
+            claims.insert("sub".into(), sub.into());
+            p.credential = Credential::OAuth2;
+            p.token = Some(Arc::new(crate::oauth::VerifiedToken {
+                issuer_id: "ns/idp".into(),
+                claims,
+                client_id: None,
+                scopes: Vec::new(),
+                x5t_s256: None,
+                expires: 0,
+            }));
             ctx_for(None, Some(p))
         };
         assert_eq!(status(&step, &rt, &mut with_sub("alice")).await, 200);

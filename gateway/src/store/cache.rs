@@ -72,26 +72,43 @@ impl KeyCache {
 
     /// Checks a key by its hash.
     pub async fn check(&self, db: &Db, key_hash: &str) -> KeyCheck {
-        let loaded = self
-            .answers
-            .entry_by_ref(key_hash)
-            .or_try_insert_with(async { db.grant(key_hash).await.map(|g| g.map(Arc::new)) })
-            .await;
+        self.check_with(key_hash, db.grant(key_hash)).await
+    }
+
+    /// Checks an OAuth2 client of a KeyManager (`namespace/name`): the
+    /// application it is mapped to, through the same caches as API keys.
+    pub async fn check_client(&self, db: &Db, key_manager: &str, client_id: &str) -> KeyCheck {
+        let key = client_key(key_manager, client_id);
+        self.check_with(&key, db.client_grant(key_manager, client_id)).await
+    }
+
+    async fn check_with(
+        &self,
+        key: &str,
+        load: impl std::future::Future<Output = Result<Option<KeyGrant>, super::db::StoreError>>,
+    ) -> KeyCheck {
+        let loaded =
+            self.answers.entry_by_ref(key).or_try_insert_with(async { load.await.map(|g| g.map(Arc::new)) }).await;
         match loaded {
             Ok(entry) => {
                 if entry.is_fresh()
                     && let Some(grant) = entry.value()
                 {
-                    self.last_known.insert(key_hash.to_string(), grant.clone()).await;
+                    self.last_known.insert(key.to_string(), grant.clone()).await;
                 }
                 verdict(entry.into_value())
             }
             // Unreachable database: the last grant read, however old.
-            Err(_) => match self.last_known.get(key_hash).await {
+            Err(_) => match self.last_known.get(key).await {
                 Some(grant) => verdict(Some(grant)),
                 None => KeyCheck::Unavailable,
             },
         }
+    }
+
+    /// Forgets a client mapping at once (deleted on this node).
+    pub async fn invalidate_client(&self, key_manager: &str, client_id: &str) {
+        self.invalidate(&client_key(key_manager, client_id)).await;
     }
 
     /// Forgets a key at once (revocation or deletion on this node).
@@ -116,6 +133,11 @@ impl KeyCache {
         self.last_known.run_pending_tasks().await;
         self.answers.entry_count() + self.last_known.entry_count()
     }
+}
+
+/// Cache key of a client: NUL-separated, so it never equals a key hash (hex).
+fn client_key(key_manager: &str, client_id: &str) -> String {
+    format!("client\0{key_manager}\0{client_id}")
 }
 
 fn verdict(grant: Answer) -> KeyCheck {

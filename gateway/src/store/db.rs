@@ -90,7 +90,7 @@ pub struct KeyGrant {
 
 #[derive(Clone)]
 pub struct Db {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     pub kind: &'static str,
     /// API-key lookups that reached the database (`tollgate_store_key_lookups_total`).
     pub key_lookups: prometheus_client::metrics::counter::Counter,
@@ -187,6 +187,7 @@ impl Db {
             .map(|r| r.try_get("key_hash"))
             .collect::<Result<_, _>>()?;
         sqlx::query("DELETE FROM subscriptions WHERE application_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM oauth_clients WHERE application_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM api_keys WHERE application_id = $1").bind(id).execute(&mut *tx).await?;
         let n = sqlx::query("DELETE FROM applications WHERE id = $1").bind(id).execute(&mut *tx).await?;
         if n.rows_affected() == 0 {
@@ -347,18 +348,23 @@ impl Db {
         let application_id: String = row.try_get("application_id")?;
         let env: String = row.try_get("environment")?;
         let revoked: Option<i64> = row.try_get("revoked_ms")?;
-        let subs = sqlx::query("SELECT api, policy FROM subscriptions WHERE application_id = $1")
-            .bind(&application_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get("api")?, r.try_get("policy")?)))
-            .collect::<Result<Vec<(String, String)>>>()?;
+        let subscriptions = self.subscribed(&application_id).await?;
         Ok(Some(KeyGrant {
             application_id,
             environment: Environment::parse(&env).unwrap_or(Environment::Production),
             revoked: revoked.is_some(),
-            subscriptions: subs,
+            subscriptions,
         }))
+    }
+
+    /// (API, tier) of every subscription of an application.
+    pub(super) async fn subscribed(&self, application_id: &str) -> Result<Vec<(String, String)>> {
+        sqlx::query("SELECT api, policy FROM subscriptions WHERE application_id = $1")
+            .bind(application_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("api")?, r.try_get("policy")?)))
+            .collect()
     }
 }

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod db;
 pub mod keys;
+pub mod oauth_clients;
 pub mod openapi;
 pub mod search;
 

@@ -17,6 +17,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+mod oauth_clients;
+
 use crate::reload::State;
 use crate::store::Store;
 use crate::store::db::StoreError;
@@ -39,6 +41,8 @@ pub fn routes(state: Arc<State>, store: Arc<Store>) -> Router {
         .route("/api/v1/applications/{id}", get(get_application).delete(delete_application))
         .route("/api/v1/applications/{id}/keys", post(create_key).get(list_keys))
         .route("/api/v1/applications/{id}/keys/{key_id}", delete(revoke_key))
+        .route("/api/v1/applications/{id}/oauth-clients", post(oauth_clients::create).get(oauth_clients::list))
+        .route("/api/v1/applications/{id}/oauth-clients/{client_id}", delete(oauth_clients::delete))
         .route("/api/v1/subscriptions", post(create_subscription).get(list_subscriptions))
         .route("/api/v1/subscriptions/{id}", delete(delete_subscription))
         // Oversized bodies are refused by the JSON reader with 413; keep axum's own limit above ours.
@@ -187,6 +191,8 @@ async fn delete_application(AxState(s): AxState<ApiState>, headers: HeaderMap, P
             for h in hashes {
                 s.store.cache.invalidate(&h).await;
             }
+            // Its OAuth clients' grants too.
+            s.store.cache.invalidate_application(&id);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => store_error(e),
