@@ -144,7 +144,9 @@ impl JwksCache {
         let mut attempts = src.attempts.subscribe();
         {
             let mut s = src.state.lock();
-            if s.last_attempt.is_some_and(|t| t.elapsed() < UNKNOWN_KID_INTERVAL) && s.last_success.is_some() {
+            // While the issuer has never answered, at most every 5 s.
+            let min = if s.last_success.is_some() { UNKNOWN_KID_INTERVAL } else { FIRST_FETCH_RETRY };
+            if s.last_attempt.is_some_and(|t| t.elapsed() < min) {
                 return false;
             }
             s.wanted = true;
