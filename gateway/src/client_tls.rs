@@ -258,3 +258,86 @@ impl ForwardedCerts {
         Ok(Arc::new(ClientCert::new(chain[0].to_vec())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    fn client(ca: &CertifiedIssuer<'static, KeyPair>) -> CertificateDer<'static> {
+        let mut p = CertificateParams::new(vec!["tpp.example".to_string()]).unwrap();
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.signed_by(&KeyPair::generate().unwrap(), ca).unwrap().der().clone()
+    }
+
+    #[test]
+    fn the_fapi_profile_keeps_only_ecdhe_aes_gcm_on_tls_1_2() {
+        let suites = |p: TlsProfile| crypto_provider(p).cipher_suites.iter().map(|s| s.suite()).collect::<Vec<_>>();
+        let fapi = suites(TlsProfile::Fapi);
+        assert!(fapi.contains(&CipherSuite::TLS13_CHACHA20_POLY1305_SHA256), "TLS 1.3 suites as rustls offers them");
+        assert!(!fapi.contains(&CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256));
+        assert!(!fapi.contains(&CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256));
+        for s in FAPI_TLS12 {
+            assert!(fapi.contains(&s), "{s:?}");
+        }
+        assert!(suites(TlsProfile::Default).contains(&CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256));
+    }
+
+    #[test]
+    fn a_changed_bundle_goes_live_and_a_broken_one_never_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let (one, two) = (ca("one"), ca("two"));
+        std::fs::write(&path, one.pem()).unwrap();
+        let bundle = ClientCa::start(&path, ClientAuthMode::Optional, Duration::from_millis(20)).unwrap();
+        assert!(bundle.verify_chain(&[client(&one)]).is_ok());
+        assert!(bundle.verify_chain(&[client(&two)]).is_err(), "signed by a CA not in the bundle");
+        assert!(!bundle.client_auth_mandatory());
+
+        std::fs::write(&path, format!("{}\n{}", two.pem(), "garbage")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while bundle.verify_chain(&[client(&two)]).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the new bundle never went live");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(bundle.verify_chain(&[client(&one)]).is_err(), "the old CA is gone");
+
+        std::fs::write(&path, "not a certificate").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while bundle.status()["error"].is_null() {
+            assert!(std::time::Instant::now() < deadline, "the broken bundle was not reported");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(bundle.verify_chain(&[client(&two)]).is_ok(), "the working bundle stays");
+        assert_eq!(bundle.status()["servingLastGood"], true);
+        assert!(ClientCa::start(&path, ClientAuthMode::Required, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn forwarded_certificates_are_url_encoded_pem_verified_against_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let (one, two) = (ca("one"), ca("two"));
+        std::fs::write(&path, one.pem()).unwrap();
+        let bundle = ClientCa::start(&path, ClientAuthMode::None, Duration::from_secs(60)).unwrap();
+        let fwd = ForwardedCerts::new("x-ssl-client-cert".into(), Some(bundle));
+        let pem = |der: &CertificateDer<'_>| {
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_ref());
+            format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
+        };
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let good = client(&one);
+        let got = fwd.parse(enc(&pem(&good)).as_bytes()).unwrap();
+        assert_eq!(got.der, good.to_vec());
+        assert!(fwd.parse(enc(&pem(&client(&two))).as_bytes()).is_err());
+        assert!(fwd.parse(b"%%%not-pem").is_err());
+        assert!(ForwardedCerts::new("h".into(), None).parse(enc(&pem(&good)).as_bytes()).is_err(), "no CA, no trust");
+    }
+}
