@@ -10,6 +10,11 @@ Sections (all by default; pick some with --sections):
                  tollgate+auth+throttle   API key + a Replica policy per consumer that never trips
                  tollgate+replica-throttle  an API-level policy counted in the pod
                  tollgate+cluster-throttle  the same policy counted cluster-wide in Redis
+                 tollgate+jwt  an OAuth2 JWT (ES256, cached after first use) + the
+                               same per-consumer policy as auth+throttle
+                 tollgate+tls+apikey, tollgate+mtls+jwt   over TLS with a client
+                               certificate (tollgate-tls-bench, closed loop): an
+                               API key, and a certificate-bound token (RFC 8705)
                with equal workers (nginx worker_processes, HAProxy nbthread,
                tollgate --threads): 1, then 2
   propagation  artifact written (renamed into the folder) -> first 200
@@ -46,6 +51,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 GATEWAY = os.path.join(RELEASE, "tollgate-gateway")
 LOADGEN = os.path.join(RELEASE, "tollgate-loadgen")
+TLS_BENCH = os.path.join(RELEASE, "tollgate-tls-bench")
+BENCH_PKI = os.path.join(RELEASE, "tollgate-bench-pki")
 BENCH_CLUSTER = os.path.join(RELEASE, "tollgate-bench-cluster")
 TOKEN = "bench-admin-token-0123456789"
 SECTIONS = ["proxy", "propagation", "scale", "soak", "cluster"]
@@ -181,6 +188,18 @@ def wrk(port, path, seconds, conns=32, headers=()):
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
 
 
+def tls_bench(port, path, seconds, pki, headers=(), conns=32):
+    """Closed-loop HTTPS with the bench client certificate (wrk has none)."""
+    args = [TLS_BENCH, "--url", f"https://127.0.0.1:{port}{path}", "--ca", os.path.join(pki, "ca.pem"),
+            "--cert", os.path.join(pki, "client.crt"), "--key", os.path.join(pki, "client.key"),
+            "--connections", str(conns), "--duration", str(seconds)]
+    for h in headers:
+        args += ["--header", h]
+    out = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+    return {"rps": out["rps"], "p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"], "non2xx": out["non2xx"],
+            "socket_errors": f"{out['errors']} connections failed" if out["errors"] else ""}
+
+
 def admin(mgmt, method, path, body=None):
     req = urllib.request.Request(f"http://127.0.0.1:{mgmt}{path}", method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
@@ -188,11 +207,11 @@ def admin(mgmt, method, path, body=None):
     return json.load(urllib.request.urlopen(req))
 
 
-def gateway(procs, work, name, cfg, threads, extra=()):
+def gateway(procs, work, name, cfg, threads, extra=(), https=None):
     """Starts a release gateway; returns (process, traffic port, management port)."""
     port, mgmt = free_port(), free_port()
     p = procs.start([GATEWAY, "--config-dir", cfg, "--http", f"127.0.0.1:{port}",
-                     "--https", f"127.0.0.1:{free_port()}", "--management", f"127.0.0.1:{mgmt}",
+                     "--https", f"127.0.0.1:{https or free_port()}", "--management", f"127.0.0.1:{mgmt}",
                      "--management-tls", f"127.0.0.1:{free_port()}", "--threads", str(threads),
                      "--access-log", "false", "--data-dir", os.path.join(work, f"data-{name}"), *extra],
                     os.path.join(work, f"gateway-{name}.log"))
@@ -233,12 +252,22 @@ def section_proxy(env, a):
                                 ("never-cluster", "Api", "Cluster")):
         policies += (f"apiVersion: tollgate.dev/v1alpha1\nkind: ThrottlePolicy\nmetadata: {{name: {name}, namespace: bench}}\n"
                      f"spec: {{limit: {{requests: 1000000000, per: 1h}}, keyBy: {key_by}, scope: {scope}}}\n---\n")
+    pki = os.path.join(work, "pki")
+    issuer, audience = "https://idp.bench.test/oauth2", "https://api.bench.test"
+    tokens = json.loads(subprocess.run([BENCH_PKI, pki, issuer, audience, "bench-client"], capture_output=True,
+                                       text=True, check=True).stdout)
+    with open(os.path.join(pki, "jwks.json")) as f:
+        jwks = f.read()
+    key_manager = (f"apiVersion: tollgate.dev/v1alpha1\nkind: KeyManager\nmetadata: {{name: bench-idp, namespace: bench}}\n"
+                   f"spec: {{apiManagerRef: {{name: b}}, issuer: \"{issuer}\", audiences: [\"{audience}\"], jwks: {jwks}}}\n---\n")
     with open(os.path.join(cfg, "bench.yaml"), "w") as f:
-        f.write(policies + "---\n".join([
+        f.write(policies + key_manager + "---\n".join([
             api_doc("plain", "/plain", be),
             api_doc("secured", "/secured", be, " security: {apiKey: {header: apikey}},"),
             api_doc("replica", "/replica", be, " throttling: {policy: never-api},"),
             api_doc("clustered", "/clustered", be, " throttling: {policy: never-cluster},"),
+            api_doc("jwt", "/jwt", be, " security: {oauth2: {}},"),
+            api_doc("mtlsjwt", "/mtlsjwt", be, " security: {oauth2: {}, mtls: {required: true}},"),
         ]))
     out = {}
     for workers in workers_list:
@@ -266,14 +295,25 @@ backend be
   server s1 127.0.0.1:{be}
 """)
         haproxy = procs.start(["haproxy", "-f", hcfg], os.path.join(work, f"haproxy{workers}.log"))
+        ports["tollgate-tls"] = free_port()
         gw, ports["tollgate"], mgmt = gateway(procs, work, f"proxy{workers}", cfg, workers, [
             "--admin-token-file", env["token"], "--redis-url", f"redis://127.0.0.1:{env['redis']}",
-            "--redis-key-prefix", f"bench{workers}"])
+            "--redis-key-prefix", f"bench{workers}", "--tls-cert", os.path.join(pki, "server.crt"),
+            "--tls-key", os.path.join(pki, "server.key"), "--client-ca", os.path.join(pki, "ca.pem")],
+            https=ports["tollgate-tls"])
         for name in ("nginx", "haproxy"):
             wait_port(ports[name], name)
         app = admin(mgmt, "POST", "/api/v1/applications", {"name": f"bench{workers}"})
         key = admin(mgmt, "POST", f"/api/v1/applications/{app['id']}/keys", {})["apiKey"]
-        admin(mgmt, "POST", "/api/v1/subscriptions", {"applicationId": app["id"], "api": "bench/secured", "policy": "never"})
+        admin(mgmt, "POST", f"/api/v1/applications/{app['id']}/oauth-clients",
+              {"keyManager": "bench-idp", "clientId": "bench-client"})
+        for api in ("bench/secured", "bench/jwt", "bench/mtlsjwt"):
+            admin(mgmt, "POST", "/api/v1/subscriptions", {"applicationId": app["id"], "api": api, "policy": "never"})
+        bearer, bound = f"authorization: Bearer {tokens['token']}", f"authorization: Bearer {tokens['boundToken']}"
+        tls_targets = {
+            "tollgate+tls+apikey": (ports["tollgate-tls"], "/secured/v1/hello", (f"apikey: {key}",)),
+            "tollgate+mtls+jwt": (ports["tollgate-tls"], "/mtlsjwt/v1/hello", (bound,)),
+        }
         targets = {
             "direct": (be, "/hello", ()),
             "nginx": (ports["nginx"], "/hello", ()),
@@ -282,17 +322,24 @@ backend be
             "tollgate+auth+throttle": (ports["tollgate"], "/secured/v1/hello", (f"apikey: {key}",)),
             "tollgate+replica-throttle": (ports["tollgate"], "/replica/v1/hello", ()),
             "tollgate+cluster-throttle": (ports["tollgate"], "/clustered/v1/hello", ()),
+            "tollgate+jwt": (ports["tollgate"], "/jwt/v1/hello", (bearer,)),
         }
         for name, (port, path, hdrs) in targets.items():  # warm-up, and every target answers 200
             status_code = http_get(port, path, dict(h.split(": ", 1) for h in hdrs))[0]
             if status_code != 200:
                 raise SystemExit(f"{name}: GET {path} gave {status_code}")
             wrk(port, path, 1, 32, hdrs)
-        runs = {name: [] for name in targets}
+        for name, (port, path, hdrs) in tls_targets.items():
+            warm = tls_bench(port, path, 1, pki, hdrs)
+            if warm["non2xx"] or warm["socket_errors"] or not warm["rps"]:
+                raise SystemExit(f"{name}: GET {path} over mutual TLS failed: {warm}")
+        runs = {name: [] for name in [*targets, *tls_targets]}
         for r in range(rounds):  # interleaved
             print(f"  proxy workers={workers} round {r + 1}/{rounds}", file=sys.stderr)
             for name, (port, path, hdrs) in targets.items():
                 runs[name].append(wrk(port, path, seconds, 32, hdrs))
+            for name, (port, path, hdrs) in tls_targets.items():
+                runs[name].append(tls_bench(port, path, seconds, pki, hdrs))
         summary = {}
         for name, rs in runs.items():
             summary[name] = {
@@ -306,6 +353,10 @@ backend be
             summary[name]["vs_nginx"] = round(summary[name]["rps"] / summary["nginx"]["rps"], 3)
             summary[name]["vs_haproxy"] = round(summary[name]["rps"] / summary["haproxy"]["rps"], 3)
             summary[name]["vs_tollgate"] = round(summary[name]["rps"] / summary["tollgate"]["rps"], 3)
+        # The cost of token validation against the API-key path it replaces.
+        summary["jwt_vs_apikey"] = round(summary["tollgate+jwt"]["rps"] / summary["tollgate+auth+throttle"]["rps"], 3)
+        summary["mtls_jwt_vs_tls_apikey"] = round(
+            summary["tollgate+mtls+jwt"]["rps"] / summary["tollgate+tls+apikey"]["rps"], 3)
         summary["redis_leases"] = metric(mgmt, "tollgate_traffic_manager_leases_total")
         out[f"workers={workers}"] = summary
         for p in (nginx, haproxy, gw):
@@ -537,6 +588,10 @@ def summary_text(r):
             if isinstance(s, dict):
                 lines.append(f"{w:10} {name:28} {s['rps']:>8} req/s  p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms"
                              f"  x nginx {s['vs_nginx']}  x haproxy {s['vs_haproxy']}  non-2xx {s['non2xx']}")
+    for w, summary in r.get("proxy", {}).items():
+        if "jwt_vs_apikey" in summary:
+            lines.append(f"{w:10} token validation: jwt x{summary['jwt_vs_apikey']} of the API-key path (HTTP), "
+                         f"mtls+jwt x{summary['mtls_jwt_vs_tls_apikey']} of API key over mutual TLS")
     if "propagation" in r:
         p = r["propagation"]
         lines.append(f"propagation artifact->served: p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms ({p['trials']} trials)")

@@ -25,6 +25,12 @@ def targets(r):
         for kind in ("replica", "cluster"):
             v = s[f"tollgate+{kind}-throttle"]["vs_tollgate"]
             out.append((f"{w}: {kind} throttling cost <= 5 %", f"{(1 - v) * 100:.1f} %", v >= 0.95))
+        if "jwt_vs_apikey" in s:
+            v = s["jwt_vs_apikey"]
+            out.append((f"{w}: cached JWT cost <= 5 % over the API key", f"{(1 - v) * 100:.1f} %", v >= 0.95))
+            v = s["mtls_jwt_vs_tls_apikey"]
+            out.append((f"{w}: bound JWT over mTLS cost <= 5 % over an API key over mTLS", f"{(1 - v) * 100:.1f} %",
+                        v >= 0.95))
         del best
     if "propagation" in r:
         p = r["propagation"]["p99_ms"]
@@ -86,7 +92,14 @@ after the first request) and counts a per-consumer Replica policy that never
 trips; `tollgate+replica-throttle` and `tollgate+cluster-throttle` count an
 API-level policy in the pod and cluster-wide in Redis (a leased quota: one
 Redis round trip per lease, not per request). `x tollgate` is the ratio to
-tollgate without a policy: the throttling cost.
+tollgate without a policy: the throttling cost. `tollgate+jwt` sends an
+ES256 access token of a mapped OAuth2 client instead of the API key (same
+per-consumer policy; the verified token is cached by its hash after the
+first request). `tollgate+tls+apikey` and `tollgate+mtls+jwt` run over TLS
+with a client certificate, measured with `tollgate-tls-bench` (closed loop,
+32 connections, since wrk has no client certificates): an API key, and a
+token bound to the certificate on an `mtls.required` API; compare them with
+each other, not with the wrk rows.
 
 """ + "\n".join(rows))
 
