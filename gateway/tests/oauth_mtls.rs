@@ -318,34 +318,26 @@ impl Fixture {
         flags.extend_from_slice(extra);
         let gw = gateway(&dir, &flags);
         // tpp-1 belongs to an application subscribed to both APIs; tpp-2's
-        // application to none.
-        let app = admin(&gw, token, "/api/v1/applications", json!({"name": "tpp-one"})).json()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let mapped = admin(
-            &gw,
-            token,
-            &format!("/api/v1/applications/{app}/oauth-clients"),
-            json!({"keyManager": "bank-idp", "clientId": "tpp-1"}),
-        );
-        assert_eq!(mapped.status, 201, "{}", mapped.text());
-        for api in ["bank/accounts", "bank/payments"] {
-            let sub =
-                admin(&gw, token, "/api/v1/subscriptions", json!({"applicationId": app, "api": api, "policy": "gold"}));
-            assert_eq!(sub.status, 201, "{}", sub.text());
+        // application to none (its KeyManager named by namespace/name).
+        for (name, km, client, apis) in [
+            ("tpp-one", "bank-idp", "tpp-1", &["bank/accounts", "bank/payments"][..]),
+            ("tpp-two", "bank/bank-idp", "tpp-2", &[][..]),
+        ] {
+            let created = admin(&gw, token, "/api/v1/applications", json!({"name": name}));
+            let app = created.json()["id"].as_str().unwrap().to_string();
+            let mapped = admin(
+                &gw,
+                token,
+                &format!("/api/v1/applications/{app}/oauth-clients"),
+                json!({"keyManager": km, "clientId": client}),
+            );
+            assert_eq!(mapped.status, 201, "{}", mapped.text());
+            for api in apis {
+                let body = json!({"applicationId": app, "api": api, "policy": "gold"});
+                let sub = admin(&gw, token, "/api/v1/subscriptions", body);
+                assert_eq!(sub.status, 201, "{}", sub.text());
+            }
         }
-        let lonely = admin(&gw, token, "/api/v1/applications", json!({"name": "tpp-two"})).json()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let mapped = admin(
-            &gw,
-            token,
-            &format!("/api/v1/applications/{lonely}/oauth-clients"),
-            json!({"keyManager": "bank/bank-idp", "clientId": "tpp-2"}),
-        );
-        assert_eq!(mapped.status, 201, "{}", mapped.text());
         Fixture { _tmp: tmp, _backend: backend, gw, ca: ca.der.clone(), tpp, other_tpp, foreign, key, jwks }
     }
 

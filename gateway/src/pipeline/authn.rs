@@ -27,9 +27,9 @@ use tollgate_crds::ApiDeploymentSpec;
 use tollgate_crds::api_deployment::Security;
 
 use super::Flow;
-use super::request::{Credential, Principal, RequestCtx, header};
+use super::request::{ClientCert, Credential, Principal, RequestCtx, header};
 use crate::metrics::ResultLabels;
-use crate::oauth::{Issuer, TokenError};
+use crate::oauth::{Issuer, TokenError, VerifiedToken};
 use crate::respond::Reply;
 use crate::runtime::Shared;
 use crate::store::cache::KeyCheck;
@@ -226,16 +226,7 @@ impl AuthnStep {
             }
             KeyCheck::Unavailable => return Err(unavailable("the client's application cannot be looked up right now")),
         };
-        let (environment, tier) = self.subscription(&grant)?;
-        Ok(Principal {
-            credential: Credential::OAuth2,
-            application: grant.application_id.clone(),
-            environment,
-            tier: Some(tier),
-            client_id: Some(client_id),
-            token: Some(verified),
-            client_cert: cert,
-        })
+        self.principal(&grant, Credential::OAuth2, Some(client_id), Some(verified), cert)
     }
 
     async fn with_api_key(
@@ -273,15 +264,28 @@ impl AuthnStep {
             KeyCheck::Revoked => return Err(unauthorized("revoked API key")),
             KeyCheck::Unavailable => return Err(unavailable("API keys cannot be checked right now")),
         };
-        let (environment, tier) = self.subscription(&grant)?;
+        self.principal(&grant, Credential::ApiKey, None, None, ctx.client.cert.clone())
+    }
+
+    /// The caller a credential's grant makes, when its application is
+    /// subscribed to this API.
+    fn principal(
+        &self,
+        grant: &KeyGrant,
+        credential: Credential,
+        client_id: Option<String>,
+        token: Option<Arc<VerifiedToken>>,
+        client_cert: Option<Arc<ClientCert>>,
+    ) -> Result<Principal, Reply> {
+        let (environment, tier) = self.subscription(grant)?;
         Ok(Principal {
-            credential: Credential::ApiKey,
+            credential,
             application: grant.application_id.clone(),
             environment,
             tier: Some(tier),
-            client_id: None,
-            token: None,
-            client_cert: ctx.client.cert.clone(),
+            client_id,
+            token,
+            client_cert,
         })
     }
 

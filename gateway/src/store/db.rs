@@ -345,16 +345,22 @@ impl Db {
         else {
             return Ok(None);
         };
+        let revoked: Option<i64> = row.try_get("revoked_ms")?;
+        self.grant_of(&row, revoked.is_some()).await.map(Some)
+    }
+
+    /// The grant of a credential row (`application_id`, `environment`),
+    /// with the application's subscriptions.
+    pub(super) async fn grant_of(&self, row: &AnyRow, revoked: bool) -> Result<KeyGrant> {
         let application_id: String = row.try_get("application_id")?;
         let env: String = row.try_get("environment")?;
-        let revoked: Option<i64> = row.try_get("revoked_ms")?;
         let subscriptions = self.subscribed(&application_id).await?;
-        Ok(Some(KeyGrant {
+        Ok(KeyGrant {
             application_id,
             environment: Environment::parse(&env).unwrap_or(Environment::Production),
-            revoked: revoked.is_some(),
+            revoked,
             subscriptions,
-        }))
+        })
     }
 
     /// (API, tier) of every subscription of an application.

@@ -136,14 +136,6 @@ impl Db {
         else {
             return Ok(None);
         };
-        let application_id: String = row.try_get("application_id")?;
-        let env: String = row.try_get("environment")?;
-        let subscriptions = self.subscribed(&application_id).await?;
-        Ok(Some(KeyGrant {
-            application_id,
-            environment: Environment::parse(&env).unwrap_or(Environment::Production),
-            revoked: false,
-            subscriptions,
-        }))
+        self.grant_of(&row, false).await.map(Some)
     }
 }
