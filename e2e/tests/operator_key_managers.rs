@@ -69,7 +69,8 @@ fn payments(name: &str, version: &str, issuers: &[&str], backend: &str) -> Value
     json!({ "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiDeployment", "metadata": { "name": name },
             "spec": { "apiManagerRef": { "name": "apim" }, "context": "/open-banking/pisp", "version": version,
                       "security": { "oauth2": { "keyManagers": issuers }, "mtls": { "required": true } },
-                      "operations": [{ "method": "POST", "path": "/domestic-payments", "scopes": ["payments"] }],
+                      "operations": [{ "method": "GET", "path": "/domestic-payments/{DomesticPaymentId}",
+                                       "scopes": ["payments"] }],
                       "backend": { "endpoints": [{ "url": format!("http://{backend}/pisp") }] } } })
 }
 
@@ -126,7 +127,7 @@ async fn key_managers_are_written_resolved_moved_and_removed() {
 
     // A real gateway on the folder serves the API with OAuth2: no token, 401.
     let gateway = Gateway::start(&folder, work.path(), &[]);
-    let v4 = "/open-banking/pisp/v4.0/domestic-payments";
+    let v4 = "/open-banking/pisp/v4.0/domestic-payments/1";
     gateway_answers(&gateway, v4, 401, "the OAuth2 API answers 401 without a token").await;
 
     // An API naming a KeyManager that does not exist is not served...
@@ -136,7 +137,7 @@ async fn key_managers_are_written_resolved_moved_and_removed() {
     assert!(m.contains("next-idp"), "{m}");
     expect(&client, &ns, ("ApiDeployment", "payments-next"), "Deployed", ("False", "KeyManagerNotFound")).await;
     assert!(!api_file("payments-next").exists(), "no artifact for an API whose issuer is unknown");
-    let v5 = "/open-banking/pisp/v5.0/domestic-payments";
+    let v5 = "/open-banking/pisp/v5.0/domestic-payments/1";
     assert_eq!(gateway.get(v5), 404);
     // ...until the KeyManager appears.
     apply_manifest(&client, &ns, &key_manager("next-idp", "apim")).await.unwrap();
@@ -145,7 +146,11 @@ async fn key_managers_are_written_resolved_moved_and_removed() {
     gateway_answers(&gateway, v5, 401, "the resolved API is served").await;
 
     // Moving a KeyManager to another (missing) ApiManager takes it out of
-    // this folder, and the API that named it with it.
+    // this folder, and the API that named it with it. First let the
+    // ApiManager settle: its status changes re-plan the folder on their own,
+    // and the move must not depend on that.
+    expect(&client, &ns, ("ApiManager", "apim"), "Ready", ("True", "AllComponentsReady")).await;
+    expect(&client, &ns, ("ApiManager", "apim"), "Progressing", ("False", "Stable")).await;
     objects(&client, &ns, "KeyManager")
         .patch(
             "next-idp",
