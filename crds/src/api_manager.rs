@@ -298,7 +298,9 @@ pub struct Listeners {
     /// Secret with a `ca.crt` used to verify client certificates (mutual TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca_secret_name: Option<String>,
-    /// Whether HTTPS clients must present a certificate signed by the client CA.
+    /// Whether HTTPS clients are asked for a certificate signed by the client
+    /// CA (with clientCaSecretName). Default Optional: verified when
+    /// presented, which APIs with security.mtls.required need.
     #[serde(default)]
     pub client_auth: ClientAuth,
 }
@@ -312,7 +314,7 @@ impl Default for Listeners {
             management_tls: default_management_tls(),
             tls_secret_name: None,
             client_ca_secret_name: None,
-            client_auth: ClientAuth::None,
+            client_auth: ClientAuth::Optional,
         }
     }
 }
@@ -334,9 +336,9 @@ fn default_management_tls() -> i32 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ClientAuth {
     /// No client certificates are requested.
-    #[default]
     None,
     /// Client certificates are verified when presented.
+    #[default]
     Optional,
     /// Every HTTPS client must present a valid certificate.
     Required,

@@ -138,6 +138,12 @@ impl JsonSchema for Jwk {
         schemars::json_schema!({
             "type": "object",
             "description": "A JSON Web Key (RFC 7517): kty, kid, use, alg and the key's public parameters.",
+            "properties": {
+                "kty": {"type": "string", "maxLength": 16, "description": "Key type: RSA, EC or OKP."},
+                "d": {"type": "string", "maxLength": 4096, "description": "A private key parameter; refused (keys must be public)."},
+                "p": {"type": "string", "maxLength": 4096, "description": "A private RSA parameter; refused."},
+                "q": {"type": "string", "maxLength": 4096, "description": "A private RSA parameter; refused."}
+            },
             "x-kubernetes-preserve-unknown-fields": true
         })
     }
