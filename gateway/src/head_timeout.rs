@@ -64,6 +64,13 @@ fn head_complete(buf: &[u8]) -> bool {
     if buf.len() >= MAX_HEAD {
         return true;
     }
+    // The common case without a second parse: an empty line after some
+    // request bytes ends the head (leading empty lines are not a request).
+    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+        && buf[..end].iter().any(|b| *b != b'\r' && *b != b'\n')
+    {
+        return true;
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     !matches!(httparse::Request::new(&mut headers).parse(buf), Ok(httparse::Status::Partial))
 }
@@ -164,6 +171,9 @@ mod tests {
         assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert!(head_complete(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"), "body bytes may follow");
         assert!(head_complete(b"\x16\x03\x01 not http"), "garbage goes to Pingora for its 400");
+        assert!(!head_complete(b"\r\n\r\n"), "empty lines alone are no request");
+        assert!(!head_complete(b"\r\n\r\nGET / HTTP/1.1\r\n"), "nor do they end one");
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"), "bare LF heads are parsed");
     }
 
     #[tokio::test(start_paused = true)]
