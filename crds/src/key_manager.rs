@@ -46,11 +46,13 @@ pub struct KeyManagerSpec {
     }]))]
     pub issuer: String,
 
-    /// Where the issuer publishes its signing keys (a JWK Set document).
+    /// Where the issuer publishes its signing keys (a JWK Set document):
+    /// https (plain http only on loopback: anyone on the path could
+    /// otherwise hand the gateway signing keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [{
-        "rule": "isURL(self) && (url(self).getScheme() == 'https' || url(self).getScheme() == 'http')",
-        "message": "jwksUri must be an absolute http(s) URL"
+        "rule": "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['127.0.0.1', 'localhost', '::1']))",
+        "message": "jwksUri must be an absolute https URL (http only on loopback)"
     }]))]
     pub jwks_uri: Option<String>,
 

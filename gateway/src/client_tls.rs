@@ -79,13 +79,28 @@ fn verifier_for(path: &Path, mode: ClientAuthMode) -> Result<Arc<dyn ClientCertV
     builder.build().map_err(|e| ClientCaError::NoCa { path: path.into(), message: e.to_string() })
 }
 
+/// The verifier in service, numbered (cached verdicts belong to one).
+#[derive(Debug)]
+pub struct Live {
+    pub generation: u64,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl Live {
+    /// Verifies a certificate chain (leaf first) now.
+    pub fn verify_chain(&self, chain: &[CertificateDer<'_>]) -> Result<(), String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+        self.verifier.verify_client_cert(leaf, intermediates, UnixTime::now()).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
 /// The client-certificate verifier of the TLS listeners, swapped when the
 /// CA bundle changes.
 #[derive(Debug)]
 pub struct ClientCa {
     path: PathBuf,
     mode: ClientAuthMode,
-    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    current: ArcSwap<Live>,
     /// Why the bundle on disk is not in service (None when it is).
     problem: parking_lot::Mutex<Option<String>>,
 }
@@ -97,7 +112,7 @@ impl ClientCa {
         let me = Arc::new(ClientCa {
             path: path.to_path_buf(),
             mode,
-            current: ArcSwap::from_pointee(verifier_for(path, mode)?),
+            current: ArcSwap::from_pointee(Live { generation: 0, verifier: verifier_for(path, mode)? }),
             problem: parking_lot::Mutex::new(None),
         });
         let weak = Arc::downgrade(&me);
@@ -115,7 +130,8 @@ impl ClientCa {
                     }
                     match verifier_for(&me.path, me.mode) {
                         Ok(v) => {
-                            me.current.store(Arc::new(v));
+                            let generation = me.current.load().generation + 1;
+                            me.current.store(Arc::new(Live { generation, verifier: v }));
                             *me.problem.lock() = None;
                             last = now;
                             tracing::info!(client_ca = %me.path.display(), "client CA bundle reloaded");
@@ -144,14 +160,14 @@ impl ClientCa {
         })
     }
 
+    /// The verifier in service now.
+    pub fn live(&self) -> Arc<Live> {
+        self.current.load_full()
+    }
+
     /// Verifies a certificate chain (leaf first) against the CAs now.
     pub fn verify_chain(&self, chain: &[CertificateDer<'_>]) -> Result<(), String> {
-        let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
-        self.current
-            .load()
-            .verify_client_cert(leaf, intermediates, UnixTime::now())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.current.load().verify_chain(chain)
     }
 }
 
@@ -177,7 +193,7 @@ impl ClientCertVerifier for ClientCa {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current.load().verify_client_cert(end_entity, intermediates, now)
+        self.current.load().verifier.verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -186,7 +202,7 @@ impl ClientCertVerifier for ClientCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current.load().verify_tls12_signature(message, cert, dss)
+        self.current.load().verifier.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -195,11 +211,11 @@ impl ClientCertVerifier for ClientCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.current.load().verify_tls13_signature(message, cert, dss)
+        self.current.load().verifier.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current.load().supported_verify_schemes()
+        self.current.load().verifier.supported_verify_schemes()
     }
 }
 
@@ -219,6 +235,29 @@ impl TlsAccept for KeepClientCert {
     }
 }
 
+/// A verdict on a forwarded certificate: the certificate and its notAfter
+/// (Unix seconds), or why it is refused.
+type Verdict = Result<(Arc<ClientCert>, i64), String>;
+
+/// Verdicts are reused for 5 minutes at most, never past the certificate's
+/// notAfter; refusals for 5 seconds (a CA just added soon counts).
+struct VerdictExpiry;
+
+impl moka::Expiry<(u64, [u8; 32]), Verdict> for VerdictExpiry {
+    fn expire_after_create(&self, _: &(u64, [u8; 32]), v: &Verdict, _: std::time::Instant) -> Option<Duration> {
+        Some(match v {
+            Ok((_, not_after)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                Duration::from_secs(not_after.saturating_sub(now).max(0) as u64).min(Duration::from_secs(300))
+            }
+            Err(_) => Duration::from_secs(5),
+        })
+    }
+}
+
 /// Certificates a TLS-terminating proxy forwards in a header.
 pub struct ForwardedCerts {
     /// Lower-cased header name.
@@ -226,13 +265,13 @@ pub struct ForwardedCerts {
     /// The CAs the certificates must chain to (None: the header is only
     /// stripped, never believed).
     pub ca: Option<Arc<ClientCa>>,
-    /// Parsed and verified headers by their SHA-256, for 5 minutes.
-    cache: moka::sync::Cache<[u8; 32], Result<Arc<ClientCert>, String>>,
+    /// Verdicts by (bundle generation, SHA-256 of the header value).
+    cache: moka::sync::Cache<(u64, [u8; 32]), Verdict>,
 }
 
 impl ForwardedCerts {
     pub fn new(header: String, ca: Option<Arc<ClientCa>>) -> ForwardedCerts {
-        let cache = moka::sync::Cache::builder().max_capacity(10_000).time_to_live(Duration::from_secs(300)).build();
+        let cache = moka::sync::Cache::builder().max_capacity(10_000).expire_after(VerdictExpiry).build();
         ForwardedCerts { header, ca, cache }
     }
 
@@ -241,12 +280,14 @@ impl ForwardedCerts {
     /// the client CAs.
     pub fn parse(&self, value: &[u8]) -> Result<Arc<ClientCert>, String> {
         use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(value).into();
-        self.cache.get_with(digest, || self.parse_uncached(value))
+        let Some(ca) = &self.ca else { return Err("no --client-ca to verify it against".into()) };
+        // One bundle for the key and the verdict, even across a reload.
+        let live = ca.live();
+        let key = (live.generation, sha2::Sha256::digest(value).into());
+        self.cache.get_with(key, || Self::verdict(&live, value)).map(|(cert, _)| cert)
     }
 
-    fn parse_uncached(&self, value: &[u8]) -> Result<Arc<ClientCert>, String> {
-        let Some(ca) = &self.ca else { return Err("no --client-ca to verify it against".into()) };
+    fn verdict(ca: &Live, value: &[u8]) -> Verdict {
         let pem: Vec<u8> = percent_encoding::percent_decode(value).collect();
         let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
             .collect::<Result<_, _>>()
@@ -255,7 +296,9 @@ impl ForwardedCerts {
             return Err("no PEM certificate".into());
         }
         ca.verify_chain(&chain)?;
-        Ok(Arc::new(ClientCert::new(chain[0].to_vec())))
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| format!("not PEM: {e}"))?;
+        let not_after = leaf.validity().not_after.timestamp();
+        Ok((Arc::new(ClientCert::new(chain[0].to_vec())), not_after))
     }
 }
 
@@ -339,5 +382,31 @@ mod tests {
         assert!(fwd.parse(enc(&pem(&client(&two))).as_bytes()).is_err());
         assert!(fwd.parse(b"%%%not-pem").is_err());
         assert!(ForwardedCerts::new("h".into(), None).parse(enc(&pem(&good)).as_bytes()).is_err(), "no CA, no trust");
+    }
+
+    #[test]
+    fn a_new_bundle_is_not_answered_from_the_old_bundles_verdicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let (one, two) = (ca("one"), ca("two"));
+        std::fs::write(&path, one.pem()).unwrap();
+        let bundle = ClientCa::start(&path, ClientAuthMode::None, Duration::from_millis(20)).unwrap();
+        let fwd = ForwardedCerts::new("x-ssl-client-cert".into(), Some(bundle.clone()));
+        let pem_of = |der: &CertificateDer<'_>| {
+            let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_ref());
+            let pem = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n");
+            percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let (old_tpp, new_tpp) = (pem_of(&client(&one)), pem_of(&client(&two)));
+        assert!(fwd.parse(old_tpp.as_bytes()).is_ok());
+        assert!(fwd.parse(new_tpp.as_bytes()).is_err());
+        std::fs::write(&path, two.pem()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while bundle.verify_chain(&[client(&two)]).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the new bundle never went live");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(fwd.parse(new_tpp.as_bytes()).is_ok(), "at once, not after the refusal expires");
+        assert!(fwd.parse(old_tpp.as_bytes()).is_err(), "nor is the removed CA's certificate still cached");
     }
 }

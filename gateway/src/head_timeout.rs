@@ -9,8 +9,8 @@
 //! waiting up to the keep-alive timeout for the first byte and then at most
 //! `--header-timeout-seconds` for the rest, and hands the bytes read to
 //! Pingora's parser as a prefix (its own API for bytes read ahead of a
-//! session). Heads are recognised with `httparse`, the parser Pingora uses;
-//! anything it cannot parse goes to Pingora unchanged, which answers 400.
+//! session). A head ends at its empty line; whatever it holds is then
+//! Pingora's to parse (and to answer 400 to).
 //! HTTP/2 connections (ALPN h2) go to Pingora directly.
 
 use std::sync::Arc;
@@ -28,8 +28,6 @@ use tokio::io::AsyncReadExt;
 
 /// Pingora's own limit on a request head; past it Pingora refuses the request.
 const MAX_HEAD: usize = 1_048_575;
-/// Headers httparse is given room for; more is "complete enough" to hand over.
-const MAX_HEADERS: usize = 256;
 
 /// The proxy's connection handler with a whole-head deadline.
 pub struct HeadTimeout<A> {
@@ -58,21 +56,34 @@ pub enum NoHead {
     TimedOut,
 }
 
-/// Whether `buf` holds a whole request head (or something Pingora should
-/// judge: a parse error, too many headers, too many bytes).
+/// Where the head in `buf` ends, scanning from `from` (bytes before it
+/// were scanned already): the end of the first empty line after the first
+/// request byte (CRLF or bare LF line ends; empty lines before a request are
+/// skipped, as RFC 9112 2.2 allows). None while the head is unfinished.
+///
+/// Only a finished head (or [`MAX_HEAD`] bytes) is handed to Pingora: a
+/// head Pingora cannot parse may still be read further by it (it escapes
+/// some bad request lines and reads on), so judging the bytes here would
+/// reopen the slowloris hole.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let from = from.saturating_sub(2).max(start);
+    let rest = &buf[from..];
+    rest.iter().enumerate().find_map(|(i, b)| {
+        if *b != b'\n' {
+            return None;
+        }
+        match rest.get(i + 1) {
+            Some(b'\n') => Some(from + i + 2),
+            Some(b'\r') if rest.get(i + 2) == Some(&b'\n') => Some(from + i + 3),
+            _ => None,
+        }
+    })
+}
+
+#[cfg(test)]
 fn head_complete(buf: &[u8]) -> bool {
-    if buf.len() >= MAX_HEAD {
-        return true;
-    }
-    // The common case without a second parse: an empty line after some
-    // request bytes ends the head (leading empty lines are not a request).
-    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
-        && buf[..end].iter().any(|b| *b != b'\r' && *b != b'\n')
-    {
-        return true;
-    }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    !matches!(httparse::Request::new(&mut headers).parse(buf), Ok(httparse::Status::Partial))
+    buf.len() >= MAX_HEAD || head_end(buf, 0).is_some()
 }
 
 /// Reads from `stream` until `buf` holds a whole request head: the first
@@ -98,7 +109,9 @@ pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
         }
     }
     let rest = async {
-        while !head_complete(buf) {
+        let mut scanned = 0;
+        while buf.len() < MAX_HEAD && head_end(buf, scanned).is_none() {
+            scanned = buf.len();
             match stream.read_buf(buf).await {
                 Ok(n) if n > 0 => {}
                 _ => return Err(NoHead::Closed),
@@ -170,10 +183,17 @@ mod tests {
         assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
         assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert!(head_complete(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"), "body bytes may follow");
-        assert!(head_complete(b"\x16\x03\x01 not http"), "garbage goes to Pingora for its 400");
+        assert!(!head_complete(b"\x16\x03\x01 not http"), "garbage waits for the deadline, never for Pingora");
+        assert!(!head_complete(b"GET /a b HTTP/1.1\r\nHost: x\r\n"), "a bad request line is no finished head");
+        assert!(head_complete(b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\r\n"), "mixed line ends");
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nbody", 0), Some(18));
+        // Scanning resumes where it stopped, also across a split line end.
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 16), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 17), Some(18));
         assert!(!head_complete(b"\r\n\r\n"), "empty lines alone are no request");
         assert!(!head_complete(b"\r\n\r\nGET / HTTP/1.1\r\n"), "nor do they end one");
-        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"), "bare LF heads are parsed");
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"), "bare LF line ends");
     }
 
     #[tokio::test(start_paused = true)]

@@ -104,8 +104,12 @@ impl ProxyHttp for Gateway {
         }
         let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
         ctx.req.client = Client::of(session.req_header(), peer_ip(session), ssl.is_some(), &self.trusted_proxies);
-        ctx.req.client.cert =
-            ssl.as_ref().and_then(|s| s.extension.get::<crate::client_tls::HandshakeCert>()).map(|c| c.0.clone());
+        // A trusted proxy's own handshake certificate never stands for the
+        // client behind it: from a proxy only the forwarded header counts.
+        if !ctx.req.client.peer_trusted {
+            ctx.req.client.cert =
+                ssl.as_ref().and_then(|s| s.extension.get::<crate::client_tls::HandshakeCert>()).map(|c| c.0.clone());
+        }
         if let Some(fwd) = &self.forwarded_certs {
             // Only a trusted proxy's header counts; everyone else's is
             // removed before anything reads or forwards it.

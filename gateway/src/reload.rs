@@ -281,50 +281,38 @@ impl Reloader {
 }
 
 impl Reloader {
-    /// A ThrottlePolicy or KeyManager removed from the folder while an API
-    /// still names it keeps its last good version (the API is not dropped,
-    /// a policy's counters stay); reported on /status until no API uses it
-    /// any more.
+    /// A ThrottlePolicy removed from the folder while an API still uses it
+    /// keeps its last good version (the API is not dropped, its counters
+    /// stay); reported on /status until no API uses it any more. (Not so a
+    /// KeyManager: a removed issuer is no longer trusted, and the APIs that
+    /// name it stop being served until it is back.)
     fn keep_policies_still_in_use(
         &self,
         objects: &mut BTreeMap<ObjectRef, Resource>,
         sources: &mut HashMap<ObjectRef, PathBuf>,
         errors: &mut Vec<StatusError>,
     ) {
-        // (kind, namespace, name) -> the APIs that name it.
-        let mut users: BTreeMap<(&'static str, String, String), Vec<String>> = BTreeMap::new();
+        let mut users: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         for (r, res) in objects.iter() {
             let Resource::ApiDeployment(ad) = res else { continue };
             let manager_ns = ad.spec.api_manager_ref.namespace.clone().unwrap_or_else(|| r.namespace.clone());
-            let policies = ad
+            let names = ad
                 .spec
                 .throttling
                 .iter()
                 .chain(ad.spec.operations.iter().filter_map(|o| o.throttling.as_ref()))
-                .map(|t| ("ThrottlePolicy", t.policy.clone()));
-            let key_managers = ad
-                .spec
-                .security
-                .iter()
-                .filter_map(|s| s.oauth2.as_ref())
-                .flat_map(|o| o.key_managers.iter())
-                .map(|k| ("KeyManager", k.clone()));
-            for (kind, name) in policies.chain(key_managers) {
+                .map(|t| t.policy.clone());
+            for name in names {
                 for ns in [&r.namespace, &manager_ns] {
-                    users.entry((kind, ns.clone(), name.clone())).or_default().push(r.to_string());
+                    users.entry((ns.clone(), name.clone())).or_default().push(r.to_string());
                 }
             }
         }
         for (obj, (res, file)) in &self.last_good {
-            let (kind, reason) = match res {
-                Resource::ThrottlePolicy(_) => ("ThrottlePolicy", "PolicyRemoved: the policy"),
-                Resource::KeyManager(_) => ("KeyManager", "KeyManagerRemoved: the key manager"),
-                _ => continue,
-            };
-            if objects.contains_key(obj) {
+            if !matches!(res, Resource::ThrottlePolicy(_)) || objects.contains_key(obj) {
                 continue;
             }
-            let Some(apis) = users.get(&(kind, obj.namespace.clone(), obj.name.clone())) else { continue };
+            let Some(apis) = users.get(&(obj.namespace.clone(), obj.name.clone())) else { continue };
             let mut apis = apis.clone();
             apis.sort();
             apis.dedup();
@@ -336,7 +324,7 @@ impl Reloader {
                 object: Some(obj.to_string()),
                 field: None,
                 reason: format!(
-                    "{reason} was removed but {} still use(s) it; serving its last good version",
+                    "PolicyRemoved: the policy was removed but {} still use(s) it; serving its last good version",
                     apis.join(", ")
                 ),
                 serving_last_good: true,

@@ -367,10 +367,9 @@ fn trusted_issuers(
     names
         .iter()
         .map(|n| {
-            issuers
-                .get(&format!("{own_ns}/{n}"))
-                .or_else(|| issuers.get(&format!("{manager_ns}/{n}")))
-                .filter(|i| i.manager == manager)
+            [own_ns, manager_ns]
+                .iter()
+                .find_map(|ns| issuers.get(&format!("{ns}/{n}")).filter(|i| i.manager == manager))
                 .cloned()
                 .ok_or_else(|| {
                     format!(

@@ -173,11 +173,13 @@ struct TlsClient {
     cert: Option<(CertificateDer<'static>, Vec<u8>)>,
     versions: &'static [&'static rustls::SupportedProtocolVersion],
     suites: Option<Vec<rustls::CipherSuite>>,
+    /// Loopback source address (default 127.0.0.1).
+    source: Option<&'static str>,
 }
 
 impl TlsClient {
     fn new(trust: &CertificateDer<'static>) -> TlsClient {
-        TlsClient { trust: trust.clone(), cert: None, versions: rustls::ALL_VERSIONS, suites: None }
+        TlsClient { trust: trust.clone(), cert: None, versions: rustls::ALL_VERSIONS, suites: None, source: None }
     }
 
     fn with_cert(mut self, leaf: &Leaf) -> TlsClient {
@@ -203,7 +205,7 @@ impl TlsClient {
             None => builder.with_no_client_auth(),
         };
         let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::IpAddress(addr.ip().into())).unwrap();
-        let sock = TcpStream::connect(addr)?;
+        let sock = connect_from(self.source.unwrap_or("127.0.0.1"), addr);
         sock.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);
         // Finish the handshake now, so a refused one is an error here.
@@ -219,12 +221,17 @@ impl TlsClient {
     }
 }
 
-/// GET over plain HTTP from a chosen loopback source address.
-fn get_from(source: &str, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+/// A TCP connection from a chosen loopback source address.
+fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
     socket.connect(&addr.into()).unwrap();
-    let mut s: TcpStream = socket.into();
+    socket.into()
+}
+
+/// GET over plain HTTP from a chosen loopback source address.
+fn get_from(source: &str, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut s = connect_from(source, addr);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     exchange(&mut s, "GET", path, headers, b"").unwrap()
 }
@@ -396,6 +403,11 @@ fn valid_tokens_pass_with_the_verified_identity_and_bad_ones_get_401() {
     let forged = B64.encode(claims("tpp-2", "accounts balances").to_string());
     refused(format!("{}.{forged}.{}", parts[0], parts[2]), "tampered claims");
     refused("garbage".into(), "malformed");
+    // Two Authorization headers: which one would the backend read?
+    let two = [("authorization", format!("Bearer {good}")), ("authorization", "Bearer forged".to_string())];
+    let two: Vec<(&str, &str)> = two.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = request(f.gw.http, "GET", "/accounts/v1/accounts/42", &two, b"");
+    assert_eq!(r.status, 400, "{}", r.text());
     let r = request(f.gw.http, "GET", "/accounts/v1/accounts/42", &[], b"");
     assert_eq!(r.status, 401, "no token");
     assert!(challenge(&r).starts_with("Bearer"));
@@ -494,6 +506,15 @@ fn a_certificate_forwarded_by_a_trusted_proxy_counts_and_from_anyone_else_is_dro
         get_from("127.0.0.2", f.gw.http, "/payments/v1/x", &[("authorization", &auth), ("x-ssl-client-cert", &rogue)]);
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(f.gw.metrics().contains("tollgate_forwarded_client_cert_rejections_total{result=\"unverified\"} 1"));
+    // A trusted proxy speaking mutual TLS itself: its own certificate never
+    // stands for the client behind it.
+    let mut proxy = TlsClient::new(&f.ca).with_cert(&f.tpp);
+    proxy.source = Some("127.0.0.2");
+    let auth = format!("Bearer {bound}");
+    let r = proxy.get(f.gw.https, "/payments/v1/x", &[("authorization", &auth)]);
+    assert_eq!(r.status, 401, "the proxy's handshake certificate is not the client's: {}", r.text());
+    let r = proxy.get(f.gw.https, "/payments/v1/x", &[("authorization", &auth), ("x-ssl-client-cert", &escaped)]);
+    assert_eq!(r.status, 200, "the forwarded one is: {}", r.text());
 }
 
 #[test]

@@ -216,33 +216,41 @@ fn traffic_listeners_close_connections_whose_request_head_is_dripped() {
     std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &format!("http://{addr}"), "")).unwrap();
     let gw = gateway(&dir, &["--access-log", "false", "--header-timeout-seconds", "1"]);
 
-    let mut s = TcpStream::connect(gw.http).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let start = Instant::now();
-    let mut closed = None;
-    let head = b"GET /a/v1/x HTTP/1.1\r\nhost: g\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    for b in head {
-        if s.write_all(&[*b]).is_err() {
-            closed = Some(start.elapsed());
-            break;
-        }
-        let mut buf = [0u8; 64];
-        match s.read(&mut buf) {
-            Ok(0) => {
+    // A valid head, and one whose request line Pingora would escape and
+    // read on (a space in the target): both are cut off at the deadline.
+    let heads: [&[u8]; 2] = [
+        b"GET /a/v1/x HTTP/1.1\r\nhost: g\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        b"GET /a/v1/x y HTTP/1.1\r\nhost: g\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ];
+    for (i, head) in heads.iter().enumerate() {
+        let mut s = TcpStream::connect(gw.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let start = Instant::now();
+        let mut closed = None;
+        for b in *head {
+            if s.write_all(&[*b]).is_err() {
                 closed = Some(start.elapsed());
                 break;
             }
-            Ok(n) => panic!("answered a half head: {}", String::from_utf8_lossy(&buf[..n])),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                closed = Some(start.elapsed());
-                break;
+            let mut buf = [0u8; 64];
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    closed = Some(start.elapsed());
+                    break;
+                }
+                Ok(n) => panic!("answered a half head: {}", String::from_utf8_lossy(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    closed = Some(start.elapsed());
+                    break;
+                }
+                Err(_) => {} // still open: drip the next byte
             }
-            Err(_) => {} // still open: drip the next byte
         }
+        let closed = closed.unwrap_or_else(|| panic!("head {i}: still open after dripping for {:?}", start.elapsed()));
+        assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(4), "head {i}: {closed:?}");
+        let timeouts = format!("tollgate_request_head_timeouts_total {}", i + 1);
+        assert!(gw.metrics().contains(&timeouts), "{}", gw.metrics());
     }
-    let closed = closed.unwrap_or_else(|| panic!("still open after dripping for {:?}", start.elapsed()));
-    assert!(closed >= Duration::from_millis(900) && closed < Duration::from_secs(4), "{closed:?}");
-    assert!(gw.metrics().contains("tollgate_request_head_timeouts_total 1"), "{}", gw.metrics());
 
     // A head in two pieces inside the deadline, then a second request on
     // the same connection.

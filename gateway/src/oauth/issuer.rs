@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use jsonwebtoken::Algorithm;
+use sha2::Digest;
 use tollgate_crds::KeyManager;
 use tollgate_crds::key_manager::Algorithm as SpecAlgorithm;
 
@@ -32,6 +33,9 @@ pub struct Issuer {
     pub consumer_claim: String,
     pub scopes_claim: String,
     pub keys: Keys,
+    /// SHA-256 of the KeyManager's spec: a verified token is reused only
+    /// while the issuer is configured as it was when the token was checked.
+    pub fingerprint: [u8; 32],
 }
 
 fn algorithm(a: SpecAlgorithm) -> Algorithm {
@@ -56,7 +60,11 @@ impl Issuer {
         let name = km.metadata.name.clone().unwrap_or_default();
         let keys = match (&s.jwks_uri, &s.jwks) {
             (Some(uri), None) => {
-                uri.parse::<http::Uri>().map_err(|e| format!("jwksUri {uri:?}: {e}"))?;
+                let parsed = uri.parse::<http::Uri>().map_err(|e| format!("jwksUri {uri:?}: {e}"))?;
+                let loopback = matches!(parsed.host(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                if !(parsed.scheme_str() == Some("https") || (parsed.scheme_str() == Some("http") && loopback)) {
+                    return Err(format!("jwksUri {uri:?} must be https (http only on loopback)"));
+                }
                 Keys::Remote(jwks.source(uri))
             }
             (None, Some(inline)) => {
@@ -71,7 +79,9 @@ impl Issuer {
             return Err("algorithms must name at least one algorithm".into());
         }
         let manager_ns = s.api_manager_ref.namespace.clone().unwrap_or_else(|| namespace.clone());
+        let fingerprint = sha2::Sha256::digest(serde_json::to_vec(s).map_err(|e| e.to_string())?).into();
         Ok(Issuer {
+            fingerprint,
             id: format!("{namespace}/{name}"),
             manager: format!("{manager_ns}/{}", s.api_manager_ref.name),
             namespace,

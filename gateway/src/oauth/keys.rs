@@ -43,6 +43,12 @@ pub struct KeySet {
     keys: Vec<Key>,
 }
 
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.keys.iter().map(|k| (&k.kid, k.family))).finish()
+    }
+}
+
 impl KeySet {
     /// Parses a JWK Set document. Symmetric keys and keys marked for
     /// encryption are left out; keys that cannot be parsed are left out too

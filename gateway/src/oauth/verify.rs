@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::issuer::{Issuer, Keys};
 use super::jwks::JwksCache;
-use super::keys::family;
+use super::keys::{KeySet, family};
 
 /// Clock skew allowed on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;
@@ -36,6 +36,10 @@ pub struct VerifiedToken {
     pub x5t_s256: Option<String>,
     /// `exp`, Unix seconds.
     pub expires: u64,
+    /// The issuer's configuration and key set that verified it: a cached
+    /// token is reused only while both are still current.
+    pub issuer_fingerprint: [u8; 32],
+    pub keys: Option<Arc<KeySet>>,
 }
 
 impl VerifiedToken {
@@ -121,6 +125,20 @@ fn audiences(claims: &serde_json::Map<String, serde_json::Value>) -> Vec<String>
     }
 }
 
+/// The `iss` a token claims, read without verifying anything.
+fn unverified_issuer(token: &str) -> Result<String, TokenError> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).ok_or(TokenError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+    let claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    match claims.get("iss") {
+        Some(serde_json::Value::String(iss)) => Ok(iss.clone()),
+        Some(_) => Err(TokenError::WrongIssuer),
+        None => Err(TokenError::MissingClaim("iss".into())),
+    }
+}
+
 /// Checks tokens; shared by every API and reload.
 pub struct Verifier {
     cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
@@ -142,17 +160,37 @@ impl Verifier {
     ) -> Result<Arc<VerifiedToken>, TokenError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(t) = self.cache.get(&digest) {
-            if t.expires + LEEWAY_SECS < unix_now() {
+            if t.expires.saturating_add(LEEWAY_SECS) < unix_now() {
                 return Err(TokenError::Expired);
             }
-            // Cached for another API maybe: still only from a trusted issuer.
-            return if issuers.iter().any(|i| i.id == t.issuer_id) { Ok(t) } else { Err(TokenError::WrongIssuer) };
+            // Cached for another API maybe: reused only when this API trusts
+            // the issuer and its configuration and keys are unchanged; else
+            // the token is checked again below.
+            let current = issuers.iter().any(|i| {
+                i.id == t.issuer_id
+                    && i.fingerprint == t.issuer_fingerprint
+                    && match (i.current_keys(), &t.keys) {
+                        (Some(now), Some(then)) => Arc::ptr_eq(&now, then),
+                        _ => false,
+                    }
+            });
+            if current {
+                return Ok(t);
+            }
         }
         let header = decode_header(token).map_err(|_| TokenError::Malformed)?;
         if family(header.alg).is_none() {
             return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
         }
         let kid = header.kid.as_deref();
+        // Only the issuers the token names are tried (its `iss`, unverified,
+        // only picks whose keys to check it with): a forged token costs no
+        // signature check of unrelated issuers and no refetch of their keys.
+        let claimed = unverified_issuer(token)?;
+        let issuers: Vec<&Arc<Issuer>> = issuers.iter().filter(|i| i.issuer == claimed).collect();
+        if issuers.is_empty() {
+            return Err(TokenError::WrongIssuer);
+        }
         let mut best: Option<TokenError> = None;
         let mut note = |e: TokenError| {
             if best.as_ref().is_none_or(|b| e.rank() > b.rank()) {
@@ -160,7 +198,7 @@ impl Verifier {
             }
         };
         let mut refetch = Vec::new();
-        for issuer in issuers {
+        for issuer in issuers.iter().copied() {
             if !issuer.algorithms.contains(&header.alg) {
                 note(TokenError::Algorithm(format!("{:?}", header.alg)));
                 continue;
@@ -199,6 +237,7 @@ impl Verifier {
         issuer: &Issuer,
     ) -> Result<VerifiedToken, TokenError> {
         let keys = issuer.current_keys().ok_or(TokenError::UnknownKey)?;
+        let verified_with = keys.clone();
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
@@ -258,7 +297,16 @@ impl Verifier {
                     .ok_or(TokenError::MissingClaim("cnf.x5t#S256".into()))?,
             ),
         };
-        Ok(VerifiedToken { issuer_id: issuer.id.clone(), client_id, scopes, x5t_s256, expires, claims })
+        Ok(VerifiedToken {
+            issuer_id: issuer.id.clone(),
+            client_id,
+            scopes,
+            x5t_s256,
+            expires,
+            claims,
+            issuer_fingerprint: issuer.fingerprint,
+            keys: Some(verified_with),
+        })
     }
 }
 
@@ -314,6 +362,7 @@ pub(crate) mod tests {
             consumer_claim: "client_id".into(),
             scopes_claim: "scope".into(),
             keys: Keys::Inline(Arc::new(super::super::keys::KeySet::parse(doc.to_string().as_bytes()).unwrap())),
+            fingerprint: [1; 32],
         })
     }
 
@@ -407,16 +456,43 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_cached_token_still_needs_a_trusted_issuer_and_still_expires() {
+    async fn a_cached_token_is_reused_only_for_an_unchanged_trusted_issuer() {
         let k = TestKey::ec("k1");
         let trusted = issuer(&[&k], &[]);
-        let mut other = trusted.clone_for_test();
-        other.id = "bank/other".into();
         let v = Verifier::default();
         let t = k.sign(&claims(json!({})));
         assert!(v.verify(&t, std::slice::from_ref(&trusted), &jwks()).await.is_ok());
-        assert!(v.verify(&t, &[trusted], &jwks()).await.is_ok(), "cache hit");
+        assert!(v.verify(&t, std::slice::from_ref(&trusted), &jwks()).await.is_ok(), "cache hit");
+        // An API trusting only another issuer: checked again, and refused.
+        let mut other = trusted.clone_for_test();
+        other.id = "bank/other".into();
+        other.issuer = "https://other.example".into();
         assert_eq!(v.verify(&t, &[Arc::new(other)], &jwks()).await.unwrap_err(), TokenError::WrongIssuer);
+        // The same KeyManager reconfigured (now demanding an audience the
+        // token lacks): the cached answer is not reused.
+        let mut stricter = trusted.clone_for_test();
+        stricter.fingerprint = [2; 32];
+        stricter.audiences = vec!["https://only.example".into()];
+        assert_eq!(v.verify(&t, &[Arc::new(stricter)], &jwks()).await.unwrap_err(), TokenError::WrongAudience);
+        // Another KeyManager with the same issuer and keys verifies it anew.
+        let mut twin = trusted.clone_for_test();
+        twin.id = "bank/twin".into();
+        assert_eq!(v.verify(&t, &[Arc::new(twin)], &jwks()).await.unwrap().issuer_id, "bank/twin");
+    }
+
+    #[tokio::test]
+    async fn a_token_is_checked_only_against_the_issuer_it_names() {
+        let k = TestKey::ec("k1");
+        let mut elsewhere = issuer(&[&k], &[]).clone_for_test();
+        elsewhere.issuer = "https://elsewhere.example".into();
+        let t = k.sign(&claims(json!({})));
+        assert_eq!(check(&t, &[Arc::new(elsewhere)]).await.unwrap_err(), TokenError::WrongIssuer);
+        let no_iss = {
+            let mut c = claims(json!({}));
+            c.as_object_mut().unwrap().remove("iss");
+            k.sign(&c)
+        };
+        assert_eq!(check(&no_iss, &[issuer(&[&k], &[])]).await.unwrap_err(), TokenError::MissingClaim("iss".into()));
     }
 
     impl Issuer {
@@ -436,6 +512,7 @@ pub(crate) mod tests {
                 consumer_claim: self.consumer_claim.clone(),
                 scopes_claim: self.scopes_claim.clone(),
                 keys,
+                fingerprint: self.fingerprint,
             }
         }
     }

@@ -140,6 +140,21 @@ impl AuthnStep {
             )
             .header("www-authenticate", "Bearer error=\"invalid_token\""));
         }
+        // Every credential header this API knows is removed before
+        // forwarding, whichever scheme the caller used.
+        if let Some(KeyIn::Header(name)) = &self.api_key {
+            ctx.strip_headers.push(name.clone());
+        }
+        if let Some(oauth2) = &self.oauth2 {
+            if !oauth2.forward_token {
+                ctx.strip_headers.push("authorization".into());
+            }
+            // Which of several would the backend read? Refuse the question.
+            if req.headers.get_all("authorization").iter().count() > 1 {
+                return Err(Reply::new(400, "invalid_request", "more than one Authorization header")
+                    .header("www-authenticate", "Bearer error=\"invalid_request\""));
+            }
+        }
         let token = self.oauth2.as_ref().and_then(|_| bearer(req)).map(str::to_string);
         match (token, &self.oauth2, &self.api_key) {
             (Some(token), Some(oauth2), _) => self.with_token(&token, oauth2, ctx, rt).await,
@@ -161,9 +176,6 @@ impl AuthnStep {
         ctx: &mut RequestCtx,
         rt: &Shared,
     ) -> Result<Principal, Reply> {
-        if !oauth2.forward_token {
-            ctx.strip_headers.push("authorization".into());
-        }
         let verified = match rt.tokens.verify(token, &oauth2.issuers, &rt.jwks).await {
             Ok(t) => t,
             Err(e) => {
@@ -247,10 +259,7 @@ impl AuthnStep {
                 }
                 presented
             }
-            KeyIn::Header(name) => {
-                ctx.strip_headers.push(name.clone());
-                header(req, name).map(str::to_string)
-            }
+            KeyIn::Header(name) => header(req, name).map(str::to_string),
         };
         let Some(key) = presented.filter(|k| !k.is_empty()) else {
             return Err(unauthorized("an API key is required"));

@@ -52,6 +52,8 @@ mod tests {
             scopes: granted.iter().map(|s| s.to_string()).collect(),
             x5t_s256: None,
             expires: 0,
+            issuer_fingerprint: [0; 32],
+            keys: None,
         };
         let op = Operation { policy: None, scopes: required.iter().map(|s| s.to_string()).collect() };
         RequestCtx {

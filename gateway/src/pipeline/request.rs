@@ -250,6 +250,8 @@ mod tests {
             scopes: vec!["accounts".into()],
             x5t_s256: None,
             expires: 0,
+            issuer_fingerprint: [0; 32],
+            keys: None,
         };
         let mut p = Principal {
             credential: Credential::OAuth2,

@@ -361,6 +361,8 @@ mod tests {
                 scopes: Vec::new(),
                 x5t_s256: None,
                 expires: 0,
+                issuer_fingerprint: [0; 32],
+                keys: None,
             }));
             ctx_for(None, Some(p))
         };
