@@ -513,6 +513,33 @@ pub struct Operator {
     pub metrics: SocketAddr,
 }
 
+/// One operator (held to the chart's RBAC, no leader election) watching
+/// one namespace and writing artifacts under `<work>/artifacts`; the guards
+/// clean up when it is dropped.
+pub struct WatchingOperator {
+    pub operator: Operator,
+    pub artifacts: PathBuf,
+    _access: OperatorAccess,
+    _volume: ArtifactVolume,
+}
+
+impl WatchingOperator {
+    pub async fn start(cluster: &Cluster, ns: &str, work: &Path) -> WatchingOperator {
+        let artifacts = work.join("artifacts");
+        let access = OperatorAccess::create(cluster, &[ns], false, work).await;
+        let volume = ArtifactVolume::create(cluster, ns, &artifacts).await;
+        let operator = Operator::start(&OperatorSpec {
+            kubeconfig: access.kubeconfig.clone(),
+            artifact_dir: artifacts.clone(),
+            namespaces: vec![ns.to_string()],
+            identity: "op".into(),
+            leader_election: false,
+            work: work.to_path_buf(),
+        });
+        WatchingOperator { operator, artifacts, _access: access, _volume: volume }
+    }
+}
+
 /// How to run an operator process.
 #[derive(Clone)]
 pub struct OperatorSpec {

@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tollgate_e2e::{
     Cluster, apply_manifest, install_crds,
-    stack::{ArtifactVolume, Gateway, Operator, OperatorAccess, OperatorSpec, backend, eventually},
+    stack::{Gateway, WatchingOperator, backend, eventually},
     tollgate_resource,
 };
 
@@ -105,17 +105,8 @@ async fn a_gateway_accepts_tokens_of_an_applied_key_manager() {
     let ns = ns.name().to_string();
     let client = cluster.client.clone();
     let work = tempfile::tempdir().expect("tempdir");
-    let artifacts = work.path().join("artifacts");
-    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
-    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
-    let operator = Operator::start(&OperatorSpec {
-        kubeconfig: access.kubeconfig.clone(),
-        artifact_dir: artifacts.clone(),
-        namespaces: vec![ns.clone()],
-        identity: "op".into(),
-        leader_election: false,
-        work: work.path().to_path_buf(),
-    });
+    let op = WatchingOperator::start(&cluster, &ns, work.path()).await;
+    let (operator, artifacts) = (&op.operator, &op.artifacts);
     let (_backend, backend_addr) = backend(work.path(), "accounts-backend");
     let issuer = Issuer::start();
 
