@@ -166,6 +166,30 @@ pub struct Args {
     /// every other request.
     #[arg(long, env = "TOLLGATE_CLIENT_CERT_HEADER")]
     pub client_cert_header: Option<String>,
+    /// The built-in key manager's issuer (`iss` of its tokens); its
+    /// endpoints are <issuer>/token, <issuer>/jwks, ... Default:
+    /// https://localhost:<management-tls port>/oauth2 with TLS, else
+    /// http://localhost:<management port>/oauth2.
+    #[arg(long, env = "TOLLGATE_ISSUER")]
+    pub issuer: Option<String>,
+    /// PEM private key of the built-in key manager (EC P-256 -> ES256, RSA
+    /// -> PS256); repeatable: the first signs, all are published (rotation).
+    /// Without it a key is generated under <data-dir>/key-manager (single node).
+    #[arg(long, env = "TOLLGATE_SIGNING_KEY_FILE", value_delimiter = ',')]
+    pub signing_key_file: Vec<PathBuf>,
+    /// JWK Set of the trusted software-statement signers (the directory) for
+    /// dynamic client registration; without it /oauth2/register is off.
+    #[arg(long, env = "TOLLGATE_SSA_JWKS")]
+    pub ssa_jwks: Option<PathBuf>,
+    /// Lifetime of the built-in key manager's access tokens, in seconds.
+    #[arg(long, env = "TOLLGATE_TOKEN_TTL_SECONDS", default_value = "3600",
+          value_parser = clap::value_parser!(u64).range(60..=86400))]
+    pub token_ttl_seconds: u64,
+    /// Where the built-in key manager's JWK Set is, for a process without
+    /// the key-manager role (gateways of DistributedGateways): its tokens
+    /// (iss = --issuer) are trusted with the keys fetched from here.
+    #[arg(long, env = "TOLLGATE_KEY_MANAGER_JWKS_URI")]
+    pub key_manager_jwks_uri: Option<String>,
 }
 
 /// Whether the TLS listeners ask for client certificates.
@@ -218,6 +242,12 @@ pub struct Config {
     pub tls_profile: TlsProfile,
     /// Lower-cased.
     pub client_cert_header: Option<String>,
+    /// The built-in key manager's issuer, without a trailing slash.
+    pub issuer: String,
+    pub signing_key_files: Vec<PathBuf>,
+    pub ssa_jwks: Option<PathBuf>,
+    pub token_ttl: Duration,
+    pub key_manager_jwks_uri: Option<String>,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -301,7 +331,32 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!("--client-cert-header {h:?} is not a header name")));
         }
+        let issuer = match a.issuer.map(|i| i.trim().trim_end_matches('/').to_string()) {
+            Some(i) => {
+                let ok = i.parse::<http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some() && u.query().is_none()
+                });
+                if !ok {
+                    return Err(ConfigError::Invalid(format!("--issuer {i:?} must be an http(s) URL without a query")));
+                }
+                i
+            }
+            None if tls.is_some() => format!("https://localhost:{}/oauth2", a.management_tls.port()),
+            None => format!("http://localhost:{}/oauth2", a.management.port()),
+        };
+        if let Some(u) = &a.key_manager_jwks_uri
+            && !u
+                .parse::<http::Uri>()
+                .is_ok_and(|p| matches!(p.scheme_str(), Some("https" | "http")) && p.host().is_some())
+        {
+            return Err(ConfigError::Invalid(format!("--key-manager-jwks-uri {u:?} must be an http(s) URL")));
+        }
         Ok(Config {
+            issuer,
+            signing_key_files: a.signing_key_file,
+            ssa_jwks: a.ssa_jwks,
+            token_ttl: Duration::from_secs(a.token_ttl_seconds),
+            key_manager_jwks_uri: a.key_manager_jwks_uri,
             config_dir,
             http: a.http,
             https: a.https,
@@ -390,6 +445,11 @@ struct FileKeys {
     client_auth: Option<serde_json::Value>,
     tls_profile: Option<serde_json::Value>,
     client_cert_header: Option<serde_json::Value>,
+    issuer: Option<serde_json::Value>,
+    signing_key_file: Option<serde_json::Value>,
+    ssa_jwks: Option<serde_json::Value>,
+    token_ttl_seconds: Option<serde_json::Value>,
+    key_manager_jwks_uri: Option<serde_json::Value>,
 }
 
 /// Re-parses with file values inserted for every setting that still has its
@@ -495,6 +555,19 @@ fn merge_file_layer(
         } else {
             from_file.client_cert_header
         },
+        issuer: if pick("issuer") { parsed.issuer } else { from_file.issuer },
+        signing_key_file: if pick("signing_key_file") { parsed.signing_key_file } else { from_file.signing_key_file },
+        ssa_jwks: if pick("ssa_jwks") { parsed.ssa_jwks } else { from_file.ssa_jwks },
+        token_ttl_seconds: if pick("token_ttl_seconds") {
+            parsed.token_ttl_seconds
+        } else {
+            from_file.token_ttl_seconds
+        },
+        key_manager_jwks_uri: if pick("key_manager_jwks_uri") {
+            parsed.key_manager_jwks_uri
+        } else {
+            from_file.key_manager_jwks_uri
+        },
     })
 }
 
@@ -535,6 +608,35 @@ mod tests {
         let c = Config::from_args(["gw", "--config-dir", "x", "--client-cert-header", "X-SSL-Client-Cert"]).unwrap();
         assert_eq!(c.client_cert_header.as_deref(), Some("x-ssl-client-cert"));
         assert!(Config::from_args(["gw", "--config-dir", "x", "--client-cert-header", "bad header"]).is_err());
+    }
+
+    #[test]
+    fn key_manager_settings() {
+        let c = Config::from_args(["gw", "--config-dir", "x"]).unwrap();
+        assert_eq!(c.issuer, "http://localhost:9763/oauth2");
+        assert_eq!(c.token_ttl, Duration::from_secs(3600));
+        let c = Config::from_args([
+            "gw",
+            "--config-dir",
+            "x",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--signing-key-file",
+            "a.pem,b.pem",
+            "--signing-key-file",
+            "c.pem",
+        ])
+        .unwrap();
+        assert_eq!(c.issuer, "https://localhost:9443/oauth2");
+        assert_eq!(c.signing_key_files, [PathBuf::from("a.pem"), "b.pem".into(), "c.pem".into()]);
+        let c = Config::from_args(["gw", "--config-dir", "x", "--issuer", "https://as.bank.example/oauth2/"]).unwrap();
+        assert_eq!(c.issuer, "https://as.bank.example/oauth2");
+        for bad in ["as.bank.example", "ftp://x/y", "https://x/?q=1"] {
+            assert!(Config::from_args(["gw", "--config-dir", "x", "--issuer", bad]).is_err(), "{bad}");
+        }
+        assert!(Config::from_args(["gw", "--config-dir", "x", "--token-ttl-seconds", "5"]).is_err());
     }
 
     #[test]

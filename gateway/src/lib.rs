@@ -4,6 +4,7 @@ pub mod client_tls;
 pub mod config;
 pub mod dns;
 pub mod head_timeout;
+pub mod key_manager;
 pub mod management;
 pub mod metrics;
 pub mod oauth;

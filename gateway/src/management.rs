@@ -16,6 +16,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::json;
 
+use crate::key_manager::PeerCert;
 use crate::proxy::IN_FLIGHT;
 use crate::reload::State;
 use crate::tls::ReloadingCert;
@@ -25,6 +26,10 @@ pub fn router(state: Arc<State>) -> Router {
     let store_routes = match &state.shared.store {
         Some(store) => crate::store_api::routes(state.clone(), store.clone()),
         None => Router::new(),
+    };
+    let key_manager_routes = match (&state.shared.store, &state.shared.key_manager) {
+        (Some(store), Some(km)) => crate::key_manager::routes(state.clone(), store.clone(), km.clone()),
+        _ => Router::new(),
     };
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }))
@@ -36,6 +41,7 @@ pub fn router(state: Arc<State>) -> Router {
         })
         .with_state(state)
         .merge(store_routes)
+        .merge(key_manager_routes)
 }
 
 /// Whether the API-traffic listener accepts connections (checked once with
@@ -95,6 +101,19 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         "tls": state.tls_cert.get().map(|c| c.status()),
         "clientCa": state.client_ca.get().map(|c| c.status()),
         "keyManagers": key_managers(&snap),
+        "builtinKeyManager": state.shared.builtin.as_ref().map(|i| {
+            let keys = match &i.keys {
+                crate::oauth::issuer::Keys::Inline(k) => json!({"inline": true, "keys": k.len()}),
+                crate::oauth::issuer::Keys::Remote(r) => serde_json::to_value(r.status()).unwrap_or_default(),
+            };
+            json!({
+                "issuer": i.issuer,
+                "keys": keys,
+                "signingKid": state.shared.key_manager.as_ref().map(|k| k.keys.current().kid.clone()),
+                "keySource": state.shared.key_manager.as_ref().map(|k| k.keys.source.clone()),
+                "dynamicRegistration": state.shared.key_manager.as_ref().is_some_and(|k| k.ssa_keys.is_some()),
+            })
+        }),
     }))
     .into_response()
 }
@@ -238,10 +257,14 @@ async fn serve(
         };
         let (app, acceptor) = (app.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(tower_call(app, req).await) }
-            });
+            let service = |peer: PeerCert| {
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    // The connection's verified client certificate (tls_client_auth, bound tokens).
+                    req.extensions_mut().insert(peer.clone());
+                    async move { Ok::<_, std::convert::Infallible>(tower_call(app, req).await) }
+                })
+            };
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
             match acceptor {
@@ -249,10 +272,17 @@ async fn serve(
                     let Ok(Ok(tls)) = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await else {
                         return;
                     };
-                    let _ = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                    // Verified by the listener's client verifier (--client-ca) when present.
+                    let cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|leaf| Arc::new(crate::pipeline::request::ClientCert::new(leaf.to_vec())));
+                    let _ = http.serve_connection(hyper_util::rt::TokioIo::new(tls), service(PeerCert(cert))).await;
                 }
                 None => {
-                    let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                    let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service(PeerCert(None))).await;
                 }
             }
         });

@@ -139,6 +139,9 @@ pub struct Metrics {
     pub token_rejections: Family<ResultLabels, Counter>,
     /// Client certificates from --client-cert-header refused, by reason.
     pub forwarded_cert_rejections: Family<ResultLabels, Counter>,
+    /// Token requests of the built-in key manager, by result (issued, or
+    /// the RFC 6749 error: invalid_client, invalid_scope, ...).
+    pub tokens_issued: Family<ResultLabels, Counter>,
 }
 
 /// Status classes in label order: 1xx..5xx, other.
@@ -201,6 +204,7 @@ impl Metrics {
             jwks_fetches: Family::default(),
             token_rejections: Family::default(),
             forwarded_cert_rejections: Family::default(),
+            tokens_issued: Family::default(),
             store_key_lookups: Counter::default(),
             registry: Registry::default(),
         };
@@ -287,6 +291,11 @@ impl Metrics {
             "forwarded_client_cert_rejections",
             "Client certificates forwarded in --client-cert-header that were refused, by reason",
             m.forwarded_cert_rejections.clone(),
+        );
+        registry.register(
+            "oauth_token_requests",
+            "Token requests of the built-in key manager, by result (issued, invalid_client, invalid_scope, ...)",
+            m.tokens_issued.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -28,4 +28,9 @@ pub struct Shared {
     pub jwks: Arc<crate::oauth::jwks::JwksCache>,
     /// Verified access tokens.
     pub tokens: Arc<crate::oauth::Verifier>,
+    /// The built-in key manager as a trusted issuer (its keys in this
+    /// process, or fetched from --key-manager-jwks-uri); trusted by every API.
+    pub builtin: Option<Arc<crate::oauth::Issuer>>,
+    /// The built-in key manager itself (role key-manager).
+    pub key_manager: Option<Arc<crate::key_manager::KeyManager>>,
 }

@@ -89,6 +89,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config, metrics.store_key_lookups.clone())?;
     let jwks = Arc::new(crate::oauth::jwks::JwksCache::new(metrics.jwks_fetches.clone()));
     jwks.spawn_worker();
+    let (key_manager, builtin) = built_in_key_manager(&config, &jwks)?;
     let state = Arc::new(State::new(Shared {
         store: Some(store),
         traffic,
@@ -100,6 +101,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         dns: dns.clone(),
         jwks,
         tokens: Arc::default(),
+        builtin,
+        key_manager,
     }));
     let mut reloader = Reloader::new(config.config_dir.clone(), state.clone(), config.reload_debounce);
     reloader.reload(true);
@@ -205,6 +208,42 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     server.run(RunArgs { shutdown_signal: Box::new(DrainOnTerm { state, drain: config.drain }) });
     Ok(())
+}
+
+/// The built-in key manager (role key-manager) and the issuer every API
+/// trusts for it: its own keys, or without the role the keys at
+/// --key-manager-jwks-uri.
+#[allow(clippy::type_complexity)]
+fn built_in_key_manager(
+    config: &Config,
+    jwks: &crate::oauth::jwks::JwksCache,
+) -> anyhow::Result<(Option<Arc<crate::key_manager::KeyManager>>, Option<Arc<crate::oauth::Issuer>>)> {
+    use crate::key_manager::{KeyManager, builtin_issuer, signing::SigningKeys};
+    if config.has_role(Role::KeyManager) {
+        let keys =
+            SigningKeys::load(&config.signing_key_files, &config.data_dir).context("the key manager's signing keys")?;
+        let ssa = match &config.ssa_jwks {
+            Some(path) => {
+                let doc = std::fs::read(path).with_context(|| format!("--ssa-jwks {}", path.display()))?;
+                let set = crate::oauth::keys::KeySet::parse(&doc)
+                    .map_err(|e| anyhow::anyhow!("--ssa-jwks {}: {e}", path.display()))?;
+                Some(Arc::new(set))
+            }
+            None => None,
+        };
+        let fapi = config.tls_profile == crate::config::TlsProfile::Fapi;
+        let km = KeyManager::new(&config.issuer, keys, config.token_ttl, ssa, fapi);
+        let issuer = km.issuer().map_err(|e| anyhow::anyhow!("the key manager's public keys: {e}"))?;
+        tracing::info!(issuer = %km.issuer, keys = km.keys.keys.len(), signing_kid = %km.keys.current().kid, "built-in key manager");
+        return Ok((Some(Arc::new(km)), Some(Arc::new(issuer))));
+    }
+    Ok((
+        None,
+        config.key_manager_jwks_uri.as_ref().map(|uri| {
+            let keys = crate::oauth::issuer::Keys::Remote(jwks.source(uri));
+            Arc::new(builtin_issuer(&config.issuer, keys, uri.as_bytes()))
+        }),
+    ))
 }
 
 /// Opens the store on a runtime thread of its own, which keeps driving the

@@ -319,11 +319,13 @@ fn compile_api(
         .and_then(|sec| sec.oauth2.as_ref())
         .map(|o| {
             let manager = format!("{manager_ns}/{}", s.api_manager_ref.name);
-            trusted_issuers(&o.key_managers, ns, manager_ns, &manager, issuers).map(|issuers| OAuth2 {
-                issuers,
-                audience: o.audience.clone().filter(|a| !a.is_empty()),
-                forward_token: o.forward_token,
-            })
+            trusted_issuers(&o.key_managers, ns, manager_ns, &manager, issuers, shared.builtin.as_ref()).map(
+                |issuers| OAuth2 {
+                    issuers,
+                    audience: o.audience.clone().filter(|a| !a.is_empty()),
+                    forward_token: o.forward_token,
+                },
+            )
         })
         .transpose()?;
     let pipeline = Pipeline::compile(PipelineSpec { api_id: &id, spec: s, policy, operation_policies, tiers, oauth2 })?;
@@ -353,16 +355,21 @@ fn compile_api(
 
 /// The issuers an API trusts: the KeyManagers it names (in its namespace,
 /// then its ApiManager's; each bound to that ApiManager), or every
-/// KeyManager of its ApiManager when it names none.
+/// KeyManager of its ApiManager and the built-in key manager when it names
+/// none. The name `builtin` stands for the built-in key manager unless a
+/// KeyManager has that name.
 fn trusted_issuers(
     names: &[String],
     own_ns: &str,
     manager_ns: &str,
     manager: &str,
     issuers: &BTreeMap<String, Arc<Issuer>>,
+    builtin: Option<&Arc<Issuer>>,
 ) -> Result<Vec<Arc<Issuer>>, String> {
     if names.is_empty() {
-        return Ok(issuers.values().filter(|i| i.manager == manager).cloned().collect());
+        let mut all: Vec<Arc<Issuer>> = issuers.values().filter(|i| i.manager == manager).cloned().collect();
+        all.extend(builtin.cloned());
+        return Ok(all);
     }
     names
         .iter()
@@ -370,6 +377,7 @@ fn trusted_issuers(
             [own_ns, manager_ns]
                 .iter()
                 .find_map(|ns| issuers.get(&format!("{ns}/{n}")).filter(|i| i.manager == manager))
+                .or(builtin.filter(|_| n == crate::key_manager::BUILTIN))
                 .cloned()
                 .ok_or_else(|| {
                     format!(

@@ -227,6 +227,20 @@ impl AuthnStep {
                 "this gateway has no store to find the client's application",
             ));
         };
+        // Tokens of the built-in key manager can be revoked (RFC 7009).
+        if verified.issuer_id == crate::key_manager::BUILTIN {
+            let Some(jti) = verified.claims.get("jti").and_then(|j| j.as_str()) else {
+                return Err(reject(TokenError::MissingClaim("jti".into())));
+            };
+            match store.cache.check_revoked(&store.db, jti).await {
+                Some(false) => {}
+                Some(true) => {
+                    rt.metrics.token_rejections.get_or_create(&ResultLabels { result: "revoked" }).inc();
+                    return Err(invalid_token("the access token has been revoked"));
+                }
+                None => return Err(unavailable("revocations cannot be checked right now")),
+            }
+        }
         let grant = match store.cache.check_client(&store.db, &verified.issuer_id, &client_id).await {
             KeyCheck::Valid(g) => g,
             KeyCheck::Unknown | KeyCheck::Revoked => {

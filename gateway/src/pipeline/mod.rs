@@ -203,6 +203,8 @@ pub(crate) mod test_support {
                 Default::default(),
             )),
             tokens: Arc::default(),
+            builtin: None,
+            key_manager: None,
         }
     }
 

@@ -51,6 +51,10 @@ impl Expiry<String, Answer> for AnswerExpiry {
 pub struct KeyCache {
     answers: moka::future::Cache<String, Answer>,
     last_known: moka::future::Cache<String, Arc<KeyGrant>>,
+    /// Whether a built-in key manager's token (by jti) is revoked, for the TTL.
+    revoked: moka::future::Cache<String, bool>,
+    /// The last answer per jti, used only while the database is unreachable.
+    revoked_last_known: moka::future::Cache<String, bool>,
 }
 
 impl KeyCache {
@@ -67,7 +71,32 @@ impl KeyCache {
                 .support_invalidation_closures()
                 .build(),
             last_known: moka::future::Cache::builder().max_capacity(max_keys).support_invalidation_closures().build(),
+            revoked: moka::future::Cache::builder().max_capacity(max_keys).time_to_live(ttl).build(),
+            revoked_last_known: moka::future::Cache::builder().max_capacity(max_keys).build(),
         }
+    }
+
+    /// Whether the access token with this jti is revoked: Some(answer), or
+    /// None when the database is unreachable and the jti was never checked.
+    /// Concurrent checks of one jti share one query.
+    pub async fn check_revoked(&self, db: &Db, jti: &str) -> Option<bool> {
+        let loaded = self.revoked.entry_by_ref(jti).or_try_insert_with(db.token_revoked(jti)).await;
+        match loaded {
+            Ok(entry) => {
+                let revoked = *entry.value();
+                if entry.is_fresh() {
+                    self.revoked_last_known.insert(jti.to_string(), revoked).await;
+                }
+                Some(revoked)
+            }
+            Err(_) => self.revoked_last_known.get(jti).await,
+        }
+    }
+
+    /// A token was revoked on this node: seen at once.
+    pub async fn invalidate_revocation(&self, jti: &str) {
+        self.revoked.insert(jti.to_string(), true).await;
+        self.revoked_last_known.insert(jti.to_string(), true).await;
     }
 
     /// Checks a key by its hash.
