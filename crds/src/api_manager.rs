@@ -6,6 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::api_deployment::ConfigMapKeyRef;
 use crate::common::{Condition, Quantity, SecretKeyRef, conditions_schema, quantity_schema};
 
 /// An API-manager deployment: store, key manager, gateways and analytics run
@@ -124,6 +125,14 @@ pub struct ApiManagerSpec {
     /// characters. Without it /api/v1 answers 401.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_secret_ref: Option<SecretKeyRef>,
+
+    /// The built-in key manager (OAuth2 token endpoint, JWKS, dynamic client
+    /// registration at /oauth2/* on the management listeners) of the pods
+    /// with the key-manager role: every pod for AllInOne and
+    /// HighAvailability, the control plane for DistributedGateways. Its
+    /// gateway pods trust it through the control plane's JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_manager: Option<BuiltInKeyManager>,
 }
 
 /// Deployment pattern of an ApiManager.
@@ -439,6 +448,92 @@ pub struct AnalyticsSpec {
     pub enabled: bool,
 }
 
+/// The built-in key manager of an ApiManager.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.signingKeys) || has(self.signingKeySecretName)",
+    "message": "keyManager.signingKeys names keys of keyManager.signingKeySecretName, which is not set",
+    "fieldPath": ".signingKeySecretName",
+    "reason": "FieldValueRequired"
+}]))]
+pub struct BuiltInKeyManager {
+    /// The issuer identifier (`iss` of the tokens it signs); its endpoints
+    /// are <issuer>/token, <issuer>/jwks, <issuer>/register. Set it to the
+    /// address clients reach the key manager at (for example through an
+    /// Ingress). Default: the in-cluster Service of the key-manager pods,
+    /// https://<service>.<namespace>.svc:<managementTls>/oauth2 with
+    /// listeners.tlsSecretName, else
+    /// http://<service>.<namespace>.svc:<management>/oauth2. An https URL
+    /// (http only on loopback or a cluster-local .svc name), without query,
+    /// fragment or trailing slash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), extend("x-kubernetes-validations" = [
+        {
+            "rule": "isURL(self) && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && (url(self).getHostname() in ['127.0.0.1', 'localhost', '::1'] || url(self).getHostname().endsWith('.svc') || url(self).getHostname().endsWith('.svc.cluster.local'))))",
+            "message": "keyManager.issuer must be an absolute https URL (http only on loopback or a cluster-local .svc name)"
+        },
+        {
+            "rule": "!self.contains('?') && !self.contains('#') && !self.endsWith('/')",
+            "message": "keyManager.issuer must not have a query, a fragment or a trailing slash"
+        }
+    ]))]
+    pub issuer: Option<String>,
+
+    /// Secret (same namespace) holding the PEM private keys the key manager
+    /// signs with (EC P-256 in PKCS#8 for ES256, or RSA for PS256), for
+    /// example made with `openssl genpkey -algorithm EC -pkeyopt
+    /// ec_paramgen_curve:P-256 -out signing-key.pem` and `kubectl create
+    /// secret generic tollgate-signing-key --from-file=signing-key.pem`. The
+    /// operator never creates it; it mounts the keys listed in signingKeys
+    /// read-only into the key-manager pods. Required for the same tokens to
+    /// verify on every pod when more than one pod runs the key manager
+    /// (HighAvailability, a scaled DistributedGateways control plane);
+    /// without it each pod generates its own key, kept for the pod's
+    /// lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub signing_key_secret_name: Option<String>,
+
+    /// Keys of signingKeySecretName to use, in order: the first signs new
+    /// tokens, every one is published in the JWKS (to rotate, put the new key
+    /// first and keep the previous one listed until its tokens have
+    /// expired). Default [signing-key.pem].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        extend("x-kubernetes-list-type" = "set"),
+        length(min = 1, max = 8),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"))
+    )]
+    pub signing_keys: Vec<String>,
+
+    /// ConfigMap key (same namespace) holding a JWK Set of the public keys
+    /// trusted to sign software statements for dynamic client registration
+    /// (for example the Open Banking directory's); without it /oauth2/register
+    /// refuses software statements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssa_jwks_config_map_ref: Option<ConfigMapKeyRef>,
+
+    /// Lifetime of the access tokens it issues, in seconds (60 to 86400);
+    /// default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub token_ttl_seconds: Option<i32>,
+}
+
+/// The key of signingKeySecretName used when signingKeys is empty.
+pub const DEFAULT_SIGNING_KEY: &str = "signing-key.pem";
+
+impl BuiltInKeyManager {
+    /// The keys of the signing-key Secret in use, first the one that signs.
+    pub fn signing_keys(&self) -> Vec<String> {
+        if self.signing_keys.is_empty() { vec![DEFAULT_SIGNING_KEY.to_string()] } else { self.signing_keys.clone() }
+    }
+}
+
 /// Observed state of an ApiManager.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -485,4 +580,71 @@ pub struct Endpoints {
     /// Management API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub management: Option<String>,
+    /// Issuer of the built-in key manager (keyManager.issuer or its
+    /// default); tokens at <issuer>/token, keys at <issuer>/jwks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::loader::load_str;
+    use crate::resource::Resource;
+
+    fn load(key_manager: &str) -> Result<super::BuiltInKeyManager, Vec<String>> {
+        let text = format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: ApiManager\nmetadata: {{name: apim, namespace: bank}}\n\
+             spec: {{pattern: AllInOne, keyManager: {key_manager}}}\n"
+        );
+        let (loaded, errors) = load_str(std::path::Path::new("apim.yaml"), &text);
+        if !errors.is_empty() {
+            return Err(errors.iter().map(|e| e.to_string()).collect());
+        }
+        let Resource::ApiManager(m) = &loaded[0].resource else { panic!("an ApiManager") };
+        Ok(m.spec.key_manager.clone().expect("keyManager"))
+    }
+
+    #[test]
+    fn key_manager_issuers_are_https_or_cluster_local_http() {
+        for ok in [
+            "https://api.bank.example/oauth2",
+            "https://api.bank.example:8443",
+            "http://apim.bank.svc:9763/oauth2",
+            "http://apim.bank.svc.cluster.local:9763/oauth2",
+            // (http://localhost too at the apiserver; kube-cel 0.8 reads its
+            // scheme as empty, as for the KeyManager's jwksUri.)
+            "http://127.0.0.1:9763/oauth2",
+        ] {
+            let km = load(&format!("{{issuer: '{ok}'}}")).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+            assert_eq!(km.issuer.as_deref(), Some(ok));
+        }
+        for bad in [
+            "http://api.bank.example/oauth2",
+            "http://svc.example/oauth2",
+            "ftp://api.bank.example/oauth2",
+            "api.bank.example/oauth2",
+            "https://api.bank.example/oauth2/",
+            "https://api.bank.example/oauth2?x=1",
+            "https://api.bank.example/oauth2#k",
+        ] {
+            let errors = load(&format!("{{issuer: '{bad}'}}")).expect_err(bad);
+            assert!(errors.iter().any(|e| e.contains("keyManager.issuer")), "{bad}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn signing_keys_belong_to_the_signing_key_secret() {
+        let km = load("{signingKeySecretName: apim-signing}").unwrap();
+        assert!(km.signing_keys.is_empty(), "the default is not written into the object");
+        assert_eq!(km.signing_keys(), [super::DEFAULT_SIGNING_KEY]);
+        let km = load("{signingKeySecretName: apim-signing, signingKeys: [next.pem, current.pem]}").unwrap();
+        assert_eq!(km.signing_keys(), ["next.pem", "current.pem"]);
+        assert!(load("{signingKeys: [next.pem]}").is_err(), "keys without their Secret");
+        assert!(load("{signingKeySecretName: apim-signing, signingKeys: ['../etc/passwd']}").is_err());
+        assert!(load("{signingKeySecretName: apim-signing, signingKeys: []}").is_err());
+        assert!(load("{signingKeySecretName: Not_A_Name}").is_err());
+        assert!(load("{tokenTtlSeconds: 30}").is_err() && load("{tokenTtlSeconds: 600}").is_ok());
+        let km = load("{ssaJwksConfigMapRef: {name: ob-directory, key: jwks.json}}").unwrap();
+        assert_eq!(km.ssa_jwks_config_map_ref.unwrap().name, "ob-directory");
+    }
 }

@@ -37,6 +37,10 @@ pub mod reasons {
     pub const ROLLING_OUT: &str = "RollingOut";
     pub const STABLE: &str = "Stable";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const CONFIG_MAP_NOT_FOUND: &str = "ConfigMapNotFound";
+    /// ApiManager: more than one pod runs the built-in key manager and no
+    /// shared signing key is set, so each signs with its own key.
+    pub const SIGNING_KEY_SECRET_REQUIRED: &str = "SigningKeySecretRequired";
     pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const AS_EXPECTED: &str = "AsExpected";
 }

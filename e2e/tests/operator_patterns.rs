@@ -1,7 +1,8 @@
 //! HighAvailability and DistributedGateways: the operator creates the objects
 //! the pattern promises (replicas, HPA, PDB, per-group StatefulSets, Secret
-//! references), reports missing Secrets, and leaves the replica count to the
-//! HPA.
+//! references), reports missing Secrets and a key manager without a shared
+//! signing key, wires the gateway groups to the control plane's JWKS, and
+//! leaves the replica count to the HPA.
 
 use std::time::Duration;
 
@@ -69,12 +70,15 @@ async fn high_availability_objects_and_the_hpa_owns_replicas() {
     let client = cluster.client.clone();
     let env = start(&cluster, &ns).await;
 
+    // The update that adds analytics also sets the shared signing key.
     let manifest = |analytics: bool| {
+        let key_manager = if analytics { json!({ "signingKeySecretName": "apim-signing" }) } else { json!({}) };
         json!({ "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiManager", "metadata": { "name": "apim" },
                 "spec": { "pattern": "HighAvailability",
                           "controlPlane": { "autoscaling": { "minReplicas": 2, "maxReplicas": 5, "targetCPUUtilizationPercentage": 70 } },
                           "database": { "external": { "urlSecretRef": { "name": "apim-db", "key": "url" } } },
                           "trafficManager": { "redis": { "urlSecretRef": { "name": "apim-redis", "key": "url" } } },
+                          "keyManager": key_manager,
                           "analytics": { "enabled": analytics } } })
     };
     apply_manifest(&client, &ns, &manifest(false)).await.expect("apimanager");
@@ -117,15 +121,27 @@ async fn high_availability_objects_and_the_hpa_owns_replicas() {
     assert_eq!(svcs.get("apim-headless").await.unwrap().spec.unwrap().cluster_ip.as_deref(), Some("None"));
     svcs.get("apim").await.expect("client Service");
 
-    // Degraded clears once the Secrets exist.
-    eventually(Duration::from_secs(30), "Degraded=False after the Secrets appear", || async {
+    // Once the Secrets exist, what is left is the key manager: up to five
+    // pods, each signing with its own key. Reported, not held back.
+    let status = eventually(Duration::from_secs(30), "Degraded=SigningKeySecretRequired", || async {
         let s = manager_status(&client, &ns, "apim").await?;
         match cond(&s, "Degraded") {
-            Some(c) if c["status"] == "False" => Ok(()),
+            Some(c) if c["status"] == "True" && c["reason"] == "SigningKeySecretRequired" => Ok(s),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
+    let msg = cond(&status, "Degraded").unwrap()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("keyManager.signingKeySecretName") && msg.contains("openssl genpkey"), "{msg}");
+    assert_eq!(status["endpoints"]["issuer"], format!("http://apim.{ns}.svc:9763/oauth2"), "{status}");
+    let args = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
+    assert!(args.contains(&format!("--issuer=http://apim.{ns}.svc:9763/oauth2")), "{args:?}");
+    let signing: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "apim-signing" },
+        "stringData": { "signing-key.pem": "placeholder: kwok runs no gateway" }
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &signing).await.expect("secret");
 
     // The HPA (here: someone using the scale subresource as the HPA does)
     // sets replicas; a later reconcile of a spec change leaves them alone.
@@ -155,6 +171,23 @@ async fn high_availability_objects_and_the_hpa_owns_replicas() {
     })
     .await;
     assert_eq!(stss.get("apim").await.unwrap().spec.unwrap().replicas, Some(4));
+    let args = sts_args(&stss, "apim").await;
+    assert!(args.contains(&"--signing-key-file=/etc/tollgate/signing-keys/signing-key.pem".to_string()), "{args:?}");
+
+    // Degraded clears once every pod signs with the shared key.
+    eventually(Duration::from_secs(30), "Degraded=False with the shared signing key", || async {
+        let s = manager_status(&client, &ns, "apim").await?;
+        match cond(&s, "Degraded") {
+            Some(c) if c["status"] == "False" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+async fn sts_args(stss: &Api<StatefulSet>, name: &str) -> Vec<String> {
+    let sts = stss.get(name).await.unwrap_or_else(|e| panic!("StatefulSet {name}: {e}"));
+    sts.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap_or_default()
 }
 
 #[tokio::test]
@@ -216,6 +249,11 @@ async fn distributed_gateways_get_a_statefulset_hpa_and_pdb_per_group() {
         prod_args.contains(&"--gateway-group=production".to_string())
             && prod_args.contains(&"--roles=gateway".to_string())
     );
+    // The gateway groups trust the control plane's key manager through its Service.
+    let issuer = format!("--issuer=http://apim-control-plane.{ns}.svc:9763/oauth2");
+    assert!(cp_args.contains(&issuer) && prod_args.contains(&issuer), "{cp_args:?} {prod_args:?}");
+    let jwks = format!("--key-manager-jwks-uri=http://apim-control-plane.{ns}.svc:9763/oauth2/jwks");
+    assert!(prod_args.contains(&jwks) && !cp_args.contains(&jwks), "{prod_args:?}");
     eventually(Duration::from_secs(30), "an HPA per group and three PDBs", || async {
         let hpa_names: Vec<String> = hpas
             .list(&Default::default())

@@ -13,8 +13,8 @@ use k8s_openapi::{
             MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
         },
         core::v1::{
-            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-            KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
+            Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+            HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
             PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
             Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
             ServiceSpec, SleepAction, Volume, VolumeMount, VolumeResourceRequirements,
@@ -30,6 +30,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use tollgate_crds::{
     ApiManager,
+    api_deployment::ConfigMapKeyRef,
     api_manager::{AutoscalingSpec, ClientAuth, FailureMode, Pattern, PullPolicy, VolumeSpec},
     common::SecretKeyRef,
 };
@@ -48,6 +49,17 @@ pub const CLIENT_CA_MOUNT: &str = "/etc/tollgate/client-ca";
 /// The key of `listeners.clientCaSecretName` that holds the CA bundle.
 pub const CLIENT_CA_KEY: &str = "ca.crt";
 pub const ADMIN_TOKEN_MOUNT: &str = "/etc/tollgate/admin";
+/// The keys of `keyManager.signingKeySecretName`, one file per listed key.
+pub const SIGNING_KEYS_MOUNT: &str = "/etc/tollgate/signing-keys";
+/// `keyManager.ssaJwksConfigMapRef`, as the file [`SSA_JWKS_FILE`].
+pub const SSA_JWKS_MOUNT: &str = "/etc/tollgate/ssa-jwks";
+pub const SSA_JWKS_FILE: &str = "jwks.json";
+/// Where a key manager without a signing-key Secret keeps the key it
+/// generates (`<data-dir>/key-manager`): an emptyDir, as the root file
+/// system is read-only and a StatefulSet's claim templates cannot change.
+pub const KEY_MANAGER_DATA: &str = "/var/lib/tollgate/key-manager";
+/// The role that runs the built-in key manager.
+pub const KEY_MANAGER_ROLE: &str = "key-manager";
 
 /// preStop pause before SIGTERM, so Services stop sending new connections first.
 pub const PRE_STOP_SECONDS: i64 = 5;
@@ -100,7 +112,7 @@ pub struct Desired {
 pub fn components(m: &ApiManager) -> Vec<Component> {
     let name = m.name_any();
     let analytics = m.spec.analytics.enabled;
-    let mut control_roles = vec!["store", "key-manager"];
+    let mut control_roles = vec!["store", KEY_MANAGER_ROLE];
     if analytics {
         control_roles.push("analytics");
     }
@@ -152,6 +164,66 @@ pub fn components(m: &ApiManager) -> Vec<Component> {
             out
         }
     }
+}
+
+/// The component whose pods run the built-in key manager (the all-in-one
+/// pods, or the DistributedGateways control plane).
+pub fn key_manager_component(m: &ApiManager) -> Component {
+    components(m).into_iter().find(|c| c.roles.contains(&KEY_MANAGER_ROLE)).expect("every pattern runs a key manager")
+}
+
+/// `http(s)://<service>.<namespace>.svc:<port>` of the key-manager pods'
+/// management listener: the TLS one when the listeners have a certificate.
+fn key_manager_base(m: &ApiManager) -> String {
+    let svc = key_manager_component(m).stateful_set;
+    let ns = m.namespace().unwrap_or_default();
+    let l = &m.spec.listeners;
+    if l.tls_secret_name.is_some() {
+        format!("https://{svc}.{ns}.svc:{}", l.management_tls)
+    } else {
+        format!("http://{svc}.{ns}.svc:{}", l.management)
+    }
+}
+
+/// The built-in key manager's issuer: `keyManager.issuer`, else the
+/// in-cluster address of the key-manager Service + `/oauth2`.
+pub fn issuer(m: &ApiManager) -> String {
+    m.spec
+        .key_manager
+        .as_ref()
+        .and_then(|k| k.issuer.clone())
+        .unwrap_or_else(|| format!("{}/oauth2", key_manager_base(m)))
+}
+
+/// Where pods without the key-manager role (DistributedGateways gateway
+/// groups) fetch the built-in key manager's JWKS: the control-plane
+/// Service, in the cluster, whatever the issuer's public address.
+pub fn key_manager_jwks_uri(m: &ApiManager) -> String {
+    format!("{}/oauth2/jwks", key_manager_base(m))
+}
+
+/// Why the built-in key manager's tokens will not verify on every pod, when
+/// more than one pod runs it and no shared signing key is set.
+pub fn unshared_signing_key(m: &ApiManager) -> Option<String> {
+    let km = m.spec.key_manager.as_ref();
+    if km.is_some_and(|k| k.signing_key_secret_name.is_some()) {
+        return None;
+    }
+    let c = key_manager_component(m);
+    let pods = c.max_pods();
+    if pods <= 1 {
+        return None;
+    }
+    let ns = m.namespace().unwrap_or_default();
+    let secret = format!("{}-signing-key", m.name_any());
+    Some(format!(
+        "up to {pods} pods of StatefulSet {} run the key manager and keyManager.signingKeySecretName is not set: \
+         each pod signs with its own generated key, so its tokens fail verification on the other pods. \
+         Create a shared key with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out signing-key.pem` \
+         and `kubectl -n {ns} create secret generic {secret} --from-file=signing-key.pem`, \
+         then set spec.keyManager.signingKeySecretName: {secret}",
+        c.stateful_set
+    ))
 }
 
 /// Labels that select the pods of one component.
@@ -428,6 +500,8 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
         });
     }
 
+    key_manager_flags(m, c, &mut args, &mut mounts, &mut volumes);
+
     let container = Container {
         name: "gateway".into(),
         image: Some(format!("{repo}:{tag}")),
@@ -503,6 +577,76 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
     }
 }
 
+/// The built-in key manager's flags, files and volumes: its own settings on
+/// the pods that run it, and on the others (DistributedGateways gateway
+/// groups) the issuer and where its JWKS is.
+fn key_manager_flags(
+    m: &ApiManager,
+    c: &Component,
+    args: &mut Vec<String>,
+    mounts: &mut Vec<VolumeMount>,
+    volumes: &mut Vec<Volume>,
+) {
+    args.push(format!("--issuer={}", issuer(m)));
+    if !c.roles.contains(&KEY_MANAGER_ROLE) {
+        args.push(format!("--key-manager-jwks-uri={}", key_manager_jwks_uri(m)));
+        return;
+    }
+    let km = m.spec.key_manager.clone().unwrap_or_default();
+    mounts.push(VolumeMount { name: "key-manager".into(), mount_path: KEY_MANAGER_DATA.into(), ..Default::default() });
+    volumes.push(Volume {
+        name: "key-manager".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    if let Some(secret) = &km.signing_key_secret_name {
+        let keys = km.signing_keys();
+        for k in &keys {
+            args.push(format!("--signing-key-file={SIGNING_KEYS_MOUNT}/{k}"));
+        }
+        mounts.push(VolumeMount {
+            name: "signing-keys".into(),
+            mount_path: SIGNING_KEYS_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        // Only the listed keys, readable by the gateway's group alone.
+        volumes.push(Volume {
+            name: "signing-keys".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(
+                    keys.iter().map(|k| KeyToPath { key: k.clone(), path: k.clone(), ..Default::default() }).collect(),
+                ),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(r) = &km.ssa_jwks_config_map_ref {
+        args.push(format!("--ssa-jwks={SSA_JWKS_MOUNT}/{SSA_JWKS_FILE}"));
+        mounts.push(VolumeMount {
+            name: "ssa-jwks".into(),
+            mount_path: SSA_JWKS_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "ssa-jwks".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: r.name.clone(),
+                items: Some(vec![KeyToPath { key: r.key.clone(), path: SSA_JWKS_FILE.into(), ..Default::default() }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(ttl) = km.token_ttl_seconds {
+        args.push(format!("--token-ttl-seconds={ttl}"));
+    }
+}
+
 fn autoscaler(m: &ApiManager, c: &Component, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {
     let mut metrics = vec![MetricSpec {
         type_: "Resource".into(),
@@ -564,6 +708,22 @@ pub fn secret_refs(m: &ApiManager) -> Vec<(&'static str, SecretKeyRef)> {
     }
     if let Some(name) = &m.spec.listeners.client_ca_secret_name {
         out.push(("listeners.clientCaSecretName", SecretKeyRef { name: name.clone(), key: CLIENT_CA_KEY.into() }));
+    }
+    if let Some(km) = &m.spec.key_manager
+        && let Some(name) = &km.signing_key_secret_name
+    {
+        for key in km.signing_keys() {
+            out.push(("keyManager.signingKeySecretName", SecretKeyRef { name: name.clone(), key }));
+        }
+    }
+    out
+}
+
+/// ConfigMaps the manager's pods need, with what each is for.
+pub fn config_map_refs(m: &ApiManager) -> Vec<(&'static str, ConfigMapKeyRef)> {
+    let mut out = Vec::new();
+    if let Some(r) = m.spec.key_manager.as_ref().and_then(|k| k.ssa_jwks_config_map_ref.as_ref()) {
+        out.push(("keyManager.ssaJwksConfigMapRef", r.clone()));
     }
     out
 }

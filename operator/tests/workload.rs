@@ -243,3 +243,208 @@ fn without_a_client_ca_no_client_auth_flags_or_volume() {
     assert!(!args.contains("--client-ca") && !args.contains("--client-auth"), "{args}");
     assert!(!pod["volumes"].to_string().contains("client-ca"));
 }
+
+fn args_of(sts: &Value) -> Vec<String> {
+    sts["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn flags<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+    args.iter().filter_map(|a| a.strip_prefix(&format!("{flag}="))).collect()
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_array().unwrap().iter().find(|v| v["name"] == name)
+}
+
+const DB_AND_REDIS: &str = r#"{ "database": { "external": { "urlSecretRef": { "name": "db", "key": "url" } } },
+    "trafficManager": { "redis": { "urlSecretRef": { "name": "redis", "key": "url" } } } }"#;
+
+fn with_db_and_redis(mut spec: Value) -> Value {
+    let extra: Value = serde_json::from_str(DB_AND_REDIS).unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
+#[test]
+fn all_in_one_key_manager_defaults_to_the_service_issuer_and_a_writable_key_folder() {
+    let m = manager(json!({ "pattern": "AllInOne" }));
+    let v = json_of(&workload::desired(&m, &cfg()));
+    let sts = &v["sts"][0];
+    let args = args_of(sts);
+    assert_eq!(flags(&args, "--issuer"), ["http://apim.banking.svc:9763/oauth2"], "{args:?}");
+    assert!(flags(&args, "--signing-key-file").is_empty(), "no Secret: the pod generates its key");
+    assert!(flags(&args, "--key-manager-jwks-uri").is_empty(), "the pod runs the key manager itself");
+    assert!(flags(&args, "--ssa-jwks").is_empty() && flags(&args, "--token-ttl-seconds").is_empty());
+    // The root file system is read-only: <data-dir>/key-manager must be a volume.
+    let pod = &sts["spec"]["template"]["spec"];
+    let mount = named(&pod["containers"][0]["volumeMounts"], "key-manager").expect("key-manager mount");
+    assert_eq!(mount["mountPath"], "/var/lib/tollgate/key-manager");
+    assert!(mount.get("readOnly").is_none_or(|r| r == false));
+    assert!(named(&pod["volumes"], "key-manager").unwrap().get("emptyDir").is_some());
+    assert!(named(&pod["volumes"], "signing-keys").is_none());
+    assert_eq!(workload::unshared_signing_key(&m), None, "one pod: its own key is the only key");
+    assert_eq!(workload::issuer(&m), "http://apim.banking.svc:9763/oauth2");
+
+    // With a certificate the default issuer is the TLS management listener.
+    let tls =
+        manager(json!({ "pattern": "AllInOne", "listeners": { "tlsSecretName": "apim-tls", "managementTls": 19443 } }));
+    let args = args_of(&json_of(&workload::desired(&tls, &cfg()))["sts"][0]);
+    assert_eq!(flags(&args, "--issuer"), ["https://apim.banking.svc:19443/oauth2"]);
+}
+
+#[test]
+fn high_availability_mounts_the_listed_signing_keys_and_passes_the_key_manager_settings() {
+    let m = manager(with_db_and_redis(json!({
+        "pattern": "HighAvailability",
+        "controlPlane": { "replicas": 3 },
+        "keyManager": {
+            "issuer": "https://api.bank.example/oauth2",
+            "signingKeySecretName": "apim-signing",
+            "signingKeys": ["next.pem", "current.pem"],
+            "ssaJwksConfigMapRef": { "name": "ob-directory", "key": "ssa.jwks" },
+            "tokenTtlSeconds": 300,
+        },
+    })));
+    let v = json_of(&workload::desired(&m, &cfg()));
+    let args = args_of(&v["sts"][0]);
+    assert_eq!(flags(&args, "--issuer"), ["https://api.bank.example/oauth2"]);
+    assert_eq!(
+        flags(&args, "--signing-key-file"),
+        ["/etc/tollgate/signing-keys/next.pem", "/etc/tollgate/signing-keys/current.pem"],
+        "one flag per listed key, in order: the first signs"
+    );
+    assert_eq!(flags(&args, "--ssa-jwks"), ["/etc/tollgate/ssa-jwks/jwks.json"]);
+    assert_eq!(flags(&args, "--token-ttl-seconds"), ["300"]);
+    assert!(flags(&args, "--key-manager-jwks-uri").is_empty());
+    let pod = &v["sts"][0]["spec"]["template"]["spec"];
+    let mounts = &pod["containers"][0]["volumeMounts"];
+    let keys = named(mounts, "signing-keys").expect("signing-keys mount");
+    assert_eq!((&keys["mountPath"], &keys["readOnly"]), (&json!("/etc/tollgate/signing-keys"), &json!(true)));
+    assert_eq!(named(mounts, "ssa-jwks").unwrap()["readOnly"], true);
+    let vol = named(&pod["volumes"], "signing-keys").unwrap();
+    assert_eq!(vol["secret"]["secretName"], "apim-signing");
+    assert_eq!(
+        vol["secret"]["items"],
+        json!([{ "key": "next.pem", "path": "next.pem" }, { "key": "current.pem", "path": "current.pem" }]),
+        "only the listed keys are mounted"
+    );
+    assert_eq!(vol["secret"]["defaultMode"], 0o440);
+    let ssa = named(&pod["volumes"], "ssa-jwks").unwrap();
+    assert_eq!(
+        ssa["configMap"],
+        json!({ "name": "ob-directory", "items": [{ "key": "ssa.jwks", "path": "jwks.json" }] })
+    );
+
+    let refs: Vec<(&str, String, String)> =
+        workload::secret_refs(&m).into_iter().map(|(f, r)| (f, r.name, r.key)).collect();
+    for key in ["next.pem", "current.pem"] {
+        assert!(
+            refs.contains(&("keyManager.signingKeySecretName", "apim-signing".into(), key.into())),
+            "a missing signing key is reported: {refs:?}"
+        );
+    }
+    let maps: Vec<(&str, String, String)> =
+        workload::config_map_refs(&m).into_iter().map(|(f, r)| (f, r.name, r.key)).collect();
+    assert_eq!(maps, [("keyManager.ssaJwksConfigMapRef", "ob-directory".into(), "ssa.jwks".into())]);
+    assert_eq!(workload::unshared_signing_key(&m), None, "every pod signs with the shared key");
+}
+
+#[test]
+fn the_default_signing_key_is_signing_key_pem() {
+    let m = manager(with_db_and_redis(json!({
+        "pattern": "HighAvailability", "keyManager": { "signingKeySecretName": "apim-signing" },
+    })));
+    let args = args_of(&json_of(&workload::desired(&m, &cfg()))["sts"][0]);
+    assert_eq!(flags(&args, "--signing-key-file"), ["/etc/tollgate/signing-keys/signing-key.pem"]);
+    let keys: Vec<String> = workload::secret_refs(&m)
+        .into_iter()
+        .filter(|(f, _)| f.starts_with("keyManager"))
+        .map(|(_, r)| r.key)
+        .collect();
+    assert_eq!(keys, ["signing-key.pem"]);
+    assert!(workload::config_map_refs(&m).is_empty());
+}
+
+#[test]
+fn several_key_manager_pods_without_a_shared_key_are_reported() {
+    let ha = manager(with_db_and_redis(json!({ "pattern": "HighAvailability" })));
+    let why = workload::unshared_signing_key(&ha).expect("HighAvailability without a signing key");
+    assert!(why.contains("keyManager.signingKeySecretName"), "{why}");
+    assert!(why.contains("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256"), "{why}");
+    assert!(why.contains("kubectl -n banking create secret generic apim-signing-key"), "{why}");
+    // Still rolled out: the pods run, each with its own key folder.
+    let d = workload::desired(&ha, &cfg());
+    assert_eq!(d.stateful_sets.len(), 1);
+
+    // An autoscaled key manager counts its most pods.
+    let scaled = manager(with_db_and_redis(json!({ "pattern": "HighAvailability",
+        "controlPlane": { "autoscaling": { "minReplicas": 1, "maxReplicas": 1 } } })));
+    assert_eq!(workload::unshared_signing_key(&scaled), None, "at most one pod");
+    let scaled = manager(with_db_and_redis(json!({ "pattern": "HighAvailability",
+        "controlPlane": { "autoscaling": { "minReplicas": 1, "maxReplicas": 4 } } })));
+    assert!(workload::unshared_signing_key(&scaled).is_some());
+
+    // DistributedGateways: only the control plane's pods count, not the gateways'.
+    let one_cp = manager(with_db_and_redis(json!({ "pattern": "DistributedGateways",
+        "controlPlane": { "replicas": 1 }, "gateways": [{ "name": "production", "replicas": 5 }] })));
+    assert_eq!(workload::unshared_signing_key(&one_cp), None);
+    let two_cp = manager(with_db_and_redis(json!({ "pattern": "DistributedGateways",
+        "controlPlane": { "replicas": 2 }, "gateways": [{ "name": "production" }] })));
+    let why = workload::unshared_signing_key(&two_cp).unwrap();
+    assert!(why.contains("apim-control-plane"), "{why}");
+}
+
+#[test]
+fn distributed_gateways_trust_the_control_plane_key_manager_through_its_service() {
+    for (listeners, base) in [
+        (json!({}), "http://apim-control-plane.banking.svc:9763"),
+        (json!({ "tlsSecretName": "apim-tls" }), "https://apim-control-plane.banking.svc:9443"),
+    ] {
+        let m = manager(with_db_and_redis(json!({
+            "pattern": "DistributedGateways",
+            "listeners": listeners,
+            "gateways": [{ "name": "production" }, { "name": "sandbox" }],
+            "keyManager": { "signingKeySecretName": "apim-signing", "tokenTtlSeconds": 600 },
+        })));
+        let v = json_of(&workload::desired(&m, &cfg()));
+        let issuer = format!("{base}/oauth2");
+        // The control plane runs the key manager.
+        let cp = args_of(&v["sts"][0]);
+        assert!(cp.contains(&"--roles=store,key-manager".to_string()), "{cp:?}");
+        assert_eq!(flags(&cp, "--issuer"), [issuer.as_str()]);
+        assert_eq!(flags(&cp, "--signing-key-file"), ["/etc/tollgate/signing-keys/signing-key.pem"]);
+        assert_eq!(flags(&cp, "--token-ttl-seconds"), ["600"]);
+        assert!(flags(&cp, "--key-manager-jwks-uri").is_empty());
+        // Gateway groups: the same issuer, its JWKS from the control-plane Service, no private keys.
+        for i in [1, 2] {
+            let sts = &v["sts"][i];
+            let args = args_of(sts);
+            assert!(args.contains(&"--roles=gateway".to_string()), "{args:?}");
+            assert_eq!(flags(&args, "--issuer"), [issuer.as_str()], "{args:?}");
+            assert_eq!(flags(&args, "--key-manager-jwks-uri"), [format!("{base}/oauth2/jwks").as_str()]);
+            assert!(flags(&args, "--signing-key-file").is_empty() && flags(&args, "--token-ttl-seconds").is_empty());
+            let pod = &sts["spec"]["template"]["spec"];
+            assert!(named(&pod["volumes"], "signing-keys").is_none(), "gateway pods never get the private keys");
+            assert!(named(&pod["volumes"], "key-manager").is_none());
+        }
+        assert_eq!(workload::issuer(&m), issuer);
+        assert_eq!(workload::key_manager_jwks_uri(&m), format!("{base}/oauth2/jwks"));
+    }
+
+    // An explicit issuer changes the `iss`, not where gateways fetch the keys.
+    let m = manager(with_db_and_redis(json!({
+        "pattern": "DistributedGateways", "gateways": [{ "name": "production" }],
+        "keyManager": { "issuer": "https://api.bank.example/oauth2" },
+    })));
+    let v = json_of(&workload::desired(&m, &cfg()));
+    let gw = args_of(&v["sts"][1]);
+    assert_eq!(flags(&gw, "--issuer"), ["https://api.bank.example/oauth2"]);
+    assert_eq!(flags(&gw, "--key-manager-jwks-uri"), ["http://apim-control-plane.banking.svc:9763/oauth2/jwks"]);
+}

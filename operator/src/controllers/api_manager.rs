@@ -2,12 +2,18 @@
 //! one field manager), removes the ones the pattern no longer has, and
 //! reports Ready / Progressing / Degraded with the components' replicas.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::{
     NamespaceResourceScope,
     api::{
-        apps::v1::StatefulSet, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Secret, core::v1::Service,
+        apps::v1::StatefulSet,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{ConfigMap, Secret, Service},
         policy::v1::PodDisruptionBudget,
     },
 };
@@ -60,7 +66,10 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
     let dir = artifacts::manager_dir(&ctx.config.artifact_dir, &ns, &name);
     artifacts::ensure_dir(&dir)?;
 
-    let missing = missing_secrets(&ctx.client, &ns, &m).await?;
+    let missing = Missing {
+        secrets: missing_secrets(&ctx.client, &ns, &m).await?,
+        config_maps: missing_config_maps(&ctx.client, &ns, &m).await?,
+    };
     let desired = workload::desired(&m, &ctx.workload);
     let applied = match apply_all(&ctx.client, &ns, &name, &desired).await {
         Ok(sets) => sets,
@@ -149,28 +158,93 @@ async fn apply_all(client: &Client, ns: &str, name: &str, d: &workload::Desired)
 async fn missing_secrets(client: &Client, ns: &str, m: &ApiManager) -> Result<Vec<String>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut missing = Vec::new();
+    // The key names of each Secret read so far (None: not found); one read
+    // per Secret however many of its keys are referenced.
+    let mut keys: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
     for (field, r) in workload::secret_refs(m) {
+        if !keys.contains_key(&r.name) {
+            let found = match api.get_opt(&r.name).await {
+                Ok(found) => found,
+                // Not allowed to read Secrets here (rbac.secretNamespaces): skip the check.
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    tracing::debug!(namespace = ns, "no permission to check Secrets; skipping the check");
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let names = found.map(|s| {
+                let data = s.data.unwrap_or_default().into_keys();
+                data.chain(s.string_data.unwrap_or_default().into_keys()).collect()
+            });
+            keys.insert(r.name.clone(), names);
+        }
+        let problem = match &keys[&r.name] {
+            None => format!("{field}: Secret {ns}/{} not found", r.name),
+            Some(names) if !names.contains(&r.key) => format!("{field}: Secret {ns}/{} has no key {:?}", r.name, r.key),
+            Some(_) => continue,
+        };
+        // Several keys of one missing Secret: said once.
+        if !missing.contains(&problem) {
+            missing.push(problem);
+        }
+    }
+    Ok(missing)
+}
+
+/// Referenced ConfigMaps (or keys) that do not exist.
+async fn missing_config_maps(client: &Client, ns: &str, m: &ApiManager) -> Result<Vec<String>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let mut missing = Vec::new();
+    for (field, r) in workload::config_map_refs(m) {
         let found = match api.get_opt(&r.name).await {
             Ok(found) => found,
-            // Not allowed to read Secrets here (rbac.secretNamespaces): skip the check.
             Err(kube::Error::Api(e)) if e.code == 403 => {
-                tracing::debug!(namespace = ns, "no permission to check Secrets; skipping the check");
+                tracing::debug!(namespace = ns, "no permission to check ConfigMaps; skipping the check");
                 return Ok(Vec::new());
             }
             Err(e) => return Err(e.into()),
         };
         match found {
-            None => missing.push(format!("{field}: Secret {ns}/{} not found", r.name)),
-            Some(s) => {
-                let has_key = s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
-                    || s.string_data.as_ref().is_some_and(|d| d.contains_key(&r.key));
+            None => missing.push(format!("{field}: ConfigMap {ns}/{} not found", r.name)),
+            Some(c) => {
+                let has_key = c.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
+                    || c.binary_data.as_ref().is_some_and(|d| d.contains_key(&r.key));
                 if !has_key {
-                    missing.push(format!("{field}: Secret {ns}/{} has no key {:?}", r.name, r.key));
+                    missing.push(format!("{field}: ConfigMap {ns}/{} has no key {:?}", r.name, r.key));
                 }
             }
         }
     }
     Ok(missing)
+}
+
+/// References of the ApiManager that do not resolve.
+#[derive(Debug, Default)]
+pub(crate) struct Missing {
+    pub secrets: Vec<String>,
+    pub config_maps: Vec<String>,
+}
+
+/// Degraded, most pressing first: objects that could not be applied, then
+/// Secrets and ConfigMaps the pods need but that do not exist, then a key
+/// manager whose pods would each sign with their own key. The last does not
+/// hold the rollout back: every pod serves, only tokens of one pod fail on
+/// the others.
+pub(crate) fn degraded(m: &ApiManager, apply_failure: Option<Verdict>, missing: &Missing) -> Verdict {
+    if let Some(v) = apply_failure {
+        return v;
+    }
+    if !missing.secrets.is_empty() {
+        let all: Vec<&str> = missing.secrets.iter().chain(&missing.config_maps).map(String::as_str).collect();
+        return Verdict::yes(reasons::SECRET_NOT_FOUND, all.join("; "));
+    }
+    if !missing.config_maps.is_empty() {
+        return Verdict::yes(reasons::CONFIG_MAP_NOT_FOUND, missing.config_maps.join("; "));
+    }
+    if let Some(why) = workload::unshared_signing_key(m) {
+        return Verdict::yes(reasons::SIGNING_KEY_SECRET_REQUIRED, why);
+    }
+    Verdict::no(reasons::AS_EXPECTED, "no problems found")
 }
 
 /// Writes the status; returns whether the manager is Ready.
@@ -179,7 +253,7 @@ async fn write_status(
     ctx: &Context,
     sets: &[StatefulSet],
     apply_failure: Option<Verdict>,
-    missing_secrets: &[String],
+    missing: &Missing,
 ) -> Result<bool> {
     let comps = workload::components(m);
     let mut components = Vec::new();
@@ -223,11 +297,7 @@ async fn write_status(
     } else {
         Verdict::yes(reasons::ROLLING_OUT, format!("rolling out {}", rolling.join(", ")))
     };
-    let degraded = match apply_failure {
-        Some(v) => v,
-        None if !missing_secrets.is_empty() => Verdict::yes(reasons::SECRET_NOT_FOUND, missing_secrets.join("; ")),
-        None => Verdict::no(reasons::AS_EXPECTED, "no problems found"),
-    };
+    let degraded = degraded(m, apply_failure, missing);
 
     let ns = m.namespace().unwrap_or_default();
     let first_serving = comps.iter().find(|c| c.roles.contains(&"gateway")).unwrap_or(&comps[0]);
@@ -238,6 +308,7 @@ async fn write_status(
         http: Some(format!("http://{}:{}", host(&first_serving.stateful_set), l.http)),
         https: l.tls_secret_name.as_ref().map(|_| format!("https://{}:{}", host(&first_serving.stateful_set), l.https)),
         management: Some(format!("http://{}:{}", host(&control.stateful_set), l.management)),
+        issuer: Some(workload::issuer(m)),
     };
 
     let previous = m.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
@@ -311,4 +382,54 @@ async fn sweep_once(ctx: &Context) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn manager(spec: Value) -> ApiManager {
+        serde_json::from_value(json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiManager",
+            "metadata": { "name": "apim", "namespace": "banking" },
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn ha(key_manager: Value) -> ApiManager {
+        manager(json!({ "pattern": "HighAvailability", "keyManager": key_manager,
+            "database": { "external": { "urlSecretRef": { "name": "db", "key": "url" } } },
+            "trafficManager": { "redis": { "urlSecretRef": { "name": "redis", "key": "url" } } } }))
+    }
+
+    #[test]
+    fn several_key_manager_pods_without_a_shared_key_are_degraded() {
+        let v = degraded(&ha(json!({})), None, &Missing::default());
+        assert!(v.ok, "Degraded=True");
+        assert_eq!(v.reason, reasons::SIGNING_KEY_SECRET_REQUIRED);
+        assert!(v.message.contains("spec.keyManager.signingKeySecretName"), "{}", v.message);
+        assert!(v.message.contains("openssl genpkey"), "{}", v.message);
+
+        let shared = degraded(&ha(json!({ "signingKeySecretName": "apim-signing" })), None, &Missing::default());
+        assert_eq!((shared.ok, shared.reason), (false, reasons::AS_EXPECTED));
+        let single = degraded(&manager(json!({ "pattern": "AllInOne" })), None, &Missing::default());
+        assert_eq!((single.ok, single.reason), (false, reasons::AS_EXPECTED), "one pod: its own key is fine");
+    }
+
+    #[test]
+    fn missing_references_and_apply_failures_come_first() {
+        let m = ha(json!({}));
+        let maps = Missing { secrets: vec![], config_maps: vec!["keyManager.ssaJwksConfigMapRef: gone".into()] };
+        let v = degraded(&m, None, &maps);
+        assert_eq!((v.ok, v.reason), (true, reasons::CONFIG_MAP_NOT_FOUND));
+        let both = Missing { secrets: vec!["db: gone".into()], config_maps: maps.config_maps.clone() };
+        let v = degraded(&m, None, &both);
+        assert_eq!(v.reason, reasons::SECRET_NOT_FOUND);
+        assert!(v.message.contains("db: gone") && v.message.contains("ssaJwksConfigMapRef"), "{}", v.message);
+        let failed = Verdict::yes(reasons::APPLY_FAILED, "boom");
+        assert_eq!(degraded(&m, Some(failed.clone()), &both), failed);
+    }
 }
