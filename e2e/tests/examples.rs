@@ -39,13 +39,16 @@ fn declared_apis(paths: &[std::path::PathBuf]) -> usize {
 }
 
 /// The Secrets the pattern files' headers tell users to create for the
-/// HTTPS listeners (placeholder contents: kwok runs no gateway).
+/// HTTPS listeners and the key manager's signing key (placeholder contents:
+/// kwok runs no gateway).
 fn create_listener_secrets(cluster: &Cluster, ns: &str) {
     #[rustfmt::skip]
-    let secrets: [&[&str]; 2] = [
+    let secrets: [&[&str]; 3] = [
         &["create", "secret", "generic", "tollgate-tls", "--type=kubernetes.io/tls", "-n", ns,
           "--from-literal=tls.crt=placeholder", "--from-literal=tls.key=placeholder"],
         &["create", "secret", "generic", "tpp-client-ca", "-n", ns, "--from-literal=ca.crt=placeholder"],
+        &["create", "secret", "generic", "tollgate-signing-key", "-n", ns,
+          "--from-literal=signing-key.pem=placeholder"],
     ];
     for args in secrets {
         tool(cluster, "kubectl", args);
