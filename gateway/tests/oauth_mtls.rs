@@ -6,8 +6,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,13 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
-use sha2::Digest;
+use support::pki::*;
 use support::*;
 
 static TLS12: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
@@ -32,80 +27,7 @@ const AUDIENCE: &str = "https://api.bank.test";
 
 // ---------------------------------------------------------------- PKI
 
-/// A certificate and its key, as files and DER.
-struct Leaf {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-    pem: String,
-}
-
-impl Leaf {
-    /// RFC 8705 thumbprint.
-    fn x5t(&self) -> String {
-        B64.encode(sha2::Sha256::digest(self.der.as_ref()))
-    }
-}
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    pem: PathBuf,
-    der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn new(dir: &Path, name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let pem = dir.join(format!("{name}-ca.pem"));
-        std::fs::write(&pem, issuer.pem()).unwrap();
-        let der = issuer.der().clone();
-        Ca { issuer, pem, der }
-    }
-
-    fn leaf(&self, dir: &Path, name: &str, server: bool) -> Leaf {
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.distinguished_name.push(DnType::OrganizationName, "Test TPP Ltd");
-        params.extended_key_usages =
-            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        Leaf { cert: cert_path, key: key_path, der: cert.der().clone(), key_der: key.serialize_der(), pem: cert.pem() }
-    }
-}
-
 // ---------------------------------------------------------------- tokens
-
-struct SigningKey {
-    kid: String,
-    key: EncodingKey,
-    jwk: Value,
-}
-
-impl SigningKey {
-    fn new(kid: &str) -> SigningKey {
-        let kp = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let raw = kp.public_key_raw();
-        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-                         "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65])});
-        SigningKey { kid: kid.into(), key: EncodingKey::from_ec_der(&kp.serialize_der()), jwk }
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut h = Header::new(Algorithm::ES256);
-        h.kid = Some(self.kid.clone());
-        encode(&h, claims, &self.key).unwrap()
-    }
-}
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -167,67 +89,6 @@ impl JwksServer {
 }
 
 // ---------------------------------------------------------------- TLS client
-
-struct TlsClient {
-    trust: CertificateDer<'static>,
-    cert: Option<(CertificateDer<'static>, Vec<u8>)>,
-    versions: &'static [&'static rustls::SupportedProtocolVersion],
-    suites: Option<Vec<rustls::CipherSuite>>,
-    /// Loopback source address (default 127.0.0.1).
-    source: Option<&'static str>,
-}
-
-impl TlsClient {
-    fn new(trust: &CertificateDer<'static>) -> TlsClient {
-        TlsClient { trust: trust.clone(), cert: None, versions: rustls::ALL_VERSIONS, suites: None, source: None }
-    }
-
-    fn with_cert(mut self, leaf: &Leaf) -> TlsClient {
-        self.cert = Some((leaf.der.clone(), leaf.key_der.clone()));
-        self
-    }
-
-    fn connect(&self, addr: SocketAddr) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-        let mut provider = rustls::crypto::ring::default_provider();
-        if let Some(suites) = &self.suites {
-            provider.cipher_suites.retain(|s| suites.contains(&s.suite()));
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.trust.clone()).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_protocol_versions(self.versions)
-            .unwrap()
-            .with_root_certificates(roots);
-        let config = match &self.cert {
-            Some((cert, key)) => {
-                builder.with_client_auth_cert(vec![cert.clone()], PrivateKeyDer::Pkcs8(key.clone().into())).unwrap()
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::IpAddress(addr.ip().into())).unwrap();
-        let sock = connect_from(self.source.unwrap_or("127.0.0.1"), addr);
-        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut tls = rustls::StreamOwned::new(conn, sock);
-        // Finish the handshake now, so a refused one is an error here.
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock)?;
-        }
-        Ok(tls)
-    }
-
-    fn get(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
-        let mut tls = self.connect(addr).unwrap_or_else(|e| panic!("TLS to {addr}: {e}"));
-        exchange(&mut tls, "GET", path, headers, b"").unwrap()
-    }
-}
-
-/// A TCP connection from a chosen loopback source address.
-fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    socket.into()
-}
 
 /// GET over plain HTTP from a chosen loopback source address.
 fn get_from(source: &str, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {

@@ -1,6 +1,9 @@
 //! Test support: real processes on loopback and a tiny HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod postgres;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

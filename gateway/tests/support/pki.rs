@@ -1,0 +1,166 @@
+//! A test PKI (a CA made here with rcgen, server and client certificates)
+//! and a TLS client that can present a client certificate.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use super::{Resp, exchange};
+
+/// A certificate and its key, as files and DER.
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
+    pub key_der: Vec<u8>,
+    pub pem: String,
+}
+
+impl Leaf {
+    /// RFC 8705 thumbprint.
+    pub fn x5t(&self) -> String {
+        B64.encode(sha2::Sha256::digest(self.der.as_ref()))
+    }
+}
+
+pub struct Ca {
+    pub issuer: CertifiedIssuer<'static, KeyPair>,
+    pub pem: PathBuf,
+    pub der: CertificateDer<'static>,
+}
+
+impl Ca {
+    pub fn new(dir: &Path, name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let pem = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&pem, issuer.pem()).unwrap();
+        let der = issuer.der().clone();
+        Ca { issuer, pem, der }
+    }
+
+    pub fn leaf(&self, dir: &Path, name: &str, server: bool) -> Leaf {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.distinguished_name.push(DnType::OrganizationName, "Test TPP Ltd");
+        params.extended_key_usages =
+            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Leaf { cert: cert_path, key: key_path, der: cert.der().clone(), key_der: key.serialize_der(), pem: cert.pem() }
+    }
+}
+
+/// A TLS client (trusting one CA, optionally with a client certificate).
+pub struct TlsClient {
+    pub trust: CertificateDer<'static>,
+    pub cert: Option<(CertificateDer<'static>, Vec<u8>)>,
+    pub versions: &'static [&'static rustls::SupportedProtocolVersion],
+    pub suites: Option<Vec<rustls::CipherSuite>>,
+    /// Loopback source address (default 127.0.0.1).
+    pub source: Option<&'static str>,
+}
+
+impl TlsClient {
+    pub fn new(trust: &CertificateDer<'static>) -> TlsClient {
+        TlsClient { trust: trust.clone(), cert: None, versions: rustls::ALL_VERSIONS, suites: None, source: None }
+    }
+
+    pub fn with_cert(mut self, leaf: &Leaf) -> TlsClient {
+        self.cert = Some((leaf.der.clone(), leaf.key_der.clone()));
+        self
+    }
+
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(suites) = &self.suites {
+            provider.cipher_suites.retain(|s| suites.contains(&s.suite()));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.trust.clone()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(self.versions)
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match &self.cert {
+            Some((cert, key)) => {
+                builder.with_client_auth_cert(vec![cert.clone()], PrivateKeyDer::Pkcs8(key.clone().into())).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::IpAddress(addr.ip().into())).unwrap();
+        let sock = connect_from(self.source.unwrap_or("127.0.0.1"), addr);
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        // Finish the handshake now, so a refused one is an error here.
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(tls)
+    }
+
+    pub fn get(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut tls = self.connect(addr).unwrap_or_else(|e| panic!("TLS to {addr}: {e}"));
+        exchange(&mut tls, "GET", path, headers, b"").unwrap()
+    }
+}
+
+/// A TCP connection from a chosen loopback source address.
+pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&format!("{source}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
+}
+
+/// An EC P-256 key that signs JWTs, with its public JWK.
+pub struct SigningKey {
+    pub kid: String,
+    pub key: EncodingKey,
+    pub jwk: Value,
+    /// The private key as PKCS#8 PEM.
+    pub pem: String,
+}
+
+impl SigningKey {
+    pub fn new(kid: &str) -> SigningKey {
+        let kp = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = kp.public_key_raw();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+                         "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..65])});
+        SigningKey { kid: kid.into(), key: EncodingKey::from_ec_der(&kp.serialize_der()), jwk, pem: kp.serialize_pem() }
+    }
+
+    /// A JWK Set of this key alone.
+    pub fn jwks(&self) -> Value {
+        json!({"keys": [self.jwk.clone()]})
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(self.kid.clone());
+        encode(&h, claims, &self.key).unwrap()
+    }
+}
