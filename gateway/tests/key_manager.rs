@@ -654,6 +654,8 @@ fn a_rotated_signing_key_keeps_old_tokens_valid_across_a_restart() {
         .args([
             "--config-dir",
             env.dir.to_str().unwrap(),
+            "--data-dir",
+            env.tmp.path().join("data-broken").to_str().unwrap(),
             "--signing-key-file",
             new_file.to_str().unwrap(),
             "--management",
