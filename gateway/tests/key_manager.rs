@@ -98,22 +98,10 @@ impl Env {
     }
 
     fn gateway(tmp: &tempfile::TempDir, dir: &Path, server: &Leaf, ca: &Ca, extra: &[&str]) -> Gateway {
-        let token = tmp.path().join("admin-token");
-        let mut flags = vec![
-            "--tls-cert",
-            server.cert.to_str().unwrap(),
-            "--tls-key",
-            server.key.to_str().unwrap(),
-            "--client-ca",
-            ca.pem.to_str().unwrap(),
-            "--admin-token-file",
-            token.to_str().unwrap(),
-            "--issuer",
-            ISSUER,
-            "--access-log",
-            "false",
-        ];
-        flags.extend_from_slice(extra);
+        let mut flags = mtls_gateway_flags(server, ca, &tmp.path().join("admin-token"));
+        flags.extend(["--issuer".to_string(), ISSUER.to_string()]);
+        flags.extend(extra.iter().map(|e| e.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         gateway(dir, &flags)
     }
 

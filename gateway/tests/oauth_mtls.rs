@@ -171,19 +171,9 @@ impl Fixture {
         let token = "admin-secret-token";
         let token_file = tmp.path().join("admin-token");
         std::fs::write(&token_file, token).unwrap();
-        let mut flags = vec![
-            "--tls-cert",
-            server.cert.to_str().unwrap(),
-            "--tls-key",
-            server.key.to_str().unwrap(),
-            "--client-ca",
-            ca.pem.to_str().unwrap(),
-            "--admin-token-file",
-            token_file.to_str().unwrap(),
-            "--access-log",
-            "false",
-        ];
-        flags.extend_from_slice(extra);
+        let mut flags = mtls_gateway_flags(&server, &ca, &token_file);
+        flags.extend(extra.iter().map(|e| e.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let gw = gateway(&dir, &flags);
         // tpp-1 belongs to an application subscribed to both APIs; tpp-2's
         // application to none (its KeyManager named by namespace/name).

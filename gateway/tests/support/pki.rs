@@ -164,3 +164,21 @@ impl SigningKey {
         encode(&h, claims, &self.key).unwrap()
     }
 }
+
+/// Flags of a gateway with TLS listeners (`server`), client certificates of
+/// `ca` verified, and the management API behind the token in `admin_token`.
+pub fn mtls_gateway_flags(server: &Leaf, ca: &Ca, admin_token: &Path) -> Vec<String> {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    vec![
+        "--tls-cert".into(),
+        path(&server.cert),
+        "--tls-key".into(),
+        path(&server.key),
+        "--client-ca".into(),
+        path(&ca.pem),
+        "--admin-token-file".into(),
+        path(admin_token),
+        "--access-log".into(),
+        "false".into(),
+    ]
+}
