@@ -398,6 +398,21 @@ fn key_managers_bound_to_the_manager_are_written_even_when_no_api_names_them() {
 }
 
 #[test]
+fn builtin_names_the_built_in_key_manager_and_needs_no_key_manager_object() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "payments", T1, oauth2(&["builtin"])));
+    let p = w.plan();
+    let o = &p.outcomes[&key("banking", "payments")];
+    assert!(o.resolved_refs.ok && o.deployed.ok, "{o:?}");
+    assert!(p.files.contains_key("apis/banking_payments.yaml"));
+    w.apis.push(api("banking", "accounts", T1, oauth2(&["builtin", "bank-idp"])));
+    let p = w.plan();
+    let o = &p.outcomes[&key("banking", "accounts")];
+    assert_eq!(o.resolved_refs.reason, reasons::KEY_MANAGER_NOT_FOUND, "other names still need their KeyManager");
+    assert!(o.resolved_refs.message.contains("bank-idp") && !o.resolved_refs.message.contains("builtin"));
+}
+
+#[test]
 fn a_missing_key_manager_keeps_the_api_out_with_key_manager_not_found() {
     let mut w = World::new(manager("banking", "apim", json!({})));
     w.apis.push(api("banking", "payments", T1, oauth2(&["bank-idp"])));

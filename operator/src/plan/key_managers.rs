@@ -78,6 +78,11 @@ pub(super) fn bound<'a>(inputs: &Inputs<'a>, mgr_ns: &str, mgr_name: &str) -> Bo
 /// namespace first, then in the ApiManager's. A name that resolves to
 /// nothing keeps the API out (KeyManagerNotFound): serving it would accept
 /// fewer issuers than asked at best, every issuer of the manager at worst.
+/// `builtin` names the manager's built-in key manager unless a KeyManager
+/// has that name.
+/// The name that stands for the ApiManager's built-in key manager.
+pub const BUILTIN: &str = "builtin";
+
 pub(super) fn resolve(
     api: &ApiDeployment,
     mgr_ns: &str,
@@ -93,6 +98,8 @@ pub(super) fn resolve(
             used.push(own);
         } else if trusted.contains_key(&fallback) {
             used.push(fallback);
+        } else if name == BUILTIN {
+            // Trusted by every gateway of the manager without an artifact.
         } else {
             missing.push(name);
         }
