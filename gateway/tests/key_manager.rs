@@ -56,13 +56,7 @@ struct Env {
 
 impl Env {
     fn start(extra: &[&str]) -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("config");
-        let pki = tmp.path().join("pki");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::create_dir_all(&pki).unwrap();
-        let ca = Ca::new(&pki, "bank");
-        let server = ca.leaf(&pki, "gateway", true);
+        let Workspace { tmp, dir, pki, ca, server } = Workspace::new();
         let tpp = ca.leaf(&pki, "tpp-one", false);
         let other = ca.leaf(&pki, "tpp-two", false);
         let (backend, addr) = echo("bank");

@@ -120,14 +120,8 @@ fn admin(gw: &Gateway, token: &str, path: &str, body: Value) -> Resp {
 
 impl Fixture {
     fn start(extra: &[&str]) -> Fixture {
-        let tmp = tempfile::tempdir().unwrap();
-        let pki = tmp.path().join("pki");
-        let dir = tmp.path().join("config");
-        std::fs::create_dir_all(&pki).unwrap();
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = Ca::new(&pki, "bank");
+        let Workspace { tmp, dir, pki, ca, server } = Workspace::new();
         let rogue = Ca::new(&pki, "rogue");
-        let server = ca.leaf(&pki, "gateway", true);
         let tpp = ca.leaf(&pki, "tpp-one", false);
         let other_tpp = ca.leaf(&pki, "tpp-two", false);
         let foreign = rogue.leaf(&pki, "tpp-rogue", false);

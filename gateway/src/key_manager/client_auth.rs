@@ -51,11 +51,9 @@ fn basic(headers: &HeaderMap) -> Option<Result<(String, String), OAuthError>> {
 
 /// The client id an assertion names (`iss`), read before verifying.
 fn assertion_issuer(assertion: &str) -> Result<String, OAuthError> {
-    let bad = || OAuthError::invalid_client("the client assertion is not a well-formed JWT");
-    let payload = assertion.split('.').nth(1).ok_or_else(bad)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad())?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    claims.get("iss").and_then(|i| i.as_str()).map(str::to_string).ok_or_else(bad)
+    crate::oauth::verify::unverified_claims(assertion)
+        .and_then(|c| c.get("iss").and_then(|i| i.as_str()).map(str::to_string))
+        .ok_or_else(|| OAuthError::invalid_client("the client assertion is not a well-formed JWT"))
 }
 
 async fn load(s: &KmState, client_id: &str) -> Result<OAuthClient, OAuthError> {

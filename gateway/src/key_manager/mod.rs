@@ -227,6 +227,16 @@ pub fn form(headers: &HeaderMap, body: &[u8]) -> Result<BTreeMap<String, String>
     Ok(out)
 }
 
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+}
+
 /// The database is migrated (it may have been down at start).
 pub async fn ready(store: &Store) -> Result<(), OAuthError> {
     store.ensure_migrated().await.map_err(OAuthError::from)

@@ -16,7 +16,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, State as AxState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use jsonwebtoken::{Validation, decode, decode_header};
 use serde_json::{Map, Value, json};
 
@@ -67,13 +66,6 @@ fn verify_jws(jws: &str, keys: &KeySet, validation: &Validation) -> Result<Map<S
         }
     }
     Err(last)
-}
-
-/// The payload of a compact JWS, not verified.
-fn unverified_payload(jws: &str) -> Option<Map<String, Value>> {
-    let p = jws.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 /// The software statement's claims, verified against `--ssa-jwks`.
@@ -232,7 +224,10 @@ async fn request_metadata(
         }
         "application/jose" | "application/jwt" => {
             let text = std::str::from_utf8(body).map_err(|_| bad_metadata("the body is not a JWS"))?.trim().to_string();
-            (unverified_payload(&text).ok_or_else(|| bad_metadata("the body is not a JWS"))?, Some(text))
+            (
+                crate::oauth::verify::unverified_claims(&text).ok_or_else(|| bad_metadata("the body is not a JWS"))?,
+                Some(text),
+            )
         }
         _ => return Err(bad_metadata("send application/json or application/jose")),
     };
@@ -361,12 +356,7 @@ async fn create(s: &KmState, headers: &HeaderMap, body: &[u8]) -> Result<Value, 
 /// The client a registration access token manages (RFC 7592 2: unknown
 /// client and wrong token are both 401).
 async fn managed(s: &KmState, headers: &HeaderMap, client_id: &str) -> Result<OAuthClient, OAuthError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
+    let token = super::bearer_token(headers)
         .ok_or_else(|| invalid_token("the registration access token is required (Authorization: Bearer)"))?;
     ready(&s.store).await?;
     let c = s

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State as AxState;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -34,12 +34,7 @@ async fn caller(
     f: &std::collections::BTreeMap<String, String>,
     peer: &PeerCert,
 ) -> Result<Caller, OAuthError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
+    let bearer = super::bearer_token(headers);
     if let Some(t) = bearer {
         return match &s.store.admin_token {
             Some(admin) if constant_time_eq(t.as_bytes(), admin) => Ok(Caller::Admin),

@@ -60,10 +60,8 @@ impl Issuer {
         let name = km.metadata.name.clone().unwrap_or_default();
         let keys = match (&s.jwks_uri, &s.jwks) {
             (Some(uri), None) => {
-                let parsed = uri.parse::<http::Uri>().map_err(|e| format!("jwksUri {uri:?}: {e}"))?;
-                let loopback = matches!(parsed.host(), Some("127.0.0.1" | "localhost" | "[::1]"));
-                if !(parsed.scheme_str() == Some("https") || (parsed.scheme_str() == Some("http") && loopback)) {
-                    return Err(format!("jwksUri {uri:?} must be https (http only on loopback)"));
+                if !super::jwks::allowed_uri(uri) {
+                    return Err(format!("jwksUri {uri:?} must be an https URL (http only on loopback)"));
                 }
                 Keys::Remote(jwks.source(uri))
             }

@@ -98,6 +98,15 @@ impl RemoteKeys {
     }
 }
 
+/// Whether keys may be fetched from `uri`: https, or plain http only on
+/// loopback (a key set read in the clear could be swapped on the way).
+pub fn allowed_uri(uri: &str) -> bool {
+    uri.parse::<http::Uri>().is_ok_and(|p| {
+        let loopback = matches!(p.host(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        p.host().is_some() && (p.scheme_str() == Some("https") || (p.scheme_str() == Some("http") && loopback))
+    })
+}
+
 /// Every remote key set in use, and the worker that fetches them.
 pub struct JwksCache {
     sources: Mutex<HashMap<String, Weak<RemoteKeys>>>,

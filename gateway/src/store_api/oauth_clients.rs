@@ -82,7 +82,7 @@ pub async fn create(
         return unprocessable(format!("jwks: {e}"));
     }
     if let Some(u) = &req.jwks_uri
-        && !jwks_uri_ok(u)
+        && !crate::oauth::jwks::allowed_uri(u)
     {
         return unprocessable("jwksUri must be an https URL (http only on loopback)");
     }
@@ -193,14 +193,6 @@ fn built_in_client(s: &ApiState, req: &NewOAuthClient, method: &str) -> Result<B
             "tokenEndpointAuthMethod {other:?}: use private_key_jwt, tls_client_auth or client_secret_basic"
         ))),
     }
-}
-
-/// A client's key set URL: https, or http on loopback.
-fn jwks_uri_ok(u: &str) -> bool {
-    u.parse::<http::Uri>().is_ok_and(|p| {
-        let loopback = matches!(p.host(), Some("127.0.0.1" | "localhost" | "[::1]"));
-        p.host().is_some() && (p.scheme_str() == Some("https") || (p.scheme_str() == Some("http") && loopback))
-    })
 }
 
 pub async fn list(AxState(s): AxState<ApiState>, headers: HeaderMap, Path(app): Path<String>) -> Response {

@@ -182,3 +182,25 @@ pub fn mtls_gateway_flags(server: &Leaf, ca: &Ca, admin_token: &Path) -> Vec<Str
         "false".into(),
     ]
 }
+
+/// A test's folders (`config/` for the gateway, `pki/` for certificates),
+/// the bank CA and the gateway's server certificate.
+pub struct Workspace {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub pki: PathBuf,
+    pub ca: Ca,
+    pub server: Leaf,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, pki) = (tmp.path().join("config"), tmp.path().join("pki"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&pki).unwrap();
+        let ca = Ca::new(&pki, "bank");
+        let server = ca.leaf(&pki, "gateway", true);
+        Workspace { tmp, dir, pki, ca, server }
+    }
+}

@@ -12,7 +12,6 @@ use kube::{
     runtime::{
         Controller,
         controller::Action,
-        finalizer::{Event as Finalizer, finalizer},
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -27,7 +26,7 @@ use tollgate_crds::{
     conditions::{self, reasons},
 };
 
-use super::{ARTIFACT_FINALIZER, Context, FIELD_MANAGER, backoff, scoped, settle};
+use super::{Context, FIELD_MANAGER, artifact_error_policy, failure_key, reconcile_with_finalizer, scoped};
 use crate::{
     artifacts,
     config::Config,
@@ -94,32 +93,15 @@ pub fn wire(
 }
 
 pub async fn reconcile(api: Arc<ApiDeployment>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx.watched(api.namespace().as_deref()) {
-        return Ok(Action::await_change());
-    }
-    ctx.caches_ready().await;
-    let _timer = ctx.metrics.start(CONTROLLER);
-    let ns = api.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
-    let client_api: Api<ApiDeployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&client_api, ARTIFACT_FINALIZER, api, |event| async {
-        match event {
-            Finalizer::Apply(api) => apply(&api, &ctx).await,
-            Finalizer::Cleanup(api) => cleanup(&api, &ctx).await,
-        }
-    })
-    .await;
-    settle(result, "ApiDeployment")
+    reconcile_with_finalizer(api, ctx, CONTROLLER, apply, cleanup).await
 }
 
 pub fn error_policy(api: Arc<ApiDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.metric_label());
-    if error.is_conflict() {
-        return Action::requeue(std::time::Duration::from_millis(200));
-    }
-    let n = ctx.failures.bump(format!("apid/{}/{}", api.namespace().unwrap_or_default(), api.name_any()));
-    tracing::warn!(api = %api.name_any(), error = %error, failures = n, "ApiDeployment reconcile failed");
-    backoff(n)
+    artifact_error_policy(&*api, error, &ctx, CONTROLLER, FAILURES)
 }
+
+/// Failure-counter prefix.
+const FAILURES: &str = "apid";
 
 async fn apply(api: &ApiDeployment, ctx: &Context) -> Result<Action> {
     let key = manager_key(api);
@@ -128,7 +110,7 @@ async fn apply(api: &ApiDeployment, ctx: &Context) -> Result<Action> {
     let outcome =
         planned.and_then(|mut p| p.outcomes.remove(&api_key)).unwrap_or_else(|| Outcome::manager_not_found(api));
     write_status(api, &outcome, ctx).await?;
-    ctx.failures.reset(&format!("apid/{}/{}", api.namespace().unwrap_or_default(), api.name_any()));
+    ctx.failures.reset(&failure_key(FAILURES, api));
     // Definitions in ConfigMaps and namespace labels are not watched: look again now and then.
     let uses_unwatched = api.spec.definition.is_some() || manager_uses_selector(ctx, &key);
     Ok(Action::requeue(if uses_unwatched { Duration::from_secs(60) } else { Duration::from_secs(600) }))

@@ -89,7 +89,7 @@ pub fn error_policy(m: Arc<ApiManager>, error: &Error, ctx: Arc<Context>) -> Act
     if error.is_conflict() {
         return Action::requeue(Duration::from_millis(200));
     }
-    let n = ctx.failures.bump(format!("apim/{}/{}", m.namespace().unwrap_or_default(), m.name_any()));
+    let n = ctx.failures.bump(super::failure_key("apim", &*m));
     tracing::warn!(apimanager = %m.name_any(), error = %error, failures = n, "ApiManager reconcile failed");
     backoff(n)
 }

@@ -12,7 +12,6 @@ use kube::{
     runtime::{
         Controller,
         controller::Action,
-        finalizer::{Event as Finalizer, finalizer},
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -25,9 +24,9 @@ use tollgate_crds::{
 };
 
 use super::{
-    ARTIFACT_FINALIZER, Context, FIELD_MANAGER,
+    Context, FIELD_MANAGER,
     api_deployment::{manager_uses_selector, sync_manager},
-    backoff, scoped, settle,
+    artifact_error_policy, failure_key, reconcile_with_finalizer, scoped,
 };
 use crate::{
     artifacts,
@@ -59,36 +58,15 @@ pub fn controller(
 }
 
 pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx.watched(km.namespace().as_deref()) {
-        return Ok(Action::await_change());
-    }
-    ctx.caches_ready().await;
-    let _timer = ctx.metrics.start(CONTROLLER);
-    let ns = km.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
-    let client_api: Api<KeyManager> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&client_api, ARTIFACT_FINALIZER, km, |event| async {
-        match event {
-            Finalizer::Apply(km) => apply(&km, &ctx).await,
-            Finalizer::Cleanup(km) => cleanup(&km, &ctx).await,
-        }
-    })
-    .await;
-    settle(result, "KeyManager")
+    reconcile_with_finalizer(km, ctx, CONTROLLER, apply, cleanup).await
 }
 
 pub fn error_policy(km: Arc<KeyManager>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.metric_label());
-    if error.is_conflict() {
-        return Action::requeue(Duration::from_millis(200));
-    }
-    let n = ctx.failures.bump(failure_key(&km));
-    tracing::warn!(keymanager = %km.name_any(), error = %error, failures = n, "KeyManager reconcile failed");
-    backoff(n)
+    artifact_error_policy(&*km, error, &ctx, CONTROLLER, FAILURES)
 }
 
-fn failure_key(km: &KeyManager) -> String {
-    format!("km/{}/{}", km.namespace().unwrap_or_default(), km.name_any())
-}
+/// Failure-counter prefix.
+const FAILURES: &str = "km";
 
 fn key_of(km: &KeyManager) -> Key {
     (km.namespace().unwrap_or_default(), km.name_any())
@@ -108,7 +86,7 @@ async fn apply(km: &KeyManager, ctx: &Context) -> Result<Action> {
         },
     };
     write_status(km, &verdict, ctx).await?;
-    ctx.failures.reset(&failure_key(km));
+    ctx.failures.reset(&failure_key(FAILURES, km));
     // Namespace labels (allowedNamespaces.from=Selector) are not watched: look again now and then.
     let selector = manager_uses_selector(ctx, &target);
     Ok(Action::requeue(if selector { Duration::from_secs(60) } else { Duration::from_secs(600) }))

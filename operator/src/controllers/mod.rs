@@ -148,6 +148,69 @@ pub fn settle(
     }
 }
 
+/// The per-object key of the failure counter (`<kind>/<namespace>/<name>`).
+pub fn failure_key<K: kube::ResourceExt>(kind: &str, obj: &K) -> String {
+    format!("{kind}/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The shape every artifact controller shares: skip objects outside the
+/// watched namespaces, wait for the caches, time the run, and apply or
+/// clean up behind the artifact finalizer (kube's finalizer helper), with
+/// its errors settled.
+pub async fn reconcile_with_finalizer<K>(
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    controller: &'static str,
+    apply: impl AsyncFn(&K, &Context) -> Result<Action>,
+    cleanup: impl AsyncFn(&K, &Context) -> Result<Action>,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::ResourceExt;
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+    if !ctx.watched(obj.namespace().as_deref()) {
+        return Ok(Action::await_change());
+    }
+    ctx.caches_ready().await;
+    let _timer = ctx.metrics.start(controller);
+    let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, ARTIFACT_FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(o) => apply(&o, &ctx).await,
+            Finalizer::Cleanup(o) => cleanup(&o, &ctx).await,
+        }
+    })
+    .await;
+    settle(result, K::kind(&()).as_ref())
+}
+
+/// The error policy every artifact controller shares: conflicts (a stale
+/// cache) retry at once, other errors back off per object.
+pub fn artifact_error_policy<K: kube::ResourceExt>(
+    obj: &K,
+    error: &Error,
+    ctx: &Context,
+    controller: &'static str,
+    kind: &str,
+) -> Action {
+    ctx.metrics.error(controller, error.metric_label());
+    if error.is_conflict() {
+        return Action::requeue(Duration::from_millis(200));
+    }
+    let n = ctx.failures.bump(failure_key(kind, obj));
+    tracing::warn!(kind, name = %obj.name_any(), namespace = ?obj.namespace(), error = %error, failures = n, "reconcile failed");
+    backoff(n)
+}
+
 /// Backoff for failed reconciliations: 1 s doubling to 5 min, per object.
 pub fn backoff(failures: u32) -> Action {
     let secs = 1u64 << failures.min(8);

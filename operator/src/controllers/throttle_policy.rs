@@ -60,11 +60,11 @@ pub async fn reconcile(p: Arc<ThrottlePolicy>, ctx: Arc<Context>) -> Result<Acti
             ctx.event(&*p, true, verdict.reason, verdict.message.clone()).await;
         }
     }
-    ctx.failures.reset(&format!("tp/{}/{}", p.namespace().unwrap_or_default(), p.name_any()));
+    ctx.failures.reset(&super::failure_key("tp", &*p));
     Ok(Action::await_change())
 }
 
 pub fn error_policy(p: Arc<ThrottlePolicy>, error: &crate::error::Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(CONTROLLER, error.metric_label());
-    backoff(ctx.failures.bump(format!("tp/{}/{}", p.namespace().unwrap_or_default(), p.name_any())))
+    backoff(ctx.failures.bump(super::failure_key("tp", &*p)))
 }
