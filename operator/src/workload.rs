@@ -197,9 +197,15 @@ pub fn issuer(m: &ApiManager) -> String {
 
 /// Where pods without the key-manager role (DistributedGateways gateway
 /// groups) fetch the built-in key manager's JWKS: the control-plane
-/// Service, in the cluster, whatever the issuer's public address.
+/// Service's plain management port, in the cluster, whatever the issuer's
+/// public address. Plain because the gateways could not verify the Service
+/// name against the listener certificate (issued for the public names,
+/// often by a private CA); the keys are public, and the path never leaves
+/// the namespace's pod network.
 pub fn key_manager_jwks_uri(m: &ApiManager) -> String {
-    format!("{}/oauth2/jwks", key_manager_base(m))
+    let svc = key_manager_component(m).stateful_set;
+    let ns = m.namespace().unwrap_or_default();
+    format!("http://{svc}.{ns}.svc:{}/oauth2/jwks", m.spec.listeners.management)
 }
 
 /// Why the built-in key manager's tokens will not verify on every pod, when

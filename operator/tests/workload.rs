@@ -428,14 +428,19 @@ fn distributed_gateways_trust_the_control_plane_key_manager_through_its_service(
             let args = args_of(sts);
             assert!(args.contains(&"--roles=gateway".to_string()), "{args:?}");
             assert_eq!(flags(&args, "--issuer"), [issuer.as_str()], "{args:?}");
-            assert_eq!(flags(&args, "--key-manager-jwks-uri"), [format!("{base}/oauth2/jwks").as_str()]);
+            // Always the plain management port: a private CA or a certificate
+            // for the public names would fail an https fetch of the Service.
+            assert_eq!(
+                flags(&args, "--key-manager-jwks-uri"),
+                ["http://apim-control-plane.banking.svc:9763/oauth2/jwks"]
+            );
             assert!(flags(&args, "--signing-key-file").is_empty() && flags(&args, "--token-ttl-seconds").is_empty());
             let pod = &sts["spec"]["template"]["spec"];
             assert!(named(&pod["volumes"], "signing-keys").is_none(), "gateway pods never get the private keys");
             assert!(named(&pod["volumes"], "key-manager").is_none());
         }
         assert_eq!(workload::issuer(&m), issuer);
-        assert_eq!(workload::key_manager_jwks_uri(&m), format!("{base}/oauth2/jwks"));
+        assert_eq!(workload::key_manager_jwks_uri(&m), "http://apim-control-plane.banking.svc:9763/oauth2/jwks");
     }
 
     // An explicit issuer changes the `iss`, not where gateways fetch the keys.
