@@ -4,7 +4,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, Timeout, conditions_schema};
+use crate::common::{Condition, Period, Timeout, conditions_schema};
 
 /// One version of one API, published on an ApiManager's gateways at
 /// `<context>/<version>` (and at `<context>` when it is the default version).
@@ -106,6 +106,10 @@ pub struct ApiDeploymentSpec {
     /// Cross-origin resource sharing, answered by the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
+
+    /// Open-banking request checks (UK Open Banking, FAPI, PSD2); omitted = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_banking: Option<OpenBanking>,
 }
 
 /// Reference to an ApiManager.
@@ -372,6 +376,67 @@ pub struct Cors {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub max_age: Option<i32>,
+}
+
+/// Open-banking request checks, run by the gateway for this API.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenBanking {
+    /// `x-fapi-interaction-id`: echoed when the request carries one (a
+    /// UUID, else 400), generated otherwise; on every response of the API
+    /// including the gateway's own errors, and forwarded to the backend.
+    #[serde(default)]
+    pub interaction_id: bool,
+    /// PSD2 roles the client certificate's QCStatement (ETSI TS 119 495)
+    /// must hold one of; empty = not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub tpp_roles: Vec<TppRole>,
+    /// POST, PUT and PATCH need `x-idempotency-key`; a repeat within `ttl`
+    /// gets the first answer without reaching the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<Idempotency>,
+    /// Detached JWS signatures (`x-jws-signature`) over bodies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jws: Option<Jws>,
+}
+
+/// A PSD2 role of a payment service provider (ETSI TS 119 495).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum TppRole {
+    /// Account information (PSP_AI).
+    AISP,
+    /// Payment initiation (PSP_PI).
+    PISP,
+    /// Card-based payment instrument issuing (PSP_IC).
+    CBPII,
+    /// Account servicing (PSP_AS).
+    ASPSP,
+}
+
+/// Payment idempotency.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Idempotency {
+    /// How long a key and its answer are kept (1s to 30d; default 24h).
+    #[serde(default = "default_idempotency_ttl")]
+    pub ttl: Period,
+}
+
+fn default_idempotency_ttl() -> Period {
+    Period("24h".into())
+}
+
+/// Detached JWS signatures (RFC 7515 appendix F) in `x-jws-signature`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Jws {
+    /// Request bodies must carry a signature by a key of the calling client.
+    #[serde(default)]
+    pub verify_requests: bool,
+    /// Response bodies are signed with the key manager's signing key.
+    #[serde(default)]
+    pub sign_responses: bool,
 }
 
 /// Observed state of an ApiDeployment.

@@ -42,7 +42,16 @@ pub struct Gateway {
     /// Client certificates forwarded by a TLS-terminating proxy
     /// (--client-cert-header).
     pub forwarded_certs: Option<Arc<crate::client_tls::ForwardedCerts>>,
+    /// Backend connections of the exchanges the gateway drives itself
+    /// (signed responses).
+    pub connector: Arc<pingora::connectors::http::Connector>,
 }
+
+/// Largest request body read before the pipeline (idempotency, JWS): the
+/// size Pingora keeps for a retry, so the body can still be forwarded.
+pub const MAX_READ_BODY: usize = 64 * 1024;
+/// Largest backend answer the gateway signs.
+pub const MAX_SIGNED_BODY: usize = 1 << 20;
 
 /// Per-request state: the pipeline's, plus what forwarding needs.
 pub struct Ctx {
@@ -71,9 +80,144 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 
 impl Gateway {
     async fn reject(&self, session: &mut Session, ctx: &Ctx, reply: Reply) -> pingora::Result<bool> {
-        reply.send(session, &ctx.req.cors_headers).await?;
+        reply.send(session, &ctx.req.answer_headers()).await?;
         Ok(true)
     }
+
+    /// Reads the whole request body (kept by Pingora for forwarding); None
+    /// when it is larger than [`MAX_READ_BODY`].
+    async fn read_body(session: &mut Session) -> pingora::Result<Option<bytes::Bytes>> {
+        session.enable_retry_buffering();
+        let mut total = 0usize;
+        while let Some(chunk) = session.read_request_body().await? {
+            total += chunk.len();
+            if total > MAX_READ_BODY {
+                return Ok(None);
+            }
+        }
+        Ok(Some(session.get_retry_buffer().unwrap_or_default()))
+    }
+
+    /// Writes an answer stored for an idempotency key.
+    async fn replay(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        stored: crate::store::idempotency::StoredResponse,
+    ) -> pingora::Result<()> {
+        let mut resp = ResponseHeader::build(stored.status, Some(stored.headers.len() + 4))?;
+        for (n, v) in &stored.headers {
+            resp.append_header(n.clone(), v.as_str())?;
+        }
+        resp.insert_header("content-length", stored.body.len().to_string())?;
+        resp.insert_header("x-idempotency-replayed", "true")?;
+        for (n, v) in ctx.req.answer_headers() {
+            resp.insert_header(n, v.as_str())?;
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head_only || stored.body.is_empty()).await?;
+        if !head_only && !stored.body.is_empty() {
+            session.write_response_body(Some(stored.body.into()), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Forwards the request and answers with the backend's response signed
+    /// (`x-jws-signature` over its body): the signature must be in the head,
+    /// so the whole answer is read first, which Pingora's proxy loop cannot.
+    async fn exchange_signed(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+        let Some(km) = self.state.shared.key_manager.clone() else {
+            let reply = Reply::new(503, "signing_unavailable", "this gateway has no key manager to sign answers");
+            return reply.send(session, &ctx.req.answer_headers()).await;
+        };
+        let body = match ctx.req.body.clone() {
+            Some(b) => b,
+            None => match Self::read_body(session).await? {
+                Some(b) => b,
+                None => {
+                    let reply = Reply::new(413, "payload_too_large", format!("the body is over {MAX_READ_BODY} bytes"));
+                    return reply.send(session, &ctx.req.answer_headers()).await;
+                }
+            },
+        };
+        match self.signed_answer(session, ctx, body).await {
+            Ok((mut resp, answer)) => {
+                let signature = km.keys.current().sign_detached(&km.issuer, &answer);
+                resp.insert_header("x-jws-signature", signature)?;
+                if let Some(claim) = &mut ctx.req.idempotency {
+                    record_head(claim, &resp);
+                    claim.body =
+                        (answer.len() <= crate::pipeline::idempotency::MAX_STORED_BODY).then(|| answer.to_vec());
+                }
+                let head_only = session.req_header().method == http::Method::HEAD;
+                session.write_response_header(Box::new(resp), head_only || answer.is_empty()).await?;
+                if !head_only && !answer.is_empty() {
+                    session.write_response_body(Some(answer), true).await?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.fail_to_proxy(session, &e, ctx).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn signed_answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        body: bytes::Bytes,
+    ) -> pingora::Result<(ResponseHeader, bytes::Bytes)> {
+        let peer = self.upstream_peer(session, ctx).await?;
+        let mut upstream = session.req_header().clone();
+        self.upstream_request_filter(session, &mut upstream, ctx).await?;
+        upstream.remove_header("transfer-encoding");
+        upstream.remove_header("expect");
+        upstream.insert_header("content-length", body.len().to_string())?;
+        let (mut http, _) = match self.connector.get_http_session(&*peer).await {
+            Ok(h) => h,
+            Err(e) => {
+                let e = self.fail_to_connect(session, &peer, ctx, e);
+                return Err(e);
+            }
+        };
+        http.write_request_header(Box::new(upstream)).await.map_err(|e| e.into_up())?;
+        if !body.is_empty() {
+            http.write_request_body(body, true).await.map_err(|e| e.into_up())?;
+        }
+        http.finish_request_body().await.map_err(|e| e.into_up())?;
+        http.read_response_header().await.map_err(|e| e.into_up())?;
+        let mut resp = http
+            .response_header()
+            .cloned()
+            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response head"))?;
+        let mut answer = bytes::BytesMut::new();
+        while let Some(chunk) = http.read_response_body().await.map_err(|e| e.into_up())? {
+            if answer.len() + chunk.len() > MAX_SIGNED_BODY {
+                return Err(Error::explain(ErrorType::HTTPStatus(502), "the backend's answer is too large to sign"));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        self.connector.release_http_session(http, &*peer, Some(Duration::from_secs(60))).await;
+        resp.remove_header("transfer-encoding");
+        resp.remove_header("content-length");
+        self.response_filter(session, &mut resp, ctx).await?;
+        resp.insert_header("content-length", answer.len().to_string())?;
+        Ok((resp, answer.freeze()))
+    }
+}
+
+/// Keeps a response head for an idempotency key.
+fn record_head(claim: &mut crate::pipeline::idempotency::Claim, resp: &ResponseHeader) {
+    claim.status = Some(resp.status.as_u16());
+    claim.headers = resp
+        .headers
+        .iter()
+        .filter(|(n, _)| crate::pipeline::idempotency::storable_header(n.as_str()))
+        .filter(|(n, _)| n.as_str() != crate::pipeline::interaction::HEADER)
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
 }
 
 #[async_trait]
@@ -149,13 +293,37 @@ impl ProxyHttp for Gateway {
         let rest = path[prefix_len..].to_string();
         ctx.req.rest = rest;
         ctx.api = Some(api.clone());
+        if api.pipeline.reads_body(&session.req_header().method) {
+            match Self::read_body(session).await? {
+                Some(body) => ctx.req.body = Some(body),
+                None => {
+                    let reply = Reply::new(413, "payload_too_large", format!("the body is over {MAX_READ_BODY} bytes"));
+                    return self.reject(session, ctx, reply).await;
+                }
+            }
+        }
         match api.pipeline.on_request(session.req_header_mut(), &mut ctx.req, &self.state.shared).await {
             Flow::Next => {}
             Flow::Reply(reply) => return self.reject(session, ctx, reply).await,
-            Flow::Empty { status, headers } => {
+            Flow::Empty { status, mut headers } => {
+                if let Some(id) = &ctx.req.interaction_id {
+                    headers.push((crate::pipeline::interaction::HEADER.to_string(), id.clone()));
+                }
                 send_empty(session, status, &headers).await?;
                 return Ok(true);
             }
+            Flow::Stored(stored) => {
+                self.replay(session, ctx, stored).await?;
+                return Ok(true);
+            }
+        }
+        if api.pipeline.signs_responses {
+            ctx.forward_path = match session.req_header().uri.query() {
+                Some(q) => format!("{}?{q}", ctx.req.rest),
+                None => ctx.req.rest.clone(),
+            };
+            self.exchange_signed(session, ctx).await?;
+            return Ok(true);
         }
         ctx.forward_path = match session.req_header().uri.query() {
             Some(q) => format!("{}?{q}", ctx.req.rest),
@@ -280,7 +448,31 @@ impl ProxyHttp for Gateway {
             }
             api.pipeline.on_response(resp, &ctx.req)?;
         }
+        if let Some(claim) = &mut ctx.req.idempotency {
+            record_head(claim, resp);
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<Duration>> {
+        // The answer of a request that owns an idempotency key is kept (up
+        // to the limit; a larger one is not stored).
+        if let (Some(claim), Some(chunk)) = (&mut ctx.req.idempotency, body.as_ref())
+            && let Some(kept) = &mut claim.body
+        {
+            if kept.len() + chunk.len() > crate::pipeline::idempotency::MAX_STORED_BODY {
+                claim.body = None;
+            } else {
+                kept.extend_from_slice(chunk);
+            }
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
@@ -353,7 +545,7 @@ impl ProxyHttp for Gateway {
             },
         };
         if status > 0 && session.response_written().is_none() {
-            let _ = Reply::new(status, code, message).send(session, &ctx.req.cors_headers).await;
+            let _ = Reply::new(status, code, message).send(session, &ctx.req.answer_headers()).await;
         }
         FailToProxy { error_code: status, can_reuse_downstream: false }
     }
@@ -366,6 +558,9 @@ impl ProxyHttp for Gateway {
         if let Some(api) = &ctx.api {
             api.metrics.record(status, elapsed.as_secs_f64());
             api.pipeline.on_logging(&ctx.req, bytes);
+        }
+        if let (Some(claim), Some(store)) = (ctx.req.idempotency.take(), &self.state.shared.store) {
+            complete_idempotency(store, claim, status, e.is_some()).await;
         }
         if self.access_log {
             let req = session.req_header();
@@ -390,7 +585,30 @@ impl ProxyHttp for Gateway {
                 upstream_error = ctx.upstream_error.unwrap_or("-"),
                 client = %ctx.req.client.ip.map(|i| i.to_string()).unwrap_or_default(),
                 error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
+                interaction_id = ctx.req.interaction_id.as_deref().unwrap_or("-"),
             );
         }
+    }
+}
+
+/// Stores the answer of a request that owned an idempotency key, or frees
+/// the key when the backend gave no answer worth keeping (5xx, a failure,
+/// a body over the limit): the client may then retry.
+async fn complete_idempotency(
+    store: &crate::store::Store,
+    claim: crate::pipeline::idempotency::Claim,
+    status: u16,
+    failed: bool,
+) {
+    let keep = !failed && (200..500).contains(&status) && claim.status == Some(status);
+    let result = match (keep, claim.body) {
+        (true, Some(body)) => {
+            let stored = crate::store::idempotency::StoredResponse { status, headers: claim.headers, body };
+            store.db.complete_idempotency_key(&claim.scope, &claim.key, &stored).await
+        }
+        _ => store.db.release_idempotency_key(&claim.scope, &claim.key).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "idempotency key could not be completed; it expires with its TTL");
     }
 }

@@ -31,6 +31,8 @@ pub struct Shared {
     /// The built-in key manager as a trusted issuer (its keys in this
     /// process, or fetched from --key-manager-jwks-uri); trusted by every API.
     pub builtin: Option<Arc<crate::oauth::Issuer>>,
+    /// OAuth2 clients' public keys (request signatures).
+    pub client_keys: Arc<crate::oauth::client_keys::ClientKeys>,
     /// The built-in key manager itself (role key-manager).
     pub key_manager: Option<Arc<crate::key_manager::KeyManager>>,
 }

@@ -103,6 +103,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tokens: Arc::default(),
         builtin,
         key_manager,
+        client_keys: Arc::new(crate::oauth::client_keys::ClientKeys::new(config.key_cache_ttl)),
     }));
     let mut reloader = Reloader::new(config.config_dir.clone(), state.clone(), config.reload_debounce);
     reloader.reload(true);
@@ -167,6 +168,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             keepalive_timeout_secs: config.keepalive_timeout_secs,
             forwarded_certs: forwarded_certs.clone(),
+            connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         };
         // Pingora's proxy behind a whole-head deadline (slowloris).
         let app = crate::head_timeout::HeadTimeout::new(

@@ -329,6 +329,13 @@ fn compile_api(
         })
         .transpose()?;
     let pipeline = Pipeline::compile(PipelineSpec { api_id: &id, spec: s, policy, operation_policies, tiers, oauth2 })?;
+    if pipeline.signs_responses && shared.key_manager.is_none() {
+        return Err(
+            "openBanking.jws.signResponses needs the key manager's signing key, which this gateway does not have \
+                    (it does not play the key-manager role)"
+                .into(),
+        );
+    }
     let endpoints = |list: &[tollgate_crds::api_deployment::Endpoint]| {
         let items: Vec<(String, u32)> = list.iter().map(|e| (e.url.clone(), e.weight.max(0) as u32)).collect();
         EndpointSet::build(&items, &shared.health, &shared.dns).map(Arc::new).map_err(|e| e.to_string())

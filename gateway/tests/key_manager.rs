@@ -9,37 +9,17 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
+use support::oauth::*;
 use support::pki::*;
 use support::postgres::Postgres;
 use support::*;
 
 const ISSUER: &str = "https://as.bank.test/oauth2";
-const ADMIN: &str = "key-manager-admin-token";
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn enc(v: &str) -> String {
-    form_urlencoded::byte_serialize(v.as_bytes()).collect()
-}
-
-fn form_body(params: &[(&str, &str)]) -> String {
-    params.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect::<Vec<_>>().join("&")
-}
-
-/// The claims of a JWT (not verified) and its header.
-fn jwt_parts(token: &str) -> (Value, Value) {
-    let mut parts = token.split('.');
-    let h = serde_json::from_slice(&B64.decode(parts.next().unwrap()).unwrap()).unwrap();
-    let c = serde_json::from_slice(&B64.decode(parts.next().unwrap()).unwrap()).unwrap();
-    (h, c)
-}
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -93,7 +73,7 @@ impl Env {
 
     fn gateway(tmp: &tempfile::TempDir, dir: &Path, server: &Leaf, ca: &Ca, extra: &[&str]) -> Gateway {
         let mut flags = mtls_gateway_flags(server, ca, &tmp.path().join("admin-token"));
-        flags.extend(["--issuer".to_string(), ISSUER.to_string()]);
+        flags.extend(["--issuer", ISSUER, "--access-log", "false"].map(String::from));
         flags.extend(extra.iter().map(|e| e.to_string()));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         gateway(dir, &flags)
@@ -126,52 +106,6 @@ impl Env {
     fn tls(&self) -> TlsClient {
         TlsClient::new(&self.ca.der)
     }
-}
-
-fn admin_at(mgmt: SocketAddr, method: &str, path: &str, body: Value) -> Resp {
-    let auth = format!("Bearer {ADMIN}");
-    let body = if body.is_null() { String::new() } else { body.to_string() };
-    request(mgmt, method, path, &[("authorization", &auth), ("content-type", "application/json")], body.as_bytes())
-}
-
-/// POSTs a form to the management listener (plain).
-fn post_form(mgmt: SocketAddr, path: &str, params: &[(&str, &str)], headers: &[(&str, &str)]) -> Resp {
-    let mut h = vec![("content-type", "application/x-www-form-urlencoded")];
-    h.extend_from_slice(headers);
-    request(mgmt, "POST", path, &h, form_body(params).as_bytes())
-}
-
-/// POSTs a form over TLS (with the client's certificate, if any).
-fn post_form_tls(client: &TlsClient, addr: SocketAddr, path: &str, params: &[(&str, &str)]) -> Resp {
-    let mut tls = client.connect(addr).unwrap();
-    let h = [("content-type", "application/x-www-form-urlencoded")];
-    exchange(&mut tls, "POST", path, &h, form_body(params).as_bytes()).unwrap()
-}
-
-/// A client assertion (RFC 7523) signed by `key`.
-fn assertion(key: &SigningKey, client: &str, aud: &str, exp_in: i64, jti: &str) -> String {
-    key.sign(&json!({"iss": client, "sub": client, "aud": aud, "iat": now(),
-                     "exp": (now() as i64 + exp_in), "jti": jti}))
-}
-
-fn token_with(mgmt: SocketAddr, assertion: &str, scope: Option<&str>) -> Resp {
-    let mut p = vec![
-        ("grant_type", "client_credentials"),
-        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-        ("client_assertion", assertion),
-    ];
-    if let Some(s) = scope {
-        p.push(("scope", s));
-    }
-    post_form(mgmt, "/oauth2/token", &p, &[])
-}
-
-fn error_of(r: &Resp) -> String {
-    r.json()["error"].as_str().unwrap_or_default().to_string()
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 #[test]

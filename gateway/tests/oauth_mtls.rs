@@ -166,6 +166,7 @@ impl Fixture {
         let token_file = tmp.path().join("admin-token");
         std::fs::write(&token_file, token).unwrap();
         let mut flags = mtls_gateway_flags(&server, &ca, &token_file);
+        flags.extend(["--access-log", "false"].map(String::from));
         flags.extend(extra.iter().map(|e| e.to_string()));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let gw = gateway(&dir, &flags);

@@ -109,6 +109,17 @@ impl SigningKey {
         Ok(SigningKey { kid, alg: Algorithm::PS256, key: EncodingKey::from_rsa_der(pkcs1), jwk })
     }
 
+    /// A detached JWS (`x-jws-signature`) over `body`.
+    pub fn sign_detached(&self, issuer: &str, body: &[u8]) -> String {
+        crate::jws::sign_detached(self.alg, &self.kid, &self.key, issuer, body)
+    }
+
+    /// The base64url signature of `message` (tests build other JWS forms with it).
+    #[cfg(test)]
+    pub fn sign_raw(&self, message: &[u8]) -> String {
+        jsonwebtoken::crypto::sign(message, &self.key, self.alg).expect("signing with a loaded key")
+    }
+
     /// A compact JWS of `claims` with this key (`typ` as given).
     pub fn sign(&self, typ: &str, claims: &Value) -> String {
         let mut h = Header::new(self.alg);

@@ -1,6 +1,7 @@
 //! OAuth2 resource-server side: trusted issuers (KeyManagers), their keys,
 //! and JWT access-token verification.
 
+pub mod client_keys;
 pub mod issuer;
 pub mod jwks;
 pub mod keys;

@@ -65,7 +65,12 @@ pub struct AuthnStep {
 const API_KEY_CHALLENGE: &str = "APIKey";
 
 /// Identity headers the gateway sets; a client's own are always removed.
-pub const IDENTITY_HEADERS: [&str; 2] = ["x-tollgate-application", "x-tollgate-client-id"];
+pub const IDENTITY_HEADERS: [&str; 4] = [
+    "x-tollgate-application",
+    "x-tollgate-client-id",
+    super::tpp_roles::ROLES_HEADER,
+    super::tpp_roles::ORGANIZATION_HEADER,
+];
 
 fn invalid_token(message: impl Into<String>) -> Reply {
     let message = message.into();

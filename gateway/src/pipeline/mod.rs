@@ -4,14 +4,21 @@
 //!
 //! Order (a step is left out when the API does not need it):
 //!
-//! 1. `cors`: CORS headers for every answer; preflights answered here.
-//! 2. `lifecycle`: Blocked APIs answer 503; Deprecated ones say so.
-//! 3. `operations`: paths and methods the API does not declare (404/405).
-//! 4. `authn`: checks the credential the API asks for and produces the one
+//! 1. `interaction`: the `x-fapi-interaction-id` round trip (openBanking).
+//! 2. `cors`: CORS headers for every answer; preflights answered here.
+//! 3. `lifecycle`: Blocked APIs answer 503; Deprecated ones say so.
+//! 4. `operations`: paths and methods the API does not declare (404/405).
+//! 5. `authn`: checks the credential the API asks for and produces the one
 //!    verified [`request::Principal`] the later steps use.
-//! 5. `authz`: the scopes the operation lists, for OAuth2 tokens.
-//! 6. `throttle`: the API's, the operation's and the subscription tier's
+//! 6. `authz`: the scopes the operation lists, for OAuth2 tokens.
+//! 7. `tpp_roles`: PSD2 roles of the client certificate (openBanking).
+//! 8. `throttle`: the API's, the operation's and the subscription tier's
 //!    ThrottlePolicies, all or nothing.
+//! 9. `jws`: the request body's detached signature (openBanking).
+//! 10. `idempotency`: payment idempotency keys (openBanking).
+//!
+//! Response signing (openBanking.jws.signResponses) needs the whole answer
+//! before its head is sent, so the proxy drives those exchanges itself.
 //!
 //! A step answers the request itself by returning [`Flow::Reply`] or
 //! [`Flow::Empty`]; the proxy then writes that answer and nothing after the
@@ -20,10 +27,14 @@
 pub mod authn;
 pub mod authz;
 pub mod cors;
+pub mod idempotency;
+pub mod interaction;
+pub mod jws;
 pub mod lifecycle;
 pub mod operations;
 pub mod request;
 pub mod throttle;
+pub mod tpp_roles;
 
 use std::sync::Arc;
 
@@ -43,10 +54,16 @@ pub enum Flow {
     Reply(Reply),
     /// Answer with a bodiless response (preflights, OPTIONS).
     Empty { status: u16, headers: Vec<(String, String)> },
+    /// Answer with a stored answer (an idempotent repeat).
+    Stored(crate::store::idempotency::StoredResponse),
 }
 
 /// One compiled step.
 pub enum Step {
+    Interaction(interaction::InteractionStep),
+    TppRoles(tpp_roles::TppRolesStep),
+    Jws(jws::VerifyStep),
+    Idempotency(idempotency::IdempotencyStep),
     Cors(cors::CorsStep),
     Lifecycle(lifecycle::LifecycleStep),
     Operations(operations::OperationsStep),
@@ -59,6 +76,10 @@ impl Step {
     /// The step's name (status pages, tests).
     pub fn name(&self) -> &'static str {
         match self {
+            Step::Interaction(_) => "interaction",
+            Step::TppRoles(_) => "tpp_roles",
+            Step::Jws(_) => "jws",
+            Step::Idempotency(_) => "idempotency",
             Step::Cors(_) => "cors",
             Step::Lifecycle(_) => "lifecycle",
             Step::Operations(_) => "operations",
@@ -70,6 +91,10 @@ impl Step {
 
     async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, rt: &Shared) -> Flow {
         match self {
+            Step::Interaction(s) => s.on_request(req, ctx),
+            Step::TppRoles(s) => s.on_request(ctx),
+            Step::Jws(s) => s.on_request(req, ctx, rt).await,
+            Step::Idempotency(s) => s.on_request(req, ctx, rt).await,
             Step::Cors(s) => s.on_request(req, ctx),
             Step::Lifecycle(s) => s.on_request(),
             Step::Operations(s) => s.on_request(req, ctx),
@@ -84,7 +109,13 @@ impl Step {
             Step::Cors(s) => s.on_response(resp, ctx),
             Step::Lifecycle(s) => s.on_response(resp),
             Step::Throttle(s) => s.on_response(resp, ctx),
-            Step::Operations(_) | Step::Authn(_) | Step::Authz(_) => Ok(()),
+            Step::Interaction(s) => s.on_response(resp, ctx),
+            Step::Operations(_)
+            | Step::Authn(_)
+            | Step::Authz(_)
+            | Step::TppRoles(_)
+            | Step::Jws(_)
+            | Step::Idempotency(_) => Ok(()),
         }
     }
 }
@@ -108,6 +139,10 @@ pub struct PipelineSpec<'a> {
 pub struct Pipeline {
     operations: Option<operations::Operations>,
     steps: Vec<Step>,
+    /// Some step reads the request body (idempotency, JWS).
+    reads_body: bool,
+    /// openBanking.jws.signResponses.
+    pub signs_responses: bool,
 }
 
 impl Pipeline {
@@ -116,6 +151,10 @@ impl Pipeline {
         let s = input.spec;
         let operations = operations::Operations::compile(&s.operations, input.operation_policies)?;
         let mut steps = Vec::new();
+        let ob = s.open_banking.clone().unwrap_or_default();
+        if ob.interaction_id {
+            steps.push(Step::Interaction(interaction::InteractionStep));
+        }
         if let Some(c) = &s.cors {
             steps.push(Step::Cors(cors::CorsStep::new(c.clone())));
         }
@@ -134,11 +173,28 @@ impl Pipeline {
                 steps.push(Step::Authz(authz::AuthzStep));
             }
         }
+        if !ob.tpp_roles.is_empty() {
+            steps.push(Step::TppRoles(tpp_roles::TppRolesStep { allowed: ob.tpp_roles.clone() }));
+        }
         let op_policies = operations.as_ref().is_some_and(|o| o.has_policies());
         if input.policy.is_some() || op_policies || tiers.is_some() {
             steps.push(Step::Throttle(throttle::ThrottleStep::new(input.policy, tiers)));
         }
-        Ok(Pipeline { operations, steps })
+        let jws = ob.jws.unwrap_or_default();
+        if jws.verify_requests {
+            steps.push(Step::Jws(jws::VerifyStep));
+        }
+        if let Some(i) = &ob.idempotency {
+            let ttl = i.ttl.duration().ok_or_else(|| format!("invalid openBanking.idempotency.ttl {:?}", i.ttl.0))?;
+            steps.push(Step::Idempotency(idempotency::IdempotencyStep { api_id: input.api_id.to_string(), ttl }));
+        }
+        let reads_body = jws.verify_requests || ob.idempotency.is_some();
+        Ok(Pipeline { operations, steps, reads_body, signs_responses: jws.sign_responses })
+    }
+
+    /// Whether the whole request body must be read before the steps run.
+    pub fn reads_body(&self, method: &http::Method) -> bool {
+        self.reads_body && jws::has_signed_body(method)
     }
 
     /// The steps' names in order.
@@ -205,6 +261,7 @@ pub(crate) mod test_support {
             tokens: Arc::default(),
             builtin: None,
             key_manager: None,
+            client_keys: Arc::new(crate::oauth::client_keys::ClientKeys::new(std::time::Duration::from_secs(5))),
         }
     }
 

@@ -49,6 +49,8 @@ pub struct ClientCert {
     pub der: Vec<u8>,
     /// base64url SHA-256 of `der`: RFC 8705 `x5t#S256`.
     pub x5t_s256: String,
+    /// Its PSD2 roles and organisation, read on first use.
+    psd2: std::sync::OnceLock<Result<crate::psd2::Psd2, String>>,
 }
 
 impl ClientCert {
@@ -56,7 +58,12 @@ impl ClientCert {
         use base64::Engine;
         use sha2::Digest;
         let x5t_s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&der));
-        ClientCert { der, x5t_s256 }
+        ClientCert { der, x5t_s256, psd2: std::sync::OnceLock::new() }
+    }
+
+    /// What the certificate says about its TPP (eIDAS QWAC), parsed once.
+    pub fn psd2(&self) -> &Result<crate::psd2::Psd2, String> {
+        self.psd2.get_or_init(|| crate::psd2::Psd2::of_certificate(&self.der))
     }
 }
 
@@ -144,6 +151,26 @@ pub struct RequestCtx {
     pub flagged: Option<Arc<Policy>>,
     /// Bandwidth counters to charge with the response size.
     pub bandwidth: Vec<(Arc<Policy>, u64)>,
+    /// `x-fapi-interaction-id` of this request (openBanking.interactionId):
+    /// on every answer, the gateway's own included.
+    pub interaction_id: Option<String>,
+    /// The whole request body, read before the pipeline for APIs whose
+    /// steps need it (idempotency, JWS).
+    pub body: Option<bytes::Bytes>,
+    /// What the idempotency step claimed, to be completed with the answer.
+    pub idempotency: Option<super::idempotency::Claim>,
+}
+
+impl RequestCtx {
+    /// Headers every answer the gateway writes itself carries (CORS for an
+    /// allowed origin, the interaction id).
+    pub fn answer_headers(&self) -> Vec<(String, String)> {
+        let mut h = self.cors_headers.clone();
+        if let Some(id) = &self.interaction_id {
+            h.push((super::interaction::HEADER.to_string(), id.clone()));
+        }
+        h
+    }
 }
 
 impl RequestCtx {

@@ -313,6 +313,7 @@ mod tests {
             Flow::Next => 200,
             Flow::Reply(r) => r.status,
             Flow::Empty { status, .. } => status,
+            Flow::Stored(s) => s.status,
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod db;
+pub mod idempotency;
 pub mod keys;
 pub mod oauth_clients;
 pub mod openapi;

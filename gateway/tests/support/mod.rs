@@ -1,6 +1,7 @@
 //! Test support: real processes on loopback and a tiny HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod oauth;
 pub mod pki;
 pub mod postgres;
 

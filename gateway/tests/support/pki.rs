@@ -55,12 +55,40 @@ impl Ca {
     }
 
     pub fn leaf(&self, dir: &Path, name: &str, server: bool) -> Leaf {
+        self.leaf_with(dir, name, server, |_| {})
+    }
+
+    /// A TPP's eIDAS certificate: a QCStatements extension with the PSD2
+    /// statement holding `roles` (the last arc of 0.4.0.19495.1.x: 1 ASPSP,
+    /// 2 PISP, 3 AISP, 4 CBPII; none = no statement) and, when given, the
+    /// subject's organizationIdentifier.
+    pub fn tpp_leaf(&self, dir: &Path, name: &str, roles: Option<&[u64]>, org: Option<&str>) -> Leaf {
+        self.leaf_with(dir, name, false, |params| {
+            if let Some(org) = org {
+                params.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 97]), org);
+            }
+            if let Some(roles) = roles {
+                params
+                    .custom_extensions
+                    .push(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 3], qc_statements(roles)));
+            }
+        })
+    }
+
+    pub fn leaf_with(
+        &self,
+        dir: &Path,
+        name: &str,
+        server: bool,
+        customize: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         params.distinguished_name.push(DnType::CommonName, name);
         params.distinguished_name.push(DnType::OrganizationName, "Test TPP Ltd");
         params.extended_key_usages =
             vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        customize(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
@@ -68,6 +96,31 @@ impl Ca {
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         Leaf { cert: cert_path, key: key_path, der: cert.der().clone(), key_der: key.serialize_der(), pem: cert.pem() }
     }
+}
+
+/// QCStatements (RFC 3739) with an ETSI TS 119 495 PSD2 statement.
+fn qc_statements(roles: &[u64]) -> Vec<u8> {
+    use yasna::models::ObjectIdentifier as O;
+    yasna::construct_der(|w| {
+        w.write_sequence(|w| {
+            w.next().write_sequence(|w| {
+                w.next().write_oid(&O::from_slice(&[0, 4, 0, 19495, 2]));
+                w.next().write_sequence(|w| {
+                    w.next().write_sequence(|w| {
+                        for r in roles {
+                            w.next().write_sequence(|w| {
+                                w.next().write_oid(&O::from_slice(&[0, 4, 0, 19495, 1, *r]));
+                                w.next()
+                                    .write_utf8_string(["", "PSP_AS", "PSP_PI", "PSP_AI", "PSP_IC"][*r as usize % 5]);
+                            });
+                        }
+                    });
+                    w.next().write_utf8_string("Financial Conduct Authority");
+                    w.next().write_utf8_string("GB-FCA");
+                });
+            });
+        })
+    })
 }
 
 /// A TLS client (trusting one CA, optionally with a client certificate).
@@ -153,6 +206,14 @@ impl SigningKey {
         SigningKey { kid: kid.into(), key: EncodingKey::from_ec_der(&kp.serialize_der()), jwk, pem: kp.serialize_pem() }
     }
 
+    /// A detached JWS (`<header>..<signature>`, RFC 7515 appendix F) over `body`.
+    pub fn sign_detached(&self, body: &[u8]) -> String {
+        let h = B64.encode(json!({"alg": "ES256", "kid": self.kid}).to_string());
+        let input = format!("{h}.{}", B64.encode(body));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &self.key, Algorithm::ES256).unwrap();
+        format!("{h}..{sig}")
+    }
+
     /// A JWK Set of this key alone.
     pub fn jwks(&self) -> Value {
         json!({"keys": [self.jwk.clone()]})
@@ -166,7 +227,8 @@ impl SigningKey {
 }
 
 /// Flags of a gateway with TLS listeners (`server`), client certificates of
-/// `ca` verified, and the management API behind the token in `admin_token`.
+/// `ca` verified, and the management API behind the token in `admin_token`
+/// (access log on, as by default).
 pub fn mtls_gateway_flags(server: &Leaf, ca: &Ca, admin_token: &Path) -> Vec<String> {
     let path = |p: &Path| p.to_str().unwrap().to_string();
     vec![
@@ -178,8 +240,6 @@ pub fn mtls_gateway_flags(server: &Leaf, ca: &Ca, admin_token: &Path) -> Vec<Str
         path(&ca.pem),
         "--admin-token-file".into(),
         path(admin_token),
-        "--access-log".into(),
-        "false".into(),
     ]
 }
 
