@@ -522,6 +522,13 @@ pub struct BuiltInKeyManager {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 60, max = 86400))]
     pub token_ttl_seconds: Option<i32>,
+
+    /// DistributedGateways: also mount the signing keys on the gateway
+    /// groups, which then sign the answers of APIs with
+    /// openBanking.jws.signResponses (and hold the private key). Off by
+    /// default: without it such APIs are not served by gateway groups.
+    #[serde(default)]
+    pub gateways_sign_responses: bool,
 }
 
 /// The key of signingKeySecretName used when signingKeys is empty.

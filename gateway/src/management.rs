@@ -28,7 +28,9 @@ pub fn router(state: Arc<State>) -> Router {
         None => Router::new(),
     };
     let key_manager_routes = match (&state.shared.store, &state.shared.key_manager) {
-        (Some(store), Some(km)) => crate::key_manager::routes(state.clone(), store.clone(), km.clone()),
+        (Some(store), Some(km)) if state.shared.key_manager_endpoints => {
+            crate::key_manager::routes(state.clone(), store.clone(), km.clone())
+        }
         _ => Router::new(),
     };
     Router::new()

@@ -33,6 +33,10 @@ pub struct Shared {
     pub builtin: Option<Arc<crate::oauth::Issuer>>,
     /// OAuth2 clients' public keys (request signatures).
     pub client_keys: Arc<crate::oauth::client_keys::ClientKeys>,
-    /// The built-in key manager itself (role key-manager).
+    /// The built-in key manager's keys and settings: with the key-manager
+    /// role it serves the /oauth2 endpoints; without it (given
+    /// --signing-key-file) it only signs answers.
+    pub key_manager_endpoints: bool,
+    /// The built-in key manager itself (role key-manager), or its signing keys.
     pub key_manager: Option<Arc<crate::key_manager::KeyManager>>,
 }

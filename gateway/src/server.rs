@@ -103,6 +103,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tokens: Arc::default(),
         builtin,
         key_manager,
+        key_manager_endpoints: config.has_role(Role::KeyManager),
         client_keys: Arc::new(crate::oauth::client_keys::ClientKeys::new(config.key_cache_ttl)),
     }));
     let mut reloader = Reloader::new(config.config_dir.clone(), state.clone(), config.reload_debounce);
@@ -239,13 +240,33 @@ fn built_in_key_manager(
         tracing::info!(issuer = %km.issuer, keys = km.keys.keys.len(), signing_kid = %km.keys.current().kid, "built-in key manager");
         return Ok((Some(Arc::new(km)), Some(Arc::new(issuer))));
     }
-    Ok((
-        None,
-        config.key_manager_jwks_uri.as_ref().map(|uri| {
-            let keys = crate::oauth::issuer::Keys::Remote(jwks.source(uri));
-            Arc::new(builtin_issuer(&config.issuer, keys, uri.as_bytes()))
-        }),
-    ))
+    // Without the role: the built-in key manager's keys are fetched (or,
+    // given --signing-key-file, read here: such a gateway also signs
+    // open-banking answers with them).
+    if let Some(uri) = &config.key_manager_jwks_uri {
+        let keys = crate::oauth::issuer::Keys::Remote(jwks.source(uri));
+        let issuer = Arc::new(builtin_issuer(&config.issuer, keys, uri.as_bytes()));
+        return Ok((signer(config)?, Some(issuer)));
+    }
+    match signer(config)? {
+        Some(km) => {
+            let issuer = km.issuer().map_err(|e| anyhow::anyhow!("the signing keys' public halves: {e}"))?;
+            Ok((Some(km), Some(Arc::new(issuer))))
+        }
+        None => Ok((None, None)),
+    }
+}
+
+/// The signing keys of a process without the key-manager role, when it is
+/// given --signing-key-file (answers of openBanking.jws.signResponses APIs).
+fn signer(config: &Config) -> anyhow::Result<Option<Arc<crate::key_manager::KeyManager>>> {
+    use crate::key_manager::{KeyManager, signing::SigningKeys};
+    if config.signing_key_files.is_empty() {
+        return Ok(None);
+    }
+    let keys = SigningKeys::load(&config.signing_key_files, &config.data_dir).context("--signing-key-file")?;
+    let fapi = config.tls_profile == crate::config::TlsProfile::Fapi;
+    Ok(Some(Arc::new(KeyManager::new(&config.issuer, keys, config.token_ttl, None, fapi))))
 }
 
 /// Opens the store on a runtime thread of its own, which keeps driving the

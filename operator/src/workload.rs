@@ -594,11 +594,17 @@ fn key_manager_flags(
     volumes: &mut Vec<Volume>,
 ) {
     args.push(format!("--issuer={}", issuer(m)));
+    let km = m.spec.key_manager.clone().unwrap_or_default();
     if !c.roles.contains(&KEY_MANAGER_ROLE) {
         args.push(format!("--key-manager-jwks-uri={}", key_manager_jwks_uri(m)));
+        // Gateway groups hold the private keys only when asked to sign answers.
+        if km.gateways_sign_responses
+            && let Some(secret) = &km.signing_key_secret_name
+        {
+            signing_keys(&km, secret, args, mounts, volumes);
+        }
         return;
     }
-    let km = m.spec.key_manager.clone().unwrap_or_default();
     mounts.push(VolumeMount { name: "key-manager".into(), mount_path: KEY_MANAGER_DATA.into(), ..Default::default() });
     volumes.push(Volume {
         name: "key-manager".into(),
@@ -606,29 +612,7 @@ fn key_manager_flags(
         ..Default::default()
     });
     if let Some(secret) = &km.signing_key_secret_name {
-        let keys = km.signing_keys();
-        for k in &keys {
-            args.push(format!("--signing-key-file={SIGNING_KEYS_MOUNT}/{k}"));
-        }
-        mounts.push(VolumeMount {
-            name: "signing-keys".into(),
-            mount_path: SIGNING_KEYS_MOUNT.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
-        // Only the listed keys, readable by the gateway's group alone.
-        volumes.push(Volume {
-            name: "signing-keys".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                items: Some(
-                    keys.iter().map(|k| KeyToPath { key: k.clone(), path: k.clone(), ..Default::default() }).collect(),
-                ),
-                default_mode: Some(0o440),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        signing_keys(&km, secret, args, mounts, volumes);
     }
     if let Some(r) = &km.ssa_jwks_config_map_ref {
         args.push(format!("--ssa-jwks={SSA_JWKS_MOUNT}/{SSA_JWKS_FILE}"));
@@ -651,6 +635,40 @@ fn key_manager_flags(
     if let Some(ttl) = km.token_ttl_seconds {
         args.push(format!("--token-ttl-seconds={ttl}"));
     }
+}
+
+/// The signing-key Secret's listed keys, mounted read-only, one
+/// --signing-key-file each (the first signs).
+fn signing_keys(
+    km: &tollgate_crds::api_manager::BuiltInKeyManager,
+    secret: &str,
+    args: &mut Vec<String>,
+    mounts: &mut Vec<VolumeMount>,
+    volumes: &mut Vec<Volume>,
+) {
+    let keys = km.signing_keys();
+    for k in &keys {
+        args.push(format!("--signing-key-file={SIGNING_KEYS_MOUNT}/{k}"));
+    }
+    mounts.push(VolumeMount {
+        name: "signing-keys".into(),
+        mount_path: SIGNING_KEYS_MOUNT.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    // Only the listed keys, readable by the gateway's group alone.
+    volumes.push(Volume {
+        name: "signing-keys".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
+            items: Some(
+                keys.iter().map(|k| KeyToPath { key: k.clone(), path: k.clone(), ..Default::default() }).collect(),
+            ),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
 }
 
 fn autoscaler(m: &ApiManager, c: &Component, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {

@@ -453,3 +453,32 @@ fn distributed_gateways_trust_the_control_plane_key_manager_through_its_service(
     assert_eq!(flags(&gw, "--issuer"), ["https://api.bank.example/oauth2"]);
     assert_eq!(flags(&gw, "--key-manager-jwks-uri"), ["http://apim-control-plane.banking.svc:9763/oauth2/jwks"]);
 }
+
+#[test]
+fn gateway_groups_get_the_signing_keys_only_when_they_sign_answers() {
+    for sign in [false, true] {
+        let m = manager(with_db_and_redis(json!({
+            "pattern": "DistributedGateways", "gateways": [{ "name": "production" }],
+            "keyManager": { "signingKeySecretName": "apim-signing", "signingKeys": ["new.pem", "old.pem"],
+                            "gatewaysSignResponses": sign },
+        })));
+        let v = json_of(&workload::desired(&m, &cfg()));
+        let gw = &v["sts"][1];
+        let args = args_of(gw);
+        assert!(args.contains(&"--roles=gateway".to_string()), "{args:?}");
+        let pod = &gw["spec"]["template"]["spec"];
+        if sign {
+            assert_eq!(
+                flags(&args, "--signing-key-file"),
+                ["/etc/tollgate/signing-keys/new.pem", "/etc/tollgate/signing-keys/old.pem"]
+            );
+            let vol = named(&pod["volumes"], "signing-keys").expect("the Secret is mounted");
+            assert_eq!(vol["secret"]["secretName"], "apim-signing");
+            assert_eq!(vol["secret"]["defaultMode"], 0o440);
+        } else {
+            assert!(flags(&args, "--signing-key-file").is_empty());
+            assert!(named(&pod["volumes"], "signing-keys").is_none());
+        }
+        assert!(flags(&args, "--token-ttl-seconds").is_empty(), "never the key manager's own settings");
+    }
+}

@@ -261,6 +261,7 @@ pub(crate) mod test_support {
             tokens: Arc::default(),
             builtin: None,
             key_manager: None,
+            key_manager_endpoints: false,
             client_keys: Arc::new(crate::oauth::client_keys::ClientKeys::new(std::time::Duration::from_secs(5))),
         }
     }

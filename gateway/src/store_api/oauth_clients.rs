@@ -162,7 +162,7 @@ struct BuiltIn {
 
 fn built_in_client(s: &ApiState, req: &NewOAuthClient, method: &str) -> Result<BuiltIn, Box<Response>> {
     let fail = |m: String| Box::new(unprocessable(m));
-    let Some(km) = &s.state.shared.key_manager else {
+    let Some(km) = s.state.shared.key_manager.as_ref().filter(|_| s.state.shared.key_manager_endpoints) else {
         return Err(fail("this gateway does not run the key-manager role".into()));
     };
     if req.key_manager.is_some() || req.client_id.is_some() {
