@@ -293,17 +293,25 @@ impl ProxyHttp for Gateway {
         let rest = path[prefix_len..].to_string();
         ctx.req.rest = rest;
         ctx.api = Some(api.clone());
-        if api.pipeline.reads_body(&session.req_header().method) {
-            match Self::read_body(session).await? {
-                Some(body) => ctx.req.body = Some(body),
-                None => {
-                    let reply = Reply::new(413, "payload_too_large", format!("the body is over {MAX_READ_BODY} bytes"));
-                    return self.reject(session, ctx, reply).await;
-                }
+        let mut from = 0;
+        let flow = loop {
+            match api.pipeline.on_request(session.req_header_mut(), &mut ctx.req, &self.state.shared, from).await {
+                Flow::ReadBody { resume } => match Self::read_body(session).await? {
+                    Some(body) => {
+                        ctx.req.body = Some(body);
+                        from = resume;
+                    }
+                    None => {
+                        let reply =
+                            Reply::new(413, "payload_too_large", format!("the body is over {MAX_READ_BODY} bytes"));
+                        return self.reject(session, ctx, reply).await;
+                    }
+                },
+                flow => break flow,
             }
-        }
-        match api.pipeline.on_request(session.req_header_mut(), &mut ctx.req, &self.state.shared).await {
-            Flow::Next => {}
+        };
+        match flow {
+            Flow::Next | Flow::ReadBody { .. } => {}
             Flow::Reply(reply) => return self.reject(session, ctx, reply).await,
             Flow::Empty { status, mut headers } => {
                 if let Some(id) = &ctx.req.interaction_id {
@@ -604,7 +612,8 @@ async fn complete_idempotency(
     let result = match (keep, claim.body) {
         (true, Some(body)) => {
             let stored = crate::store::idempotency::StoredResponse { status, headers: claim.headers, body };
-            store.db.complete_idempotency_key(&claim.scope, &claim.key, &stored).await
+            let expires = crate::throttle::now_ms() as i64 + claim.ttl.as_millis() as i64;
+            store.db.complete_idempotency_key(&claim.scope, &claim.key, &stored, expires).await
         }
         _ => store.db.release_idempotency_key(&claim.scope, &claim.key).await,
     };

@@ -33,6 +33,8 @@ const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 pub struct Claim {
     pub scope: String,
     pub key: String,
+    /// How long the answer is kept once stored.
+    pub ttl: Duration,
     /// The answer so far (status, headers, body; None when over the limit).
     pub status: Option<u16>,
     pub headers: Vec<(String, String)>,
@@ -41,7 +43,11 @@ pub struct Claim {
 
 pub struct IdempotencyStep {
     pub api_id: String,
+    /// How long an answered key is kept.
     pub ttl: Duration,
+    /// How long a claim without an answer holds the key (a gateway that
+    /// died mid-request does not block it for the whole TTL).
+    pub lease: Duration,
 }
 
 fn bad(message: &str) -> Flow {
@@ -78,7 +84,7 @@ impl IdempotencyStep {
         h.update(b"\n");
         h.update(ctx.body.as_deref().unwrap_or_default());
         let fingerprint = hex::encode(h.finalize());
-        let expires = crate::throttle::now_ms() as i64 + self.ttl.as_millis() as i64;
+        let expires = crate::throttle::now_ms() as i64 + self.lease.as_millis() as i64;
         let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
         loop {
             match store.db.claim_idempotency_key(&scope, key, &fingerprint, expires).await {
@@ -86,6 +92,7 @@ impl IdempotencyStep {
                     ctx.idempotency = Some(Claim {
                         scope,
                         key: key.to_string(),
+                        ttl: self.ttl,
                         status: None,
                         headers: Vec::new(),
                         body: Some(Vec::new()),

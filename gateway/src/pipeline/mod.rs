@@ -14,8 +14,11 @@
 //! 7. `tpp_roles`: PSD2 roles of the client certificate (openBanking).
 //! 8. `throttle`: the API's, the operation's and the subscription tier's
 //!    ThrottlePolicies, all or nothing.
-//! 9. `jws`: the request body's detached signature (openBanking).
-//! 10. `idempotency`: payment idempotency keys (openBanking).
+//! 9. `read_body` (POST/PUT/PATCH, when a later step needs the body): the
+//!    proxy reads the whole body (bounded) and resumes; only callers the
+//!    earlier steps admitted make the gateway buffer a body.
+//! 10. `jws`: the request body's detached signature (openBanking).
+//! 11. `idempotency`: payment idempotency keys (openBanking).
 //!
 //! Response signing (openBanking.jws.signResponses) needs the whole answer
 //! before its head is sent, so the proxy drives those exchanges itself.
@@ -56,10 +59,17 @@ pub enum Flow {
     Empty { status: u16, headers: Vec<(String, String)> },
     /// Answer with a stored answer (an idempotent repeat).
     Stored(crate::store::idempotency::StoredResponse),
+    /// The later steps need the whole request body: the proxy reads it
+    /// into `RequestCtx::body` and resumes the pipeline at `resume`.
+    ReadBody { resume: usize },
 }
 
 /// One compiled step.
 pub enum Step {
+    /// Marks where the request body is read (POST, PUT, PATCH): after
+    /// authentication and throttling, so only admitted callers make the
+    /// gateway buffer a body.
+    ReadBody,
     Interaction(interaction::InteractionStep),
     TppRoles(tpp_roles::TppRolesStep),
     Jws(jws::VerifyStep),
@@ -76,6 +86,7 @@ impl Step {
     /// The step's name (status pages, tests).
     pub fn name(&self) -> &'static str {
         match self {
+            Step::ReadBody => "read_body",
             Step::Interaction(_) => "interaction",
             Step::TppRoles(_) => "tpp_roles",
             Step::Jws(_) => "jws",
@@ -91,6 +102,8 @@ impl Step {
 
     async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, rt: &Shared) -> Flow {
         match self {
+            // Answered by Pipeline::on_request itself.
+            Step::ReadBody => Flow::Next,
             Step::Interaction(s) => s.on_request(req, ctx),
             Step::TppRoles(s) => s.on_request(ctx),
             Step::Jws(s) => s.on_request(req, ctx, rt).await,
@@ -110,7 +123,8 @@ impl Step {
             Step::Lifecycle(s) => s.on_response(resp),
             Step::Throttle(s) => s.on_response(resp, ctx),
             Step::Interaction(s) => s.on_response(resp, ctx),
-            Step::Operations(_)
+            Step::ReadBody
+            | Step::Operations(_)
             | Step::Authn(_)
             | Step::Authz(_)
             | Step::TppRoles(_)
@@ -139,8 +153,6 @@ pub struct PipelineSpec<'a> {
 pub struct Pipeline {
     operations: Option<operations::Operations>,
     steps: Vec<Step>,
-    /// Some step reads the request body (idempotency, JWS).
-    reads_body: bool,
     /// openBanking.jws.signResponses.
     pub signs_responses: bool,
 }
@@ -181,20 +193,25 @@ impl Pipeline {
             steps.push(Step::Throttle(throttle::ThrottleStep::new(input.policy, tiers)));
         }
         let jws = ob.jws.unwrap_or_default();
+        if jws.verify_requests || ob.idempotency.is_some() {
+            steps.push(Step::ReadBody);
+        }
         if jws.verify_requests {
             steps.push(Step::Jws(jws::VerifyStep));
         }
         if let Some(i) = &ob.idempotency {
             let ttl = i.ttl.duration().ok_or_else(|| format!("invalid openBanking.idempotency.ttl {:?}", i.ttl.0))?;
-            steps.push(Step::Idempotency(idempotency::IdempotencyStep { api_id: input.api_id.to_string(), ttl }));
+            // A claim whose gateway went away is freed after the backend
+            // timeout (and a margin), not after the whole TTL.
+            let lease = s.backend.timeout.duration().unwrap_or(std::time::Duration::from_secs(60))
+                + std::time::Duration::from_secs(30);
+            steps.push(Step::Idempotency(idempotency::IdempotencyStep {
+                api_id: input.api_id.to_string(),
+                ttl,
+                lease,
+            }));
         }
-        let reads_body = jws.verify_requests || ob.idempotency.is_some();
-        Ok(Pipeline { operations, steps, reads_body, signs_responses: jws.sign_responses })
-    }
-
-    /// Whether the whole request body must be read before the steps run.
-    pub fn reads_body(&self, method: &http::Method) -> bool {
-        self.reads_body && jws::has_signed_body(method)
+        Ok(Pipeline { operations, steps, signs_responses: jws.sign_responses })
     }
 
     /// The steps' names in order.
@@ -202,14 +219,23 @@ impl Pipeline {
         self.steps.iter().map(Step::name).collect()
     }
 
-    /// Runs the steps for a routed request (`ctx.rest` set) until one
-    /// answers it.
-    pub async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, rt: &Shared) -> Flow {
-        if let Some(ops) = &self.operations {
+    /// Runs the steps for a routed request (`ctx.rest` set), from step
+    /// `from`, until one answers it or the body must be read first
+    /// ([`Flow::ReadBody`]: the caller reads it and resumes).
+    pub async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, rt: &Shared, from: usize) -> Flow {
+        if from == 0
+            && let Some(ops) = &self.operations
+        {
             let op_path = if ctx.rest.is_empty() { "/" } else { ctx.rest.as_str() };
             ctx.operation = ops.lookup(op_path, &req.method);
         }
-        for step in &self.steps {
+        for (i, step) in self.steps.iter().enumerate().skip(from) {
+            if matches!(step, Step::ReadBody) {
+                if ctx.body.is_none() && jws::has_signed_body(&req.method) {
+                    return Flow::ReadBody { resume: i + 1 };
+                }
+                continue;
+            }
             match step.on_request(req, ctx, rt).await {
                 Flow::Next => {}
                 answer => return answer,
@@ -319,19 +345,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn open_banking_steps_run_in_order_and_the_body_is_read_only_after_admission() {
+        let ob = format!(
+            "{BASE}openBanking: {{interactionId: true, tppRoles: [PISP], idempotency: {{ttl: 1h}}, \
+             jws: {{verifyRequests: true}}}}\n"
+        );
+        assert_eq!(compile(&ob).step_names(), ["interaction", "tpp_roles", "read_body", "jws", "idempotency"]);
+        // No certificate: refused by the role check before any body is read.
+        let rt = runtime();
+        let p = compile(&ob);
+        let mut ctx = RequestCtx::default();
+        let mut req = request("POST", "/a/v1/x", &[]);
+        assert!(matches!(p.on_request(&mut req, &mut ctx, &rt, 0).await, Flow::Reply(r) if r.status == 401));
+        assert!(ctx.interaction_id.is_some(), "the error carries an interaction id");
+        // Without the role step, a POST stops at read_body and resumes after it.
+        let p = compile(&format!("{BASE}openBanking: {{idempotency: {{ttl: 1h}}}}\n"));
+        let mut ctx = RequestCtx::default();
+        assert!(matches!(p.on_request(&mut req, &mut ctx, &rt, 0).await, Flow::ReadBody { resume: 1 }));
+        ctx.body = Some(bytes::Bytes::from_static(b"{}"));
+        // Resumed with the body: the idempotency step answers (no key).
+        assert!(matches!(p.on_request(&mut req, &mut ctx, &rt, 1).await, Flow::Reply(r) if r.status == 400));
+        // A GET needs no body.
+        let mut get = request("GET", "/a/v1/x", &[]);
+        assert!(matches!(p.on_request(&mut get, &mut RequestCtx::default(), &rt, 0).await, Flow::Next));
+    }
+
+    #[tokio::test]
     async fn a_step_that_answers_stops_the_pipeline() {
         let rt = runtime();
         let p = compile(&format!("{BASE}operations: [{{method: GET, path: /x}}]\nsecurity: {{apiKey: {{}}}}\n"));
         let mut ctx = RequestCtx { rest: "/nope".into(), ..Default::default() };
         let mut req = request("GET", "/a/v1/nope", &[]);
-        match p.on_request(&mut req, &mut ctx, &rt).await {
+        match p.on_request(&mut req, &mut ctx, &rt, 0).await {
             Flow::Reply(r) => assert_eq!(r.status, 404),
             _ => panic!("expected 404"),
         }
         // The operation matched, so authentication ran next and refused.
         let mut ctx = RequestCtx { rest: "/x".into(), ..Default::default() };
         let mut req = request("GET", "/a/v1/x", &[]);
-        match p.on_request(&mut req, &mut ctx, &rt).await {
+        match p.on_request(&mut req, &mut ctx, &rt, 0).await {
             Flow::Reply(r) => assert_eq!((r.status, r.message.as_str()), (401, "an API key is required")),
             _ => panic!("expected 401"),
         }

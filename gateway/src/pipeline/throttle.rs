@@ -314,6 +314,7 @@ mod tests {
             Flow::Reply(r) => r.status,
             Flow::Empty { status, .. } => status,
             Flow::Stored(s) => s.status,
+            Flow::ReadBody { .. } => 0,
         }
     }
 

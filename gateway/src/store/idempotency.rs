@@ -27,7 +27,7 @@ pub enum Existing {
 
 impl Db {
     /// Claims `key` in `scope` for a request with `fingerprint` until
-    /// `expires_ms`: Ok(None) when this request owns it now, else what the
+    /// `expires_ms` (the in-flight lease): Ok(None) when this request owns it now, else what the
     /// key already holds.
     pub async fn claim_idempotency_key(
         &self,
@@ -88,14 +88,22 @@ impl Db {
         })))
     }
 
-    /// Stores the answer of the request that owns the key.
-    pub async fn complete_idempotency_key(&self, scope: &str, key: &str, response: &StoredResponse) -> Result<()> {
+    /// Stores the answer of the request that owns the key, kept until `expires_ms`.
+    pub async fn complete_idempotency_key(
+        &self,
+        scope: &str,
+        key: &str,
+        response: &StoredResponse,
+        expires_ms: i64,
+    ) -> Result<()> {
         sqlx::query(
-            "UPDATE idempotency_keys SET status = $1, headers = $2, body = $3 WHERE scope = $4 AND idem_key = $5 AND status IS NULL",
+            "UPDATE idempotency_keys SET status = $1, headers = $2, body = $3, expires_ms = $4 \
+             WHERE scope = $5 AND idem_key = $6 AND status IS NULL",
         )
         .bind(response.status as i32)
         .bind(serde_json::to_string(&response.headers).unwrap_or_default())
         .bind(base64::engine::general_purpose::STANDARD.encode(&response.body))
+        .bind(expires_ms)
         .bind(scope)
         .bind(key)
         .execute(&self.pool)
