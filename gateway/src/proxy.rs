@@ -325,18 +325,14 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        if api.pipeline.signs_responses {
-            ctx.forward_path = match session.req_header().uri.query() {
-                Some(q) => format!("{}?{q}", ctx.req.rest),
-                None => ctx.req.rest.clone(),
-            };
-            self.exchange_signed(session, ctx).await?;
-            return Ok(true);
-        }
         ctx.forward_path = match session.req_header().uri.query() {
             Some(q) => format!("{}?{q}", ctx.req.rest),
             None => ctx.req.rest.clone(),
         };
+        if api.pipeline.signs_responses {
+            self.exchange_signed(session, ctx).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 

@@ -127,6 +127,18 @@ fn manifests(dir: &std::path::Path, backend: SocketAddr) {
         ),
     )
     .unwrap();
+    // Idempotency alone: answers go through the proxy's own path.
+    std::fs::write(
+        dir.join("transfers.yaml"),
+        api(
+            "transfers",
+            "/transfers",
+            "v1",
+            &url,
+            "  security: {oauth2: {}}\n  openBanking: {idempotency: {ttl: 1h}}\n",
+        ),
+    )
+    .unwrap();
 }
 
 impl Env {
@@ -144,7 +156,7 @@ impl Env {
             .as_str()
             .unwrap()
             .to_string();
-        for a in ["bank/accounts", "bank/payments"] {
+        for a in ["bank/accounts", "bank/payments", "bank/transfers"] {
             let r = admin_at(
                 gw.mgmt,
                 "POST",
@@ -429,4 +441,32 @@ fn idempotency_keys_hold_across_two_gateways_on_one_postgresql() {
         "signed by the gateway-only process"
     );
     assert_eq!(env.backend.hits(), 2);
+}
+
+#[test]
+fn idempotency_on_a_proxied_api_stores_the_streamed_answer() {
+    let env = Env::start(&[]);
+    let token = env.token(&env.gw, &env.aisp);
+    let send = |key: &str, body: &[u8]| {
+        env.call(
+            &env.gw,
+            &env.aisp,
+            "POST",
+            "/transfers/v1/standing-orders",
+            &[("authorization", &bearer(&token)), ("x-idempotency-key", key), ("content-type", "application/json")],
+            body,
+        )
+    };
+    let first = send("t-1", b"{\"a\":1}");
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert!(first.header("x-jws-signature").is_none(), "not a signing API");
+    let again = send("t-1", b"{\"a\":1}");
+    assert_eq!((again.status, again.header("x-idempotency-replayed")), (201, Some("true")));
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("x-backend"), Some("yes"), "the backend's headers are kept");
+    assert_eq!(env.backend.hits(), 1);
+    assert_eq!(send("t-1", b"{\"a\":2}").status, 400, "another body");
+    // Over 64 KiB: refused before the backend.
+    assert_eq!(send("t-2", &vec![b' '; 70 * 1024]).status, 413);
+    assert_eq!(env.backend.hits(), 1);
 }
