@@ -190,6 +190,10 @@ pub struct Args {
     /// (iss = --issuer) are trusted with the keys fetched from here.
     #[arg(long, env = "TOLLGATE_KEY_MANAGER_JWKS_URI")]
     pub key_manager_jwks_uri: Option<String>,
+    /// Seconds between writes of the analytics rollups to the database.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_FLUSH_SECONDS", default_value = "10",
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub analytics_flush_seconds: u64,
 }
 
 /// Whether the TLS listeners ask for client certificates.
@@ -248,6 +252,7 @@ pub struct Config {
     pub ssa_jwks: Option<PathBuf>,
     pub token_ttl: Duration,
     pub key_manager_jwks_uri: Option<String>,
+    pub analytics_flush: Duration,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -357,6 +362,7 @@ impl Config {
             ssa_jwks: a.ssa_jwks,
             token_ttl: Duration::from_secs(a.token_ttl_seconds),
             key_manager_jwks_uri: a.key_manager_jwks_uri,
+            analytics_flush: Duration::from_secs(a.analytics_flush_seconds),
             config_dir,
             http: a.http,
             https: a.https,
@@ -450,6 +456,7 @@ struct FileKeys {
     ssa_jwks: Option<serde_json::Value>,
     token_ttl_seconds: Option<serde_json::Value>,
     key_manager_jwks_uri: Option<serde_json::Value>,
+    analytics_flush_seconds: Option<serde_json::Value>,
 }
 
 /// Re-parses with file values inserted for every setting that still has its
@@ -567,6 +574,11 @@ fn merge_file_layer(
             parsed.key_manager_jwks_uri
         } else {
             from_file.key_manager_jwks_uri
+        },
+        analytics_flush_seconds: if pick("analytics_flush_seconds") {
+            parsed.analytics_flush_seconds
+        } else {
+            from_file.analytics_flush_seconds
         },
     })
 }

@@ -1,5 +1,6 @@
 //! tollgate-gateway: the Pingora data plane and the management API.
 
+pub mod analytics;
 pub mod client_tls;
 pub mod config;
 pub mod dns;

@@ -27,6 +27,10 @@ pub fn router(state: Arc<State>) -> Router {
         Some(store) => crate::store_api::routes(state.clone(), store.clone()),
         None => Router::new(),
     };
+    let analytics_routes = match &state.shared.store {
+        Some(store) if state.shared.analytics_api => crate::store_api::analytics_routes(state.clone(), store.clone()),
+        _ => Router::new(),
+    };
     let key_manager_routes = match (&state.shared.store, &state.shared.key_manager) {
         (Some(store), Some(km)) if state.shared.key_manager_endpoints => {
             crate::key_manager::routes(state.clone(), store.clone(), km.clone())
@@ -44,6 +48,7 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
         .merge(store_routes)
         .merge(key_manager_routes)
+        .merge(analytics_routes)
 }
 
 /// Whether the API-traffic listener accepts connections (checked once with

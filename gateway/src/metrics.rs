@@ -142,6 +142,8 @@ pub struct Metrics {
     /// Token requests of the built-in key manager, by result (issued, or
     /// the RFC 6749 error: invalid_client, invalid_scope, ...).
     pub tokens_issued: Family<ResultLabels, Counter>,
+    /// Analytics events dropped because the recorder's queue was full.
+    pub analytics_dropped: Counter,
 }
 
 /// Status classes in label order: 1xx..5xx, other.
@@ -205,6 +207,7 @@ impl Metrics {
             token_rejections: Family::default(),
             forwarded_cert_rejections: Family::default(),
             tokens_issued: Family::default(),
+            analytics_dropped: Counter::default(),
             store_key_lookups: Counter::default(),
             registry: Registry::default(),
         };
@@ -296,6 +299,11 @@ impl Metrics {
             "oauth_token_requests",
             "Token requests of the built-in key manager, by result (issued, invalid_client, invalid_scope, ...)",
             m.tokens_issued.clone(),
+        );
+        registry.register(
+            "analytics_events_dropped",
+            "Analytics events dropped because the recorder's queue was full (requests are never held up)",
+            m.analytics_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -562,6 +562,21 @@ impl ProxyHttp for Gateway {
         if let Some(api) = &ctx.api {
             api.metrics.record(status, elapsed.as_secs_f64());
             api.pipeline.on_logging(&ctx.req, bytes);
+            if let Some(recorder) = &self.state.shared.analytics {
+                let principal = ctx.req.principal.as_ref();
+                recorder.record(crate::analytics::Event {
+                    at_ms: crate::throttle::now_ms() as i64,
+                    api: api.id.as_str().into(),
+                    operation: ctx.req.operation.operation().map(|o| o.name.clone()),
+                    application: principal.map(|p| p.application.clone()),
+                    environment: principal.map(|p| p.environment.as_str()),
+                    status,
+                    throttled: ctx.req.throttled,
+                    latency_ms: elapsed.as_secs_f64() * 1000.0,
+                    bytes_in: session.body_bytes_read() as u64,
+                    bytes_out: bytes,
+                });
+            }
         }
         if let (Some(claim), Some(store)) = (ctx.req.idempotency.take(), &self.state.shared.store) {
             complete_idempotency(store, claim, status, e.is_some()).await;

@@ -31,6 +31,10 @@ pub struct Shared {
     /// The built-in key manager as a trusted issuer (its keys in this
     /// process, or fetched from --key-manager-jwks-uri); trusted by every API.
     pub builtin: Option<Arc<crate::oauth::Issuer>>,
+    /// The analytics queries are served (role analytics).
+    pub analytics_api: bool,
+    /// Analytics events of this process (None only in unit tests).
+    pub analytics: Option<Arc<crate::analytics::Recorder>>,
     /// OAuth2 clients' public keys (request signatures).
     pub client_keys: Arc<crate::oauth::client_keys::ClientKeys>,
     /// The built-in key manager's keys and settings: with the key-manager

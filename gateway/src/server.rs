@@ -90,6 +90,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let jwks = Arc::new(crate::oauth::jwks::JwksCache::new(metrics.jwks_fetches.clone()));
     jwks.spawn_worker();
     let (key_manager, builtin) = built_in_key_manager(&config, &jwks)?;
+    // Every gateway records; the analytics role only answers the queries.
+    let analytics =
+        crate::analytics::Recorder::start(store.clone(), config.analytics_flush, metrics.analytics_dropped.clone())
+            .context("starting the analytics recorder")?;
     let state = Arc::new(State::new(Shared {
         store: Some(store),
         traffic,
@@ -104,6 +108,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         builtin,
         key_manager,
         key_manager_endpoints: config.has_role(Role::KeyManager),
+        analytics: Some(analytics),
+        analytics_api: config.has_role(Role::Analytics),
         client_keys: Arc::new(crate::oauth::client_keys::ClientKeys::new(config.key_cache_ttl)),
     }));
     let mut reloader = Reloader::new(config.config_dir.clone(), state.clone(), config.reload_debounce);

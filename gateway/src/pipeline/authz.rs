@@ -55,7 +55,7 @@ mod tests {
             issuer_fingerprint: [0; 32],
             keys: None,
         };
-        let op = Operation { policy: None, scopes: required.iter().map(|s| s.to_string()).collect() };
+        let op = Operation { name: "".into(), policy: None, scopes: required.iter().map(|s| s.to_string()).collect() };
         RequestCtx {
             operation: OpMatch::Path { allow: "GET".into(), op: Some(Arc::new(op)) },
             principal: Some(Principal {

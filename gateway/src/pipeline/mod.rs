@@ -288,6 +288,8 @@ pub(crate) mod test_support {
             builtin: None,
             key_manager: None,
             key_manager_endpoints: false,
+            analytics: None,
+            analytics_api: false,
             client_keys: Arc::new(crate::oauth::client_keys::ClientKeys::new(std::time::Duration::from_secs(5))),
         }
     }

@@ -37,7 +37,8 @@ impl Operations {
         let mut by_path: BTreeMap<&str, Vec<(http::Method, Arc<Operation>)>> = BTreeMap::new();
         for (op, policy) in ops.iter().zip(policies.into_iter().chain(std::iter::repeat(None))) {
             let method = http::Method::from_bytes(op.method.as_str().as_bytes()).map_err(|e| e.to_string())?;
-            let compiled = Arc::new(Operation { policy, scopes: op.scopes.clone() });
+            let name: Arc<str> = format!("{} {}", method, op.path).into();
+            let compiled = Arc::new(Operation { name, policy, scopes: op.scopes.clone() });
             by_path.entry(op.path.as_str()).or_default().push((method, compiled));
         }
         let mut router = matchit::Router::new();

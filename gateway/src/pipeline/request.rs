@@ -14,6 +14,8 @@ use crate::throttle::Decision;
 
 /// One declared operation (a method at a path template).
 pub struct Operation {
+    /// `METHOD /path/template` (analytics).
+    pub name: Arc<str>,
     /// Its own ThrottlePolicy (`operations[].throttling`).
     pub policy: Option<Arc<Policy>>,
     /// OAuth2 scopes it requires (`operations[].scopes`).
@@ -157,6 +159,8 @@ pub struct RequestCtx {
     /// The whole request body, read before the pipeline for APIs whose
     /// steps need it (idempotency, JWS).
     pub body: Option<bytes::Bytes>,
+    /// Refused by a throttling policy (analytics).
+    pub throttled: bool,
     /// What the idempotency step claimed, to be completed with the answer.
     pub idempotency: Option<super::idempotency::Claim>,
 }

@@ -117,6 +117,7 @@ impl ThrottleStep {
                 }
                 Verdict::Reject(d, message) => {
                     rt.metrics.throttled(&policy.id, "rejected").inc();
+                    ctx.throttled = true;
                     let mut reply =
                         Reply::new(429, "too_many_requests", message).header("retry-after", d.reset_secs().to_string());
                     reply.headers.extend(ratelimit_headers(&d).map(|(n, v)| (n.to_string(), v)));
@@ -303,7 +304,7 @@ mod tests {
     }
 
     fn ctx_for(op_policy: Option<&Arc<Policy>>, principal: Option<Principal>) -> RequestCtx {
-        let op = Arc::new(Operation { policy: op_policy.cloned(), scopes: Vec::new() });
+        let op = Arc::new(Operation { name: "".into(), policy: op_policy.cloned(), scopes: Vec::new() });
         RequestCtx { operation: OpMatch::Path { allow: "GET".into(), op: Some(op) }, principal, ..Default::default() }
     }
 

@@ -4,6 +4,7 @@
 //! management REST API over it lives in `store_api.rs`; nothing here knows
 //! the routing snapshot (it is handed the views it needs).
 
+pub mod analytics;
 pub mod cache;
 pub mod db;
 pub mod idempotency;

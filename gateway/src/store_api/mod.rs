@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+mod analytics;
 mod oauth_clients;
 
 use crate::reload::State;
@@ -47,6 +48,14 @@ pub fn routes(state: Arc<State>, store: Arc<Store>) -> Router {
         .route("/api/v1/subscriptions/{id}", delete(delete_subscription))
         // Oversized bodies are refused by the JSON reader with 413; keep axum's own limit above ours.
         .layer(DefaultBodyLimit::max(MAX_BODY * 4))
+        .with_state(ApiState { state, store })
+}
+
+/// The analytics queries (role analytics).
+pub fn analytics_routes(state: Arc<State>, store: Arc<Store>) -> Router {
+    Router::new()
+        .route("/api/v1/analytics/usage", get(analytics::usage))
+        .route("/api/v1/analytics/availability", get(analytics::availability))
         .with_state(ApiState { state, store })
 }
 

@@ -1,0 +1,107 @@
+//! Analytics rollups in the store database.
+
+use sqlx::Row;
+
+use super::db::{Db, Result};
+use crate::analytics::histogram::Histogram;
+
+/// What a rollup row is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RowKey {
+    pub minute_ms: i64,
+    pub api: String,
+    pub operation: String,
+    pub application: String,
+    pub environment: String,
+    pub status_class: String,
+}
+
+/// One minute's numbers for one key (of one pod when written, summed over
+/// pods when read).
+#[derive(Clone, Debug)]
+pub struct MinuteRow {
+    pub key: RowKey,
+    pub requests: u64,
+    pub errors: u64,
+    pub throttled: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub latency: Histogram,
+}
+
+impl Db {
+    /// Writes (replaces) a pod's rows, in one transaction.
+    pub async fn write_minutes(&self, pod: &str, rows: &[MinuteRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO analytics_minute (pod, minute_ms, api, operation, application, environment, status_class, \
+                 requests, errors, throttled, bytes_in, bytes_out, latency) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (pod, minute_ms, api, operation, application, environment, status_class) DO UPDATE SET \
+                 requests = excluded.requests, errors = excluded.errors, throttled = excluded.throttled, \
+                 bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out, latency = excluded.latency",
+            )
+            .bind(pod)
+            .bind(r.key.minute_ms)
+            .bind(&r.key.api)
+            .bind(&r.key.operation)
+            .bind(&r.key.application)
+            .bind(&r.key.environment)
+            .bind(&r.key.status_class)
+            .bind(r.requests as i64)
+            .bind(r.errors as i64)
+            .bind(r.throttled as i64)
+            .bind(r.bytes_in as i64)
+            .bind(r.bytes_out as i64)
+            .bind(r.latency.to_text())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every pod's rows with `from_ms <= minute < to_ms`, optionally of one
+    /// API and one application.
+    pub async fn read_minutes(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        api: Option<&str>,
+        application: Option<&str>,
+    ) -> Result<Vec<MinuteRow>> {
+        let rows = sqlx::query(
+            "SELECT minute_ms, api, operation, application, environment, status_class, requests, errors, throttled, \
+             bytes_in, bytes_out, latency FROM analytics_minute \
+             WHERE minute_ms >= $1 AND minute_ms < $2 AND ($3 = '' OR api = $3) AND ($4 = '' OR application = $4)",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(api.unwrap_or(""))
+        .bind(application.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let n = |c: &str| r.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
+                Ok(MinuteRow {
+                    key: RowKey {
+                        minute_ms: r.try_get("minute_ms")?,
+                        api: r.try_get("api")?,
+                        operation: r.try_get("operation")?,
+                        application: r.try_get("application")?,
+                        environment: r.try_get("environment")?,
+                        status_class: r.try_get("status_class")?,
+                    },
+                    requests: n("requests")?,
+                    errors: n("errors")?,
+                    throttled: n("throttled")?,
+                    bytes_in: n("bytes_in")?,
+                    bytes_out: n("bytes_out")?,
+                    latency: Histogram::from_text(&r.try_get::<String, _>("latency")?),
+                })
+            })
+            .collect()
+    }
+}

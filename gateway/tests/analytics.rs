@@ -1,0 +1,222 @@
+//! Analytics end to end: a scripted mix of answers (200, 429, 502) across
+//! two applications and APIs, recorded by the gateway process and read
+//! back through /api/v1/analytics exactly; latency percentiles against a
+//! backend that sleeps known times; CSV; availability; a restart that keeps
+//! everything; two gateways on one PostgreSQL summed.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::oauth::{ADMIN, admin_at};
+use support::postgres::Postgres;
+use support::*;
+
+fn manifests(dir: &Path, backend: &str) {
+    std::fs::write(dir.join("tier.yaml"), policy("three", "  limit: {requests: 3, per: 1m}\n  keyBy: Consumer\n"))
+        .unwrap();
+    let sec = "  security: {apiKey: {}}\n";
+    std::fs::write(
+        dir.join("a.yaml"),
+        api(
+            "accounts",
+            "/accounts",
+            "v1",
+            backend,
+            &format!("{sec}  operations: [{{method: GET, path: '/{{id}}'}}]\n"),
+        ),
+    )
+    .unwrap();
+    // Nothing listens on port 9: every call is a 502.
+    std::fs::write(dir.join("b.yaml"), api("broken", "/broken", "v1", "http://127.0.0.1:9", sec)).unwrap();
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    _backend: Proc,
+    gw: Gateway,
+    token: std::path::PathBuf,
+}
+
+fn start(extra: &[&str]) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (backend, addr) = echo("bank");
+    manifests(&dir, &format!("http://{addr}"));
+    let token = tmp.path().join("admin-token");
+    std::fs::write(&token, ADMIN).unwrap();
+    let gw = start_gateway(&dir, &token, extra);
+    Env { _tmp: tmp, dir, _backend: backend, gw, token }
+}
+
+fn start_gateway(dir: &Path, token: &Path, extra: &[&str]) -> Gateway {
+    let mut flags =
+        vec!["--admin-token-file", token.to_str().unwrap(), "--analytics-flush-seconds", "1", "--access-log", "false"];
+    flags.extend_from_slice(extra);
+    gateway(dir, &flags)
+}
+
+/// A new application subscribed to both APIs (tier "three") and its key.
+fn app_with_key(gw: &Gateway, name: &str) -> (String, String) {
+    let app = admin_at(gw.mgmt, "POST", "/api/v1/applications", json!({"name": name})).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for a in ["bank/accounts", "bank/broken"] {
+        let r = admin_at(
+            gw.mgmt,
+            "POST",
+            "/api/v1/subscriptions",
+            json!({"applicationId": app, "api": a, "policy": "three"}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let key = admin_at(gw.mgmt, "POST", &format!("/api/v1/applications/{app}/keys"), Value::Null).json()["apiKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (app, key)
+}
+
+fn get(gw: &Gateway, path: &str, key: &str) -> u16 {
+    request(gw.http, "GET", path, &[("apikey", key)], b"").status
+}
+
+fn usage(gw: &Gateway, query: &str) -> Vec<Value> {
+    let r = admin_at(gw.mgmt, "GET", &format!("/api/v1/analytics/usage?{query}"), Value::Null);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["rows"].as_array().unwrap().clone()
+}
+
+/// Totals per (api, application) over the last hour.
+fn totals(gw: &Gateway) -> Vec<(String, String, u64, u64, u64)> {
+    let mut t: Vec<(String, String, u64, u64, u64)> = Vec::new();
+    for r in usage(gw, "granularity=hour") {
+        let key = (r["api"].as_str().unwrap().to_string(), r["application"].as_str().unwrap_or("").to_string());
+        let (req, err, thr) =
+            (r["requests"].as_u64().unwrap(), r["errors"].as_u64().unwrap(), r["throttled"].as_u64().unwrap());
+        match t.iter_mut().find(|x| (x.0.as_str(), x.1.as_str()) == (key.0.as_str(), key.1.as_str())) {
+            Some(x) => {
+                x.2 += req;
+                x.3 += err;
+                x.4 += thr;
+            }
+            None => t.push((key.0, key.1, req, err, thr)),
+        }
+    }
+    t.sort();
+    t
+}
+
+#[test]
+fn exact_totals_percentiles_csv_availability_and_a_restart() {
+    let mut env = start(&[]);
+    let (app1, key1) = app_with_key(&env.gw, "tpp-one");
+    let (app2, key2) = app_with_key(&env.gw, "tpp-two");
+    // app1: 3 x 200 with known latencies, then a 429 (tier: 3 a minute).
+    for ms in [20, 60, 180] {
+        assert_eq!(get(&env.gw, &format!("/accounts/v1/x?delay_ms={ms}"), &key1), 200);
+    }
+    assert_eq!(get(&env.gw, "/accounts/v1/x", &key1), 429);
+    // app2: 2 x 502 on the broken API, 1 x 200.
+    assert_eq!(get(&env.gw, "/broken/v1/x", &key2), 502);
+    assert_eq!(get(&env.gw, "/broken/v1/x", &key2), 502);
+    assert_eq!(get(&env.gw, "/accounts/v1/y", &key2), 200);
+    // Unauthenticated: counted without an application.
+    assert_eq!(request(env.gw.http, "GET", "/accounts/v1/x", &[], b"").status, 401);
+
+    let expected = {
+        let mut e = vec![
+            ("bank/accounts".to_string(), String::new(), 1, 0, 0),
+            ("bank/accounts".to_string(), app1.clone(), 4, 0, 1),
+            ("bank/accounts".to_string(), app2.clone(), 1, 0, 0),
+            ("bank/broken".to_string(), app2.clone(), 2, 2, 0),
+        ];
+        e.sort();
+        e
+    };
+    eventually(Duration::from_secs(10), || totals(&env.gw) == expected);
+    assert_eq!(totals(&env.gw), expected);
+
+    // Percentiles of app1's answers (20, 60, 180 ms and a fast 429), within one bucket.
+    let rows = usage(&env.gw, &format!("granularity=day&api=bank/accounts&application={app1}"));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let p99 = rows[0]["latencyMs"]["p99"].as_f64().unwrap();
+    let p50 = rows[0]["latencyMs"]["p50"].as_f64().unwrap();
+    // The backend's sleep plus the gateway's own time, rounded up to a
+    // bucket bound (a factor of at most 1.42; exactness is unit-tested).
+    assert!((180.0..=(180.0 + 30.0) * 1.42).contains(&p99), "p99 {p99}");
+    assert!((20.0..=(20.0 + 10.0) * 1.42).contains(&p50), "p50 {p50}");
+    assert!(rows[0]["bytes"].as_u64().unwrap() > 0);
+
+    // CSV: a header row and one line per row.
+    let r = request(
+        env.gw.mgmt,
+        "GET",
+        "/api/v1/analytics/usage?granularity=hour",
+        &[("authorization", &format!("Bearer {ADMIN}")), ("accept", "text/csv")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/csv"));
+    let text = r.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "time,api,application,requests,errors,throttled,p50_ms,p95_ms,p99_ms,bytes");
+    assert_eq!(lines.len(), 1 + usage(&env.gw, "granularity=hour").len());
+
+    // Availability: the broken API answered only 5xx.
+    let r = admin_at(env.gw.mgmt, "GET", "/api/v1/analytics/availability", Value::Null).json();
+    let of = |api: &str| r["apis"].as_array().unwrap().iter().find(|a| a["api"] == api).unwrap().clone();
+    assert_eq!(
+        (of("bank/broken")["uptimePercent"].as_f64(), of("bank/broken")["serverErrors"].as_u64()),
+        (Some(0.0), Some(2))
+    );
+    assert_eq!(
+        (of("bank/accounts")["uptimePercent"].as_f64(), of("bank/accounts")["requests"].as_u64()),
+        (Some(100.0), Some(6))
+    );
+
+    // Bad parameters.
+    for q in [
+        "granularity=week",
+        "from=yesterday",
+        "from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z",
+        "to=0&from=10",
+        "color=red",
+    ] {
+        let r = admin_at(env.gw.mgmt, "GET", &format!("/api/v1/analytics/usage?{q}"), Value::Null);
+        assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("bad_request")), "{q}: {}", r.text());
+    }
+    assert_eq!(request(env.gw.mgmt, "GET", "/api/v1/analytics/usage", &[], b"").status, 401);
+
+    // A restart keeps everything (same database).
+    let dir = env.dir.clone();
+    drop(std::mem::replace(&mut env.gw, start_gateway(&dir, &env.token, &[])));
+    assert_eq!(totals(&env.gw), expected);
+    // And the new process adds to it.
+    assert_eq!(get(&env.gw, "/accounts/v1/z", &key2), 200);
+    eventually(Duration::from_secs(10), || {
+        totals(&env.gw).iter().any(|t| t.0 == "bank/accounts" && t.1 == app2 && t.2 == 2)
+    });
+}
+
+#[test]
+fn two_gateways_on_one_postgresql_are_summed() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let env = start(&["--database-url", &url]);
+    let other = start_gateway(&env.dir, &env.token, &["--database-url", &url]);
+    let (app, key) = app_with_key(&env.gw, "tpp");
+    for _ in 0..2 {
+        assert_eq!(get(&env.gw, "/accounts/v1/a", &key), 200);
+    }
+    // The tier (3 a minute) is per gateway without Redis: the third fits on the other.
+    assert_eq!(get(&other, "/accounts/v1/b", &key), 200);
+    let want = vec![("bank/accounts".to_string(), app.clone(), 3, 0, 0)];
+    eventually(Duration::from_secs(10), || totals(&env.gw) == want && totals(&other) == want);
+    assert_eq!(totals(&other), want);
+}
