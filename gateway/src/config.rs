@@ -194,6 +194,18 @@ pub struct Args {
     #[arg(long, env = "TOLLGATE_ANALYTICS_FLUSH_SECONDS", default_value = "10",
           value_parser = clap::value_parser!(u64).range(1..=60))]
     pub analytics_flush_seconds: u64,
+    /// Days the per-minute analytics rows are kept.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_MINUTE_RETENTION_DAYS", default_value = "7",
+          value_parser = clap::value_parser!(u64).range(1..=366))]
+    pub analytics_minute_retention_days: u64,
+    /// Days the hourly analytics rows are kept.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_HOUR_RETENTION_DAYS", default_value = "90",
+          value_parser = clap::value_parser!(u64).range(1..=3660))]
+    pub analytics_hour_retention_days: u64,
+    /// Days the daily analytics rows are kept.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_DAY_RETENTION_DAYS", default_value = "730",
+          value_parser = clap::value_parser!(u64).range(1..=36600))]
+    pub analytics_day_retention_days: u64,
 }
 
 /// Whether the TLS listeners ask for client certificates.
@@ -253,6 +265,7 @@ pub struct Config {
     pub token_ttl: Duration,
     pub key_manager_jwks_uri: Option<String>,
     pub analytics_flush: Duration,
+    pub analytics_retention: crate::analytics::rollup::Retention,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -363,6 +376,11 @@ impl Config {
             token_ttl: Duration::from_secs(a.token_ttl_seconds),
             key_manager_jwks_uri: a.key_manager_jwks_uri,
             analytics_flush: Duration::from_secs(a.analytics_flush_seconds),
+            analytics_retention: crate::analytics::rollup::Retention {
+                minute: Duration::from_secs(a.analytics_minute_retention_days * 86_400),
+                hour: Duration::from_secs(a.analytics_hour_retention_days * 86_400),
+                day: Duration::from_secs(a.analytics_day_retention_days * 86_400),
+            },
             config_dir,
             http: a.http,
             https: a.https,
@@ -457,6 +475,9 @@ struct FileKeys {
     token_ttl_seconds: Option<serde_json::Value>,
     key_manager_jwks_uri: Option<serde_json::Value>,
     analytics_flush_seconds: Option<serde_json::Value>,
+    analytics_minute_retention_days: Option<serde_json::Value>,
+    analytics_hour_retention_days: Option<serde_json::Value>,
+    analytics_day_retention_days: Option<serde_json::Value>,
 }
 
 /// Re-parses with file values inserted for every setting that still has its
@@ -579,6 +600,21 @@ fn merge_file_layer(
             parsed.analytics_flush_seconds
         } else {
             from_file.analytics_flush_seconds
+        },
+        analytics_minute_retention_days: if pick("analytics_minute_retention_days") {
+            parsed.analytics_minute_retention_days
+        } else {
+            from_file.analytics_minute_retention_days
+        },
+        analytics_hour_retention_days: if pick("analytics_hour_retention_days") {
+            parsed.analytics_hour_retention_days
+        } else {
+            from_file.analytics_hour_retention_days
+        },
+        analytics_day_retention_days: if pick("analytics_day_retention_days") {
+            parsed.analytics_day_retention_days
+        } else {
+            from_file.analytics_day_retention_days
         },
     })
 }

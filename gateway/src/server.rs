@@ -91,9 +91,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     jwks.spawn_worker();
     let (key_manager, builtin) = built_in_key_manager(&config, &jwks)?;
     // Every gateway records; the analytics role only answers the queries.
-    let analytics =
-        crate::analytics::Recorder::start(store.clone(), config.analytics_flush, metrics.analytics_dropped.clone())
-            .context("starting the analytics recorder")?;
+    let analytics = crate::analytics::Recorder::start(
+        store.clone(),
+        config.analytics_flush,
+        config.analytics_retention,
+        metrics.analytics_dropped.clone(),
+    )
+    .context("starting the analytics recorder")?;
     let state = Arc::new(State::new(Shared {
         store: Some(store),
         traffic,

@@ -52,7 +52,12 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the aggregator thread writing into `store` every `flush`.
-    pub fn start(store: Arc<Store>, flush: Duration, dropped: Counter) -> std::io::Result<Arc<Recorder>> {
+    pub fn start(
+        store: Arc<Store>,
+        flush: Duration,
+        retention: rollup::Retention,
+        dropped: Counter,
+    ) -> std::io::Result<Arc<Recorder>> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let pod = pod_id();
         std::thread::Builder::new().name("tollgate-analytics".into()).spawn(move || {
@@ -60,7 +65,7 @@ impl Recorder {
                 tracing::error!("analytics: no runtime; nothing is recorded");
                 return;
             };
-            rt.block_on(Aggregator::new(pod, store).run(rx, flush));
+            rt.block_on(Aggregator::new(pod, store, retention).run(rx, flush));
         })?;
         Ok(Arc::new(Recorder { tx, dropped }))
     }

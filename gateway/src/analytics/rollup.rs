@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Event;
 use super::histogram::Histogram;
 use crate::store::Store;
-use crate::store::analytics::{MinuteRow, RowKey};
+use crate::store::analytics::{Coarse, MinuteRow, RowKey};
 
 /// Minutes kept in memory after they end (late events still land in them).
 const KEEP_MINUTES: i64 = 2;
@@ -37,16 +37,74 @@ pub struct Rollup {
     dirty: bool,
 }
 
-/// The aggregator: rollups of the recent minutes, written every flush.
+/// How long each table keeps its rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub minute: Duration,
+    pub hour: Duration,
+    pub day: Duration,
+}
+
+/// Rows summed into `period`-long buckets (pods, minutes or hours merged).
+pub fn compact(rows: Vec<MinuteRow>, period_ms: i64) -> Vec<MinuteRow> {
+    let mut out: HashMap<RowKey, MinuteRow> = HashMap::new();
+    for r in rows {
+        let mut key = r.key.clone();
+        key.minute_ms -= key.minute_ms.rem_euclid(period_ms);
+        match out.get_mut(&key) {
+            Some(s) => {
+                s.requests += r.requests;
+                s.errors += r.errors;
+                s.throttled += r.throttled;
+                s.bytes_in += r.bytes_in;
+                s.bytes_out += r.bytes_out;
+                s.latency.merge(&r.latency);
+            }
+            None => {
+                out.insert(key.clone(), MinuteRow { key, ..r });
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
+/// The aggregator: rollups of the recent minutes, written every flush;
+/// every few flushes the hourly and daily rollups of the current and the
+/// previous period are recomputed and old rows expired.
 pub struct Aggregator {
     pod: String,
     store: Arc<Store>,
     rollups: HashMap<RowKey, Rollup>,
+    retention: Retention,
 }
 
 impl Aggregator {
-    pub fn new(pod: String, store: Arc<Store>) -> Aggregator {
-        Aggregator { pod, store, rollups: HashMap::new() }
+    pub fn new(pod: String, store: Arc<Store>, retention: Retention) -> Aggregator {
+        Aggregator { pod, store, rollups: HashMap::new(), retention }
+    }
+
+    /// Recomputes the hourly rows of this hour and the last, and the daily
+    /// rows of today and yesterday, from the finer tables (idempotent, so
+    /// every gateway may run it); deletes rows past their retention.
+    pub async fn compact_and_expire(&self) -> Result<(), crate::store::db::StoreError> {
+        let db = &self.store.db;
+        let now = crate::throttle::now_ms() as i64;
+        let hour = Coarse::Hour.millis();
+        let from = now - now.rem_euclid(hour) - hour;
+        let minutes = db.read_minutes(from, i64::MAX, None, None).await?;
+        db.write_coarse(Coarse::Hour, &compact(minutes, hour)).await?;
+        let day = Coarse::Day.millis();
+        let from = now - now.rem_euclid(day) - day;
+        let hours = db.read_coarse(Coarse::Hour, from, i64::MAX, None, None).await?;
+        db.write_coarse(Coarse::Day, &compact(hours, day)).await?;
+        let before = |d: Duration| now - d.as_millis() as i64;
+        let gone = db
+            .expire_analytics(before(self.retention.minute), before(self.retention.hour), before(self.retention.day))
+            .await?;
+        if gone > 0 {
+            tracing::info!(rows = gone, "expired analytics rows past their retention");
+        }
+        Ok(())
     }
 
     pub fn add(&mut self, e: &Event) {
@@ -104,10 +162,12 @@ impl Aggregator {
         self.rollups.retain(|k, r| r.dirty || k.minute_ms >= cutoff);
     }
 
-    /// Takes events until the recorder goes away, writing every `every`.
+    /// Takes events until the recorder goes away, writing every `every`
+    /// and compacting every sixth write.
     pub async fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Event>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
@@ -120,9 +180,103 @@ impl Aggregator {
                 _ = tick.tick() => {
                     if self.store.ensure_migrated().await.is_ok() {
                         self.flush().await;
+                        ticks += 1;
+                        if ticks % 6 == 1
+                            && let Err(e) = self.compact_and_expire().await
+                        {
+                            tracing::warn!(error = %e, "analytics compaction failed; retrying with a later flush");
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Store {
+        async fn store_rows(&self, pod: &str, rows: &[MinuteRow]) {
+            self.db.write_minutes(pod, rows).await.unwrap();
+        }
+    }
+
+    fn row(minute_ms: i64, app: &str, requests: u64, ms: f64) -> MinuteRow {
+        let mut latency = Histogram::default();
+        for _ in 0..requests {
+            latency.record(ms);
+        }
+        MinuteRow {
+            key: RowKey {
+                minute_ms,
+                api: "ns/a".into(),
+                operation: String::new(),
+                application: app.into(),
+                environment: String::new(),
+                status_class: "2xx".into(),
+            },
+            requests,
+            errors: 0,
+            throttled: 0,
+            bytes_in: requests,
+            bytes_out: 10 * requests,
+            latency,
+        }
+    }
+
+    #[tokio::test]
+    async fn compaction_fills_the_hour_and_day_tables_and_retention_expires_old_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(Store::open(tmp.path(), None, None, Duration::from_secs(5), Default::default()).await.unwrap());
+        let now = crate::throttle::now_ms() as i64;
+        let minute = now - now.rem_euclid(60_000);
+        let old = minute - 10 * 86_400_000;
+        store.store_rows("pod-a", &[row(minute, "x", 2, 5.0), row(old, "x", 7, 5.0)]).await;
+        store.store_rows("pod-b", &[row(minute, "x", 3, 5.0)]).await;
+        let day = Duration::from_secs(86_400);
+        let agg = Aggregator::new(
+            "pod-a".into(),
+            store.clone(),
+            Retention { minute: 7 * day, hour: 90 * day, day: 730 * day },
+        );
+        agg.compact_and_expire().await.unwrap();
+        let minutes = store.db.read_minutes(0, i64::MAX, None, None).await.unwrap();
+        assert_eq!(minutes.iter().map(|r| r.requests).sum::<u64>(), 5, "the 10-day-old minute row is gone");
+        let hours = store.db.read_coarse(Coarse::Hour, 0, i64::MAX, None, None).await.unwrap();
+        assert_eq!(hours.len(), 1);
+        assert_eq!(
+            (hours[0].key.minute_ms, hours[0].requests),
+            (now - now.rem_euclid(3_600_000), 5),
+            "both pods summed"
+        );
+        let days = store.db.read_coarse(Coarse::Day, 0, i64::MAX, None, None).await.unwrap();
+        assert_eq!(days.iter().map(|r| r.requests).sum::<u64>(), 5);
+        // Run again: the same numbers (recomputed, not added).
+        agg.compact_and_expire().await.unwrap();
+        let hours = store.db.read_coarse(Coarse::Hour, 0, i64::MAX, None, None).await.unwrap();
+        assert_eq!(hours[0].requests, 5);
+    }
+
+    #[test]
+    fn compaction_sums_pods_and_minutes_into_their_hour() {
+        let h = 3_600_000;
+        // Two pods' rows of the same minute, another minute, the next hour, another application.
+        let rows = vec![
+            row(h, "x", 2, 5.0),
+            row(h, "x", 3, 50.0),
+            row(h + 60_000, "x", 1, 500.0),
+            row(2 * h, "x", 4, 5.0),
+            row(h, "y", 1, 5.0),
+        ];
+        let mut out = compact(rows, h);
+        out.sort_by_key(|r| (r.key.minute_ms, r.key.application.clone()));
+        let summary: Vec<(i64, &str, u64, u64)> =
+            out.iter().map(|r| (r.key.minute_ms, r.key.application.as_str(), r.requests, r.latency.count())).collect();
+        assert_eq!(summary, [(h, "x", 6, 6), (h, "y", 1, 1), (2 * h, "x", 4, 4)]);
+        assert_eq!(out[0].bytes_out, 60);
+        assert!(out[0].latency.quantile(1.0).unwrap() >= 500.0);
     }
 }

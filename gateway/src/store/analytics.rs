@@ -29,7 +29,141 @@ pub struct MinuteRow {
     pub latency: Histogram,
 }
 
+/// Coarser rollup tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coarse {
+    Hour,
+    Day,
+}
+
+impl Coarse {
+    pub fn millis(self) -> i64 {
+        match self {
+            Coarse::Hour => 3_600_000,
+            Coarse::Day => 86_400_000,
+        }
+    }
+}
+
+/// Upsert (replace) into a coarse table, as a literal (sqlx takes only static SQL).
+macro_rules! upsert_coarse {
+    ($table:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $table,
+            " (bucket_ms, api, operation, application, environment, status_class, requests, errors, throttled, \
+             bytes_in, bytes_out, latency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (bucket_ms, api, operation, application, environment, status_class) DO UPDATE SET \
+             requests = excluded.requests, errors = excluded.errors, throttled = excluded.throttled, \
+             bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out, latency = excluded.latency"
+        )
+    };
+}
+
+macro_rules! select_coarse {
+    ($table:literal) => {
+        concat!(
+            "SELECT bucket_ms AS minute_ms, api, operation, application, environment, status_class, requests, errors, \
+             throttled, bytes_in, bytes_out, latency FROM ",
+            $table,
+            " WHERE bucket_ms >= $1 AND bucket_ms < $2 AND ($3 = '' OR api = $3) AND ($4 = '' OR application = $4)"
+        )
+    };
+}
+
+fn row_of(r: &sqlx::any::AnyRow) -> Result<MinuteRow> {
+    let n = |c: &str| r.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
+    Ok(MinuteRow {
+        key: RowKey {
+            minute_ms: r.try_get("minute_ms")?,
+            api: r.try_get("api")?,
+            operation: r.try_get("operation")?,
+            application: r.try_get("application")?,
+            environment: r.try_get("environment")?,
+            status_class: r.try_get("status_class")?,
+        },
+        requests: n("requests")?,
+        errors: n("errors")?,
+        throttled: n("throttled")?,
+        bytes_in: n("bytes_in")?,
+        bytes_out: n("bytes_out")?,
+        latency: Histogram::from_text(&r.try_get::<String, _>("latency")?),
+    })
+}
+
 impl Db {
+    /// Replaces coarse rows (summed over pods; `key.minute_ms` is the bucket start).
+    pub async fn write_coarse(&self, table: Coarse, rows: &[MinuteRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            let sql = match table {
+                Coarse::Hour => upsert_coarse!("analytics_hour"),
+                Coarse::Day => upsert_coarse!("analytics_day"),
+            };
+            sqlx::query(sql)
+                .bind(r.key.minute_ms)
+                .bind(&r.key.api)
+                .bind(&r.key.operation)
+                .bind(&r.key.application)
+                .bind(&r.key.environment)
+                .bind(&r.key.status_class)
+                .bind(r.requests as i64)
+                .bind(r.errors as i64)
+                .bind(r.throttled as i64)
+                .bind(r.bytes_in as i64)
+                .bind(r.bytes_out as i64)
+                .bind(r.latency.to_text())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Coarse rows with `from_ms <= bucket < to_ms`.
+    pub async fn read_coarse(
+        &self,
+        table: Coarse,
+        from_ms: i64,
+        to_ms: i64,
+        api: Option<&str>,
+        application: Option<&str>,
+    ) -> Result<Vec<MinuteRow>> {
+        let sql = match table {
+            Coarse::Hour => select_coarse!("analytics_hour"),
+            Coarse::Day => select_coarse!("analytics_day"),
+        };
+        let rows = sqlx::query(sql)
+            .bind(from_ms)
+            .bind(to_ms)
+            .bind(api.unwrap_or(""))
+            .bind(application.unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row_of).collect()
+    }
+
+    /// Deletes rows older than each table's retention.
+    pub async fn expire_analytics(&self, minute_before: i64, hour_before: i64, day_before: i64) -> Result<u64> {
+        let mut n = 0;
+        n += sqlx::query("DELETE FROM analytics_minute WHERE minute_ms < $1")
+            .bind(minute_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        n += sqlx::query("DELETE FROM analytics_hour WHERE bucket_ms < $1")
+            .bind(hour_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        n += sqlx::query("DELETE FROM analytics_day WHERE bucket_ms < $1")
+            .bind(day_before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
     /// Writes (replaces) a pod's rows, in one transaction.
     pub async fn write_minutes(&self, pod: &str, rows: &[MinuteRow]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
@@ -82,26 +216,6 @@ impl Db {
         .bind(application.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let n = |c: &str| r.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
-                Ok(MinuteRow {
-                    key: RowKey {
-                        minute_ms: r.try_get("minute_ms")?,
-                        api: r.try_get("api")?,
-                        operation: r.try_get("operation")?,
-                        application: r.try_get("application")?,
-                        environment: r.try_get("environment")?,
-                        status_class: r.try_get("status_class")?,
-                    },
-                    requests: n("requests")?,
-                    errors: n("errors")?,
-                    throttled: n("throttled")?,
-                    bytes_in: n("bytes_in")?,
-                    bytes_out: n("bytes_out")?,
-                    latency: Histogram::from_text(&r.try_get::<String, _>("latency")?),
-                })
-            })
-            .collect()
+        rows.iter().map(row_of).collect()
     }
 }

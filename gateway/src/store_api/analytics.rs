@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::{ApiState, authorize, error, ready, store_error};
 use crate::analytics::histogram::Histogram;
+use crate::store::analytics::Coarse;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +117,15 @@ pub async fn usage(
     if let Err(r) = ready(&s).await {
         return *r;
     }
-    let rows = match s.store.db.read_minutes(from, to, q.api.as_deref(), q.application.as_deref()).await {
+    // Each granularity reads its own table (minute rows live 7 days by
+    // default, hourly 90, daily 2 years).
+    let (api, app) = (q.api.as_deref(), q.application.as_deref());
+    let rows = match step {
+        60_000 => s.store.db.read_minutes(from, to, api, app).await,
+        3_600_000 => s.store.db.read_coarse(Coarse::Hour, from - from.rem_euclid(step), to, api, app).await,
+        _ => s.store.db.read_coarse(Coarse::Day, from - from.rem_euclid(step), to, api, app).await,
+    };
+    let rows = match rows {
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
@@ -219,7 +228,8 @@ pub async fn availability(
     if let Err(r) = ready(&s).await {
         return *r;
     }
-    let rows = match s.store.db.read_minutes(from, to, None, None).await {
+    let hour = Coarse::Hour.millis();
+    let rows = match s.store.db.read_coarse(Coarse::Hour, from - from.rem_euclid(hour), to, None, None).await {
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
