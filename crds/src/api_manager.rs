@@ -443,9 +443,32 @@ pub enum FailureMode {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalyticsSpec {
-    /// Run the analytics role on the control-plane pods.
+    /// Run the analytics role (the /api/v1/analytics queries) on the
+    /// control-plane pods. Every gateway records usage regardless.
     #[serde(default)]
     pub enabled: bool,
+    /// How long usage rollups are kept, in days; every pod gets the same
+    /// settings (any of them may expire rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<AnalyticsRetention>,
+}
+
+/// Days the per-minute, hourly and daily usage rollups are kept.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalyticsRetention {
+    /// Per-minute rows (default 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 366))]
+    pub minute_days: Option<i32>,
+    /// Hourly rows (default 90).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3660))]
+    pub hour_days: Option<i32>,
+    /// Daily rows (default 730).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 36600))]
+    pub day_days: Option<i32>,
 }
 
 /// The built-in key manager of an ApiManager.

@@ -391,6 +391,14 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
     if let Some(g) = &c.gateway_group {
         args.push(format!("--gateway-group={g}"));
     }
+    // Every pod records and may expire usage rows: all get the same retention.
+    if let Some(r) = &spec.analytics.retention {
+        for (flag, days) in [("minute", r.minute_days), ("hour", r.hour_days), ("day", r.day_days)] {
+            if let Some(d) = days {
+                args.push(format!("--analytics-{flag}-retention-days={d}"));
+            }
+        }
+    }
     let mut env = vec![field_env("POD_NAME", "metadata.name"), field_env("POD_NAMESPACE", "metadata.namespace")];
     if let Some(db) = spec.database.as_ref().and_then(|d| d.external.as_ref()) {
         env.push(secret_env("TOLLGATE_DATABASE_URL", &db.url_secret_ref));

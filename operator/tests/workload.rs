@@ -482,3 +482,19 @@ fn gateway_groups_get_the_signing_keys_only_when_they_sign_answers() {
         assert!(flags(&args, "--token-ttl-seconds").is_empty(), "never the key manager's own settings");
     }
 }
+
+#[test]
+fn analytics_retention_goes_to_every_pod_and_the_role_to_the_control_plane() {
+    let m = manager(with_db_and_redis(json!({
+        "pattern": "DistributedGateways", "gateways": [{ "name": "production" }],
+        "analytics": { "enabled": true, "retention": { "minuteDays": 3, "dayDays": 365 } },
+    })));
+    let v = json_of(&workload::desired(&m, &cfg()));
+    for (i, roles) in [(0, "--roles=store,key-manager,analytics"), (1, "--roles=gateway")] {
+        let args = args_of(&v["sts"][i]);
+        assert!(args.contains(&roles.to_string()), "{args:?}");
+        assert_eq!(flags(&args, "--analytics-minute-retention-days"), ["3"]);
+        assert_eq!(flags(&args, "--analytics-day-retention-days"), ["365"]);
+        assert!(flags(&args, "--analytics-hour-retention-days").is_empty(), "unset: the gateway's default");
+    }
+}
