@@ -81,7 +81,16 @@ async fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
             "--set",
             "leaderElection.enabled=false",
         ],
-        &["--set", &secrets_in, "--set", "artifacts.storageClassName=-", "--set", "metrics.service.enabled=false"],
+        &[
+            "--set",
+            &secrets_in,
+            "--set",
+            "artifacts.storageClassName=-",
+            "--set",
+            "metrics.service.enabled=false",
+            "--set",
+            "grafanaDashboard.enabled=true",
+        ],
     ];
     for extra in variants {
         let chart = chart();
@@ -98,6 +107,16 @@ async fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
     let rendered =
         tool(&cluster, "helm", &["template", "tg-dry", &chart(), "--set", "metrics.serviceMonitor.enabled=true"]);
     assert!(rendered.contains("kind: ServiceMonitor"));
+    // The dashboard is off by default; on, its JSON is a Grafana dashboard over our metrics.
+    assert!(!tool(&cluster, "helm", &["template", "tg-dry", &chart()]).contains("grafana_dashboard"));
+    let rendered =
+        tool(&cluster, "helm", &["template", "tg-dry", &chart(), "--set", "grafanaDashboard.enabled=true"]);
+    let doc = rendered.split("\n---").find(|d| d.contains("grafana_dashboard")).expect("the dashboard ConfigMap");
+    let cm: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(cm["data"]["tollgate-gateway.json"].as_str().unwrap()).expect("valid dashboard JSON");
+    assert_eq!(dash["uid"], "tollgate-gateway");
+    assert!(dash["panels"].as_array().unwrap().iter().any(|p| p.to_string().contains("tollgate_requests_total")));
     // Bad values are refused by the schema with a clear message.
     let (ok, out) = run_tool(&cluster, "helm", &["template", "tg-dry", &chart(), "--set", "replicaCount=0"], None);
     assert!(!ok && out.contains("replicaCount"), "{out}");
