@@ -1,5 +1,5 @@
 -- Analytics rollups: one row per gateway process (pod), minute and key
--- (API, operation, application, environment, status class). A process
+-- (API, operation, application, environment, status class, fault kind). A process
 -- replaces its own rows while the minute is recent; queries sum the rows
 -- of every pod. `latency` is a log-scale histogram (comma-separated counts).
 CREATE TABLE analytics_minute (
@@ -10,13 +10,14 @@ CREATE TABLE analytics_minute (
     application TEXT NOT NULL,
     environment TEXT NOT NULL,
     status_class TEXT NOT NULL,
+    fault TEXT NOT NULL,
     requests BIGINT NOT NULL,
     errors BIGINT NOT NULL,
     throttled BIGINT NOT NULL,
     bytes_in BIGINT NOT NULL,
     bytes_out BIGINT NOT NULL,
     latency TEXT NOT NULL,
-    PRIMARY KEY (pod, minute_ms, api, operation, application, environment, status_class)
+    PRIMARY KEY (pod, minute_ms, api, operation, application, environment, status_class, fault)
 );
 CREATE INDEX analytics_minute_time ON analytics_minute (minute_ms);
 
@@ -29,13 +30,14 @@ CREATE TABLE analytics_hour (
     application TEXT NOT NULL,
     environment TEXT NOT NULL,
     status_class TEXT NOT NULL,
+    fault TEXT NOT NULL,
     requests BIGINT NOT NULL,
     errors BIGINT NOT NULL,
     throttled BIGINT NOT NULL,
     bytes_in BIGINT NOT NULL,
     bytes_out BIGINT NOT NULL,
     latency TEXT NOT NULL,
-    PRIMARY KEY (bucket_ms, api, operation, application, environment, status_class)
+    PRIMARY KEY (bucket_ms, api, operation, application, environment, status_class, fault)
 );
 
 CREATE TABLE analytics_day (
@@ -45,11 +47,12 @@ CREATE TABLE analytics_day (
     application TEXT NOT NULL,
     environment TEXT NOT NULL,
     status_class TEXT NOT NULL,
+    fault TEXT NOT NULL,
     requests BIGINT NOT NULL,
     errors BIGINT NOT NULL,
     throttled BIGINT NOT NULL,
     bytes_in BIGINT NOT NULL,
     bytes_out BIGINT NOT NULL,
     latency TEXT NOT NULL,
-    PRIMARY KEY (bucket_ms, api, operation, application, environment, status_class)
+    PRIMARY KEY (bucket_ms, api, operation, application, environment, status_class, fault)
 );

@@ -63,6 +63,8 @@ pub struct Ctx {
     tried: Vec<usize>,
     current: Option<usize>,
     upstream_error: Option<&'static str>,
+    /// The code of the answer the gateway wrote itself (analytics fault kind).
+    gateway_code: Option<&'static str>,
     /// A pooled (reused) connection to the current endpoint failed: the
     /// retry goes to the same endpoint on a fresh connection.
     retry_same_endpoint: bool,
@@ -79,7 +81,8 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
 }
 
 impl Gateway {
-    async fn reject(&self, session: &mut Session, ctx: &Ctx, reply: Reply) -> pingora::Result<bool> {
+    async fn reject(&self, session: &mut Session, ctx: &mut Ctx, reply: Reply) -> pingora::Result<bool> {
+        ctx.gateway_code = Some(reply.code);
         reply.send(session, &ctx.req.answer_headers()).await?;
         Ok(true)
     }
@@ -234,6 +237,7 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             current: None,
             upstream_error: None,
+            gateway_code: None,
             retry_same_endpoint: false,
         }
     }
@@ -571,6 +575,7 @@ impl ProxyHttp for Gateway {
                     application: principal.map(|p| p.application.clone()),
                     environment: principal.map(|p| p.environment.as_str()),
                     status,
+                    fault: fault_kind(status, ctx.upstream_error, ctx.gateway_code),
                     throttled: ctx.req.throttled,
                     latency_ms: elapsed.as_secs_f64() * 1000.0,
                     bytes_in: session.body_bytes_read() as u64,
@@ -630,5 +635,19 @@ async fn complete_idempotency(
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "idempotency key could not be completed; it expires with its TTL");
+    }
+}
+
+/// What went wrong with a request, for analytics: the backend (could not be
+/// reached, too slow, failed otherwise, answered 5xx), or the gateway's own
+/// refusal by its code; empty when nothing did.
+fn fault_kind(status: u16, upstream: Option<&'static str>, gateway: Option<&'static str>) -> &'static str {
+    match (upstream, gateway) {
+        (Some("connect"), _) => "backend_connect",
+        (Some("timeout"), _) => "backend_timeout",
+        (Some(_), _) => "backend_error",
+        (None, Some(code)) => code,
+        (None, None) if status >= 500 => "backend_5xx",
+        (None, None) => "",
     }
 }

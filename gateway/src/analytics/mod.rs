@@ -37,6 +37,11 @@ pub struct Event {
     /// production or sandbox (None without authentication).
     pub environment: Option<&'static str>,
     pub status: u16,
+    /// What went wrong: `backend_connect`, `backend_timeout`,
+    /// `backend_error`, `backend_5xx`, or the code of the gateway's own
+    /// answer (`unauthorized`, `forbidden`, `too_many_requests`, ...); empty
+    /// when nothing did.
+    pub fault: &'static str,
     /// Refused by a throttling policy (a 429 of the gateway's).
     pub throttled: bool,
     pub latency_ms: f64,
@@ -109,6 +114,7 @@ mod tests {
             application: None,
             environment: None,
             status: 200,
+            fault: "",
             throttled: false,
             latency_ms: 1.0,
             bytes_in: 0,

@@ -115,6 +115,7 @@ impl Aggregator {
             application: e.application.clone().unwrap_or_default(),
             environment: e.environment.unwrap_or("").to_string(),
             status_class: class(e.status).to_string(),
+            fault: e.fault.to_string(),
         };
         let r = self.rollups.entry(key).or_default();
         r.requests += 1;
@@ -216,6 +217,7 @@ mod tests {
                 application: app.into(),
                 environment: String::new(),
                 status_class: "2xx".into(),
+                fault: String::new(),
             },
             requests,
             errors: 0,

@@ -14,6 +14,8 @@ pub struct RowKey {
     pub application: String,
     pub environment: String,
     pub status_class: String,
+    /// What went wrong (see analytics::Event::fault).
+    pub fault: String,
 }
 
 /// One minute's numbers for one key (of one pod when written, summed over
@@ -51,9 +53,9 @@ macro_rules! upsert_coarse {
         concat!(
             "INSERT INTO ",
             $table,
-            " (bucket_ms, api, operation, application, environment, status_class, requests, errors, throttled, \
-             bytes_in, bytes_out, latency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (bucket_ms, api, operation, application, environment, status_class) DO UPDATE SET \
+            " (bucket_ms, api, operation, application, environment, status_class, fault, requests, errors, \
+             throttled, bytes_in, bytes_out, latency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (bucket_ms, api, operation, application, environment, status_class, fault) DO UPDATE SET \
              requests = excluded.requests, errors = excluded.errors, throttled = excluded.throttled, \
              bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out, latency = excluded.latency"
         )
@@ -63,8 +65,8 @@ macro_rules! upsert_coarse {
 macro_rules! select_coarse {
     ($table:literal) => {
         concat!(
-            "SELECT bucket_ms AS minute_ms, api, operation, application, environment, status_class, requests, errors, \
-             throttled, bytes_in, bytes_out, latency FROM ",
+            "SELECT bucket_ms AS minute_ms, api, operation, application, environment, status_class, fault, requests, \
+             errors, throttled, bytes_in, bytes_out, latency FROM ",
             $table,
             " WHERE bucket_ms >= $1 AND bucket_ms < $2 AND ($3 = '' OR api = $3) AND ($4 = '' OR application = $4)"
         )
@@ -81,6 +83,7 @@ fn row_of(r: &sqlx::any::AnyRow) -> Result<MinuteRow> {
             application: r.try_get("application")?,
             environment: r.try_get("environment")?,
             status_class: r.try_get("status_class")?,
+            fault: r.try_get("fault")?,
         },
         requests: n("requests")?,
         errors: n("errors")?,
@@ -107,6 +110,7 @@ impl Db {
                 .bind(&r.key.application)
                 .bind(&r.key.environment)
                 .bind(&r.key.status_class)
+                .bind(&r.key.fault)
                 .bind(r.requests as i64)
                 .bind(r.errors as i64)
                 .bind(r.throttled as i64)
@@ -170,9 +174,9 @@ impl Db {
         for r in rows {
             sqlx::query(
                 "INSERT INTO analytics_minute (pod, minute_ms, api, operation, application, environment, status_class, \
-                 requests, errors, throttled, bytes_in, bytes_out, latency) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (pod, minute_ms, api, operation, application, environment, status_class) DO UPDATE SET \
+                 fault, requests, errors, throttled, bytes_in, bytes_out, latency) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 ON CONFLICT (pod, minute_ms, api, operation, application, environment, status_class, fault) DO UPDATE SET \
                  requests = excluded.requests, errors = excluded.errors, throttled = excluded.throttled, \
                  bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out, latency = excluded.latency",
             )
@@ -183,6 +187,7 @@ impl Db {
             .bind(&r.key.application)
             .bind(&r.key.environment)
             .bind(&r.key.status_class)
+            .bind(&r.key.fault)
             .bind(r.requests as i64)
             .bind(r.errors as i64)
             .bind(r.throttled as i64)
@@ -206,8 +211,8 @@ impl Db {
         application: Option<&str>,
     ) -> Result<Vec<MinuteRow>> {
         let rows = sqlx::query(
-            "SELECT minute_ms, api, operation, application, environment, status_class, requests, errors, throttled, \
-             bytes_in, bytes_out, latency FROM analytics_minute \
+            "SELECT minute_ms, api, operation, application, environment, status_class, fault, requests, errors, \
+             throttled, bytes_in, bytes_out, latency FROM analytics_minute \
              WHERE minute_ms >= $1 AND minute_ms < $2 AND ($3 = '' OR api = $3) AND ($4 = '' OR application = $4)",
         )
         .bind(from_ms)

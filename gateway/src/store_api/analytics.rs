@@ -8,8 +8,11 @@
 //!   throttled: 429 from a policy; percentiles from the merged histograms
 //!   (the upper bound of the bucket holding them, within a factor of 1.42).
 //! - `GET /api/v1/analytics/availability?from=&to=` -> `{apis: [{api,
-//!   uptimePercent, requests, serverErrors}]}`: per API the share of
-//!   requests answered without a 5xx (caused by the gateway or the backend).
+//!   uptimePercent, requests, serverErrors, faults}]}`: per API the share
+//!   of requests answered without a 5xx (caused by the gateway or the
+//!   backend), and requests by fault kind (`backend_connect`,
+//!   `backend_timeout`, `backend_error`, `backend_5xx`, or the code of the
+//!   gateway's own refusal: `unauthorized`, `too_many_requests`, ...).
 //!
 //! `from`/`to`: RFC 3339 times or Unix seconds (default: the last hour);
 //! ranges are bounded by granularity (minute: 1 day, hour: 31 days, day:
@@ -233,17 +236,33 @@ pub async fn availability(
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
-    let mut per_api: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    #[derive(Default)]
+    struct Api {
+        requests: u64,
+        errors: u64,
+        faults: BTreeMap<String, u64>,
+    }
+    let mut per_api: BTreeMap<String, Api> = BTreeMap::new();
     for r in rows {
         let e = per_api.entry(r.key.api).or_default();
-        e.0 += r.requests;
-        e.1 += r.errors;
+        e.requests += r.requests;
+        e.errors += r.errors;
+        if !r.key.fault.is_empty() {
+            *e.faults.entry(r.key.fault).or_default() += r.requests;
+        }
     }
     let apis: Vec<Value> = per_api
         .into_iter()
-        .map(|(api, (requests, errors))| {
-            let uptime = if requests == 0 { 100.0 } else { 100.0 * (requests - errors) as f64 / requests as f64 };
-            json!({"api": api, "uptimePercent": (uptime * 1000.0).round() / 1000.0, "requests": requests, "serverErrors": errors})
+        .map(|(api, a)| {
+            let uptime =
+                if a.requests == 0 { 100.0 } else { 100.0 * (a.requests - a.errors) as f64 / a.requests as f64 };
+            json!({
+                "api": api,
+                "uptimePercent": (uptime * 1000.0).round() / 1000.0,
+                "requests": a.requests,
+                "serverErrors": a.errors,
+                "faults": a.faults,
+            })
         })
         .collect();
     axum::Json(json!({ "apis": apis })).into_response()
