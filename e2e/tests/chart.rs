@@ -109,8 +109,7 @@ async fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
     assert!(rendered.contains("kind: ServiceMonitor"));
     // The dashboard is off by default; on, its JSON is a Grafana dashboard over our metrics.
     assert!(!tool(&cluster, "helm", &["template", "tg-dry", &chart()]).contains("grafana_dashboard"));
-    let rendered =
-        tool(&cluster, "helm", &["template", "tg-dry", &chart(), "--set", "grafanaDashboard.enabled=true"]);
+    let rendered = tool(&cluster, "helm", &["template", "tg-dry", &chart(), "--set", "grafanaDashboard.enabled=true"]);
     let doc = rendered.split("\n---").find(|d| d.contains("grafana_dashboard")).expect("the dashboard ConfigMap");
     let cm: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
     let dash: serde_json::Value =
