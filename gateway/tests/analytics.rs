@@ -15,7 +15,7 @@ use support::postgres::Postgres;
 use support::*;
 
 fn manifests(dir: &Path, backend: &str) {
-    std::fs::write(dir.join("tier.yaml"), policy("three", "  limit: {requests: 3, per: 1m}\n  keyBy: Consumer\n"))
+    std::fs::write(dir.join("tier.yaml"), policy("three", "  limit: {requests: 3, per: 30d}\n  keyBy: Consumer\n"))
         .unwrap();
     let sec = "  security: {apiKey: {}}\n";
     std::fs::write(
@@ -117,7 +117,8 @@ fn exact_totals_percentiles_csv_availability_and_a_restart() {
     let mut env = start(&[]);
     let (app1, key1) = app_with_key(&env.gw, "tpp-one");
     let (app2, key2) = app_with_key(&env.gw, "tpp-two");
-    // app1: 3 x 200 with known latencies, then a 429 (tier: 3 a minute).
+    // app1: 3 x 200 with known latencies, then a 429 (tier: 3 per 30-day
+    // window, so no window boundary falls inside the test).
     for ms in [100, 400, 1600] {
         assert_eq!(get(&env.gw, &format!("/accounts/v1/x?delay_ms={ms}"), &key1), 200);
     }
@@ -214,7 +215,7 @@ fn two_gateways_on_one_postgresql_are_summed() {
     for _ in 0..2 {
         assert_eq!(get(&env.gw, "/accounts/v1/a", &key), 200);
     }
-    // The tier (3 a minute) is per gateway without Redis: the third fits on the other.
+    // The tier (3 per window) is per gateway without Redis: all three pass.
     assert_eq!(get(&other, "/accounts/v1/b", &key), 200);
     let want = vec![("bank/accounts".to_string(), app.clone(), 3, 0, 0)];
     eventually(Duration::from_secs(20), || totals(&env.gw) == want && totals(&other) == want);

@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Event;
-use super::histogram::Histogram;
 use crate::store::Store;
-use crate::store::analytics::{Coarse, MinuteRow, RowKey};
+use crate::store::analytics::{Coarse, Counts, MinuteRow, RowKey};
 
 /// Minutes kept in memory after they end (late events still land in them).
 const KEEP_MINUTES: i64 = 2;
@@ -27,12 +26,7 @@ pub fn class(status: u16) -> &'static str {
 /// One minute's numbers for one key.
 #[derive(Clone, Debug, Default)]
 pub struct Rollup {
-    pub requests: u64,
-    pub errors: u64,
-    pub throttled: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub latency: Histogram,
+    pub counts: Counts,
     /// Changed since the last write.
     dirty: bool,
 }
@@ -47,25 +41,13 @@ pub struct Retention {
 
 /// Rows summed into `period`-long buckets (pods, minutes or hours merged).
 pub fn compact(rows: Vec<MinuteRow>, period_ms: i64) -> Vec<MinuteRow> {
-    let mut out: HashMap<RowKey, MinuteRow> = HashMap::new();
+    let mut out: HashMap<RowKey, Counts> = HashMap::new();
     for r in rows {
-        let mut key = r.key.clone();
+        let mut key = r.key;
         key.minute_ms -= key.minute_ms.rem_euclid(period_ms);
-        match out.get_mut(&key) {
-            Some(s) => {
-                s.requests += r.requests;
-                s.errors += r.errors;
-                s.throttled += r.throttled;
-                s.bytes_in += r.bytes_in;
-                s.bytes_out += r.bytes_out;
-                s.latency.merge(&r.latency);
-            }
-            None => {
-                out.insert(key.clone(), MinuteRow { key, ..r });
-            }
-        }
+        out.entry(key).or_default().add(&r.counts);
     }
-    out.into_values().collect()
+    out.into_iter().map(|(key, counts)| MinuteRow { key, counts }).collect()
 }
 
 /// The aggregator: rollups of the recent minutes, written every flush;
@@ -118,12 +100,13 @@ impl Aggregator {
             fault: e.fault.to_string(),
         };
         let r = self.rollups.entry(key).or_default();
-        r.requests += 1;
-        r.errors += u64::from(e.status >= 500);
-        r.throttled += u64::from(e.throttled);
-        r.bytes_in += e.bytes_in;
-        r.bytes_out += e.bytes_out;
-        r.latency.record(e.latency_ms);
+        let c = &mut r.counts;
+        c.requests += 1;
+        c.errors += u64::from(e.status >= 500);
+        c.throttled += u64::from(e.throttled);
+        c.bytes_in += e.bytes_in;
+        c.bytes_out += e.bytes_out;
+        c.latency.record(e.latency_ms);
         r.dirty = true;
     }
 
@@ -135,15 +118,7 @@ impl Aggregator {
             .rollups
             .iter()
             .filter(|(_, r)| r.dirty)
-            .map(|(k, r)| MinuteRow {
-                key: k.clone(),
-                requests: r.requests,
-                errors: r.errors,
-                throttled: r.throttled,
-                bytes_in: r.bytes_in,
-                bytes_out: r.bytes_out,
-                latency: r.latency.clone(),
-            })
+            .map(|(k, r)| MinuteRow { key: k.clone(), counts: r.counts.clone() })
             .collect();
         if !rows.is_empty() {
             match self.store.db.write_minutes(&self.pod, &rows).await {
@@ -197,6 +172,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analytics::histogram::Histogram;
 
     impl Store {
         async fn store_rows(&self, pod: &str, rows: &[MinuteRow]) {
@@ -219,12 +195,7 @@ mod tests {
                 status_class: "2xx".into(),
                 fault: String::new(),
             },
-            requests,
-            errors: 0,
-            throttled: 0,
-            bytes_in: requests,
-            bytes_out: 10 * requests,
-            latency,
+            counts: Counts { requests, errors: 0, throttled: 0, bytes_in: requests, bytes_out: 10 * requests, latency },
         }
     }
 
@@ -246,20 +217,20 @@ mod tests {
         );
         agg.compact_and_expire().await.unwrap();
         let minutes = store.db.read_minutes(0, i64::MAX, None, None).await.unwrap();
-        assert_eq!(minutes.iter().map(|r| r.requests).sum::<u64>(), 5, "the 10-day-old minute row is gone");
+        assert_eq!(minutes.iter().map(|r| r.counts.requests).sum::<u64>(), 5, "the 10-day-old minute row is gone");
         let hours = store.db.read_coarse(Coarse::Hour, 0, i64::MAX, None, None).await.unwrap();
         assert_eq!(hours.len(), 1);
         assert_eq!(
-            (hours[0].key.minute_ms, hours[0].requests),
+            (hours[0].key.minute_ms, hours[0].counts.requests),
             (now - now.rem_euclid(3_600_000), 5),
             "both pods summed"
         );
         let days = store.db.read_coarse(Coarse::Day, 0, i64::MAX, None, None).await.unwrap();
-        assert_eq!(days.iter().map(|r| r.requests).sum::<u64>(), 5);
+        assert_eq!(days.iter().map(|r| r.counts.requests).sum::<u64>(), 5);
         // Run again: the same numbers (recomputed, not added).
         agg.compact_and_expire().await.unwrap();
         let hours = store.db.read_coarse(Coarse::Hour, 0, i64::MAX, None, None).await.unwrap();
-        assert_eq!(hours[0].requests, 5);
+        assert_eq!(hours[0].counts.requests, 5);
     }
 
     #[test]
@@ -275,10 +246,12 @@ mod tests {
         ];
         let mut out = compact(rows, h);
         out.sort_by_key(|r| (r.key.minute_ms, r.key.application.clone()));
-        let summary: Vec<(i64, &str, u64, u64)> =
-            out.iter().map(|r| (r.key.minute_ms, r.key.application.as_str(), r.requests, r.latency.count())).collect();
+        let summary: Vec<(i64, &str, u64, u64)> = out
+            .iter()
+            .map(|r| (r.key.minute_ms, r.key.application.as_str(), r.counts.requests, r.counts.latency.count()))
+            .collect();
         assert_eq!(summary, [(h, "x", 6, 6), (h, "y", 1, 1), (2 * h, "x", 4, 4)]);
-        assert_eq!(out[0].bytes_out, 60);
-        assert!(out[0].latency.quantile(1.0).unwrap() >= 500.0);
+        assert_eq!(out[0].counts.bytes_out, 60);
+        assert!(out[0].counts.latency.quantile(1.0).unwrap() >= 500.0);
     }
 }

@@ -18,17 +18,57 @@ pub struct RowKey {
     pub fault: String,
 }
 
-/// One minute's numbers for one key (of one pod when written, summed over
-/// pods when read).
-#[derive(Clone, Debug)]
-pub struct MinuteRow {
-    pub key: RowKey,
+/// The numbers of a rollup; rollups of any pods and periods add up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Every answer.
     pub requests: u64,
+    /// 5xx answers.
     pub errors: u64,
+    /// 429s of a throttling policy.
     pub throttled: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub latency: Histogram,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &Counts) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.throttled += o.throttled;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.latency.merge(&o.latency);
+    }
+}
+
+/// A rollup row: one minute (hour, day) of one key, of one pod when written
+/// to the minute table, summed over pods otherwise.
+#[derive(Clone, Debug)]
+pub struct MinuteRow {
+    pub key: RowKey,
+    pub counts: Counts,
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds a row's key and numbers, in column order after any leading columns.
+fn bind_row<'q>(q: AnyQuery<'q>, r: &'q MinuteRow) -> AnyQuery<'q> {
+    let c = &r.counts;
+    q.bind(r.key.minute_ms)
+        .bind(&r.key.api)
+        .bind(&r.key.operation)
+        .bind(&r.key.application)
+        .bind(&r.key.environment)
+        .bind(&r.key.status_class)
+        .bind(&r.key.fault)
+        .bind(c.requests as i64)
+        .bind(c.errors as i64)
+        .bind(c.throttled as i64)
+        .bind(c.bytes_in as i64)
+        .bind(c.bytes_out as i64)
+        .bind(c.latency.to_text())
 }
 
 /// Coarser rollup tables.
@@ -85,12 +125,14 @@ fn row_of(r: &sqlx::any::AnyRow) -> Result<MinuteRow> {
             status_class: r.try_get("status_class")?,
             fault: r.try_get("fault")?,
         },
-        requests: n("requests")?,
-        errors: n("errors")?,
-        throttled: n("throttled")?,
-        bytes_in: n("bytes_in")?,
-        bytes_out: n("bytes_out")?,
-        latency: Histogram::from_text(&r.try_get::<String, _>("latency")?),
+        counts: Counts {
+            requests: n("requests")?,
+            errors: n("errors")?,
+            throttled: n("throttled")?,
+            bytes_in: n("bytes_in")?,
+            bytes_out: n("bytes_out")?,
+            latency: Histogram::from_text(&r.try_get::<String, _>("latency")?),
+        },
     })
 }
 
@@ -103,22 +145,7 @@ impl Db {
                 Coarse::Hour => upsert_coarse!("analytics_hour"),
                 Coarse::Day => upsert_coarse!("analytics_day"),
             };
-            sqlx::query(sql)
-                .bind(r.key.minute_ms)
-                .bind(&r.key.api)
-                .bind(&r.key.operation)
-                .bind(&r.key.application)
-                .bind(&r.key.environment)
-                .bind(&r.key.status_class)
-                .bind(&r.key.fault)
-                .bind(r.requests as i64)
-                .bind(r.errors as i64)
-                .bind(r.throttled as i64)
-                .bind(r.bytes_in as i64)
-                .bind(r.bytes_out as i64)
-                .bind(r.latency.to_text())
-                .execute(&mut *tx)
-                .await?;
+            bind_row(sqlx::query(sql), r).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -172,7 +199,7 @@ impl Db {
     pub async fn write_minutes(&self, pod: &str, rows: &[MinuteRow]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for r in rows {
-            sqlx::query(
+            let q = sqlx::query(
                 "INSERT INTO analytics_minute (pod, minute_ms, api, operation, application, environment, status_class, \
                  fault, requests, errors, throttled, bytes_in, bytes_out, latency) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
@@ -180,22 +207,8 @@ impl Db {
                  requests = excluded.requests, errors = excluded.errors, throttled = excluded.throttled, \
                  bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out, latency = excluded.latency",
             )
-            .bind(pod)
-            .bind(r.key.minute_ms)
-            .bind(&r.key.api)
-            .bind(&r.key.operation)
-            .bind(&r.key.application)
-            .bind(&r.key.environment)
-            .bind(&r.key.status_class)
-            .bind(&r.key.fault)
-            .bind(r.requests as i64)
-            .bind(r.errors as i64)
-            .bind(r.throttled as i64)
-            .bind(r.bytes_in as i64)
-            .bind(r.bytes_out as i64)
-            .bind(r.latency.to_text())
-            .execute(&mut *tx)
-            .await?;
+            .bind(pod);
+            bind_row(q, r).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

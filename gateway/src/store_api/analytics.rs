@@ -28,8 +28,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiState, authorize, error, ready, store_error};
-use crate::analytics::histogram::Histogram;
-use crate::store::analytics::Coarse;
+use crate::store::analytics::{Coarse, Counts};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,16 +84,6 @@ fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
 }
 
-#[derive(Default)]
-struct Sum {
-    requests: u64,
-    errors: u64,
-    throttled: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    latency: Histogram,
-}
-
 pub async fn usage(
     AxState(s): AxState<ApiState>,
     headers: HeaderMap,
@@ -132,16 +121,10 @@ pub async fn usage(
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
-    let mut sums: BTreeMap<(i64, String, String), Sum> = BTreeMap::new();
+    let mut sums: BTreeMap<(i64, String, String), Counts> = BTreeMap::new();
     for r in rows {
         let bucket = r.key.minute_ms - r.key.minute_ms.rem_euclid(step);
-        let s = sums.entry((bucket, r.key.api, r.key.application)).or_default();
-        s.requests += r.requests;
-        s.errors += r.errors;
-        s.throttled += r.throttled;
-        s.bytes_in += r.bytes_in;
-        s.bytes_out += r.bytes_out;
-        s.latency.merge(&r.latency);
+        sums.entry((bucket, r.key.api, r.key.application)).or_default().add(&r.counts);
     }
     let out: Vec<Value> = sums
         .into_iter()
@@ -245,10 +228,10 @@ pub async fn availability(
     let mut per_api: BTreeMap<String, Api> = BTreeMap::new();
     for r in rows {
         let e = per_api.entry(r.key.api).or_default();
-        e.requests += r.requests;
-        e.errors += r.errors;
+        e.requests += r.counts.requests;
+        e.errors += r.counts.errors;
         if !r.key.fault.is_empty() {
-            *e.faults.entry(r.key.fault).or_default() += r.requests;
+            *e.faults.entry(r.key.fault).or_default() += r.counts.requests;
         }
     }
     let apis: Vec<Value> = per_api
