@@ -451,6 +451,14 @@ pub struct AnalyticsSpec {
     /// settings (any of them may expire rows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<AnalyticsRetention>,
+    /// An OpenTelemetry collector (OTLP/HTTP URL) that every pod sends one
+    /// log record per request to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.startsWith('https://') || self.startsWith('http://')",
+        "message": "otlpEndpoint must be an http(s) URL"
+    }]))]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Days the per-minute, hourly and daily usage rollups are kept.

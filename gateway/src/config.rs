@@ -206,6 +206,10 @@ pub struct Args {
     #[arg(long, env = "TOLLGATE_ANALYTICS_DAY_RETENTION_DAYS", default_value = "730",
           value_parser = clap::value_parser!(u64).range(1..=36600))]
     pub analytics_day_retention_days: u64,
+    /// OpenTelemetry collector (OTLP/HTTP) that gets one log record per
+    /// request (`<url>/v1/logs`), batched off the request path.
+    #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Whether the TLS listeners ask for client certificates.
@@ -266,6 +270,7 @@ pub struct Config {
     pub key_manager_jwks_uri: Option<String>,
     pub analytics_flush: Duration,
     pub analytics_retention: crate::analytics::rollup::Retention,
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -362,6 +367,13 @@ impl Config {
             None if tls.is_some() => format!("https://localhost:{}/oauth2", a.management_tls.port()),
             None => format!("http://localhost:{}/oauth2", a.management.port()),
         };
+        if let Some(u) = &a.otlp_endpoint
+            && !u
+                .parse::<http::Uri>()
+                .is_ok_and(|p| matches!(p.scheme_str(), Some("https" | "http")) && p.host().is_some())
+        {
+            return Err(ConfigError::Invalid(format!("--otlp-endpoint {u:?} must be an http(s) URL")));
+        }
         if let Some(u) = &a.key_manager_jwks_uri
             && !u
                 .parse::<http::Uri>()
@@ -375,6 +387,7 @@ impl Config {
             ssa_jwks: a.ssa_jwks,
             token_ttl: Duration::from_secs(a.token_ttl_seconds),
             key_manager_jwks_uri: a.key_manager_jwks_uri,
+            otlp_endpoint: a.otlp_endpoint,
             analytics_flush: Duration::from_secs(a.analytics_flush_seconds),
             analytics_retention: crate::analytics::rollup::Retention {
                 minute: Duration::from_secs(a.analytics_minute_retention_days * 86_400),
@@ -478,6 +491,7 @@ struct FileKeys {
     analytics_minute_retention_days: Option<serde_json::Value>,
     analytics_hour_retention_days: Option<serde_json::Value>,
     analytics_day_retention_days: Option<serde_json::Value>,
+    otlp_endpoint: Option<serde_json::Value>,
 }
 
 /// Re-parses with file values inserted for every setting that still has its
@@ -616,6 +630,7 @@ fn merge_file_layer(
         } else {
             from_file.analytics_day_retention_days
         },
+        otlp_endpoint: if pick("otlp_endpoint") { parsed.otlp_endpoint } else { from_file.otlp_endpoint },
     })
 }
 

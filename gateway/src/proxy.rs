@@ -574,6 +574,8 @@ impl ProxyHttp for Gateway {
                     operation: ctx.req.operation.operation().map(|o| o.name.clone()),
                     application: principal.map(|p| p.application.clone()),
                     environment: principal.map(|p| p.environment.as_str()),
+                    client_id: principal.and_then(|p| p.client_id.clone()).filter(|_| recorder.detailed),
+                    interaction_id: ctx.req.interaction_id.clone().filter(|_| recorder.detailed),
                     status,
                     fault: fault_kind(status, ctx.upstream_error, ctx.gateway_code),
                     throttled: ctx.req.throttled,

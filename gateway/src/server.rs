@@ -95,9 +95,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         config.analytics_flush,
         config.analytics_retention,
+        config.otlp_endpoint.as_deref(),
         metrics.analytics_dropped.clone(),
     )
-    .context("starting the analytics recorder")?;
+    .map_err(|e| anyhow::anyhow!("starting the analytics recorder: {e}"))?;
     let state = Arc::new(State::new(Shared {
         store: Some(store),
         traffic,

@@ -221,3 +221,78 @@ fn two_gateways_on_one_postgresql_are_summed() {
     eventually(Duration::from_secs(20), || totals(&env.gw) == want && totals(&other) == want);
     assert_eq!(totals(&other), want);
 }
+
+/// Requests a collector received: path, content type, body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// An OTLP/HTTP collector stand-in: keeps every request's path, content
+/// type and body, answers 200.
+fn collector() -> (String, Received) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                let (mut length, mut ctype) = (0usize, String::new());
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    let lower = h.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if let Some(v) = lower.strip_prefix("content-type:") {
+                        ctype = v.trim().to_string();
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    break;
+                }
+                keep.lock().unwrap().push((path, ctype, body));
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
+            }
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn per_request_records_are_exported_over_otlp() {
+    let (url, got) = collector();
+    let env = start(&["--otlp-endpoint", &url]);
+    let (_app, key) = app_with_key(&env.gw, "tpp-otlp");
+    assert_eq!(get(&env.gw, "/accounts/v1/otlp-one", &key), 200);
+    assert_eq!(get(&env.gw, "/broken/v1/otlp-two", &key), 502);
+    let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    eventually(Duration::from_secs(20), || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, body)| contains(body, "bank/broken") && contains(body, "backend_connect"))
+    });
+    let batches = got.lock().unwrap().clone();
+    assert!(
+        batches.iter().all(|(path, ctype, _)| path == "/v1/logs" && ctype == "application/x-protobuf"),
+        "{:?}",
+        batches.iter().map(|b| (&b.0, &b.1)).collect::<Vec<_>>()
+    );
+    let all: Vec<u8> = batches.iter().flat_map(|b| b.2.clone()).collect();
+    assert!(
+        contains(&all, "bank/accounts") && contains(&all, "tollgate-gateway"),
+        "records carry the API and the service"
+    );
+}

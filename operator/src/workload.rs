@@ -391,6 +391,9 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
     if let Some(g) = &c.gateway_group {
         args.push(format!("--gateway-group={g}"));
     }
+    if let Some(u) = &spec.analytics.otlp_endpoint {
+        args.push(format!("--otlp-endpoint={u}"));
+    }
     // Every pod records and may expire usage rows: all get the same retention.
     if let Some(r) = &spec.analytics.retention {
         for (flag, days) in [("minute", r.minute_days), ("hour", r.hour_days), ("day", r.day_days)] {

@@ -487,7 +487,8 @@ fn gateway_groups_get_the_signing_keys_only_when_they_sign_answers() {
 fn analytics_retention_goes_to_every_pod_and_the_role_to_the_control_plane() {
     let m = manager(with_db_and_redis(json!({
         "pattern": "DistributedGateways", "gateways": [{ "name": "production" }],
-        "analytics": { "enabled": true, "retention": { "minuteDays": 3, "dayDays": 365 } },
+        "analytics": { "enabled": true, "retention": { "minuteDays": 3, "dayDays": 365 },
+                       "otlpEndpoint": "http://otel-collector.monitoring.svc:4318" },
     })));
     let v = json_of(&workload::desired(&m, &cfg()));
     for (i, roles) in [(0, "--roles=store,key-manager,analytics"), (1, "--roles=gateway")] {
@@ -496,5 +497,6 @@ fn analytics_retention_goes_to_every_pod_and_the_role_to_the_control_plane() {
         assert_eq!(flags(&args, "--analytics-minute-retention-days"), ["3"]);
         assert_eq!(flags(&args, "--analytics-day-retention-days"), ["365"]);
         assert!(flags(&args, "--analytics-hour-retention-days").is_empty(), "unset: the gateway's default");
+        assert_eq!(flags(&args, "--otlp-endpoint"), ["http://otel-collector.monitoring.svc:4318"]);
     }
 }

@@ -10,6 +10,7 @@
 //! gateways never contend and queries sum their rows.
 
 pub mod histogram;
+pub mod otlp;
 pub mod rollup;
 
 use std::sync::Arc;
@@ -36,6 +37,10 @@ pub struct Event {
     pub application: Option<String>,
     /// production or sandbox (None without authentication).
     pub environment: Option<&'static str>,
+    /// The OAuth2 client and the interaction id: filled only when records
+    /// are exported (--otlp-endpoint); the rollups do not keep them.
+    pub client_id: Option<String>,
+    pub interaction_id: Option<String>,
     pub status: u16,
     /// What went wrong: `backend_connect`, `backend_timeout`,
     /// `backend_error`, `backend_5xx`, or the code of the gateway's own
@@ -53,6 +58,8 @@ pub struct Event {
 pub struct Recorder {
     tx: tokio::sync::mpsc::Sender<Event>,
     dropped: Counter,
+    /// Per-request records are exported (OTLP): events carry their details.
+    pub detailed: bool,
 }
 
 impl Recorder {
@@ -61,25 +68,35 @@ impl Recorder {
         store: Arc<Store>,
         flush: Duration,
         retention: rollup::Retention,
+        otlp_endpoint: Option<&str>,
         dropped: Counter,
-    ) -> std::io::Result<Arc<Recorder>> {
+    ) -> Result<Arc<Recorder>, String> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let pod = pod_id();
-        std::thread::Builder::new().name("tollgate-analytics".into()).spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                tracing::error!("analytics: no runtime; nothing is recorded");
-                return;
-            };
-            rt.block_on(Aggregator::new(pod, store, retention).run(rx, flush));
-        })?;
-        Ok(Arc::new(Recorder { tx, dropped }))
+        let detailed = otlp_endpoint.is_some();
+        let endpoint = otlp_endpoint.map(str::to_string);
+        let otlp = match &endpoint {
+            Some(url) => Some(otlp::Otlp::new(url, &pod).map_err(|e| format!("--otlp-endpoint {url}: {e}"))?),
+            None => None,
+        };
+        std::thread::Builder::new()
+            .name("tollgate-analytics".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    tracing::error!("analytics: no runtime; nothing is recorded");
+                    return;
+                };
+                rt.block_on(Aggregator::new(pod, store, retention, otlp).run(rx, flush));
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Recorder { tx, dropped, detailed }))
     }
 
     /// A recorder whose events go nowhere but a test's receiver.
     #[cfg(test)]
     pub fn for_test(capacity: usize) -> (Recorder, tokio::sync::mpsc::Receiver<Event>) {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-        (Recorder { tx, dropped: Counter::default() }, rx)
+        (Recorder { tx, dropped: Counter::default(), detailed: false }, rx)
     }
 
     /// Hands an event over; drops (and counts) it when the queue is full.
@@ -113,6 +130,8 @@ mod tests {
             operation: None,
             application: None,
             environment: None,
+            client_id: None,
+            interaction_id: None,
             status: 200,
             fault: "",
             throttled: false,

@@ -58,11 +58,13 @@ pub struct Aggregator {
     store: Arc<Store>,
     rollups: HashMap<RowKey, Rollup>,
     retention: Retention,
+    /// Per-request records exported over OTLP (--otlp-endpoint).
+    otlp: Option<super::otlp::Otlp>,
 }
 
 impl Aggregator {
-    pub fn new(pod: String, store: Arc<Store>, retention: Retention) -> Aggregator {
-        Aggregator { pod, store, rollups: HashMap::new(), retention }
+    pub fn new(pod: String, store: Arc<Store>, retention: Retention, otlp: Option<super::otlp::Otlp>) -> Aggregator {
+        Aggregator { pod, store, rollups: HashMap::new(), retention, otlp }
     }
 
     /// Recomputes the hourly rows of this hour and the last, and the daily
@@ -90,6 +92,9 @@ impl Aggregator {
     }
 
     pub fn add(&mut self, e: &Event) {
+        if let Some(o) = &self.otlp {
+            o.emit(e);
+        }
         let key = RowKey {
             minute_ms: e.at_ms - e.at_ms.rem_euclid(60_000),
             api: e.api.to_string(),
@@ -214,6 +219,7 @@ mod tests {
             "pod-a".into(),
             store.clone(),
             Retention { minute: 7 * day, hour: 90 * day, day: 730 * day },
+            None,
         );
         agg.compact_and_expire().await.unwrap();
         let minutes = store.db.read_minutes(0, i64::MAX, None, None).await.unwrap();
