@@ -5,10 +5,12 @@
 //! (2.5.4.97, `PSDGB-FCA-123456` style). The certificate is parsed with
 //! x509-parser and the statement decoded with der-parser.
 //!
-//!     QCStatements ::= SEQUENCE OF QCStatement
-//!     QCStatement  ::= SEQUENCE { statementId OID, statementInfo ANY OPTIONAL }
-//!     PSD2QcType   ::= SEQUENCE { rolesOfPSP RolesOfPSP, nCAName UTF8String, nCAId UTF8String }
-//!     RolesOfPSP   ::= SEQUENCE OF SEQUENCE { roleOfPspOid OID, roleOfPspName UTF8String }
+//! ```text
+//! QCStatements ::= SEQUENCE OF QCStatement
+//! QCStatement  ::= SEQUENCE { statementId OID, statementInfo ANY OPTIONAL }
+//! PSD2QcType   ::= SEQUENCE { rolesOfPSP RolesOfPSP, nCAName UTF8String, nCAId UTF8String }
+//! RolesOfPSP   ::= SEQUENCE OF SEQUENCE { roleOfPspOid OID, roleOfPspName UTF8String }
+//! ```
 
 use tollgate_crds::api_deployment::TppRole;
 use x509_parser::der_parser::ber::{BerObject, BerObjectContent};
