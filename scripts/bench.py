@@ -8,6 +8,9 @@ Sections (all by default; pick some with --sections):
                  haproxy     wrk -> HAProxy -> backend
                  tollgate    wrk -> tollgate-gateway, no policy -> backend
                  tollgate+auth+throttle   API key + a Replica policy per consumer that never trips
+                 tollgate+auth+throttle-unrecorded  the same on a second gateway with
+                               analytics recording off (--analytics-queue-size 0):
+                               the cost of recording
                  tollgate+replica-throttle  an API-level policy counted in the pod
                  tollgate+cluster-throttle  the same policy counted cluster-wide in Redis
                  tollgate+jwt  an OAuth2 JWT (ES256, cached after first use) + the
@@ -301,8 +304,15 @@ backend be
             "--redis-key-prefix", f"bench{workers}", "--tls-cert", os.path.join(pki, "server.crt"),
             "--tls-key", os.path.join(pki, "server.key"), "--client-ca", os.path.join(pki, "ca.pem")],
             https=ports["tollgate-tls"])
+        gw_off, ports["tollgate-unrecorded"], mgmt_off = gateway(
+            procs, work, f"proxy{workers}-unrecorded", cfg, workers,
+            ["--admin-token-file", env["token"], "--analytics-queue-size", "0"])
         for name in ("nginx", "haproxy"):
             wait_port(ports[name], name)
+        app_off = admin(mgmt_off, "POST", "/api/v1/applications", {"name": f"bench{workers}-unrecorded"})
+        key_off = admin(mgmt_off, "POST", f"/api/v1/applications/{app_off['id']}/keys", {})["apiKey"]
+        admin(mgmt_off, "POST", "/api/v1/subscriptions",
+              {"applicationId": app_off["id"], "api": "bench/secured", "policy": "never"})
         app = admin(mgmt, "POST", "/api/v1/applications", {"name": f"bench{workers}"})
         key = admin(mgmt, "POST", f"/api/v1/applications/{app['id']}/keys", {})["apiKey"]
         admin(mgmt, "POST", f"/api/v1/applications/{app['id']}/oauth-clients",
@@ -320,6 +330,8 @@ backend be
             "haproxy": (ports["haproxy"], "/hello", ()),
             "tollgate": (ports["tollgate"], "/plain/v1/hello", ()),
             "tollgate+auth+throttle": (ports["tollgate"], "/secured/v1/hello", (f"apikey: {key}",)),
+            "tollgate+auth+throttle-unrecorded": (ports["tollgate-unrecorded"], "/secured/v1/hello",
+                                                  (f"apikey: {key_off}",)),
             "tollgate+replica-throttle": (ports["tollgate"], "/replica/v1/hello", ()),
             "tollgate+cluster-throttle": (ports["tollgate"], "/clustered/v1/hello", ()),
             "tollgate+jwt": (ports["tollgate"], "/jwt/v1/hello", (bearer,)),
@@ -355,11 +367,14 @@ backend be
             summary[name]["vs_tollgate"] = round(summary[name]["rps"] / summary["tollgate"]["rps"], 3)
         # The cost of token validation against the API-key path it replaces.
         summary["jwt_vs_apikey"] = round(summary["tollgate+jwt"]["rps"] / summary["tollgate+auth+throttle"]["rps"], 3)
+        # What recording analytics costs: the same path with recording off.
+        summary["recording_cost"] = round(
+            1 - summary["tollgate+auth+throttle"]["rps"] / summary["tollgate+auth+throttle-unrecorded"]["rps"], 3)
         summary["mtls_jwt_vs_tls_apikey"] = round(
             summary["tollgate+mtls+jwt"]["rps"] / summary["tollgate+tls+apikey"]["rps"], 3)
         summary["redis_leases"] = metric(mgmt, "tollgate_traffic_manager_leases_total")
         out[f"workers={workers}"] = summary
-        for p in (nginx, haproxy, gw):
+        for p in (nginx, haproxy, gw, gw_off):
             procs.stop(p)
     return out
 
@@ -592,6 +607,10 @@ def summary_text(r):
         if "jwt_vs_apikey" in summary:
             lines.append(f"{w:10} token validation: jwt x{summary['jwt_vs_apikey']} of the API-key path (HTTP), "
                          f"mtls+jwt x{summary['mtls_jwt_vs_tls_apikey']} of API key over mutual TLS")
+    for w, summary in r.get("proxy", {}).items():
+        if "recording_cost" in summary:
+            lines.append(f"{w:10} analytics recording cost: {summary['recording_cost'] * 100:.1f} % of throughput "
+                         f"(API key + tier, recording on vs off)")
     if "propagation" in r:
         p = r["propagation"]
         lines.append(f"propagation artifact->served: p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms ({p['trials']} trials)")

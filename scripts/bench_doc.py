@@ -25,6 +25,9 @@ def targets(r):
         for kind in ("replica", "cluster"):
             v = s[f"tollgate+{kind}-throttle"]["vs_tollgate"]
             out.append((f"{w}: {kind} throttling cost <= 5 %", f"{(1 - v) * 100:.1f} %", v >= 0.95))
+        if "recording_cost" in s:
+            v = s["recording_cost"]
+            out.append((f"{w}: analytics recording cost <= 3 %", f"{v * 100:.1f} %", v <= 0.03))
         if "jwt_vs_apikey" in s:
             v = s["jwt_vs_apikey"]
             out.append((f"{w}: cached JWT cost <= 5 % over the API key", f"{(1 - v) * 100:.1f} %", v >= 0.95))

@@ -206,6 +206,11 @@ pub struct Args {
     #[arg(long, env = "TOLLGATE_ANALYTICS_DAY_RETENTION_DAYS", default_value = "730",
           value_parser = clap::value_parser!(u64).range(1..=36600))]
     pub analytics_day_retention_days: u64,
+    /// Request events the analytics queue holds before it drops (and
+    /// counts) them; 0 turns recording off.
+    #[arg(long, env = "TOLLGATE_ANALYTICS_QUEUE_SIZE", default_value = "65536",
+          value_parser = clap::value_parser!(u64).range(0..=16_777_216))]
+    pub analytics_queue_size: u64,
     /// OpenTelemetry collector (OTLP/HTTP) that gets one log record per
     /// request (`<url>/v1/logs`), batched off the request path.
     #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
@@ -271,6 +276,8 @@ pub struct Config {
     pub analytics_flush: Duration,
     pub analytics_retention: crate::analytics::rollup::Retention,
     pub otlp_endpoint: Option<String>,
+    /// 0: nothing is recorded.
+    pub analytics_queue: usize,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -388,6 +395,7 @@ impl Config {
             token_ttl: Duration::from_secs(a.token_ttl_seconds),
             key_manager_jwks_uri: a.key_manager_jwks_uri,
             otlp_endpoint: a.otlp_endpoint,
+            analytics_queue: a.analytics_queue_size as usize,
             analytics_flush: Duration::from_secs(a.analytics_flush_seconds),
             analytics_retention: crate::analytics::rollup::Retention {
                 minute: Duration::from_secs(a.analytics_minute_retention_days * 86_400),
@@ -491,6 +499,7 @@ struct FileKeys {
     analytics_minute_retention_days: Option<serde_json::Value>,
     analytics_hour_retention_days: Option<serde_json::Value>,
     analytics_day_retention_days: Option<serde_json::Value>,
+    analytics_queue_size: Option<serde_json::Value>,
     otlp_endpoint: Option<serde_json::Value>,
 }
 
@@ -629,6 +638,11 @@ fn merge_file_layer(
             parsed.analytics_day_retention_days
         } else {
             from_file.analytics_day_retention_days
+        },
+        analytics_queue_size: if pick("analytics_queue_size") {
+            parsed.analytics_queue_size
+        } else {
+            from_file.analytics_queue_size
         },
         otlp_endpoint: if pick("otlp_endpoint") { parsed.otlp_endpoint } else { from_file.otlp_endpoint },
     })

@@ -41,6 +41,7 @@ impl ShutdownSignalWatch for DrainOnTerm {
         self.state.draining.store(true, Ordering::SeqCst);
         tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "shutting down: draining requests in flight");
         let drain = self.drain;
+        let state = self.state.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
             // Give the listeners a moment to close, then wait for in-flight requests.
@@ -49,9 +50,20 @@ impl ShutdownSignalWatch for DrainOnTerm {
                 std::thread::sleep(Duration::from_millis(20));
             }
             tracing::info!(left = IN_FLIGHT.load(Ordering::SeqCst), "drained; exiting");
+            finish_analytics(&state);
             std::process::exit(0);
         });
         kind
+    }
+}
+
+/// The requests of the last seconds: their rollups are written (and the
+/// OTLP exporters emptied) before the process ends.
+fn finish_analytics(state: &State) {
+    if let Some(a) = &state.shared.analytics
+        && !a.finish(Duration::from_secs(10))
+    {
+        tracing::warn!("analytics: the last rollups could not be written within 10 s");
     }
 }
 
@@ -93,9 +105,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // Every gateway records; the analytics role only answers the queries.
     let analytics = crate::analytics::Recorder::start(
         store.clone(),
-        config.analytics_flush,
-        config.analytics_retention,
-        config.otlp_endpoint.as_deref(),
+        crate::analytics::Settings {
+            queue: config.analytics_queue,
+            flush: config.analytics_flush,
+            retention: config.analytics_retention,
+            otlp_endpoint: config.otlp_endpoint.as_deref(),
+        },
         metrics.analytics_dropped.clone(),
     )
     .map_err(|e| anyhow::anyhow!("starting the analytics recorder: {e}"))?;
@@ -113,7 +128,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         builtin,
         key_manager,
         key_manager_endpoints: config.has_role(Role::KeyManager),
-        analytics: Some(analytics),
+        analytics: analytics.clone(),
         analytics_api: config.has_role(Role::Analytics),
         client_keys: Arc::new(crate::oauth::client_keys::ClientKeys::new(config.key_cache_ttl)),
     }));
@@ -220,7 +235,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         threads = config.threads,
         "tollgate-gateway starting"
     );
-    server.run(RunArgs { shutdown_signal: Box::new(DrainOnTerm { state, drain: config.drain }) });
+    server.run(RunArgs { shutdown_signal: Box::new(DrainOnTerm { state: state.clone(), drain: config.drain }) });
+    finish_analytics(&state);
     Ok(())
 }
 

@@ -17,6 +17,8 @@ use support::*;
 fn manifests(dir: &Path, backend: &str) {
     std::fs::write(dir.join("tier.yaml"), policy("three", "  limit: {requests: 3, per: 30d}\n  keyBy: Consumer\n"))
         .unwrap();
+    std::fs::write(dir.join("wide.yaml"), policy("wide", "  limit: {requests: 1000000, per: 1h}\n  keyBy: Consumer\n"))
+        .unwrap();
     let sec = "  security: {apiKey: {}}\n";
     std::fs::write(
         dir.join("a.yaml"),
@@ -54,25 +56,27 @@ fn start(extra: &[&str]) -> Env {
 }
 
 fn start_gateway(dir: &Path, token: &Path, extra: &[&str]) -> Gateway {
-    let mut flags =
-        vec!["--admin-token-file", token.to_str().unwrap(), "--analytics-flush-seconds", "1", "--access-log", "false"];
+    let mut flags = vec!["--admin-token-file", token.to_str().unwrap(), "--access-log", "false"];
+    if !extra.contains(&"--analytics-flush-seconds") {
+        flags.extend_from_slice(&["--analytics-flush-seconds", "1"]);
+    }
     flags.extend_from_slice(extra);
     gateway(dir, &flags)
 }
 
 /// A new application subscribed to both APIs (tier "three") and its key.
 fn app_with_key(gw: &Gateway, name: &str) -> (String, String) {
+    app_with_tier(gw, name, "three")
+}
+
+fn app_with_tier(gw: &Gateway, name: &str, tier: &str) -> (String, String) {
     let app = admin_at(gw.mgmt, "POST", "/api/v1/applications", json!({"name": name})).json()["id"]
         .as_str()
         .unwrap()
         .to_string();
     for a in ["bank/accounts", "bank/broken"] {
-        let r = admin_at(
-            gw.mgmt,
-            "POST",
-            "/api/v1/subscriptions",
-            json!({"applicationId": app, "api": a, "policy": "three"}),
-        );
+        let r =
+            admin_at(gw.mgmt, "POST", "/api/v1/subscriptions", json!({"applicationId": app, "api": a, "policy": tier}));
         assert_eq!(r.status, 201, "{}", r.text());
     }
     let key = admin_at(gw.mgmt, "POST", &format!("/api/v1/applications/{app}/keys"), Value::Null).json()["apiKey"]
@@ -92,10 +96,15 @@ fn usage(gw: &Gateway, query: &str) -> Vec<Value> {
     r.json()["rows"].as_array().unwrap().clone()
 }
 
-/// Totals per (api, application) over the last hour.
+/// Totals per (api, application) over the last hour (the hourly table).
 fn totals(gw: &Gateway) -> Vec<(String, String, u64, u64, u64)> {
+    totals_of(gw, "hour")
+}
+
+/// Totals per (api, application) in the rows of one granularity.
+fn totals_of(gw: &Gateway, granularity: &str) -> Vec<(String, String, u64, u64, u64)> {
     let mut t: Vec<(String, String, u64, u64, u64)> = Vec::new();
-    for r in usage(gw, "granularity=hour") {
+    for r in usage(gw, &format!("granularity={granularity}")) {
         let key = (r["api"].as_str().unwrap().to_string(), r["application"].as_str().unwrap_or("").to_string());
         let (req, err, thr) =
             (r["requests"].as_u64().unwrap(), r["errors"].as_u64().unwrap(), r["throttled"].as_u64().unwrap());
@@ -236,35 +245,40 @@ fn collector() -> (String, Received) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let path = line.split(' ').nth(1).unwrap_or("").to_string();
-                let (mut length, mut ctype) = (0usize, String::new());
+            let keep = keep.clone();
+            // One thread per connection: the exporters keep theirs open.
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(s.try_clone().unwrap());
                 loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
                         break;
                     }
-                    let lower = h.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
+                    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    let (mut length, mut ctype) = (0usize, String::new());
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        let lower = h.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if let Some(v) = lower.strip_prefix("content-type:") {
+                            ctype = v.trim().to_string();
+                        }
                     }
-                    if let Some(v) = lower.strip_prefix("content-type:") {
-                        ctype = v.trim().to_string();
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        break;
                     }
+                    keep.lock().unwrap().push((path, ctype, body));
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+                    );
                 }
-                let mut body = vec![0u8; length];
-                if reader.read_exact(&mut body).is_err() {
-                    break;
-                }
-                keep.lock().unwrap().push((path, ctype, body));
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
-            }
+            });
         }
     });
     (url, got)
@@ -279,20 +293,131 @@ fn per_request_records_are_exported_over_otlp() {
     assert_eq!(get(&env.gw, "/broken/v1/otlp-two", &key), 502);
     let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
     eventually(Duration::from_secs(20), || {
-        got.lock()
-            .unwrap()
-            .iter()
-            .any(|(_, _, body)| contains(body, "bank/broken") && contains(body, "backend_connect"))
+        got.lock().unwrap().iter().any(|(path, _, body)| {
+            path == "/v1/logs" && contains(body, "bank/broken") && contains(body, "backend_connect")
+        })
     });
-    let batches = got.lock().unwrap().clone();
+    let batches: Vec<_> = got.lock().unwrap().iter().filter(|b| b.0 == "/v1/logs").cloned().collect();
     assert!(
-        batches.iter().all(|(path, ctype, _)| path == "/v1/logs" && ctype == "application/x-protobuf"),
+        got.lock().unwrap().iter().all(|(path, ctype, _)| ["/v1/logs", "/v1/metrics"].contains(&path.as_str())
+            && ctype == "application/x-protobuf"),
         "{:?}",
-        batches.iter().map(|b| (&b.0, &b.1)).collect::<Vec<_>>()
+        got.lock().unwrap().iter().map(|b| (b.0.clone(), b.1.clone())).collect::<Vec<_>>()
     );
     let all: Vec<u8> = batches.iter().flat_map(|b| b.2.clone()).collect();
     assert!(
         contains(&all, "bank/accounts") && contains(&all, "tollgate-gateway"),
         "records carry the API and the service"
     );
+}
+
+#[test]
+fn the_rollups_are_exported_as_otlp_metrics() {
+    let (url, got) = collector();
+    // The full logs URL is accepted too: metrics go next to it.
+    let env = start(&["--otlp-endpoint", &format!("{url}/v1/logs")]);
+    let (app, key) = app_with_key(&env.gw, "tpp-metrics");
+    assert_eq!(get(&env.gw, "/accounts/v1/m", &key), 200);
+    let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    eventually(Duration::from_secs(20), || {
+        got.lock().unwrap().iter().any(|(path, ctype, body)| {
+            path == "/v1/metrics"
+                && ctype == "application/x-protobuf"
+                && contains(body, "tollgate.requests")
+                && contains(body, "tollgate.request.duration")
+                && contains(body, &app)
+        })
+    });
+}
+
+/// Latest value of a metric in the Prometheus text.
+fn metric(gw: &Gateway, name: &str) -> f64 {
+    let text = gw.metrics();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// A PostgreSQL session holding an exclusive lock on the minute table until
+/// dropped (psql reading a script from its standard input).
+struct TableLock(std::process::Child);
+
+impl TableLock {
+    fn take(pg: &Postgres, table: &str) -> TableLock {
+        use std::io::{BufRead, Write};
+        let mut child = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "tollgate", "-d", "postgres", "-At"])
+            .args(["-v", "ON_ERROR_STOP=1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql (make deps installs postgresql)");
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT 'locked';").unwrap();
+        stdin.flush().unwrap();
+        // psql echoes the command tags (BEGIN, LOCK TABLE) first.
+        let mut out = std::io::BufReader::new(child.stdout.as_mut().unwrap());
+        let mut line = String::new();
+        while line.trim() != "locked" {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "psql ended before the lock was taken");
+        }
+        TableLock(child)
+    }
+}
+
+impl Drop for TableLock {
+    fn drop(&mut self) {
+        use std::io::Write;
+        if let Some(mut stdin) = self.0.stdin.take() {
+            let _ = writeln!(stdin, "COMMIT;");
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_flood_drops_events_and_counts_them_without_holding_up_requests() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let env = start(&["--database-url", &url, "--analytics-queue-size", "8"]);
+    let (app, key) = app_with_tier(&env.gw, "tpp-flood", "wide");
+    assert_eq!(get(&env.gw, "/accounts/v1/first", &key), 200);
+    let one = vec![("bank/accounts".to_string(), app.clone(), 1, 0, 0)];
+    eventually(Duration::from_secs(20), || totals(&env.gw) == one);
+    // The database stops taking rollups: the aggregator's next write waits
+    // on the lock, and nothing empties the queue meanwhile.
+    let lock = TableLock::take(&pg, "analytics_minute");
+    assert_eq!(get(&env.gw, "/accounts/v1/second", &key), 200);
+    std::thread::sleep(Duration::from_millis(2500)); // a flush (every second) is now stuck
+    for i in 0..100 {
+        assert_eq!(get(&env.gw, &format!("/accounts/v1/flood-{i}"), &key), 200, "request {i}");
+    }
+    let dropped = metric(&env.gw, "tollgate_analytics_events_dropped_total") as u64;
+    assert!(dropped >= 100 - 8, "a queue of 8 behind a stuck writer drops the rest, got {dropped}");
+    drop(lock);
+    // What was queued is recorded, what was dropped is counted: nothing else is lost.
+    let want = vec![("bank/accounts".to_string(), app.clone(), 102 - dropped, 0, 0)];
+    eventually(Duration::from_secs(20), || totals(&env.gw) == want);
+}
+
+#[test]
+fn the_last_seconds_are_written_at_shutdown() {
+    // Rollups are written once at start and then every 60 s: the requests
+    // below reach the database only through the shutdown flush.
+    let mut env = start(&["--analytics-flush-seconds", "60", "--drain-seconds", "0"]);
+    let (app, key) = app_with_key(&env.gw, "tpp-last");
+    assert_eq!(get(&env.gw, "/accounts/v1/one", &key), 200);
+    assert_eq!(get(&env.gw, "/broken/v1/two", &key), 502);
+    assert!(totals_of(&env.gw, "minute").is_empty(), "nothing written yet");
+    let pid = env.gw.proc.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = env.gw.proc.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let dir = env.dir.clone();
+    env.gw = start_gateway(&dir, &env.token, &[]);
+    let mut want =
+        vec![("bank/accounts".to_string(), app.clone(), 1, 0, 0), ("bank/broken".to_string(), app.clone(), 1, 1, 0)];
+    want.sort();
+    assert_eq!(totals_of(&env.gw, "minute"), want);
 }

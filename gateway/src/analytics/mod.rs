@@ -21,9 +21,6 @@ use prometheus_client::metrics::counter::Counter;
 use crate::store::Store;
 use rollup::Aggregator;
 
-/// Events waiting for the aggregator.
-const QUEUE: usize = 65_536;
-
 /// What one request did.
 #[derive(Clone, Debug)]
 pub struct Event {
@@ -54,31 +51,46 @@ pub struct Event {
     pub bytes_out: u64,
 }
 
+/// A request to write everything now (at shutdown); answered when done.
+pub type FinishRequest = std::sync::mpsc::SyncSender<()>;
+
 /// Where the proxy puts events.
 pub struct Recorder {
     tx: tokio::sync::mpsc::Sender<Event>,
     dropped: Counter,
     /// Per-request records are exported (OTLP): events carry their details.
     pub detailed: bool,
+    finish: tokio::sync::mpsc::UnboundedSender<FinishRequest>,
+}
+
+/// What the aggregator needs to know.
+pub struct Settings<'a> {
+    /// Events the queue holds; 0 turns recording off.
+    pub queue: usize,
+    pub flush: Duration,
+    pub retention: rollup::Retention,
+    pub otlp_endpoint: Option<&'a str>,
 }
 
 impl Recorder {
-    /// Starts the aggregator thread writing into `store` every `flush`.
-    pub fn start(
-        store: Arc<Store>,
-        flush: Duration,
-        retention: rollup::Retention,
-        otlp_endpoint: Option<&str>,
-        dropped: Counter,
-    ) -> Result<Arc<Recorder>, String> {
-        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+    /// Starts the aggregator thread writing into `store` every flush
+    /// interval; None when recording is off (queue 0).
+    pub fn start(store: Arc<Store>, settings: Settings<'_>, dropped: Counter) -> Result<Option<Arc<Recorder>>, String> {
+        if settings.queue == 0 {
+            tracing::info!("analytics recording is off (--analytics-queue-size 0)");
+            return Ok(None);
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(settings.queue);
+        let (finish, finish_rx) = tokio::sync::mpsc::unbounded_channel();
         let pod = pod_id();
-        let detailed = otlp_endpoint.is_some();
-        let endpoint = otlp_endpoint.map(str::to_string);
-        let otlp = match &endpoint {
-            Some(url) => Some(otlp::Otlp::new(url, &pod).map_err(|e| format!("--otlp-endpoint {url}: {e}"))?),
+        let detailed = settings.otlp_endpoint.is_some();
+        let otlp = match settings.otlp_endpoint {
+            Some(url) => {
+                Some(otlp::Otlp::new(url, &pod, settings.flush).map_err(|e| format!("--otlp-endpoint {url}: {e}"))?)
+            }
             None => None,
         };
+        let (flush, retention) = (settings.flush, settings.retention);
         std::thread::Builder::new()
             .name("tollgate-analytics".into())
             .spawn(move || {
@@ -86,17 +98,18 @@ impl Recorder {
                     tracing::error!("analytics: no runtime; nothing is recorded");
                     return;
                 };
-                rt.block_on(Aggregator::new(pod, store, retention, otlp).run(rx, flush));
+                rt.block_on(Aggregator::new(pod, store, retention, otlp).run(rx, finish_rx, flush));
             })
             .map_err(|e| e.to_string())?;
-        Ok(Arc::new(Recorder { tx, dropped, detailed }))
+        Ok(Some(Arc::new(Recorder { tx, dropped, detailed, finish })))
     }
 
     /// A recorder whose events go nowhere but a test's receiver.
     #[cfg(test)]
     pub fn for_test(capacity: usize) -> (Recorder, tokio::sync::mpsc::Receiver<Event>) {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-        (Recorder { tx, dropped: Counter::default(), detailed: false }, rx)
+        let (finish, _) = tokio::sync::mpsc::unbounded_channel();
+        (Recorder { tx, dropped: Counter::default(), detailed: false, finish }, rx)
     }
 
     /// Hands an event over; drops (and counts) it when the queue is full.
@@ -104,6 +117,14 @@ impl Recorder {
         if self.tx.try_send(event).is_err() {
             self.dropped.inc();
         }
+    }
+
+    /// At shutdown: has the aggregator take every queued event, write its
+    /// rollups and send what the exporters hold; waits at most `timeout`.
+    /// Returns whether it finished in time.
+    pub fn finish(&self, timeout: Duration) -> bool {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        self.finish.send(done).is_ok() && wait.recv_timeout(timeout).is_ok()
     }
 }
 

@@ -144,8 +144,14 @@ impl Aggregator {
     }
 
     /// Takes events until the recorder goes away, writing every `every`
-    /// and compacting every sixth write.
-    pub async fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Event>, every: Duration) {
+    /// and compacting every sixth write; on a finish request takes what is
+    /// queued, writes it, stops the exporters and answers.
+    pub async fn run(
+        mut self,
+        mut rx: tokio::sync::mpsc::Receiver<Event>,
+        mut finish: tokio::sync::mpsc::UnboundedReceiver<super::FinishRequest>,
+        every: Duration,
+    ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u64;
@@ -157,6 +163,18 @@ impl Aggregator {
                         self.flush().await;
                         return;
                     }
+                },
+                Some(done) = finish.recv() => {
+                    while let Ok(e) = rx.try_recv() {
+                        self.add(&e);
+                    }
+                    if self.store.ensure_migrated().await.is_ok() {
+                        self.flush().await;
+                    }
+                    if let Some(o) = self.otlp.take() {
+                        o.shutdown();
+                    }
+                    let _ = done.send(());
                 },
                 _ = tick.tick() => {
                     if self.store.ensure_migrated().await.is_ok() {
