@@ -5,9 +5,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 APT_PACKAGES := build-essential pkg-config cmake openssl ca-certificates curl \
-                postgresql redis-server nginx haproxy wrk iproute2 psmisc
+                postgresql redis-server nginx haproxy wrk iproute2 psmisc \
+                chromium python3-venv fonts-dejavu-core
 
-.PHONY: help deps rust-deps test lint fmt crds crds-check unit build release run bench bench-quick
+.PHONY: help deps rust-deps test lint fmt crds crds-check unit browser-deps browser-test build release run bench bench-quick
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,7 +44,18 @@ crds-check:
 unit: ## unit and integration tests (no cluster)
 	$(CARGO) test --workspace --exclude tollgate-e2e --locked
 
-test: deps lint crds-check unit e2e ## every test (installs what it needs first)
+# The browser tests' Python packages, in a virtualenv cached per requirements file.
+BROWSER_VENV := $(HOME)/.cache/tollgate/venv-browser-$(shell sha256sum tests/browser/requirements.txt | cut -c1-12)
+
+browser-deps: deps
+	@test -x $(BROWSER_VENV)/bin/pytest || { rm -rf $(BROWSER_VENV) && python3 -m venv $(BROWSER_VENV) && \
+	  $(BROWSER_VENV)/bin/pip install -q --disable-pip-version-check -r tests/browser/requirements.txt; }
+
+browser-test: browser-deps ## the developer portal in a real browser (system chromium driven by Playwright)
+	$(CARGO) build --locked -p tollgate-gateway --bins
+	$(BROWSER_VENV)/bin/pytest -q -p no:cacheprovider tests/browser
+
+test: deps lint crds-check unit browser-test e2e ## every test (installs what it needs first)
 
 build:
 	$(CARGO) build --workspace --locked

@@ -211,6 +211,14 @@ pub struct Args {
     #[arg(long, env = "TOLLGATE_ANALYTICS_QUEUE_SIZE", default_value = "65536",
           value_parser = clap::value_parser!(u64).range(0..=16_777_216))]
     pub analytics_queue_size: u64,
+    /// Where developers call the APIs, as the developer portal shows it
+    /// (role store): API pages, the try-it console's server, the portal's
+    /// Content-Security-Policy. Default: http://localhost:<--http port>.
+    #[arg(long, env = "TOLLGATE_PORTAL_GATEWAY_URL")]
+    pub portal_gateway_url: Option<String>,
+    /// The developer portal's name, in every page's title and header.
+    #[arg(long, env = "TOLLGATE_PORTAL_NAME", default_value = "Developer portal")]
+    pub portal_name: String,
     /// OpenTelemetry collector (OTLP/HTTP) that gets one log record per
     /// request (`<url>/v1/logs`), batched off the request path.
     #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
@@ -278,6 +286,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// 0: nothing is recorded.
     pub analytics_queue: usize,
+    /// The developer portal's settings (served with the store role).
+    pub portal: crate::portal::Settings,
 }
 
 /// Certificate and key files of the HTTPS listeners.
@@ -381,6 +391,17 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!("--otlp-endpoint {u:?} must be an http(s) URL")));
         }
+        if let Some(u) = &a.portal_gateway_url
+            && !u
+                .parse::<http::Uri>()
+                .is_ok_and(|p| matches!(p.scheme_str(), Some("https" | "http")) && p.host().is_some())
+        {
+            return Err(ConfigError::Invalid(format!("--portal-gateway-url {u:?} must be an http(s) URL")));
+        }
+        let portal_name = a.portal_name.trim().to_string();
+        if portal_name.is_empty() || portal_name.len() > 100 || portal_name.chars().any(char::is_control) {
+            return Err(ConfigError::Invalid("--portal-name must be 1 to 100 printable characters".into()));
+        }
         if let Some(u) = &a.key_manager_jwks_uri
             && !u
                 .parse::<http::Uri>()
@@ -396,6 +417,15 @@ impl Config {
             key_manager_jwks_uri: a.key_manager_jwks_uri,
             otlp_endpoint: a.otlp_endpoint,
             analytics_queue: a.analytics_queue_size as usize,
+            portal: crate::portal::Settings {
+                gateway_url: a
+                    .portal_gateway_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://localhost:{}", a.http.port()))
+                    .trim_end_matches('/')
+                    .to_string(),
+                name: portal_name,
+            },
             analytics_flush: Duration::from_secs(a.analytics_flush_seconds),
             analytics_retention: crate::analytics::rollup::Retention {
                 minute: Duration::from_secs(a.analytics_minute_retention_days * 86_400),
@@ -500,6 +530,8 @@ struct FileKeys {
     analytics_hour_retention_days: Option<serde_json::Value>,
     analytics_day_retention_days: Option<serde_json::Value>,
     analytics_queue_size: Option<serde_json::Value>,
+    portal_gateway_url: Option<serde_json::Value>,
+    portal_name: Option<serde_json::Value>,
     otlp_endpoint: Option<serde_json::Value>,
 }
 
@@ -644,6 +676,12 @@ fn merge_file_layer(
         } else {
             from_file.analytics_queue_size
         },
+        portal_gateway_url: if pick("portal_gateway_url") {
+            parsed.portal_gateway_url
+        } else {
+            from_file.portal_gateway_url
+        },
+        portal_name: if pick("portal_name") { parsed.portal_name } else { from_file.portal_name },
         otlp_endpoint: if pick("otlp_endpoint") { parsed.otlp_endpoint } else { from_file.otlp_endpoint },
     })
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod pipeline;
 pub mod policy;
+pub mod portal;
 pub mod proxy;
 pub mod psd2;
 pub mod reload;

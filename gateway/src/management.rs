@@ -37,6 +37,10 @@ pub fn router(state: Arc<State>) -> Router {
         }
         _ => Router::new(),
     };
+    let portal_routes = match (&state.shared.store, &state.shared.portal) {
+        (Some(store), Some(settings)) => crate::portal::routes(state.clone(), store.clone(), settings),
+        _ => Router::new(),
+    };
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }))
         .route("/readyz", get(readyz))
@@ -49,6 +53,7 @@ pub fn router(state: Arc<State>) -> Router {
         .merge(store_routes)
         .merge(key_manager_routes)
         .merge(analytics_routes)
+        .merge(portal_routes)
 }
 
 /// Whether the API-traffic listener accepts connections (checked once with
@@ -264,11 +269,13 @@ async fn serve(
         };
         let (app, acceptor) = (app.clone(), acceptor.clone());
         tokio::spawn(async move {
+            let over_tls = crate::portal::OverTls(acceptor.is_some());
             let service = |peer: PeerCert| {
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let app = app.clone();
                     // The connection's verified client certificate (tls_client_auth, bound tokens).
                     req.extensions_mut().insert(peer.clone());
+                    req.extensions_mut().insert(over_tls);
                     async move { Ok::<_, std::convert::Infallible>(tower_call(app, req).await) }
                 })
             };

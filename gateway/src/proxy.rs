@@ -570,7 +570,7 @@ impl ProxyHttp for Gateway {
                 let principal = ctx.req.principal.as_ref();
                 recorder.record(crate::analytics::Event {
                     at_ms: crate::throttle::now_ms() as i64,
-                    api: api.id.as_str().into(),
+                    api: api.shared_id.clone(),
                     operation: ctx.req.operation.operation().map(|o| o.name.clone()),
                     application: principal.map(|p| p.application.clone()),
                     environment: principal.map(|p| p.environment.as_str()),

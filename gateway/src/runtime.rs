@@ -33,6 +33,8 @@ pub struct Shared {
     pub builtin: Option<Arc<crate::oauth::Issuer>>,
     /// The analytics queries are served (role analytics).
     pub analytics_api: bool,
+    /// The developer portal is served (role store), with these settings.
+    pub portal: Option<crate::portal::Settings>,
     /// Analytics events of this process (None only in unit tests).
     pub analytics: Option<Arc<crate::analytics::Recorder>>,
     /// OAuth2 clients' public keys (request signatures).

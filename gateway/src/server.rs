@@ -130,6 +130,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         key_manager_endpoints: config.has_role(Role::KeyManager),
         analytics: analytics.clone(),
         analytics_api: config.has_role(Role::Analytics),
+        portal: config.has_role(Role::Store).then(|| config.portal.clone()),
         client_keys: Arc::new(crate::oauth::client_keys::ClientKeys::new(config.key_cache_ttl)),
     }));
     let mut reloader = Reloader::new(config.config_dir.clone(), state.clone(), config.reload_debounce);

@@ -25,6 +25,9 @@ use crate::upstream::EndpointSet;
 pub struct Api {
     /// `namespace/name`.
     pub id: String,
+    /// The same, for analytics events (a reference count, not a copy, per
+    /// request).
+    pub shared_id: Arc<str>,
     pub object: ObjectRef,
     pub spec: tollgate_crds::ApiDeploymentSpec,
     /// `<context>/<version>`.
@@ -344,6 +347,7 @@ fn compile_api(
         s.backend.timeout.duration().ok_or_else(|| format!("invalid backend timeout {:?}", s.backend.timeout.0))?;
     Ok(Api {
         metrics: shared.metrics.api(&id),
+        shared_id: id.as_str().into(),
         id,
         object: r.clone(),
         versioned_path: versioned_path(ad),

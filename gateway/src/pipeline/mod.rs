@@ -290,6 +290,7 @@ pub(crate) mod test_support {
             key_manager_endpoints: false,
             analytics: None,
             analytics_api: false,
+            portal: None,
             client_keys: Arc::new(crate::oauth::client_keys::ClientKeys::new(std::time::Duration::from_secs(5))),
         }
     }

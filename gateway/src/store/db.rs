@@ -54,6 +54,10 @@ pub struct Application {
     pub id: String,
     pub name: String,
     pub created_at_ms: i64,
+    /// The developer (portal account) that owns it; absent when made
+    /// through the management API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -141,7 +145,8 @@ impl Db {
     }
 
     pub async fn create_application(&self, name: &str) -> Result<Application> {
-        let app = Application { id: keys::new_id(), name: name.to_string(), created_at_ms: now_ms() as i64 };
+        let app =
+            Application { id: keys::new_id(), name: name.to_string(), created_at_ms: now_ms() as i64, owner: None };
         sqlx::query("INSERT INTO applications (id, name, created_ms) VALUES ($1, $2, $3)")
             .bind(&app.id)
             .bind(&app.name)
@@ -155,24 +160,29 @@ impl Db {
         Ok(app)
     }
 
-    fn application(r: &AnyRow) -> Result<Application> {
-        Ok(Application { id: r.try_get("id")?, name: r.try_get("name")?, created_at_ms: r.try_get("created_ms")? })
+    pub(super) fn application_row(r: &AnyRow) -> Result<Application> {
+        Ok(Application {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            created_at_ms: r.try_get("created_ms")?,
+            owner: r.try_get("owner")?,
+        })
     }
 
     pub async fn applications(&self) -> Result<Vec<Application>> {
-        let rows = sqlx::query("SELECT id, name, created_ms FROM applications ORDER BY created_ms, id")
+        let rows = sqlx::query("SELECT id, name, created_ms, owner FROM applications ORDER BY created_ms, id")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(Self::application).collect()
+        rows.iter().map(Self::application_row).collect()
     }
 
     pub async fn get_application(&self, id: &str) -> Result<Application> {
-        let row = sqlx::query("SELECT id, name, created_ms FROM applications WHERE id = $1")
+        let row = sqlx::query("SELECT id, name, created_ms, owner FROM applications WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound("application"))?;
-        Self::application(&row)
+        Self::application_row(&row)
     }
 
     /// Deletes an application with its keys and subscriptions; returns the
@@ -355,6 +365,8 @@ impl Db {
         let application_id: String = row.try_get("application_id")?;
         let env: String = row.try_get("environment")?;
         let subscriptions = self.subscribed(&application_id).await?;
+        // A disabled developer's applications stop working with it.
+        let revoked = revoked || self.owner_disabled(&application_id).await?;
         Ok(KeyGrant {
             application_id,
             environment: Environment::parse(&env).unwrap_or(Environment::Production),

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod oauth_clients;
 pub mod openapi;
+pub mod portal;
 pub mod search;
 
 use std::path::Path;
