@@ -27,7 +27,8 @@ trap cleanup INT TERM EXIT
 "$BIN/tollgate-echo" 127.0.0.1:18080 sample-bank-backend >/dev/null &
 pids+=($!)
 "$BIN/tollgate-gateway" --config-dir examples/local --http "$HTTP" --management "$MGMT" \
-  --data-dir "$DATA" --admin-token-file "$TOKEN_FILE" --threads 2 > target/run/gateway.log 2>&1 &
+  --data-dir "$DATA" --admin-token-file "$TOKEN_FILE" --threads 2 \
+  --portal-gateway-url "http://$HTTP" --portal-name "Sample Bank developers" > target/run/gateway.log 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -40,6 +41,7 @@ cat <<TXT
 
 Tollgate is running (single-node pattern, config from examples/local/).
 Gateway log: target/run/gateway.log
+Developer portal: http://$MGMT/portal/ (administrators: the token in $TOKEN_FILE)
 
   # an account, through the gateway to the sample backend
   curl -i http://$HTTP/open-banking/aisp/v3.1/accounts/22289
