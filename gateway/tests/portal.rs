@@ -127,6 +127,24 @@ fn a_developer_on_postgresql_from_sign_up_to_a_working_key_and_an_administrator_
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!dev.get(&app_path).text().contains(&key), "shown once");
 
+    // An OAuth client of the built-in key manager (tls_client_auth), and a
+    // DN that does not parse.
+    let r = dev.post(
+        &format!("{app_path}/oauth-clients"),
+        &[("method", "tls_client_auth"), ("dn", "CN=tpp-one,O=TPP Ltd,C=GB"), ("scopes", "accounts"), ("csrf", &token)],
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let r = dev.post(
+        &format!("{app_path}/oauth-clients"),
+        &[("method", "tls_client_auth"), ("dn", "not a DN"), ("csrf", &token)],
+    );
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("The subject DN is not valid"));
+    let clients = admin_at(gw.mgmt, "GET", &format!("/api/v1/applications/{app_id}/oauth-clients"), Value::Null).json();
+    let items = clients["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{clients}");
+    assert_eq!(items[0]["tlsClientAuthSubjectDn"], "CN=tpp-one,O=TPP Ltd,C=GB");
+
     // The management API shows the owner.
     let apps = admin_at(gw.mgmt, "GET", "/api/v1/applications", Value::Null).json();
     let owner = apps["items"].as_array().unwrap().iter().find(|a| a["id"] == app_id.as_str()).unwrap()["owner"]
