@@ -2,14 +2,13 @@
 //! `<artifact-dir>/<namespace>/<name>/{apis,policies,keymanagers}/*.yaml`.
 //!
 //! Files are written atomically (a hidden temp file in the same folder, fsync,
-//! rename), so a gateway never reads half a file; unchanged content is never
-//! rewritten, so an operator restart touches nothing.
+//! rename), so a gateway never reads half a file. What to write is decided
+//! by [`crate::folder`], which writes only what changed.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
 };
 
 use crate::{
@@ -18,52 +17,7 @@ use crate::{
 };
 
 /// The sub-folders the operator owns inside a manager's folder.
-const OWNED_DIRS: [&str; 3] = ["apis", "policies", "keymanagers"];
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SyncReport {
-    pub written: usize,
-    pub removed: usize,
-}
-
-/// Serializes the writers of each manager folder within this process; the
-/// lock also guards what the writer knows about the folder.
-#[derive(Default)]
-pub struct Folders {
-    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<FolderState>>>>,
-}
-
-impl Folders {
-    pub fn lock_for(&self, dir: &Path) -> Arc<tokio::sync::Mutex<FolderState>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(dir.to_path_buf()).or_default().clone()
-    }
-}
-
-/// What the writer knows about one manager folder.
-#[derive(Debug, Default)]
-pub struct FolderState {
-    /// The route each API artifact in the folder claims; `None` until read
-    /// from the folder (after a start, or after a failed write).
-    serving: Option<BTreeMap<Key, Route>>,
-}
-
-impl FolderState {
-    /// The routes the folder's API artifacts claim, if known.
-    pub fn serving(&self) -> Option<&BTreeMap<Key, Route>> {
-        self.serving.as_ref()
-    }
-
-    /// Record what the folder holds after a successful sync.
-    pub fn synced(&mut self, serving: BTreeMap<Key, Route>) {
-        self.serving = Some(serving);
-    }
-
-    /// Forget what the folder holds (a failed write, or the folder removed).
-    pub fn forget(&mut self) {
-        self.serving = None;
-    }
-}
+pub const OWNED_DIRS: [&str; 3] = ["apis", "policies", "keymanagers"];
 
 /// The route every API artifact in `dir/apis` claims. Files that are not
 /// artifacts of this operator (unreadable, other shapes) claim nothing: the
@@ -116,40 +70,6 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Make the folder hold exactly `files` (relative paths under the owned
-/// sub-folders): write what differs, remove what is no longer planned.
-pub fn sync(dir: &Path, files: &BTreeMap<String, String>) -> Result<SyncReport> {
-    ensure_dir(dir)?;
-    let mut report = SyncReport::default();
-    for (rel, content) in files {
-        let path = dir.join(rel);
-        if std::fs::read(&path).ok().as_deref() == Some(content.as_bytes()) {
-            continue;
-        }
-        write_atomic(&path, content.as_bytes())?;
-        report.written += 1;
-    }
-    for sub in OWNED_DIRS {
-        let d = dir.join(sub);
-        let entries = std::fs::read_dir(&d).map_err(io_err(&d))?;
-        for entry in entries {
-            let entry = entry.map_err(io_err(&d))?;
-            let file_name = entry.file_name();
-            let Some(fname) = file_name.to_str() else { continue };
-            let rel = format!("{sub}/{fname}");
-            let stale_temp = fname.starts_with(".tmp-");
-            if stale_temp || (fname.ends_with(".yaml") && !files.contains_key(&rel)) {
-                let p = entry.path();
-                std::fs::remove_file(&p).map_err(io_err(&p))?;
-                if !stale_temp {
-                    report.removed += 1;
-                }
-            }
-        }
-    }
-    Ok(report)
-}
-
 /// Remove the whole folder of a manager (its ApiManager is gone).
 pub fn remove_dir(dir: &Path) -> Result<bool> {
     match std::fs::remove_dir_all(dir) {
@@ -159,12 +79,15 @@ pub fn remove_dir(dir: &Path) -> Result<bool> {
     }
 }
 
-/// Write through a hidden temp file and rename it into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Write through a hidden temp file and rename it into place. The temp
+/// file's name carries `tag` (the replica's identity): two replicas never
+/// share one.
+pub fn write_atomic(path: &Path, bytes: &[u8], tag: &str) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     let fname = path.file_name().and_then(|f| f.to_str()).unwrap_or("artifact");
-    let tmp = parent.join(format!(".tmp-{fname}-{}", std::process::id()));
+    let tag: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let tmp = parent.join(format!(".tmp-{fname}-{tag}-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -182,50 +105,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    #[test]
-    fn writes_only_what_changed_and_removes_the_rest() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("ns/apim");
-        let r = sync(&dir, &files(&[("apis/a_x.yaml", "one"), ("policies/a_p.yaml", "p")])).unwrap();
-        assert_eq!(r, SyncReport { written: 2, removed: 0 });
-        let r = sync(&dir, &files(&[("apis/a_x.yaml", "one"), ("policies/a_p.yaml", "p")])).unwrap();
-        assert_eq!(r, SyncReport::default(), "unchanged content is not rewritten");
-        // A foreign file outside the owned folders and a non-yaml file stay.
-        std::fs::write(dir.join("README"), "mine").unwrap();
-        std::fs::write(dir.join("apis/notes.txt"), "mine").unwrap();
-        std::fs::write(dir.join("apis/.tmp-a_x.yaml-1"), "half").unwrap();
-        let r = sync(&dir, &files(&[("apis/a_x.yaml", "two")])).unwrap();
-        assert_eq!(r, SyncReport { written: 1, removed: 1 });
-        assert_eq!(std::fs::read_to_string(dir.join("apis/a_x.yaml")).unwrap(), "two");
-        assert!(!dir.join("policies/a_p.yaml").exists());
-        assert!(!dir.join("apis/.tmp-a_x.yaml-1").exists(), "stale temp files are cleaned");
-        assert!(dir.join("README").exists() && dir.join("apis/notes.txt").exists());
-    }
-
-    #[test]
-    fn key_manager_artifacts_are_owned_too() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("ns/apim");
-        // A folder from before KeyManagers: no keymanagers/ sub-folder yet.
-        std::fs::create_dir_all(dir.join("apis")).unwrap();
-        std::fs::create_dir_all(dir.join("policies")).unwrap();
-        let r = sync(&dir, &files(&[("keymanagers/a_idp.yaml", "km")])).unwrap();
-        assert_eq!(r, SyncReport { written: 1, removed: 0 });
-        let r = sync(&dir, &files(&[])).unwrap();
-        assert_eq!(r, SyncReport { written: 0, removed: 1 }, "an issuer no longer planned is no longer trusted");
-        assert!(!dir.join("keymanagers/a_idp.yaml").exists());
-    }
-
     #[test]
     fn rewrites_keep_the_inode_swap_atomic() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("apis/x.yaml");
-        write_atomic(&p, b"first").unwrap();
-        write_atomic(&p, b"second").unwrap();
+        write_atomic(&p, b"first", "r1").unwrap();
+        write_atomic(&p, b"second", "r1").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "second");
         let leftovers: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");

@@ -22,12 +22,21 @@ pub enum Error {
     Conflict(String),
     #[error("object has no {0}")]
     MissingField(&'static str),
+    /// Waiting for another controller (an artifact still in the folder
+    /// while its object is being deleted); retried shortly.
+    #[error("waiting: {0}")]
+    Pending(String),
 }
 
 impl Error {
     /// Conflicts resolve themselves on the next attempt with a fresh object.
     pub fn is_conflict(&self) -> bool {
         self.metric_label() == "conflict"
+    }
+
+    /// Waiting for another controller's work; retried shortly.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Error::Pending(_))
     }
 
     /// The object the reconcile was about is gone (deleted between the
@@ -47,6 +56,7 @@ impl Error {
             Error::Serialize { .. } => "serialize",
             Error::Finalizer(_) => "finalizer",
             Error::MissingField(_) => "missing_field",
+            Error::Pending(_) => "pending",
         }
     }
 }

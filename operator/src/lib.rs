@@ -4,8 +4,11 @@
 pub mod artifacts;
 pub mod config;
 pub mod controllers;
+pub mod decisions;
 pub mod error;
+pub mod folder;
 pub mod http;
+pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod plan;

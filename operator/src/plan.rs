@@ -10,7 +10,8 @@
 
 mod key_managers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
@@ -105,7 +106,7 @@ pub fn route_of(api: &ApiDeployment) -> Route {
 pub struct Plan {
     /// Relative path (`apis/<ns>_<name>.yaml`, `policies/<ns>_<name>.yaml`,
     /// `keymanagers/<ns>_<name>.yaml`) to content.
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, Arc<str>>,
     pub outcomes: BTreeMap<Key, Outcome>,
     /// The Accepted verdict of every KeyManager bound to this manager.
     pub key_managers: BTreeMap<Key, Verdict>,
@@ -140,8 +141,64 @@ pub fn policy_file(ns: &str, name: &str) -> String {
 
 const HEADER: &str = "# Written by tollgate-operator from the object of the same name; do not edit.\n";
 
+/// Rendered documents of one manager's objects, reused while the object
+/// (uid and generation) and what its document depends on stay the same:
+/// planning a folder of thousands of APIs renders only what changed.
+#[derive(Default)]
+pub struct Renders {
+    docs: HashMap<String, Arc<str>>,
+    /// Keys used by the current plan; the others are dropped after it.
+    used: std::collections::HashSet<String>,
+}
+
+impl Renders {
+    fn get(&mut self, key: String, render: impl FnOnce() -> String) -> Arc<str> {
+        let doc = self.docs.entry(key.clone()).or_insert_with(|| Arc::from(render())).clone();
+        self.used.insert(key);
+        doc
+    }
+
+    /// Drops what the last plan did not use.
+    fn sweep(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.docs.retain(|k, _| used.contains(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+}
+
+/// What a rendered document depends on: the object's identity and
+/// generation, plus `extra` (the manager's namespace, a definition's hash).
+fn render_key(kind: &str, obj: &impl ResourceExt, extra: &str) -> String {
+    format!(
+        "{kind}/{}/{}/{}/{}/{extra}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
+        obj.uid().unwrap_or_default(),
+        obj.meta().generation.unwrap_or_default()
+    )
+}
+
 /// Compute the plan of one ApiManager.
 pub fn plan(inputs: &Inputs<'_>) -> Plan {
+    plan_with(inputs, &mut Renders::default())
+}
+
+/// Compute the plan of one ApiManager, reusing (and updating) the
+/// manager's rendered documents.
+pub fn plan_with(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
+    let plan = plan_rendered(inputs, renders);
+    renders.sweep();
+    plan
+}
+
+fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
     let manager = inputs.manager;
     let mgr_ns = manager.namespace().unwrap_or_default();
     let mgr_name = manager.name_any();
@@ -151,7 +208,8 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
     // names it: an API with an empty `keyManagers` list accepts them all.
     let key_managers = key_managers::bound(inputs, &mgr_ns, &mgr_name);
     for ((kns, kname), km) in &key_managers.trusted {
-        plan.files.insert(key_manager_file(kns, kname), render_key_manager(km, &mgr_ns));
+        let doc = renders.get(render_key("km", *km, &mgr_ns), || render_key_manager(km, &mgr_ns));
+        plan.files.insert(key_manager_file(kns, kname), doc);
     }
     plan.key_managers = key_managers.verdicts;
 
@@ -228,32 +286,35 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
 
         // 4. References: gateway groups, policies, key managers, definition.
         let resolved = resolve(api, manager, &mgr_ns, inputs, &key_managers.trusted);
-        let Resolved { operations, policies: used_policies, key_managers: used_key_managers } = match resolved {
-            Ok(r) => r,
-            Err((reason, msg)) => {
-                plan.outcomes.insert(
-                    key,
-                    Outcome {
-                        accepted: Verdict::yes(reasons::ACCEPTED, "accepted"),
-                        resolved_refs: Verdict::no(reason, msg.clone()),
-                        deployed: Verdict::no(reason, msg),
-                        url: Some(url),
-                        revision: None,
-                    },
-                );
-                continue;
-            }
-        };
+        let Resolved { operations, definition_hash, policies: used_policies, key_managers: used_key_managers } =
+            match resolved {
+                Ok(r) => r,
+                Err((reason, msg)) => {
+                    plan.outcomes.insert(
+                        key,
+                        Outcome {
+                            accepted: Verdict::yes(reasons::ACCEPTED, "accepted"),
+                            resolved_refs: Verdict::no(reason, msg.clone()),
+                            deployed: Verdict::no(reason, msg),
+                            url: Some(url),
+                            revision: None,
+                        },
+                    );
+                    continue;
+                }
+            };
 
         // 5. Artifacts.
-        let api_doc = render_api(api, &mgr_ns, operations);
+        let api_doc = renders.get(render_key("api", api, &format!("{mgr_ns}/{definition_hash}")), || {
+            render_api(api, &mgr_ns, operations)
+        });
         let mut hasher = Sha256::new();
         hasher.update(api_doc.as_bytes());
         plan.files.insert(api_file(&ns, &name), api_doc);
         plan.serving.insert(key.clone(), route_of(api));
         for (pns, pname) in &used_policies {
             let policy = inputs.policies[&(pns.clone(), pname.clone())];
-            let doc = render_policy(policy);
+            let doc = renders.get(render_key("policy", policy, ""), || render_policy(policy));
             hasher.update(doc.as_bytes());
             plan.files.insert(policy_file(pns, pname), doc);
         }
@@ -287,6 +348,9 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
 /// What an ApiDeployment's references resolved to.
 struct Resolved {
     operations: Vec<Operation>,
+    /// Hash of the OpenAPI definition the operations come from (empty
+    /// without one): part of what the rendered artifact depends on.
+    definition_hash: String,
     policies: Vec<Key>,
     key_managers: Vec<Key>,
 }
@@ -331,8 +395,9 @@ fn resolve(
         ));
     }
     let key_managers = key_managers::resolve(api, mgr_ns, trusted)?;
-    let mut operations = api.spec.operations.clone();
-    if operations.is_empty()
+    let mut operations = Vec::new();
+    let mut definition_hash = String::new();
+    if api.spec.operations.is_empty()
         && let Some(def) = &api.spec.definition
     {
         let r = &def.config_map_ref;
@@ -346,6 +411,7 @@ fn resolve(
                 ));
             }
         };
+        definition_hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
         operations = operations_from_openapi(text).map_err(|e| {
             (
                 reasons::INVALID_DEFINITION,
@@ -355,7 +421,7 @@ fn resolve(
     }
     used.sort();
     used.dedup();
-    Ok(Resolved { operations, policies: used, key_managers })
+    Ok(Resolved { operations, definition_hash, policies: used, key_managers })
 }
 
 /// Whether APIs from `ns` may deploy onto the manager (Err says why not).

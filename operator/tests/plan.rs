@@ -361,7 +361,8 @@ fn the_routes_read_back_from_a_written_folder_equal_the_plans() {
     w.apis.push(api("banking", "payments", T1, json!({ "context": "/open-banking/pisp", "version": "v4" })));
     let p = w.plan();
     let tmp = tempfile::tempdir().unwrap();
-    tollgate_operator::artifacts::sync(tmp.path(), &p.files).unwrap();
+    let mut folder = tollgate_operator::folder::FolderState::default();
+    folder.sync(tmp.path(), &p.files, p.serving.clone(), "test").unwrap();
     // Things that are not this operator's artifacts claim nothing.
     std::fs::write(tmp.path().join("apis/garbage.yaml"), "{ not: [yaml").unwrap();
     std::fs::write(tmp.path().join("apis/other.yaml"), "kind: ConfigMap\nmetadata: {name: x}\n").unwrap();

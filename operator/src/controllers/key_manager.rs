@@ -1,61 +1,33 @@
-//! KeyManager reconciler: re-plans the artifact folder of the ApiManager a
-//! KeyManager binds to (the plan writes `keymanagers/<ns>_<name>.yaml` there)
-//! and reports Accepted. A finalizer takes the artifact out before the
-//! object goes, so gateways stop trusting a deleted issuer even when no
-//! ApiDeployment names it.
+//! KeyManager reconciler: the status writer. The artifact controller plans
+//! the folder of the ApiManager a KeyManager binds to (the plan writes
+//! `keymanagers/<ns>_<name>.yaml` there) and publishes the KeyManager's
+//! Accepted verdict; this controller writes it. A finalizer keeps the
+//! object until its artifact is out of the folder, so gateways stop
+//! trusting a deleted issuer even when no ApiDeployment names it.
 
 use std::{sync::Arc, time::Duration};
 
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{
-        Controller,
-        controller::Action,
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
+    runtime::controller::Action,
 };
 use serde_json::json;
 use tollgate_crds::{
-    API_VERSION, ApiManager, KeyManager,
+    API_VERSION, KeyManager,
     conditions::{self, reasons},
     key_manager::KeyManagerStatus,
 };
 
-use super::{
-    Context, FIELD_MANAGER,
-    api_deployment::{manager_uses_selector, sync_manager},
-    artifact_error_policy, failure_key, reconcile_with_finalizer, scoped,
-};
+use super::{Context, FIELD_MANAGER, artifact_error_policy, failure_key, manager_ref, reconcile_with_finalizer};
 use crate::{
     artifacts,
-    config::Config,
     error::{Error, Result},
-    plan::{Key, Verdict, key_manager_file, manager_of},
+    plan::{Verdict, key_manager_file, manager_of},
     status,
 };
 
 const CONTROLLER: &str = "keymanager";
-
-/// The KeyManager controller; an ApiManager change (created, deleted,
-/// allowedNamespaces edited) re-reconciles the KeyManagers bound to it.
-pub fn controller(
-    client: &Client,
-    config: &Config,
-    key_managers: impl futures::Stream<Item = Result<KeyManager, watcher::Error>> + Send + 'static,
-    store: Store<KeyManager>,
-) -> Controller<KeyManager> {
-    let bound = store.clone();
-    Controller::for_stream(key_managers, store).watches(
-        scoped::<ApiManager>(client, config),
-        watcher::Config::default(),
-        move |m: ApiManager| {
-            let key = (m.namespace().unwrap_or_default(), m.name_any());
-            bound.state().into_iter().filter(|k| manager_of(k) == key).map(|k| ObjectRef::from(&*k)).collect::<Vec<_>>()
-        },
-    )
-}
 
 pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action> {
     reconcile_with_finalizer(km, ctx, CONTROLLER, apply, cleanup).await
@@ -68,58 +40,58 @@ pub fn error_policy(km: Arc<KeyManager>, error: &Error, ctx: Arc<Context>) -> Ac
 /// Failure-counter prefix.
 const FAILURES: &str = "km";
 
-fn key_of(km: &KeyManager) -> Key {
-    (km.namespace().unwrap_or_default(), km.name_any())
-}
-
 async fn apply(km: &KeyManager, ctx: &Context) -> Result<Action> {
     let target = manager_of(km);
-    let planned = sync_manager(&target, ctx, None).await?;
-    resync_former_homes(km, Some(&target), ctx).await?;
-    let verdict = match planned {
-        None => Verdict::no(reasons::API_MANAGER_NOT_FOUND, format!("ApiManager {}/{} not found", target.0, target.1)),
-        Some(mut plan) => match plan.key_managers.remove(&key_of(km)) {
-            Some(v) => v,
-            // The plan was made from a cache that does not show this
-            // KeyManager bound to the manager yet: look again shortly.
-            None => return Err(Error::Conflict("the KeyManager cache is behind; planning again".into())),
-        },
-    };
-    write_status(km, &verdict, ctx).await?;
-    ctx.failures.reset(&failure_key(FAILURES, km));
-    // Namespace labels (allowedNamespaces.from=Selector) are not watched: look again now and then.
-    let selector = manager_uses_selector(ctx, &target);
-    Ok(Action::requeue(if selector { Duration::from_secs(60) } else { Duration::from_secs(600) }))
+    let key = (km.namespace().unwrap_or_default(), km.name_any());
+    if ctx.managers.get(&manager_ref(&target)).is_none_or(|m| m.metadata.deletion_timestamp.is_some()) {
+        let verdict =
+            Verdict::no(reasons::API_MANAGER_NOT_FOUND, format!("ApiManager {}/{} not found", target.0, target.1));
+        write_status(km, &verdict, ctx).await?;
+        ctx.failures.reset(&failure_key(FAILURES, km));
+        return Ok(Action::requeue(Duration::from_secs(600)));
+    }
+    match ctx.decisions.key_manager(&key) {
+        Some(d) if d.is_for(km.uid().as_deref(), km.metadata.generation, &target) => {
+            write_status(km, &d.value, ctx).await?;
+            ctx.failures.reset(&failure_key(FAILURES, km));
+            Ok(Action::requeue(Duration::from_secs(600)))
+        }
+        _ => {
+            let _ = ctx.plan_manager.send(manager_ref(&target));
+            Ok(Action::requeue(Duration::from_secs(5)))
+        }
+    }
 }
 
 async fn cleanup(km: &KeyManager, ctx: &Context) -> Result<Action> {
-    // The plan leaves out objects being deleted, so syncing removes the artifact.
-    sync_manager(&manager_of(km), ctx, None).await?;
-    resync_former_homes(km, Some(&manager_of(km)), ctx).await?;
-    ctx.event(km, false, "ArtifactRemoved", "the gateways no longer trust this issuer".into()).await;
-    Ok(Action::await_change())
-}
-
-/// Re-plans the folders of other ApiManagers that still hold this
-/// KeyManager's artifact: after its apiManagerRef changed, the former
-/// manager's gateways must stop trusting the issuer, and nothing else would
-/// re-plan that folder when no ApiDeployment there changes.
-async fn resync_former_homes(km: &KeyManager, current: Option<&Key>, ctx: &Context) -> Result<()> {
-    let (ns, name) = key_of(km);
-    let file = key_manager_file(&ns, &name);
-    for m in ctx.managers.state() {
-        let key = (m.namespace().unwrap_or_default(), m.name_any());
-        if Some(&key) == current {
-            continue;
+    let target = manager_of(km);
+    let (ns, name) = (km.namespace().unwrap_or_default(), km.name_any());
+    if ctx.managers.get(&manager_ref(&target)).is_none() {
+        return Ok(Action::await_change());
+    }
+    let dir = artifacts::manager_dir(&ctx.config.artifact_dir, &target.0, &target.1);
+    let lock = ctx.folders.lock_for(&dir);
+    let holds = lock.lock().await.holds(&key_manager_file(&ns, &name));
+    match holds {
+        Some(false) => {
+            let accepted = km
+                .status
+                .as_ref()
+                .and_then(|s| status::find(&s.conditions, conditions::ACCEPTED))
+                .is_some_and(|c| c.status == "True");
+            if accepted {
+                ctx.event(km, false, "ArtifactRemoved", "the gateways no longer trust this issuer".into()).await;
+            }
+            Ok(Action::await_change())
         }
-        let path = artifacts::manager_dir(&ctx.config.artifact_dir, &key.0, &key.1).join(&file);
-        // When the folder cannot be read, re-plan: that is always safe.
-        if tokio::fs::try_exists(&path).await.unwrap_or(true) {
-            tracing::info!(keymanager = %format!("{ns}/{name}"), manager = %format!("{}/{}", key.0, key.1), "removing a KeyManager from a former ApiManager");
-            sync_manager(&key, ctx, None).await?;
+        _ => {
+            let _ = ctx.plan_manager.send(manager_ref(&target));
+            Err(Error::Pending(format!(
+                "the artifact of KeyManager {ns}/{name} is still in the folder of {}/{}",
+                target.0, target.1
+            )))
         }
     }
-    Ok(())
 }
 
 async fn write_status(km: &KeyManager, verdict: &Verdict, ctx: &Context) -> Result<()> {

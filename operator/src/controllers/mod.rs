@@ -2,6 +2,7 @@
 
 pub mod api_deployment;
 pub mod api_manager;
+pub mod artifacts;
 pub mod key_manager;
 pub mod throttle_policy;
 
@@ -9,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use kube::{
-    Api, Client, Resource,
+    Api, Client, Resource, ResourceExt,
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -22,10 +23,13 @@ use tokio::sync::{mpsc, watch};
 use tollgate_crds::{ApiDeployment, ApiManager, KeyManager, ThrottlePolicy};
 
 use crate::{
-    artifacts::Folders,
     config::Config,
+    decisions::Decisions,
     error::{Error, Result},
+    folder::Folders,
+    index::Index,
     metrics::Metrics,
+    plan::Key,
     workload::WorkloadConfig,
 };
 
@@ -46,9 +50,18 @@ pub struct Context {
     pub folders: Folders,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    /// Re-run the reconciler of other ApiDeployments (siblings whose status a
-    /// change affects: conflicts, freed routes).
+    /// Which managers a change touches.
+    pub index: Arc<Index>,
+    /// What the artifact controller decided, after the folder write.
+    pub decisions: Arc<Decisions>,
+    /// Plan a manager's folder (the artifact controller's queue).
+    pub plan_manager: mpsc::UnboundedSender<ObjectRef<ApiManager>>,
+    /// Write the status of ApiDeployments whose decision changed.
     pub requeue_api: mpsc::UnboundedSender<ObjectRef<ApiDeployment>>,
+    /// Write the status of KeyManagers whose verdict changed.
+    pub requeue_key_manager: mpsc::UnboundedSender<ObjectRef<KeyManager>>,
+    /// This replica's identity (temp file names in the artifact folders).
+    pub identity: String,
     /// Consecutive failures per object, for the error backoff.
     pub failures: Failures,
     /// One flag per cache (managers, APIs, policies, key managers): true after the initial list.
@@ -57,9 +70,12 @@ pub struct Context {
 
 /// A cache of K fed by a watcher, the stream that drives a controller from
 /// it, and a flag that turns true once the initial list is in the cache.
+/// `on_event` sees every event after the cache applied it (so whatever it
+/// triggers reads a cache that already holds the change).
 pub fn cached<K>(
     api: Api<K>,
     wc: watcher::Config,
+    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static, watch::Receiver<bool>)
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -68,12 +84,20 @@ where
     let (tx, rx) = watch::channel(false);
     let stream = reflector(writer, watcher(api, wc).default_backoff())
         .inspect(move |ev| {
+            if let Ok(ev) = ev {
+                on_event(ev);
+            }
             if matches!(ev, Ok(watcher::Event::InitDone)) {
                 let _ = tx.send(true);
             }
         })
         .applied_objects();
     (reader, stream, rx)
+}
+
+/// The ObjectRef of a manager key.
+pub fn manager_ref(key: &Key) -> ObjectRef<ApiManager> {
+    ObjectRef::new(&key.1).within(&key.0)
 }
 
 impl Context {
@@ -202,6 +226,10 @@ pub fn artifact_error_policy<K: kube::ResourceExt>(
     controller: &'static str,
     kind: &str,
 ) -> Action {
+    // Waiting on the artifact controller is not a failure.
+    if error.is_pending() {
+        return Action::requeue(Duration::from_millis(200));
+    }
     ctx.metrics.error(controller, error.metric_label());
     if error.is_conflict() {
         return Action::requeue(Duration::from_millis(200));
@@ -228,18 +256,81 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
     };
     let concurrency = config.concurrency.max(1);
     let wc = watcher::Config::default();
+    let index = Arc::new(Index::default());
+    let decisions = Arc::new(Decisions::default());
+    let (plan_tx, plan_rx) = mpsc::unbounded_channel::<ObjectRef<ApiManager>>();
+    let (api_tx, api_rx) = mpsc::unbounded_channel::<ObjectRef<ApiDeployment>>();
+    let (km_tx, km_rx) = mpsc::unbounded_channel::<ObjectRef<KeyManager>>();
 
-    let (managers, manager_stream, managers_ready) = cached(scoped::<ApiManager>(&client, &config), wc.clone());
-    let (policies, policy_stream, policies_ready) = cached(scoped::<ThrottlePolicy>(&client, &config), wc.clone());
-    let (apis, api_stream, apis_ready) = cached(scoped::<ApiDeployment>(&client, &config), wc.clone());
+    // Every event is mapped to the managers whose folder it can change.
+    let plan = plan_tx.clone();
+    let (apis_forgotten, kms_forgotten) = (api_tx.clone(), km_tx.clone());
+    let decided = decisions.clone();
+    let (managers, manager_stream, managers_ready) =
+        cached(scoped::<ApiManager>(&client, &config), wc.clone(), move |ev| match ev {
+            watcher::Event::Apply(m) | watcher::Event::InitApply(m) => {
+                let _ = plan.send(ObjectRef::from(m));
+            }
+            watcher::Event::Delete(m) => {
+                // Its objects now answer "ApiManager not found".
+                let key = (m.namespace().unwrap_or_default(), m.name_any());
+                let (apis, kms) = decided.forget_manager(&key);
+                for (ns, name) in apis {
+                    let _ = apis_forgotten.send(ObjectRef::new(&name).within(&ns));
+                }
+                for (ns, name) in kms {
+                    let _ = kms_forgotten.send(ObjectRef::new(&name).within(&ns));
+                }
+            }
+            _ => {}
+        });
+    let (plan, idx) = (plan_tx.clone(), index.clone());
+    let (apis, api_stream, apis_ready) =
+        cached(scoped::<ApiDeployment>(&client, &config), wc.clone(), move |ev| match ev {
+            watcher::Event::Apply(a) | watcher::Event::InitApply(a) => {
+                for m in idx.api(a, false) {
+                    let _ = plan.send(manager_ref(&m));
+                }
+            }
+            watcher::Event::Delete(a) => {
+                for m in idx.api(a, true) {
+                    let _ = plan.send(manager_ref(&m));
+                }
+            }
+            _ => {}
+        });
+    let (plan, idx, api_cache) = (plan_tx.clone(), index.clone(), apis.clone());
+    let (policies, policy_stream, policies_ready) =
+        cached(scoped::<ThrottlePolicy>(&client, &config), wc.clone(), move |ev| match ev {
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p) => {
+                let all = api_cache.state();
+                for m in idx.policy(p, all.iter().map(|a| &**a)) {
+                    let _ = plan.send(manager_ref(&m));
+                }
+            }
+            _ => {}
+        });
+    let (plan, idx) = (plan_tx.clone(), index.clone());
     let (key_managers, key_manager_stream, key_managers_ready) =
-        cached(scoped::<KeyManager>(&client, &config), wc.clone());
+        cached(scoped::<KeyManager>(&client, &config), wc.clone(), move |ev| match ev {
+            watcher::Event::Apply(k) | watcher::Event::InitApply(k) => {
+                for m in idx.key_manager(k, false) {
+                    let _ = plan.send(manager_ref(&m));
+                }
+            }
+            watcher::Event::Delete(k) => {
+                for m in idx.key_manager(k, true) {
+                    let _ = plan.send(manager_ref(&m));
+                }
+            }
+            _ => {}
+        });
     let manager_ctrl = api_manager::controller(&client, &config, manager_stream, managers.clone());
     let policy_ctrl = Controller::for_stream(policy_stream, policies.clone());
-    let key_manager_ctrl = key_manager::controller(&client, &config, key_manager_stream, key_managers.clone());
-    let api_ctrl = Controller::for_stream(api_stream, apis.clone());
-    let (tx, rx) = mpsc::unbounded_channel();
-    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity) };
+    let key_manager_ctrl =
+        Controller::for_stream(key_manager_stream, key_managers.clone()).reconcile_on(ReceiverStream(km_rx));
+    let api_ctrl = Controller::for_stream(api_stream, apis.clone()).reconcile_on(ReceiverStream(api_rx));
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.clone()) };
     let ctx = Arc::new(Context {
         client: client.clone(),
         workload,
@@ -250,12 +341,16 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
         folders: Folders::default(),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
-        requeue_api: tx,
+        index,
+        decisions,
+        plan_manager: plan_tx,
+        requeue_api: api_tx,
+        requeue_key_manager: km_tx,
+        identity,
         failures: Failures::default(),
         ready: vec![managers_ready, apis_ready, policies_ready, key_managers_ready],
         config,
     });
-    let api_ctrl = api_deployment::wire(api_ctrl, &client, &ctx.config, ctx.apis.clone(), rx);
     let cfg = kube::runtime::controller::Config::default().concurrency(concurrency);
 
     let managers = manager_ctrl
@@ -274,18 +369,45 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
         .run(throttle_policy::reconcile, throttle_policy::error_policy, ctx.clone())
         .for_each(|r| async move { log_result("throttlepolicy", r) });
     let key_managers = key_manager_ctrl
-        .with_config(cfg)
+        .with_config(cfg.clone())
         .shutdown_on_signal()
         .run(key_manager::reconcile, key_manager::error_policy, ctx.clone())
         .for_each(|r| async move { log_result("keymanager", r) });
+    // The artifact controller, keyed by ApiManager: a burst of changes to one
+    // manager's objects is planned once (debounced), by one worker per
+    // manager. It shares the managers' cache, so it starts once that cache
+    // is complete (kube's store readiness wakes a single waiter).
+    let folders = {
+        let ctx = ctx.clone();
+        async move {
+            ctx.caches_ready().await;
+            Controller::for_stream(futures::stream::pending(), ctx.managers.clone())
+                .reconcile_on(ReceiverStream(plan_rx))
+                .with_config(cfg.clone().debounce(artifacts::DEBOUNCE))
+                .shutdown_on_signal()
+                .run(artifacts::reconcile, artifacts::error_policy, ctx.clone())
+                .for_each(|r| async move { log_result("artifacts", r) })
+                .await
+        }
+    };
     let sweeper = api_manager::sweep_orphans(ctx.clone());
     let depth = sample_queue_depth(ctx.clone());
     tokio::select! {
-        _ = futures::future::join4(managers, apis, policies, key_managers) => {}
+        _ = futures::future::join5(managers, apis, policies, key_managers, folders) => {}
         _ = sweeper => {}
         _ = depth => {}
     }
     Ok(())
+}
+
+/// A tokio unbounded receiver as a `Stream`.
+pub struct ReceiverStream<T>(pub mpsc::UnboundedReceiver<T>);
+
+impl<T> futures::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
 }
 
 /// Objects in `store` whose status lags their generation.
@@ -307,14 +429,17 @@ async fn sample_queue_depth(ctx: Arc<Context>) {
     }
 }
 
-fn log_result<K: Resource, E: std::fmt::Display, W: std::fmt::Display>(
+fn log_result<K: Resource, W: std::fmt::Display>(
     controller: &str,
-    r: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E, W>>,
+    r: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<Error, W>>,
 ) where
     K::DynamicType: std::fmt::Debug,
 {
     match r {
         Ok((obj, _)) => tracing::debug!(controller, object = %obj, "reconciled"),
+        Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) if e.is_pending() => {
+            tracing::debug!(controller, object = %obj, reason = %e, "waiting")
+        }
         Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
             tracing::warn!(controller, object = %obj, error = %e, "reconcile failed")
         }

@@ -1,0 +1,194 @@
+//! The artifact controller, keyed by ApiManager (the owner of the folder):
+//! plans the manager's folder from the caches as they are now, writes only
+//! the difference (off the async workers), then publishes every
+//! ApiDeployment's and KeyManager's decision and queues the status writers
+//! of those whose decision changed. A burst of changes to one manager's
+//! objects is debounced into one plan; one manager is never planned twice
+//! at once (the controller runs one reconcile per object), and the folder
+//! lock keeps the sweeper out.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{
+    Api, ResourceExt,
+    runtime::{controller::Action, reflector::ObjectRef},
+};
+use tollgate_crds::{ApiDeployment, ApiManager, KeyManager, ThrottlePolicy, api_manager::NamespacesFrom};
+
+use super::Context;
+use crate::{
+    artifacts,
+    decisions::Decided,
+    error::{Error, Result},
+    plan::{self, Definitions, Inputs, Key, manager_key, manager_of},
+};
+
+const CONTROLLER: &str = "artifacts";
+
+/// How long a burst of changes is gathered before a manager is planned.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+pub async fn reconcile(manager: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.watched(manager.namespace().as_deref()) || manager.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let key = (manager.namespace().unwrap_or_default(), manager.name_any());
+    let unwatched = sync(&manager, &key, &ctx).await?;
+    ctx.failures.reset(&format!("{CONTROLLER}/{}/{}", key.0, key.1));
+    // Namespace labels and definitions in ConfigMaps are not watched: look
+    // again now and then.
+    Ok(Action::requeue(if unwatched { Duration::from_secs(60) } else { Duration::from_secs(600) }))
+}
+
+pub fn error_policy(manager: Arc<ApiManager>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(CONTROLLER, error.metric_label());
+    let n =
+        ctx.failures.bump(format!("{CONTROLLER}/{}/{}", manager.namespace().unwrap_or_default(), manager.name_any()));
+    tracing::warn!(apimanager = %manager.name_any(), namespace = ?manager.namespace(), error = %error, failures = n, "planning the artifact folder failed");
+    super::backoff(n)
+}
+
+/// Plans and writes one manager's folder and publishes the decisions.
+/// Returns whether the plan read things that are not watched.
+async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
+    let dir = artifacts::manager_dir(&ctx.config.artifact_dir, &key.0, &key.1);
+    let lock = ctx.folders.lock_for(&dir);
+    let mut folder = lock.lock().await;
+    // The caches as they are now (every event that triggered this run is in them).
+    let apis: Vec<Arc<ApiDeployment>> = ctx
+        .apis
+        .state()
+        .into_iter()
+        .filter(|a| &manager_key(a) == key && ctx.watched(a.namespace().as_deref()))
+        .collect();
+    let policy_objs = ctx.policies.state();
+    let policies: BTreeMap<Key, &ThrottlePolicy> =
+        policy_objs.iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), &**p)).collect();
+    let key_manager_objs: Vec<Arc<KeyManager>> = ctx
+        .key_managers
+        .state()
+        .into_iter()
+        .filter(|k| &manager_of(k) == key && ctx.watched(k.namespace().as_deref()))
+        .collect();
+    let key_managers: BTreeMap<Key, &KeyManager> =
+        key_manager_objs.iter().map(|k| ((k.namespace().unwrap_or_default(), k.name_any()), &**k)).collect();
+    let namespaces: Vec<String> = apis
+        .iter()
+        .filter_map(|a| a.namespace())
+        .chain(key_manager_objs.iter().filter_map(|k| k.namespace()))
+        .collect();
+    let selector = manager.spec.allowed_namespaces.from == NamespacesFrom::Selector;
+    let namespace_labels = if selector { namespace_labels(ctx, &namespaces).await? } else { BTreeMap::new() };
+    let definitions = definitions(ctx, &apis).await?;
+    if !folder.known() {
+        let d = dir.clone();
+        let mut state = std::mem::take(&mut *folder);
+        let seeded = tokio::task::spawn_blocking(move || state.seed(&d).map(|()| state))
+            .await
+            .map_err(|e| Error::Finalizer(format!("artifact reader task: {e}")))??;
+        *folder = seeded;
+    }
+    let (serving, renders) = folder.plan_parts();
+    let mut plan = plan::plan_with(
+        &Inputs {
+            manager,
+            apis: apis.iter().map(|a| &**a).collect(),
+            policies: &policies,
+            key_managers: &key_managers,
+            namespace_labels: &namespace_labels,
+            definitions: &definitions,
+            serving,
+        },
+        renders,
+    );
+
+    // Write off the async workers; the state travels with the write.
+    let files = std::mem::take(&mut plan.files);
+    let serving = std::mem::take(&mut plan.serving);
+    let (d, tag) = (dir.clone(), ctx.identity.clone());
+    let mut state = std::mem::take(&mut *folder);
+    let (state, report) = tokio::task::spawn_blocking(move || {
+        let r = state.sync(&d, &files, serving, &tag);
+        (state, r)
+    })
+    .await
+    .map_err(|e| Error::Finalizer(format!("artifact writer task: {e}")))?;
+    *folder = state;
+    let report = report?;
+    drop(folder);
+    if report.written > 0 || report.removed > 0 {
+        ctx.metrics.artifacts_written.inc_by(report.written as u64);
+        ctx.metrics.artifacts_removed.inc_by(report.removed as u64);
+        tracing::info!(manager = %format!("{}/{}", key.0, key.1), written = report.written, removed = report.removed, "artifacts synced");
+    }
+
+    // The folder holds the plan now: publish it, and queue the status of
+    // every object whose decision changed.
+    let by_key: BTreeMap<Key, &ApiDeployment> =
+        apis.iter().map(|a| ((a.namespace().unwrap_or_default(), a.name_any()), &**a)).collect();
+    let outcomes = std::mem::take(&mut plan.outcomes)
+        .into_iter()
+        .filter_map(|(k, o)| {
+            let a = by_key.get(&k)?;
+            Some((k, Decided { manager: key.clone(), uid: a.uid(), generation: a.metadata.generation, value: o }))
+        })
+        .collect();
+    for (ns, name) in ctx.decisions.publish_apis(key, outcomes) {
+        let _ = ctx.requeue_api.send(ObjectRef::new(&name).within(&ns));
+    }
+    let verdicts = std::mem::take(&mut plan.key_managers)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let km = key_managers.get(&k)?;
+            Some((k, Decided { manager: key.clone(), uid: km.uid(), generation: km.metadata.generation, value: v }))
+        })
+        .collect();
+    for (ns, name) in ctx.decisions.publish_key_managers(key, verdicts) {
+        let _ = ctx.requeue_key_manager.send(ObjectRef::new(&name).within(&ns));
+    }
+    Ok(selector || apis.iter().any(|a| a.spec.definition.is_some()))
+}
+
+/// Labels of `namespaces` (the manager selects namespaces by label).
+async fn namespace_labels(ctx: &Context, namespaces: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let mut out = BTreeMap::new();
+    let nss: Api<Namespace> = Api::all(ctx.client.clone());
+    for ns in namespaces {
+        if out.contains_key(ns) {
+            continue;
+        }
+        let labels = nss.get_opt(ns).await?.map(|n| n.labels().clone()).unwrap_or_default();
+        out.insert(ns.clone(), labels);
+    }
+    Ok(out)
+}
+
+/// The OpenAPI documents the manager's APIs derive their operations from.
+async fn definitions(ctx: &Context, apis: &[Arc<ApiDeployment>]) -> Result<Definitions> {
+    let mut out = Definitions::new();
+    for api in apis {
+        let Some(def) = &api.spec.definition else { continue };
+        if !api.spec.operations.is_empty() || api.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let ns = api.namespace().unwrap_or_default();
+        let r = &def.config_map_ref;
+        let key = (ns.clone(), r.name.clone(), r.key.clone());
+        if out.contains_key(&key) {
+            continue;
+        }
+        let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+        let value = match maps.get_opt(&r.name).await? {
+            None => Err(format!("ConfigMap {ns}/{} not found", r.name)),
+            Some(cm) => cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&r.key).cloned())
+                .ok_or_else(|| format!("ConfigMap {ns}/{} has no key {:?}", r.name, r.key)),
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
