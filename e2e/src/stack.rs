@@ -107,6 +107,29 @@ impl Proc {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends a signal (by name: STOP, CONT, TERM, ...).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
+            assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {}", c.id());
+        }
+    }
+
+    /// Waits for the process to exit; its exit code (None: still running
+    /// after `timeout`, or killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
@@ -556,7 +579,7 @@ impl Operator {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cmd = Command::new(binary("tollgate-operator"));
         cmd.env("KUBECONFIG", &spec.kubeconfig)
-            .env("RUST_LOG", "info,tollgate_operator=debug,kube_lease_manager=warn")
+            .env("RUST_LOG", "info,tollgate_operator=debug")
             .arg("--artifact-dir")
             .arg(&spec.artifact_dir)
             .args(["--watch-namespaces", &spec.namespaces.join(",")])

@@ -238,3 +238,60 @@ async fn only_the_leader_writes_and_the_follower_takes_over() {
     assert!(follower.metric("tollgate_operator_artifacts_written_total") >= 1.0);
     assert!(env.artifacts().join(ns.name()).join("apim").join(format!("apis/{}_api-2.yaml", ns.name())).is_file());
 }
+
+#[tokio::test]
+async fn a_stalled_leader_is_replaced_and_writes_nothing_when_it_wakes() {
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("stall").await;
+    let env = Env::new(&cluster, ns.name()).await;
+    let client = cluster.client.clone();
+
+    let one = env.operator("op-s1");
+    eventually(Duration::from_secs(30), "op-s1 leads", || async {
+        if one.metric("tollgate_operator_leader") == 1.0 { Ok(()) } else { Err("not yet".into()) }
+    })
+    .await;
+    let two = env.operator("op-s2");
+    base_objects(&client, ns.name()).await;
+    setup_objects(&client, ns.name(), 0, 1).await;
+    eventually(Duration::from_secs(30), "api-0 Deployed", || async {
+        match deployed_count(&client, ns.name()).await? {
+            1 => Ok(()),
+            n => Err(format!("{n}/1")),
+        }
+    })
+    .await;
+
+    // The leader stalls (SIGSTOP): the follower takes over within the lease
+    // duration (4 s here) plus a renewal period, and serves a new API.
+    let mut stalled = one;
+    stalled.proc.signal("STOP");
+    let stopped = std::time::Instant::now();
+    eventually(Duration::from_secs(20), "op-s2 leads", || async {
+        if two.metric("tollgate_operator_leader") == 1.0 { Ok(()) } else { Err(two.proc.log_tail()) }
+    })
+    .await;
+    assert!(stopped.elapsed() < Duration::from_secs(10), "took over after {:?}", stopped.elapsed());
+    setup_objects(&client, ns.name(), 1, 1).await;
+    eventually(Duration::from_secs(30), "api-1 Deployed by the new leader", || async {
+        match deployed_count(&client, ns.name()).await? {
+            2 => Ok(()),
+            n => Err(format!("{n}/2\n{}", two.proc.log_tail())),
+        }
+    })
+    .await;
+    let folder = env.artifacts().join(ns.name()).join("apim");
+    let before = snapshot(&folder);
+    assert!(before.contains_key(&folder.join(format!("apis/{}_api-1.yaml", ns.name()))));
+
+    // It wakes with caches that know nothing of api-1: it must write
+    // nothing (its plan would remove api-1) and stand down.
+    stalled.proc.signal("CONT");
+    let code = stalled.proc.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(2), "the woken leader stands down:\n{}", stalled.proc.log_tail());
+    assert!(stalled.proc.log_lines("artifacts synced").lines().count() <= 1, "{}", stalled.proc.log_lines("synced"));
+    assert_eq!(snapshot(&folder), before, "nothing in the folder changed");
+    assert_eq!(deployed_count(&client, ns.name()).await.unwrap(), 2);
+    assert_eq!(two.metric("tollgate_operator_leader"), 1.0);
+}

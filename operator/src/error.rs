@@ -26,6 +26,9 @@ pub enum Error {
     /// while its object is being deleted); retried shortly.
     #[error("waiting: {0}")]
     Pending(String),
+    /// This replica does not hold a fresh Lease: it writes nothing.
+    #[error("not the leader (or the Lease was not renewed within the renew deadline)")]
+    NotLeader,
 }
 
 impl Error {
@@ -57,6 +60,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::MissingField(_) => "missing_field",
             Error::Pending(_) => "pending",
+            Error::NotLeader => "not_leader",
         }
     }
 }

@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
         .json()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_lease_manager=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let config = Config::parse();
@@ -54,28 +54,35 @@ async fn main() -> anyhow::Result<()> {
     ready.store(true, Ordering::Release);
 
     if config.leader_election {
-        let ns = config.lease_namespace();
-        let mut leadership =
-            leader::elect(client.clone(), &ns, &config.lease_name, &identity, config.lease_duration_seconds).await?;
-        tracing::info!(lease = %format!("{ns}/{}", config.lease_name), "waiting for leadership");
-        leader::until_leading(&mut leadership.changes).await?;
+        let settings = leader::Settings {
+            namespace: config.lease_namespace(),
+            name: config.lease_name.clone(),
+            identity: identity.clone(),
+            duration: std::time::Duration::from_secs(config.lease_duration_seconds),
+        };
+        let gate = leader::Gate::closed();
+        let (tx, mut changes) = tokio::sync::watch::channel(false);
+        let elector = leader::Elector::new(client.clone(), settings.clone());
+        let election = tokio::spawn(elector.run(gate.clone(), tx));
+        tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.name), "waiting for leadership");
+        leader::until_leading(&mut changes).await?;
         tracing::info!("leading: starting controllers");
         metrics.leader.set(1);
-        let mut changes = leadership.changes.clone();
+        ready.store(false, Ordering::Release);
         tokio::select! {
-            r = controllers::run(client, config, metrics.clone(), identity) => r?,
-            _ = leader::until_lost(&mut changes) => {
+            r = controllers::run(client.clone(), config, metrics.clone(), identity, gate.clone(), ready.clone()) => r?,
+            _ = leader::until_lost(&mut changes, &gate) => {
                 metrics.leader.set(0);
-                tracing::error!("leadership lost: exiting so that only the new leader acts");
+                tracing::error!("leadership lost (or not renewed within the renew deadline): exiting so that only the new leader acts");
                 std::process::exit(2);
             }
         }
-        drop(leadership.changes);
-        drop(changes);
-        let _ = leadership.task.await;
+        election.abort();
+        leader::Elector::new(client, settings).release().await;
     } else {
         metrics.leader.set(1);
-        controllers::run(client, config, metrics, identity).await?;
+        ready.store(false, Ordering::Release);
+        controllers::run(client, config, metrics, identity, leader::Gate::always_open(), ready).await?;
     }
     tracing::info!("tollgate-operator stopped");
     Ok(())

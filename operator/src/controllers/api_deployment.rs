@@ -17,7 +17,9 @@ use tollgate_crds::{
     conditions::{self, reasons},
 };
 
-use super::{Context, FIELD_MANAGER, artifact_error_policy, failure_key, manager_ref, reconcile_with_finalizer};
+use super::{
+    Context, FIELD_MANAGER, error_policy as shared_error_policy, failure_key, manager_ref, reconcile_with_finalizer,
+};
 use crate::{
     artifacts,
     error::{Error, Result},
@@ -32,7 +34,7 @@ pub async fn reconcile(api: Arc<ApiDeployment>, ctx: Arc<Context>) -> Result<Act
 }
 
 pub fn error_policy(api: Arc<ApiDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
-    artifact_error_policy(&*api, error, &ctx, CONTROLLER, FAILURES)
+    shared_error_policy(&*api, error, &ctx, CONTROLLER, FAILURES)
 }
 
 /// Failure-counter prefix.
@@ -122,6 +124,7 @@ async fn write_status(api: &ApiDeployment, o: &Outcome, ctx: &Context) -> Result
     let ns = api.namespace().unwrap_or_default();
     let client: Api<ApiDeployment> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = json!({ "apiVersion": API_VERSION, "kind": "ApiDeployment", "status": status });
+    ctx.may_write()?;
     client.patch_status(&api.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
     ctx.metrics.status_writes.get_or_create(&crate::metrics::ControllerLabels { controller: CONTROLLER }).inc();
 

@@ -30,7 +30,7 @@ use tollgate_crds::{
     conditions::{self, reasons},
 };
 
-use super::{Context, FIELD_MANAGER, backoff, scoped};
+use super::{Context, FIELD_MANAGER, scoped};
 use crate::{
     artifacts,
     config::Config,
@@ -58,6 +58,7 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
         return Ok(Action::await_change());
     }
     ctx.caches_ready().await;
+    ctx.may_write()?;
     let _timer = ctx.metrics.start(CONTROLLER);
     let ns = m.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = m.name_any();
@@ -85,13 +86,7 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
 }
 
 pub fn error_policy(m: Arc<ApiManager>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.metric_label());
-    if error.is_conflict() {
-        return Action::requeue(Duration::from_millis(200));
-    }
-    let n = ctx.failures.bump(super::failure_key("apim", &*m));
-    tracing::warn!(apimanager = %m.name_any(), error = %error, failures = n, "ApiManager reconcile failed");
-    backoff(n)
+    super::error_policy(&*m, error, &ctx, CONTROLLER, "apim")
 }
 
 async fn apply_one<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
@@ -332,6 +327,7 @@ async fn write_status(
     if !unchanged {
         let api: Api<ApiManager> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({ "apiVersion": API_VERSION, "kind": "ApiManager", "status": new });
+        ctx.may_write()?;
         api.patch_status(&m.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
         ctx.metrics.status_writes.get_or_create(&crate::metrics::ControllerLabels { controller: CONTROLLER }).inc();
         let was_ready = status::find(previous, conditions::READY).is_some_and(|c| c.status == "True");

@@ -36,7 +36,7 @@ pub async fn reconcile(manager: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Ac
     let _timer = ctx.metrics.start(CONTROLLER);
     let key = (manager.namespace().unwrap_or_default(), manager.name_any());
     let unwatched = sync(&manager, &key, &ctx).await?;
-    ctx.failures.reset(&format!("{CONTROLLER}/{}/{}", key.0, key.1));
+    ctx.failures.reset(&super::failure_key(CONTROLLER, &*manager));
     // Namespace labels and definitions in ConfigMaps are not watched: look
     // again now and then.
     Ok(Action::requeue(if unwatched { Duration::from_secs(60) } else { Duration::from_secs(600) }))
@@ -105,6 +105,7 @@ async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
     );
 
     // Write off the async workers; the state travels with the write.
+    ctx.may_write()?;
     let files = std::mem::take(&mut plan.files);
     let serving = std::mem::take(&mut plan.serving);
     let (d, tag) = (dir.clone(), ctx.identity.clone());

@@ -19,7 +19,9 @@ use tollgate_crds::{
     key_manager::KeyManagerStatus,
 };
 
-use super::{Context, FIELD_MANAGER, artifact_error_policy, failure_key, manager_ref, reconcile_with_finalizer};
+use super::{
+    Context, FIELD_MANAGER, error_policy as shared_error_policy, failure_key, manager_ref, reconcile_with_finalizer,
+};
 use crate::{
     artifacts,
     error::{Error, Result},
@@ -34,7 +36,7 @@ pub async fn reconcile(km: Arc<KeyManager>, ctx: Arc<Context>) -> Result<Action>
 }
 
 pub fn error_policy(km: Arc<KeyManager>, error: &Error, ctx: Arc<Context>) -> Action {
-    artifact_error_policy(&*km, error, &ctx, CONTROLLER, FAILURES)
+    shared_error_policy(&*km, error, &ctx, CONTROLLER, FAILURES)
 }
 
 /// Failure-counter prefix.
@@ -109,6 +111,7 @@ async fn write_status(km: &KeyManager, verdict: &Verdict, ctx: &Context) -> Resu
     }
     let api: Api<KeyManager> = Api::namespaced(ctx.client.clone(), &km.namespace().unwrap_or_default());
     let patch = json!({ "apiVersion": API_VERSION, "kind": "KeyManager", "status": new });
+    ctx.may_write()?;
     api.patch_status(&km.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
     ctx.metrics.status_writes.get_or_create(&crate::metrics::ControllerLabels { controller: CONTROLLER }).inc();
     let was = status::find(previous, conditions::ACCEPTED);

@@ -62,6 +62,8 @@ pub struct Context {
     pub requeue_key_manager: mpsc::UnboundedSender<ObjectRef<KeyManager>>,
     /// This replica's identity (temp file names in the artifact folders).
     pub identity: String,
+    /// Whether this replica may write (it holds a fresh Lease).
+    pub gate: crate::leader::Gate,
     /// Consecutive failures per object, for the error backoff.
     pub failures: Failures,
     /// One flag per cache (managers, APIs, policies, key managers): true after the initial list.
@@ -121,7 +123,15 @@ impl Context {
         list.len() <= 1 || namespace.is_some_and(|ns| list.iter().any(|w| w == ns))
     }
 
+    /// Err(NotLeader) unless this replica may write now; asked before every write.
+    pub fn may_write(&self) -> Result<()> {
+        if self.gate.may_write() { Ok(()) } else { Err(Error::NotLeader) }
+    }
+
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+        if !self.gate.may_write() {
+            return;
+        }
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
@@ -204,6 +214,7 @@ where
         return Ok(Action::await_change());
     }
     ctx.caches_ready().await;
+    ctx.may_write()?;
     let _timer = ctx.metrics.start(controller);
     let ns = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
@@ -217,9 +228,11 @@ where
     settle(result, K::kind(&()).as_ref())
 }
 
-/// The error policy every artifact controller shares: conflicts (a stale
-/// cache) retry at once, other errors back off per object.
-pub fn artifact_error_policy<K: kube::ResourceExt>(
+/// The error policy of every controller: waiting on the artifact controller
+/// and conflicts (a stale cache) retry at once, a replica without a fresh
+/// Lease retries in a second (it is standing down), other errors back off
+/// per object.
+pub fn error_policy<K: kube::ResourceExt>(
     obj: &K,
     error: &Error,
     ctx: &Context,
@@ -229,6 +242,9 @@ pub fn artifact_error_policy<K: kube::ResourceExt>(
     // Waiting on the artifact controller is not a failure.
     if error.is_pending() {
         return Action::requeue(Duration::from_millis(200));
+    }
+    if matches!(error, Error::NotLeader) {
+        return Action::requeue(Duration::from_secs(1));
     }
     ctx.metrics.error(controller, error.metric_label());
     if error.is_conflict() {
@@ -246,7 +262,14 @@ pub fn backoff(failures: u32) -> Action {
 }
 
 /// Run all controllers until shutdown.
-pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity: String) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    identity: String,
+    gate: crate::leader::Gate,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
     let (repo, tag) = config.default_image();
     let workload = WorkloadConfig {
         image_repository: repo,
@@ -347,6 +370,7 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
         requeue_api: api_tx,
         requeue_key_manager: km_tx,
         identity,
+        gate,
         failures: Failures::default(),
         ready: vec![managers_ready, apis_ready, policies_ready, key_managers_ready],
         config,
@@ -390,6 +414,14 @@ pub async fn run(client: Client, config: Config, metrics: Arc<Metrics>, identity
                 .await
         }
     };
+    // Ready once the caches are complete.
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            ctx.caches_ready().await;
+            ready.store(true, std::sync::atomic::Ordering::Release);
+        });
+    }
     let sweeper = api_manager::sweep_orphans(ctx.clone());
     let depth = sample_queue_depth(ctx.clone());
     tokio::select! {

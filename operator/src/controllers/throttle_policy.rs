@@ -16,7 +16,7 @@ use tollgate_crds::{
     throttle_policy::ThrottlePolicyStatus,
 };
 
-use super::{Context, FIELD_MANAGER, backoff};
+use super::{Context, FIELD_MANAGER};
 use crate::{error::Result, plan::Verdict, status};
 
 const CONTROLLER: &str = "throttlepolicy";
@@ -55,6 +55,7 @@ pub async fn reconcile(p: Arc<ThrottlePolicy>, ctx: Arc<Context>) -> Result<Acti
     if !unchanged {
         let api: Api<ThrottlePolicy> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
         let patch = json!({ "apiVersion": API_VERSION, "kind": "ThrottlePolicy", "status": new });
+        ctx.may_write()?;
         api.patch_status(&p.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
         if !verdict.ok {
             ctx.event(&*p, true, verdict.reason, verdict.message.clone()).await;
@@ -65,6 +66,5 @@ pub async fn reconcile(p: Arc<ThrottlePolicy>, ctx: Arc<Context>) -> Result<Acti
 }
 
 pub fn error_policy(p: Arc<ThrottlePolicy>, error: &crate::error::Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.metric_label());
-    backoff(ctx.failures.bump(super::failure_key("tp", &*p)))
+    super::error_policy(&*p, error, &ctx, CONTROLLER, "tp")
 }
