@@ -8,7 +8,7 @@ APT_PACKAGES := build-essential pkg-config cmake openssl ca-certificates curl \
                 postgresql redis-server nginx haproxy wrk iproute2 psmisc \
                 chromium python3-venv fonts-dejavu-core
 
-.PHONY: help deps rust-deps test lint fmt crds crds-check unit browser-deps browser-test build release run bench bench-quick
+.PHONY: help deps rust-deps test lint fmt crds crds-check unit browser-deps browser-test browser-run build release run bench bench-quick
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -53,9 +53,14 @@ browser-deps: deps
 
 browser-test: browser-deps ## the developer portal in a real browser (system chromium driven by Playwright)
 	$(CARGO) build --locked -p tollgate-gateway --bins
+	$(MAKE) --no-print-directory browser-run
+
+# The browser tests on the binaries as built; `make test` runs them after
+# `unit`, whose build already made target/debug/tollgate-{gateway,echo}.
+browser-run: browser-deps
 	$(BROWSER_VENV)/bin/pytest -q -p no:cacheprovider tests/browser
 
-test: deps lint crds-check unit browser-test e2e ## every test (installs what it needs first)
+test: deps lint crds-check unit browser-run e2e ## every test (installs what it needs first)
 
 build:
 	$(CARGO) build --workspace --locked

@@ -281,6 +281,8 @@ impl Drop for ClusterScoped {
 pub struct OperatorRules {
     /// Bound cluster-wide or per watched namespace.
     pub rules: Value,
+    pub read_rules: Value,
+    pub namespace_rules: Value,
     /// Secret existence checks, bound per namespace.
     pub secret_rules: Value,
     /// Leader election, in the operator's namespace.
@@ -293,6 +295,8 @@ pub fn operator_rules() -> OperatorRules {
     let doc = yaml_to_json(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     OperatorRules {
         rules: doc["rules"].clone(),
+        read_rules: doc["readRules"].clone(),
+        namespace_rules: doc["namespaceRules"].clone(),
         secret_rules: doc["secretRules"].clone(),
         lease_rules: doc["leaseRules"].clone(),
     }
@@ -348,13 +352,19 @@ impl OperatorAccess {
         let client = &cluster.client;
         let home = namespaces[0];
         let rules = operator_rules();
-        apply(
-            &Api::<ClusterRole>::all(client.clone()),
-            OPERATOR_CLUSTER_ROLE,
-            json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                    "metadata": { "name": OPERATOR_CLUSTER_ROLE }, "rules": rules.rules }),
-        )
-        .await;
+        let read_role = format!("{OPERATOR_CLUSTER_ROLE}-read");
+        let ns_role = format!("{OPERATOR_CLUSTER_ROLE}-namespaces");
+        for (name, r) in
+            [(OPERATOR_CLUSTER_ROLE, &rules.rules), (&read_role, &rules.read_rules), (&ns_role, &rules.namespace_rules)]
+        {
+            apply(
+                &Api::<ClusterRole>::all(client.clone()),
+                name,
+                json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                        "metadata": { "name": name }, "rules": r }),
+            )
+            .await;
+        }
         let sa = "tollgate-operator";
         apply(
             &Api::<ServiceAccount>::namespaced(client.clone(), home),
@@ -365,20 +375,24 @@ impl OperatorAccess {
         let subject = json!([{ "kind": "ServiceAccount", "name": sa, "namespace": home }]);
         let mut cleanup = ClusterScoped { config: cluster.config.clone(), items: vec![] };
         if cluster_wide {
-            let name = format!("{home}-operator");
-            apply(
-                &Api::<ClusterRoleBinding>::all(client.clone()),
-                &name,
-                json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                        "metadata": { "name": name },
-                        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_CLUSTER_ROLE },
-                        "subjects": subject }),
-            )
-            .await;
-            cleanup.items.push(("ClusterRoleBinding", name));
+            // Everything cluster-wide, namespace labels included.
+            for role in [OPERATOR_CLUSTER_ROLE, &read_role, &ns_role] {
+                let name = format!("{home}-{role}");
+                apply(
+                    &Api::<ClusterRoleBinding>::all(client.clone()),
+                    &name,
+                    json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                            "metadata": { "name": name },
+                            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+                            "subjects": subject }),
+                )
+                .await;
+                cleanup.items.push(("ClusterRoleBinding", name));
+            }
         } else {
             for ns in namespaces {
                 role_binding(client, ns, "tollgate-operator", "ClusterRole", OPERATOR_CLUSTER_ROLE, &subject).await;
+                role_binding(client, ns, "tollgate-operator-read", "ClusterRole", &read_role, &subject).await;
             }
         }
         for ns in namespaces {

@@ -128,7 +128,8 @@ fn can_i(cluster: &Cluster, sa: &str, verb_resource: &[&str]) -> bool {
     let mut args = vec!["auth", "can-i", "--as", sa];
     args.extend_from_slice(verb_resource);
     let (_, out) = run_tool(cluster, "kubectl", &args, None);
-    out.trim() == "yes"
+    // (Cluster-scoped resources come with a warning line on stderr.)
+    out.lines().any(|l| l.trim() == "yes")
 }
 
 #[tokio::test]
@@ -194,20 +195,26 @@ async fn chart_installs_upgrades_and_uninstalls_with_least_privilege() {
     }
 
     // What the operator may and may not do.
-    let yes: [&[&str]; 8] = [
+    let yes: [&[&str]; 9] = [
         &["list", "apideployments.tollgate.dev", "--all-namespaces"],
-        &["patch", "apimanagers.tollgate.dev/status", "-n", "default"],
+        &["patch", "apimanagers.tollgate.dev", "--subresource=status", "-n", "default"],
+        &["update", "apimanagers.tollgate.dev", "--subresource=finalizers", "-n", "default"],
         &["patch", "statefulsets.apps", "-n", "default"],
         &["delete", "horizontalpodautoscalers.autoscaling", "-n", "default"],
         &["create", "poddisruptionbudgets.policy", "-n", "default"],
         &["create", "events.events.k8s.io", "-n", "default"],
-        &["patch", "leases.coordination.k8s.io", "-n", &ns],
+        &["update", "leases.coordination.k8s.io", "-n", &ns],
         &["get", "secrets", "-n", &ns],
     ];
     for q in yes {
         assert!(can_i(&cluster, &sa, q), "the operator should be allowed to {q:?}");
     }
-    let no: [&[&str]; 10] = [
+    let no: [&[&str]; 15] = [
+        &["patch", "apimanagers.tollgate.dev", "-n", "default"],
+        &["update", "apideployments.tollgate.dev", "-n", "default"],
+        &["patch", "throttlepolicies.tollgate.dev", "-n", "default"],
+        &["update", "apimanagers.tollgate.dev", "--subresource=status", "-n", "default"],
+        &["get", "namespaces"],
         &["get", "secrets", "-n", "kube-system"],
         &["list", "secrets", "-n", &ns],
         &["watch", "secrets", "--all-namespaces"],
@@ -215,7 +222,7 @@ async fn chart_installs_upgrades_and_uninstalls_with_least_privilege() {
         &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
         &["delete", "nodes"],
         &["create", "namespaces"],
-        &["patch", "leases.coordination.k8s.io", "-n", "kube-system"],
+        &["update", "leases.coordination.k8s.io", "-n", "kube-system"],
         &["delete", "customresourcedefinitions.apiextensions.k8s.io"],
         &["create", "pods", "-n", &ns],
     ];
@@ -259,6 +266,41 @@ async fn chart_installs_upgrades_and_uninstalls_with_least_privilege() {
     .await;
     assert!(can_i(&cluster, &sa, &["list", "apideployments.tollgate.dev", "-n", &ns]));
     assert!(!can_i(&cluster, &sa, &["list", "apideployments.tollgate.dev", "-n", "default"]), "namespaced only now");
+
+    // Two watched namespaces: one watch across them (cluster-wide reads),
+    // writes only in them; namespace labels only when asked for.
+    let other = cluster.namespace("chart-b").await;
+    let watch_two = format!("watchNamespaces={{{ns},{}}}", other.name());
+    tool(
+        &cluster,
+        "helm",
+        &[
+            "upgrade",
+            &release,
+            &chart(),
+            "--namespace",
+            &ns,
+            "--reuse-values",
+            "--set",
+            &watch_two,
+            "--set",
+            "rbac.readNamespaces=true",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    );
+    eventually(Duration::from_secs(10), "reads cluster-wide, writes in the two namespaces", || async {
+        let checks = [
+            can_i(&cluster, &sa, &["list", "apideployments.tollgate.dev", "--all-namespaces"]),
+            can_i(&cluster, &sa, &["patch", "statefulsets.apps", "-n", other.name()]),
+            !can_i(&cluster, &sa, &["patch", "statefulsets.apps", "-n", "default"]),
+            !can_i(&cluster, &sa, &["patch", "apideployments.tollgate.dev", "--subresource=status", "-n", "default"]),
+            can_i(&cluster, &sa, &["get", "namespaces"]),
+        ];
+        if checks.iter().all(|c| *c) { Ok(()) } else { Err(format!("{checks:?}")) }
+    })
+    .await;
 
     // Uninstall: the release's objects go; the artifact claim stays (kept on purpose), CRDs stay.
     tool(&cluster, "helm", &["uninstall", &release, "--namespace", &ns, "--wait"]);

@@ -318,3 +318,34 @@ async fn apis_created_in_the_same_second_have_exactly_one_owner() {
     expect(&client, &ns, "a-second", "Deployed", "True", "Deployed").await;
     assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
 }
+
+#[tokio::test]
+async fn a_selector_the_operator_may_not_evaluate_says_why() {
+    // Namespace labels need a cluster-wide read the operator does not have
+    // here (rbac.readNamespaces off): the API is refused, and says why.
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("selector").await;
+    let ns = ns.name().to_string();
+    let client = cluster.client.clone();
+    let work = tempfile::tempdir().unwrap();
+    let artifacts = work.path().join("artifacts");
+    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
+    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
+    let operator = Operator::start(&OperatorSpec {
+        kubeconfig: access.kubeconfig.clone(),
+        artifact_dir: artifacts.clone(),
+        namespaces: vec![ns.clone()],
+        identity: "op".into(),
+        leader_election: false,
+        work: work.path().to_path_buf(),
+    });
+    let mut m = manager("apim");
+    m["spec"]["allowedNamespaces"] = json!({ "from": "Selector", "selector": { "matchLabels": { "team": "pay" } } });
+    apply_manifest(&client, &ns, &m).await.unwrap();
+    apply_manifest(&client, &ns, &api("selected", json!({ "name": "apim" }), "v1", json!({}))).await.unwrap();
+    let msg = expect(&client, &ns, "selected", "Accepted", "False", "NotAllowed").await;
+    assert!(msg.contains("rbac.readNamespaces"), "{msg}");
+    assert!(!artifact(&artifacts, &ns, &ns, "selected").exists());
+    assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
+}

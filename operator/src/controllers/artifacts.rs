@@ -14,7 +14,9 @@ use kube::{
     Api, ResourceExt,
     runtime::{controller::Action, reflector::ObjectRef},
 };
-use tollgate_crds::{ApiDeployment, ApiManager, KeyManager, ThrottlePolicy, api_manager::NamespacesFrom};
+use tollgate_crds::{
+    ApiDeployment, ApiManager, KeyManager, ThrottlePolicy, api_manager::NamespacesFrom, conditions::reasons,
+};
 
 use super::Context;
 use crate::{
@@ -80,7 +82,8 @@ async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
         .chain(key_manager_objs.iter().filter_map(|k| k.namespace()))
         .collect();
     let selector = manager.spec.allowed_namespaces.from == NamespacesFrom::Selector;
-    let namespace_labels = if selector { namespace_labels(ctx, &namespaces).await? } else { BTreeMap::new() };
+    let (namespace_labels, unreadable) =
+        if selector { namespace_labels(ctx, &namespaces).await? } else { (BTreeMap::new(), None) };
     let definitions = definitions(ctx, &apis).await?;
     if !folder.known() {
         let d = dir.clone();
@@ -103,6 +106,18 @@ async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
         },
         renders,
     );
+
+    // Labels the operator may not read: say so instead of "do not match".
+    if let Some(why) = &unreadable {
+        for o in plan.outcomes.values_mut().filter(|o| o.accepted.reason == reasons::NOT_ALLOWED) {
+            let msg = format!(
+                "{}; the operator cannot read namespace labels ({why}): grant it get on namespaces (chart value rbac.readNamespaces=true)",
+                o.accepted.message
+            );
+            o.accepted.message = msg.clone();
+            o.deployed.message = msg;
+        }
+    }
 
     // Write off the async workers; the state travels with the write.
     ctx.may_write()?;
@@ -152,18 +167,27 @@ async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
     Ok(selector || apis.iter().any(|a| a.spec.definition.is_some()))
 }
 
-/// Labels of `namespaces` (the manager selects namespaces by label).
-async fn namespace_labels(ctx: &Context, namespaces: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+/// Labels of `namespaces` (the manager selects namespaces by label), and
+/// why some could not be read (the operator may not get namespaces).
+async fn namespace_labels(
+    ctx: &Context,
+    namespaces: &[String],
+) -> Result<(BTreeMap<String, BTreeMap<String, String>>, Option<String>)> {
     let mut out = BTreeMap::new();
     let nss: Api<Namespace> = Api::all(ctx.client.clone());
     for ns in namespaces {
         if out.contains_key(ns) {
             continue;
         }
-        let labels = nss.get_opt(ns).await?.map(|n| n.labels().clone()).unwrap_or_default();
-        out.insert(ns.clone(), labels);
+        match nss.get_opt(ns).await {
+            Ok(n) => {
+                out.insert(ns.clone(), n.map(|n| n.labels().clone()).unwrap_or_default());
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => return Ok((out, Some(e.message.to_string()))),
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// The OpenAPI documents the manager's APIs derive their operations from.
