@@ -42,5 +42,11 @@ pub mod reasons {
     /// shared signing key is set, so each signs with its own key.
     pub const SIGNING_KEY_SECRET_REQUIRED: &str = "SigningKeySecretRequired";
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// The artifact claim (`--artifact-claim`) is missing in the
+    /// ApiManager's namespace, is not ReadWriteMany, or is not Bound: the
+    /// gateway pods cannot start.
+    pub const ARTIFACT_CLAIM_NOT_FOUND: &str = "ArtifactClaimNotFound";
+    pub const ARTIFACT_CLAIM_NOT_READ_WRITE_MANY: &str = "ArtifactClaimNotReadWriteMany";
+    pub const ARTIFACT_CLAIM_NOT_BOUND: &str = "ArtifactClaimNotBound";
     pub const AS_EXPECTED: &str = "AsExpected";
 }

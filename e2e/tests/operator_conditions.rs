@@ -349,3 +349,55 @@ async fn a_selector_the_operator_may_not_evaluate_says_why() {
     assert!(!artifact(&artifacts, &ns, &ns, "selected").exists());
     assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
 }
+
+/// (status, reason, message) of an ApiManager's Ready condition.
+async fn manager_ready(client: &kube::Client, ns: &str, name: &str) -> Result<(String, String, String), String> {
+    let ar = tollgate_resource("ApiManager").unwrap();
+    let obj =
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).get(name).await.map_err(|e| e.to_string())?;
+    let v = serde_json::to_value(obj).unwrap();
+    let c = v["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
+        .ok_or("no Ready condition yet")?;
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Ok((s("status"), s("reason"), s("message")))
+}
+
+#[tokio::test]
+async fn a_missing_artifact_claim_is_named_on_the_api_manager() {
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("claim").await;
+    let ns = ns.name().to_string();
+    let client = cluster.client.clone();
+    let work = tempfile::tempdir().unwrap();
+    let artifacts = work.path().join("artifacts");
+    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
+    let _operator = Operator::start(&OperatorSpec {
+        kubeconfig: access.kubeconfig.clone(),
+        artifact_dir: artifacts.clone(),
+        namespaces: vec![ns.clone()],
+        identity: "op".into(),
+        leader_election: false,
+        work: work.path().to_path_buf(),
+    });
+    apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
+    let m = eventually(Duration::from_secs(20), "Ready=False ArtifactClaimNotFound", || async {
+        match manager_ready(&client, &ns, "apim").await? {
+            (s, r, m) if s == "False" && r == "ArtifactClaimNotFound" => Ok(m),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(m.contains(&format!("{ns}/tollgate-artifacts")), "{m}");
+    // With the claim the reason goes away.
+    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
+    eventually(Duration::from_secs(40), "the claim problem cleared", || async {
+        match manager_ready(&client, &ns, "apim").await? {
+            (_, r, m) if r.starts_with("ArtifactClaim") => Err(m),
+            _ => Ok(()),
+        }
+    })
+    .await;
+}

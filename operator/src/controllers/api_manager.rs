@@ -13,7 +13,7 @@ use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{ConfigMap, Secret, Service},
+        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
         policy::v1::PodDisruptionBudget,
     },
 };
@@ -70,6 +70,7 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
     let missing = Missing {
         secrets: missing_secrets(&ctx.client, &ns, &m).await?,
         config_maps: missing_config_maps(&ctx.client, &ns, &m).await?,
+        claim: claim_problem(&ctx.client, &ns, &ctx.config.artifact_claim).await?,
     };
     let desired = workload::desired(&m, &ctx.workload);
     let applied = match apply_all(&ctx.client, &ns, &name, &desired).await {
@@ -213,11 +214,59 @@ async fn missing_config_maps(client: &Client, ns: &str, m: &ApiManager) -> Resul
     Ok(missing)
 }
 
+/// What is wrong with the artifact claim the gateway pods mount, if
+/// anything: (reason, message). Skipped where the operator may not read
+/// claims.
+async fn claim_problem(client: &Client, ns: &str, claim: &str) -> Result<Option<(&'static str, String)>> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let pvc = match api.get_opt(claim).await {
+        Ok(p) => p,
+        Err(kube::Error::Api(e)) if e.code == 403 => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(claim_verdict(ns, claim, pvc.as_ref()))
+}
+
+/// The claim's problem (pure, for tests).
+pub(crate) fn claim_verdict(
+    ns: &str,
+    claim: &str,
+    pvc: Option<&PersistentVolumeClaim>,
+) -> Option<(&'static str, String)> {
+    let Some(pvc) = pvc else {
+        return Some((
+            reasons::ARTIFACT_CLAIM_NOT_FOUND,
+            format!(
+                "PersistentVolumeClaim {ns}/{claim} (--artifact-claim) not found: the gateway pods mount it; create a ReadWriteMany claim on the storage the operator writes"
+            ),
+        ));
+    };
+    let modes = pvc.spec.as_ref().and_then(|s| s.access_modes.clone()).unwrap_or_default();
+    if !modes.iter().any(|m| m == "ReadWriteMany") {
+        return Some((
+            reasons::ARTIFACT_CLAIM_NOT_READ_WRITE_MANY,
+            format!(
+                "PersistentVolumeClaim {ns}/{claim} has access modes {modes:?}; the gateway pods need ReadWriteMany"
+            ),
+        ));
+    }
+    let phase = pvc.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    if phase != "Bound" {
+        return Some((
+            reasons::ARTIFACT_CLAIM_NOT_BOUND,
+            format!("PersistentVolumeClaim {ns}/{claim} is {phase:?}, not Bound"),
+        ));
+    }
+    None
+}
+
 /// References of the ApiManager that do not resolve.
 #[derive(Debug, Default)]
 pub(crate) struct Missing {
     pub secrets: Vec<String>,
     pub config_maps: Vec<String>,
+    /// The artifact claim's problem: (reason, message).
+    pub claim: Option<(&'static str, String)>,
 }
 
 /// Degraded, most pressing first: objects that could not be applied, then
@@ -280,7 +329,9 @@ async fn write_status(
         });
     }
     let all_ready = sets.len() == comps.len() && not_ready.is_empty();
-    let ready = if all_ready {
+    let ready = if let Some((reason, why)) = &missing.claim {
+        Verdict::no(reason, why.clone())
+    } else if all_ready {
         Verdict::yes(reasons::ALL_READY, "all components are ready")
     } else if sets.is_empty() {
         Verdict::no(reasons::APPLY_FAILED, "the pattern's objects could not be applied")
@@ -386,6 +437,22 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_artifact_claim_must_exist_be_read_write_many_and_bound() {
+        let pvc = |modes: Value, phase: &str| -> PersistentVolumeClaim {
+            serde_json::from_value(
+                json!({"metadata": {"name": "c"}, "spec": {"accessModes": modes}, "status": {"phase": phase}}),
+            )
+            .unwrap()
+        };
+        assert_eq!(claim_verdict("ns", "c", None).unwrap().0, reasons::ARTIFACT_CLAIM_NOT_FOUND);
+        let once = pvc(json!(["ReadWriteOnce"]), "Bound");
+        assert_eq!(claim_verdict("ns", "c", Some(&once)).unwrap().0, reasons::ARTIFACT_CLAIM_NOT_READ_WRITE_MANY);
+        let pending = pvc(json!(["ReadWriteMany"]), "Pending");
+        assert!(claim_verdict("ns", "c", Some(&pending)).unwrap().1.contains("\"Pending\", not Bound"));
+        assert_eq!(claim_verdict("ns", "c", Some(&pvc(json!(["ReadWriteMany"]), "Bound"))), None);
+    }
+
     fn manager(spec: Value) -> ApiManager {
         serde_json::from_value(json!({
             "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiManager",
@@ -418,10 +485,11 @@ mod tests {
     #[test]
     fn missing_references_and_apply_failures_come_first() {
         let m = ha(json!({}));
-        let maps = Missing { secrets: vec![], config_maps: vec!["keyManager.ssaJwksConfigMapRef: gone".into()] };
+        let maps =
+            Missing { secrets: vec![], config_maps: vec!["keyManager.ssaJwksConfigMapRef: gone".into()], claim: None };
         let v = degraded(&m, None, &maps);
         assert_eq!((v.ok, v.reason), (true, reasons::CONFIG_MAP_NOT_FOUND));
-        let both = Missing { secrets: vec!["db: gone".into()], config_maps: maps.config_maps.clone() };
+        let both = Missing { secrets: vec!["db: gone".into()], config_maps: maps.config_maps.clone(), claim: None };
         let v = degraded(&m, None, &both);
         assert_eq!(v.reason, reasons::SECRET_NOT_FOUND);
         assert!(v.message.contains("db: gone") && v.message.contains("ssaJwksConfigMapRef"), "{}", v.message);
