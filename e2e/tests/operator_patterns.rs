@@ -323,3 +323,58 @@ async fn distributed_gateways_get_a_statefulset_hpa_and_pdb_per_group() {
         env.operator.proc.log_tail()
     );
 }
+
+#[tokio::test]
+async fn switching_autoscaling_on_keeps_the_replica_count() {
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("hpa-on").await;
+    let ns = ns.name().to_string();
+    let client = cluster.client.clone();
+    let _env = start(&cluster, &ns).await;
+    secret(&client, &ns, "apim-db").await;
+    secret(&client, &ns, "apim-redis").await;
+    let manifest = |control_plane: Value| {
+        json!({ "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiManager", "metadata": { "name": "apim" },
+                "spec": { "pattern": "HighAvailability", "controlPlane": control_plane,
+                          "database": { "external": { "urlSecretRef": { "name": "apim-db", "key": "url" } } },
+                          "trafficManager": { "redis": { "urlSecretRef": { "name": "apim-redis", "key": "url" } } } } })
+    };
+    apply_manifest(&client, &ns, &manifest(json!({ "replicas": 3 }))).await.expect("apimanager");
+    let stss: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(30), "3 replicas", || async {
+        match stss.get_opt("apim").await.map_err(|e| e.to_string())?.and_then(|s| s.spec).and_then(|s| s.replicas) {
+            Some(3) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // Autoscaling on (2..5): the HPA takes the count over from 3, never from 1.
+    apply_manifest(
+        &client,
+        &ns,
+        &manifest(
+            json!({ "autoscaling": { "minReplicas": 2, "maxReplicas": 5, "targetCPUUtilizationPercentage": 70 } }),
+        ),
+    )
+    .await
+    .expect("apimanager");
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(30), "the HPA exists", || async {
+        hpas.get_opt("apim").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or("no HPA yet".to_string())
+    })
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        let r = stss.get("apim").await.unwrap().spec.and_then(|s| s.replicas);
+        seen.push(r);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.iter().all(|r| r.is_some_and(|n| n >= 2)), "replicas after the switch: {seen:?}");
+    let live = stss.get("apim").await.unwrap();
+    let ours = live.metadata.managed_fields.iter().flatten().any(|e| {
+        e.manager.as_deref() == Some("tollgate-operator")
+            && e.fields_v1.as_ref().and_then(|f| f.0.get("f:spec")).and_then(|s| s.get("f:replicas")).is_some()
+    });
+    assert!(!ours, "the operator's apply no longer owns spec.replicas");
+}

@@ -103,6 +103,41 @@ where
     Ok(api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?)
 }
 
+/// The field manager that keeps a StatefulSet's replicas while an HPA
+/// takes them over.
+const REPLICAS_HANDOVER: &str = "tollgate-operator-replicas-handover";
+
+/// Whether `manager` owns `spec.replicas` of a live object (server-side apply).
+pub(crate) fn owns_replicas(live: &StatefulSet, manager: &str) -> bool {
+    live.metadata.managed_fields.iter().flatten().any(|e| {
+        e.manager.as_deref() == Some(manager)
+            && e.operation.as_deref() == Some("Apply")
+            && e.fields_v1.as_ref().and_then(|f| f.0.get("f:spec")).and_then(|s| s.get("f:replicas")).is_some()
+    })
+}
+
+/// A StatefulSet whose replicas the operator stops setting (autoscaling was
+/// switched on): if the operator's apply still owns the field, dropping it
+/// would reset it to 1. A hand-over manager applies the live value first,
+/// so the field keeps it until the HPA writes its own.
+async fn hand_over_replicas(client: &Client, ns: &str, sts: &StatefulSet) -> Result<()> {
+    if sts.spec.as_ref().and_then(|s| s.replicas).is_some() {
+        return Ok(());
+    }
+    let name = sts.meta().name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let Some(live) = api.get_opt(&name).await? else { return Ok(()) };
+    if !owns_replicas(&live, FIELD_MANAGER) {
+        return Ok(());
+    }
+    let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let patch = json!({ "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": { "name": name },
+                        "spec": { "replicas": replicas } });
+    api.patch(&name, &PatchParams::apply(REPLICAS_HANDOVER).force(), &Patch::Apply(&patch)).await?;
+    tracing::info!(namespace = ns, statefulset = %name, replicas, "autoscaling on: replicas handed over to the HPA");
+    Ok(())
+}
+
 /// Delete objects of kind K that carry the manager's label but are not wanted.
 async fn prune<K>(client: &Client, ns: &str, manager: &str, keep: &BTreeSet<String>) -> Result<()>
 where
@@ -134,6 +169,7 @@ async fn apply_all(client: &Client, ns: &str, name: &str, d: &workload::Desired)
     }
     let mut sets = Vec::new();
     for sts in &d.stateful_sets {
+        hand_over_replicas(client, ns, sts).await?;
         sets.push(apply_one(client, ns, sts).await?);
     }
     for hpa in &d.autoscalers {
@@ -436,6 +472,19 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    #[test]
+    fn replicas_are_handed_over_only_when_the_operators_apply_owns_them() {
+        let live = |manager: &str, fields: Value| -> StatefulSet {
+            serde_json::from_value(json!({"metadata": {"name": "s", "managedFields": [
+                {"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields}
+            ]}}))
+            .unwrap()
+        };
+        assert!(owns_replicas(&live(FIELD_MANAGER, json!({"f:spec": {"f:replicas": {}}})), FIELD_MANAGER));
+        assert!(!owns_replicas(&live(FIELD_MANAGER, json!({"f:spec": {"f:template": {}}})), FIELD_MANAGER));
+        assert!(!owns_replicas(&live("kube-controller-manager", json!({"f:spec": {"f:replicas": {}}})), FIELD_MANAGER));
+    }
 
     #[test]
     fn the_artifact_claim_must_exist_be_read_write_many_and_bound() {
