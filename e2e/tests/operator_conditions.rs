@@ -401,3 +401,79 @@ async fn a_missing_artifact_claim_is_named_on_the_api_manager() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_move_between_managers_and_deletions_during_a_burst() {
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("burst").await;
+    let ns = ns.name().to_string();
+    let client = cluster.client.clone();
+    let work = tempfile::tempdir().unwrap();
+    let artifacts = work.path().join("artifacts");
+    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
+    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
+    let operator = Operator::start(&OperatorSpec {
+        kubeconfig: access.kubeconfig.clone(),
+        artifact_dir: artifacts.clone(),
+        namespaces: vec![ns.clone()],
+        identity: "op".into(),
+        leader_election: false,
+        work: work.path().to_path_buf(),
+    });
+    apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
+    apply_manifest(&client, &ns, &manager("apim2")).await.unwrap();
+    let in_folder = |mgr: &str, name: &str| artifacts.join(&ns).join(mgr).join(format!("apis/{ns}_{name}.yaml"));
+
+    // A burst of 40 APIs; 10 of them are deleted while it is being planned.
+    let names: Vec<String> = (0..40).map(|i| format!("b-{i}")).collect();
+    let mut creates = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let v = format!("v{i}");
+        let c = client.clone();
+        let ns = ns.clone();
+        let doc = api(n, json!({ "name": "apim" }), &v, json!({}));
+        creates.push(async move { apply_manifest(&c, &ns, &doc).await });
+    }
+    for r in futures::future::join_all(creates).await {
+        r.unwrap();
+    }
+    let ar = tollgate_resource("ApiDeployment").unwrap();
+    let apis = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &ar);
+    for n in &names[..10] {
+        apis.delete(n, &DeleteParams::default()).await.unwrap();
+    }
+    eventually(Duration::from_secs(60), "30 artifacts, the deleted ones gone with their objects", || async {
+        let present = names.iter().filter(|n| in_folder("apim", n).is_file()).count();
+        let left = apis.list(&Default::default()).await.map_err(|e| e.to_string())?.items.len();
+        if present == 30 && left == 30 && names[..10].iter().all(|n| !in_folder("apim", n).exists()) {
+            Ok(())
+        } else {
+            Err(format!("{present} artifacts, {left} objects"))
+        }
+    })
+    .await;
+    for n in &names[10..] {
+        expect(&client, &ns, n, "Deployed", "True", "Deployed").await;
+    }
+
+    // One moves to the other manager: out of the old folder, into the new one.
+    apply_manifest(&client, &ns, &api("b-39", json!({ "name": "apim2" }), "v39", json!({}))).await.unwrap();
+    eventually(Duration::from_secs(20), "moved", || async {
+        if in_folder("apim2", "b-39").is_file() && !in_folder("apim", "b-39").exists() {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    expect(&client, &ns, "b-39", "Deployed", "True", "Deployed").await;
+    // And to a manager that does not exist: the artifact leaves, the status says why.
+    apply_manifest(&client, &ns, &api("b-39", json!({ "name": "nowhere" }), "v39", json!({}))).await.unwrap();
+    expect(&client, &ns, "b-39", "Accepted", "False", "ApiManagerNotFound").await;
+    eventually(Duration::from_secs(20), "gone from apim2", || async {
+        if in_folder("apim2", "b-39").exists() { Err("still there".to_string()) } else { Ok(()) }
+    })
+    .await;
+    assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
+}
