@@ -477,3 +477,71 @@ async fn a_move_between_managers_and_deletions_during_a_burst() {
     .await;
     assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
 }
+
+#[tokio::test]
+async fn a_folder_that_refuses_writes_is_reported_and_nothing_is_lost() {
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("refuse").await;
+    let ns = ns.name().to_string();
+    let client = cluster.client.clone();
+    let work = tempfile::tempdir().unwrap();
+    let artifacts = work.path().join("artifacts");
+    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
+    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
+    let operator = Operator::start(&OperatorSpec {
+        kubeconfig: access.kubeconfig.clone(),
+        artifact_dir: artifacts.clone(),
+        namespaces: vec![ns.clone()],
+        identity: "op".into(),
+        leader_election: false,
+        work: work.path().to_path_buf(),
+    });
+    let mgr = json!({ "name": "apim" });
+    apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
+    apply_manifest(&client, &ns, &api("kept", mgr.clone(), "v1", json!({}))).await.unwrap();
+    apply_manifest(&client, &ns, &api("doomed", mgr.clone(), "v2", json!({}))).await.unwrap();
+    expect(&client, &ns, "kept", "Deployed", "True", "Deployed").await;
+    expect(&client, &ns, "doomed", "Deployed", "True", "Deployed").await;
+
+    // The volume breaks: `apis/` is no longer a folder (root ignores file
+    // modes, so a read-only folder would not stop this test's writer).
+    let apis_dir = artifacts.join(&ns).join("apim").join("apis");
+    let saved = work.path().join("saved-apis");
+    std::fs::rename(&apis_dir, &saved).unwrap();
+    std::fs::write(&apis_dir, "not a folder").unwrap();
+    apply_manifest(&client, &ns, &api("new", mgr.clone(), "v3", json!({}))).await.unwrap();
+    let m = expect(&client, &ns, "new", "Deployed", "False", "ArtifactWriteFailed").await;
+    assert!(m.contains("could not be written"), "{m}");
+    let ar = tollgate_resource("ApiDeployment").unwrap();
+    let apis = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &ar);
+    apis.delete("doomed", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(20), "the deletion waits and says why", || async {
+        let (s, r, m) = condition(&client, &ns, "doomed", "Deployed")
+            .await
+            .map_err(|e| format!("{e}\n{}", operator.proc.log_tail()))?;
+        if s == "False" && r == "ArtifactWriteFailed" && m.contains("cannot be removed") {
+            Ok(())
+        } else {
+            Err(format!("{s} {r} {m}"))
+        }
+    })
+    .await;
+    assert!(apis.get_opt("doomed").await.unwrap().is_some(), "kept until its artifact is gone");
+
+    // Repaired: everything converges, nothing was lost.
+    std::fs::remove_file(&apis_dir).unwrap();
+    std::fs::rename(&saved, &apis_dir).unwrap();
+    expect(&client, &ns, "new", "Deployed", "True", "Deployed").await;
+    expect(&client, &ns, "kept", "Deployed", "True", "Deployed").await;
+    eventually(Duration::from_secs(30), "the deleted one is gone", || async {
+        match apis.get_opt("doomed").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|o| o.is_some()))),
+        }
+    })
+    .await;
+    assert!(artifact(&artifacts, &ns, &ns, "new").is_file() && artifact(&artifacts, &ns, &ns, "kept").is_file());
+    assert!(!artifact(&artifacts, &ns, &ns, "doomed").exists());
+    drop(operator);
+}

@@ -26,6 +26,10 @@ pub enum Error {
     /// while its object is being deleted); retried shortly.
     #[error("waiting: {0}")]
     Pending(String),
+    /// An artifact cannot be removed (the folder refuses writes); retried
+    /// with backoff, reported in the object's status.
+    #[error("blocked: {0}")]
+    Blocked(String),
     /// This replica does not hold a fresh Lease: it writes nothing.
     #[error("not the leader (or the Lease was not renewed within the renew deadline)")]
     NotLeader,
@@ -61,6 +65,7 @@ impl Error {
             Error::MissingField(_) => "missing_field",
             Error::Pending(_) => "pending",
             Error::NotLeader => "not_leader",
+            Error::Blocked(_) => "artifact_blocked",
         }
     }
 }

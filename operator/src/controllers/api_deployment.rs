@@ -82,9 +82,20 @@ async fn cleanup(api: &ApiDeployment, ctx: &Context) -> Result<Action> {
             }
             Ok(Action::await_change())
         }
-        // The plan leaves out objects being deleted: have it run, look again.
+        // The plan leaves out objects being deleted: the deletion event had
+        // it run; look again shortly (and have it run when nothing is known
+        // of the folder yet).
         _ => {
-            let _ = ctx.plan_manager.send(manager_ref(&key));
+            // A folder that refuses writes is reported, not waited on in silence.
+            if let Some(d) = ctx.decisions.api(&(ns.clone(), name.clone()))
+                && d.value.deployed.reason == reasons::ARTIFACT_WRITE_FAILED
+            {
+                write_status(api, &d.value, ctx).await?;
+                return Err(Error::Blocked(d.value.deployed.message));
+            }
+            if holds.is_none() {
+                let _ = ctx.plan_manager.send(manager_ref(&key));
+            }
             Err(Error::Pending(format!("the artifact of {ns}/{name} is still in the folder of {}/{}", key.0, key.1)))
         }
     }

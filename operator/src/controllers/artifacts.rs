@@ -23,7 +23,7 @@ use crate::{
     artifacts,
     decisions::Decided,
     error::{Error, Result},
-    plan::{self, Definitions, Inputs, Key, manager_key, manager_of},
+    plan::{self, Definitions, Inputs, Key, Outcome, Verdict, manager_key, manager_of},
 };
 
 const CONTROLLER: &str = "artifacts";
@@ -86,12 +86,21 @@ async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
         if selector { namespace_labels(ctx, &namespaces).await? } else { (BTreeMap::new(), None) };
     let definitions = definitions(ctx, &apis).await?;
     if !folder.known() {
+        // Read what the folder holds (the routes it serves decide ties). A
+        // folder that cannot be read is planned as if empty: the write below
+        // fails the same way and is reported.
         let d = dir.clone();
         let mut state = std::mem::take(&mut *folder);
-        let seeded = tokio::task::spawn_blocking(move || state.seed(&d).map(|()| state))
-            .await
-            .map_err(|e| Error::Finalizer(format!("artifact reader task: {e}")))??;
-        *folder = seeded;
+        let (state, seeded) = tokio::task::spawn_blocking(move || {
+            let r = state.seed(&d);
+            (state, r)
+        })
+        .await
+        .map_err(|e| Error::Finalizer(format!("artifact reader task: {e}")))?;
+        *folder = state;
+        if let Err(e) = seeded {
+            tracing::warn!(manager = %format!("{}/{}", key.0, key.1), error = %e, "the artifact folder cannot be read");
+        }
     }
     let (serving, renders) = folder.plan_parts();
     let mut plan = plan::plan_with(
@@ -132,8 +141,54 @@ async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
     .await
     .map_err(|e| Error::Finalizer(format!("artifact writer task: {e}")))?;
     *folder = state;
-    let report = report?;
     drop(folder);
+    let by_key: BTreeMap<Key, &ApiDeployment> =
+        apis.iter().map(|a| ((a.namespace().unwrap_or_default(), a.name_any()), &**a)).collect();
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            // The folder refuses writes: every API of the manager says so
+            // (Deployed=False, ArtifactWriteFailed), an event names the
+            // cause, and the plan is tried again with backoff.
+            let why = format!("the artifact folder could not be written: {e}");
+            let mut failed: Vec<(Key, Decided<Outcome>)> = std::mem::take(&mut plan.outcomes)
+                .into_iter()
+                .filter_map(|(k, mut o)| {
+                    let a = by_key.get(&k)?;
+                    if o.deployed.ok || o.revision.is_some() {
+                        o.deployed = Verdict::no(reasons::ARTIFACT_WRITE_FAILED, why.clone());
+                        o.revision = None;
+                    }
+                    Some((
+                        k,
+                        Decided { manager: key.clone(), uid: a.uid(), generation: a.metadata.generation, value: o },
+                    ))
+                })
+                .collect();
+            // Objects being deleted wait on their artifact's removal: say why it does not happen.
+            for (k, a) in by_key.iter().filter(|(_, a)| a.metadata.deletion_timestamp.is_some()) {
+                let o = Outcome {
+                    accepted: Verdict::yes(reasons::ACCEPTED, "accepted"),
+                    resolved_refs: Verdict::yes(reasons::RESOLVED, "being deleted"),
+                    deployed: Verdict::no(
+                        reasons::ARTIFACT_WRITE_FAILED,
+                        format!("the artifact cannot be removed: {e}"),
+                    ),
+                    url: None,
+                    revision: None,
+                };
+                failed.push((
+                    k.clone(),
+                    Decided { manager: key.clone(), uid: a.uid(), generation: a.metadata.generation, value: o },
+                ));
+            }
+            for (ns, name) in ctx.decisions.publish_apis(key, failed) {
+                let _ = ctx.requeue_api.send(ObjectRef::new(&name).within(&ns));
+            }
+            ctx.event(manager, true, reasons::ARTIFACT_WRITE_FAILED, why).await;
+            return Err(e);
+        }
+    };
     if report.written > 0 || report.removed > 0 {
         ctx.metrics.artifacts_written.inc_by(report.written as u64);
         ctx.metrics.artifacts_removed.inc_by(report.removed as u64);
@@ -142,8 +197,6 @@ async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
 
     // The folder holds the plan now: publish it, and queue the status of
     // every object whose decision changed.
-    let by_key: BTreeMap<Key, &ApiDeployment> =
-        apis.iter().map(|a| ((a.namespace().unwrap_or_default(), a.name_any()), &**a)).collect();
     let outcomes = std::mem::take(&mut plan.outcomes)
         .into_iter()
         .filter_map(|(k, o)| {

@@ -252,6 +252,11 @@ pub fn error_policy<K: kube::ResourceExt>(
     }
     let n = ctx.failures.bump(failure_key(kind, obj));
     tracing::warn!(kind, name = %obj.name_any(), namespace = ?obj.namespace(), error = %error, failures = n, "reconcile failed");
+    // A folder that refuses writes is cheap to try again, and its repair
+    // should be noticed soon.
+    if matches!(error, Error::Artifact { .. } | Error::Blocked(_)) {
+        return Action::requeue(Duration::from_secs(1u64 << n.min(3)));
+    }
     backoff(n)
 }
 
