@@ -11,32 +11,51 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use tollgate_crds::{ApiDeployment, KeyManager, ThrottlePolicy};
 
 use crate::plan::{Key, manager_key, manager_of, policy_names};
 
+/// What an object was last seen as: the manager it points at, and what of
+/// it a plan reads (its generation and whether it is being deleted). An
+/// event that changes none of these (a status write) plans nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    home: Key,
+    generation: Option<i64>,
+    deleting: bool,
+}
+
 /// The managers each object was last seen pointing at.
 #[derive(Default)]
 pub struct Index {
-    api_homes: Mutex<HashMap<Key, Key>>,
-    key_manager_homes: Mutex<HashMap<Key, Key>>,
+    api_homes: Mutex<HashMap<Key, Seen>>,
+    key_manager_homes: Mutex<HashMap<Key, Seen>>,
+    policy_generations: Mutex<HashMap<Key, Option<i64>>>,
 }
 
 fn key_of(o: &impl ResourceExt) -> Key {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-/// Records `home` for `object` and returns the managers to plan: the
-/// current one, and the former one when it moved.
-fn moved(homes: &Mutex<HashMap<Key, Key>>, object: Key, home: Key, gone: bool) -> Vec<Key> {
+fn seen(o: &impl ResourceExt, home: Key) -> Seen {
+    Seen { home, generation: o.meta().generation, deleting: o.meta().deletion_timestamp.is_some() }
+}
+
+/// Records what `object` is now and returns the managers to plan: none when
+/// nothing a plan reads changed, else the current one and the former one
+/// when it moved.
+fn moved(homes: &Mutex<HashMap<Key, Seen>>, object: Key, now: Seen, gone: bool) -> Vec<Key> {
     let mut homes = homes.lock().unwrap_or_else(|e| e.into_inner());
-    let before = if gone { homes.remove(&object) } else { homes.insert(object, home.clone()) };
-    let mut out = vec![home];
+    let before = if gone { homes.remove(&object) } else { homes.insert(object, now.clone()) };
+    if !gone && before.as_ref() == Some(&now) {
+        return Vec::new();
+    }
+    let mut out = vec![now.home];
     if let Some(b) = before
-        && b != out[0]
+        && b.home != out[0]
     {
-        out.push(b);
+        out.push(b.home);
     }
     out
 }
@@ -44,12 +63,23 @@ fn moved(homes: &Mutex<HashMap<Key, Key>>, object: Key, home: Key, gone: bool) -
 impl Index {
     /// An ApiDeployment changed (or, `gone`, was deleted).
     pub fn api(&self, api: &ApiDeployment, gone: bool) -> Vec<Key> {
-        moved(&self.api_homes, key_of(api), manager_key(api), gone)
+        moved(&self.api_homes, key_of(api), seen(api, manager_key(api)), gone)
     }
 
     /// A KeyManager changed (or was deleted).
     pub fn key_manager(&self, km: &KeyManager, gone: bool) -> Vec<Key> {
-        moved(&self.key_manager_homes, key_of(km), manager_of(km), gone)
+        moved(&self.key_manager_homes, key_of(km), seen(km, manager_of(km)), gone)
+    }
+
+    /// Whether a ThrottlePolicy event changes what plans read (its
+    /// generation; any deletion).
+    pub fn policy_changed(&self, policy: &ThrottlePolicy, gone: bool) -> bool {
+        let mut g = self.policy_generations.lock().unwrap_or_else(|e| e.into_inner());
+        if gone {
+            g.remove(&key_of(policy));
+            return true;
+        }
+        g.insert(key_of(policy), policy.meta().generation) != Some(policy.meta().generation)
     }
 
     /// A ThrottlePolicy changed: the managers of the APIs that name it and
@@ -96,13 +126,23 @@ mod tests {
     #[test]
     fn a_move_touches_the_old_and_the_new_manager_once() {
         let index = Index::default();
-        assert_eq!(index.api(&api("a", "x", "one", None), false), [key("a", "one")]);
-        assert_eq!(index.api(&api("a", "x", "one", None), false), [key("a", "one")], "no move, one manager");
-        assert_eq!(index.api(&api("a", "x", "two", None), false), [key("a", "two"), key("a", "one")]);
-        assert_eq!(index.api(&api("a", "x", "two", None), false), [key("a", "two")], "the move is remembered");
-        assert_eq!(index.api(&api("a", "x", "two", None), true), [key("a", "two")]);
+        let at = |manager: &str, generation: i64| {
+            let mut a = api("a", "x", manager, None);
+            a.metadata.generation = Some(generation);
+            a
+        };
+        assert_eq!(index.api(&at("one", 1), false), [key("a", "one")]);
+        assert!(index.api(&at("one", 1), false).is_empty(), "a status write plans nothing");
+        assert_eq!(index.api(&at("one", 2), false), [key("a", "one")], "a new generation, one manager");
+        assert_eq!(index.api(&at("two", 3), false), [key("a", "two"), key("a", "one")]);
+        assert_eq!(index.api(&at("two", 4), false), [key("a", "two")], "the move is remembered");
+        let mut deleting = at("two", 5);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(index.api(&deleting, false), [key("a", "two")]);
+        assert_eq!(index.api(&deleting, true), [key("a", "two")]);
         // Forgotten after the deletion: a new object of that name starts clean.
-        assert_eq!(index.api(&api("a", "x", "three", None), false), [key("a", "three")]);
+        assert_eq!(index.api(&at("three", 1), false), [key("a", "three")]);
     }
 
     #[test]

@@ -54,13 +54,11 @@ async fn apply(api: &ApiDeployment, ctx: &Context) -> Result<Action> {
             ctx.failures.reset(&failure_key(FAILURES, api));
             Ok(Action::requeue(Duration::from_secs(600)))
         }
-        // Not planned at this generation yet: the artifact controller
-        // queues this object once it has (asking again costs nothing, a
-        // burst is planned once).
-        _ => {
-            let _ = ctx.plan_manager.send(manager_ref(&key));
-            Ok(Action::requeue(Duration::from_secs(5)))
-        }
+        // Not planned at this generation yet: the event that made this
+        // generation has the artifact controller plan it, and it queues this
+        // object once it has published. (Asking it again here would only
+        // postpone a debounced burst.)
+        _ => Ok(Action::requeue(Duration::from_secs(30))),
     }
 }
 
@@ -82,9 +80,8 @@ async fn cleanup(api: &ApiDeployment, ctx: &Context) -> Result<Action> {
             }
             Ok(Action::await_change())
         }
-        // The plan leaves out objects being deleted: the deletion event had
-        // it run; look again shortly (and have it run when nothing is known
-        // of the folder yet).
+        // The plan leaves out objects being deleted: the deletion event has
+        // it run; look again shortly.
         _ => {
             // A folder that refuses writes is reported, not waited on in silence.
             if let Some(d) = ctx.decisions.api(&(ns.clone(), name.clone()))
@@ -92,9 +89,6 @@ async fn cleanup(api: &ApiDeployment, ctx: &Context) -> Result<Action> {
             {
                 write_status(api, &d.value, ctx).await?;
                 return Err(Error::Blocked(d.value.deployed.message));
-            }
-            if holds.is_none() {
-                let _ = ctx.plan_manager.send(manager_ref(&key));
             }
             Err(Error::Pending(format!("the artifact of {ns}/{name} is still in the folder of {}/{}", key.0, key.1)))
         }

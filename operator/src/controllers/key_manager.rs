@@ -58,10 +58,11 @@ async fn apply(km: &KeyManager, ctx: &Context) -> Result<Action> {
             ctx.failures.reset(&failure_key(FAILURES, km));
             Ok(Action::requeue(Duration::from_secs(600)))
         }
-        _ => {
-            let _ = ctx.plan_manager.send(manager_ref(&target));
-            Ok(Action::requeue(Duration::from_secs(5)))
-        }
+        // Not planned at this generation yet: the event that made this
+        // generation has the artifact controller plan it, and it queues this
+        // object once it has published. (Asking it again here would only
+        // postpone a debounced burst.)
+        _ => Ok(Action::requeue(Duration::from_secs(30))),
     }
 }
 
@@ -86,13 +87,10 @@ async fn cleanup(km: &KeyManager, ctx: &Context) -> Result<Action> {
             }
             Ok(Action::await_change())
         }
-        _ => {
-            let _ = ctx.plan_manager.send(manager_ref(&target));
-            Err(Error::Pending(format!(
-                "the artifact of KeyManager {ns}/{name} is still in the folder of {}/{}",
-                target.0, target.1
-            )))
-        }
+        _ => Err(Error::Pending(format!(
+            "the artifact of KeyManager {ns}/{name} is still in the folder of {}/{}",
+            target.0, target.1
+        ))),
     }
 }
 
