@@ -330,12 +330,12 @@ pub async fn run(
     let (plan, idx, api_cache) = (plan_tx.clone(), index.clone(), apis.clone());
     let (policies, policy_stream, policies_ready) =
         cached(scoped::<ThrottlePolicy>(&client, &config), wc.clone(), move |ev| match ev {
-            watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p) => {
-                if idx.policy_changed(p, matches!(ev, watcher::Event::Delete(_))) {
-                    let all = api_cache.state();
-                    for m in idx.policy(p, all.iter().map(|a| &**a)) {
-                        let _ = plan.send(manager_ref(&m));
-                    }
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)
+                if idx.policy_changed(p, matches!(ev, watcher::Event::Delete(_))) =>
+            {
+                let all = api_cache.state();
+                for m in idx.policy(p, all.iter().map(|a| &**a)) {
+                    let _ = plan.send(manager_ref(&m));
                 }
             }
             _ => {}
