@@ -84,7 +84,13 @@ where
 {
     let (reader, writer) = reflector::store();
     let (tx, rx) = watch::channel(false);
-    let stream = reflector(writer, watcher(api, wc).default_backoff())
+    // The caches keep no managedFields and no last-applied annotation: at
+    // thousands of objects they are most of the memory, and nothing reads them.
+    let slim = watcher(api, wc).default_backoff().modify(|o: &mut K| {
+        o.managed_fields_mut().clear();
+        o.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+    });
+    let stream = reflector(writer, slim)
         .inspect(move |ev| {
             if let Ok(ev) = ev {
                 on_event(ev);
