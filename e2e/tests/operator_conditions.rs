@@ -61,6 +61,32 @@ async fn created(client: &kube::Client, ns: &str, name: &str) -> String {
     serde_json::to_value(obj).unwrap()["metadata"]["creationTimestamp"].as_str().unwrap().to_string()
 }
 
+/// One namespace, the operator as a ServiceAccount with the chart's rules,
+/// no leader election; with the artifact volume unless `claim` is false.
+struct Single {
+    work: tempfile::TempDir,
+    artifacts: std::path::PathBuf,
+    _access: OperatorAccess,
+    _volume: Option<ArtifactVolume>,
+    operator: Operator,
+}
+
+async fn single(cluster: &Cluster, ns: &str, claim: bool) -> Single {
+    let work = tempfile::tempdir().unwrap();
+    let artifacts = work.path().join("artifacts");
+    let access = OperatorAccess::create(cluster, &[ns], false, work.path()).await;
+    let volume = if claim { Some(ArtifactVolume::create(cluster, ns, &artifacts).await) } else { None };
+    let operator = Operator::start(&OperatorSpec {
+        kubeconfig: access.kubeconfig.clone(),
+        artifact_dir: artifacts.clone(),
+        namespaces: vec![ns.to_string()],
+        identity: "op".into(),
+        leader_election: false,
+        work: work.path().to_path_buf(),
+    });
+    Single { work, artifacts, _access: access, _volume: volume, operator }
+}
+
 fn artifact(dir: &Path, mgr_ns: &str, api_ns: &str, name: &str) -> std::path::PathBuf {
     dir.join(mgr_ns).join("apim").join(format!("apis/{api_ns}_{name}.yaml"))
 }
@@ -328,18 +354,8 @@ async fn a_selector_the_operator_may_not_evaluate_says_why() {
     let ns = cluster.namespace("selector").await;
     let ns = ns.name().to_string();
     let client = cluster.client.clone();
-    let work = tempfile::tempdir().unwrap();
-    let artifacts = work.path().join("artifacts");
-    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
-    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
-    let operator = Operator::start(&OperatorSpec {
-        kubeconfig: access.kubeconfig.clone(),
-        artifact_dir: artifacts.clone(),
-        namespaces: vec![ns.clone()],
-        identity: "op".into(),
-        leader_election: false,
-        work: work.path().to_path_buf(),
-    });
+    let env = single(&cluster, &ns, true).await;
+    let (artifacts, operator) = (&env.artifacts, &env.operator);
     let mut m = manager("apim");
     m["spec"]["allowedNamespaces"] = json!({ "from": "Selector", "selector": { "matchLabels": { "team": "pay" } } });
     apply_manifest(&client, &ns, &m).await.unwrap();
@@ -371,17 +387,8 @@ async fn a_missing_artifact_claim_is_named_on_the_api_manager() {
     let ns = cluster.namespace("claim").await;
     let ns = ns.name().to_string();
     let client = cluster.client.clone();
-    let work = tempfile::tempdir().unwrap();
-    let artifacts = work.path().join("artifacts");
-    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
-    let _operator = Operator::start(&OperatorSpec {
-        kubeconfig: access.kubeconfig.clone(),
-        artifact_dir: artifacts.clone(),
-        namespaces: vec![ns.clone()],
-        identity: "op".into(),
-        leader_election: false,
-        work: work.path().to_path_buf(),
-    });
+    let env = single(&cluster, &ns, false).await;
+    let (artifacts, _operator) = (&env.artifacts, &env.operator);
     apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
     let m = eventually(Duration::from_secs(20), "Ready=False ArtifactClaimNotFound", || async {
         match manager_ready(&client, &ns, "apim").await? {
@@ -409,18 +416,8 @@ async fn a_move_between_managers_and_deletions_during_a_burst() {
     let ns = cluster.namespace("burst").await;
     let ns = ns.name().to_string();
     let client = cluster.client.clone();
-    let work = tempfile::tempdir().unwrap();
-    let artifacts = work.path().join("artifacts");
-    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
-    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
-    let operator = Operator::start(&OperatorSpec {
-        kubeconfig: access.kubeconfig.clone(),
-        artifact_dir: artifacts.clone(),
-        namespaces: vec![ns.clone()],
-        identity: "op".into(),
-        leader_election: false,
-        work: work.path().to_path_buf(),
-    });
+    let env = single(&cluster, &ns, true).await;
+    let (artifacts, operator) = (&env.artifacts, &env.operator);
     apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
     apply_manifest(&client, &ns, &manager("apim2")).await.unwrap();
     let in_folder = |mgr: &str, name: &str| artifacts.join(&ns).join(mgr).join(format!("apis/{ns}_{name}.yaml"));
@@ -485,18 +482,8 @@ async fn a_folder_that_refuses_writes_is_reported_and_nothing_is_lost() {
     let ns = cluster.namespace("refuse").await;
     let ns = ns.name().to_string();
     let client = cluster.client.clone();
-    let work = tempfile::tempdir().unwrap();
-    let artifacts = work.path().join("artifacts");
-    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
-    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
-    let operator = Operator::start(&OperatorSpec {
-        kubeconfig: access.kubeconfig.clone(),
-        artifact_dir: artifacts.clone(),
-        namespaces: vec![ns.clone()],
-        identity: "op".into(),
-        leader_election: false,
-        work: work.path().to_path_buf(),
-    });
+    let env = single(&cluster, &ns, true).await;
+    let (artifacts, operator) = (&env.artifacts, &env.operator);
     let mgr = json!({ "name": "apim" });
     apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
     apply_manifest(&client, &ns, &api("kept", mgr.clone(), "v1", json!({}))).await.unwrap();
@@ -507,7 +494,7 @@ async fn a_folder_that_refuses_writes_is_reported_and_nothing_is_lost() {
     // The volume breaks: `apis/` is no longer a folder (root ignores file
     // modes, so a read-only folder would not stop this test's writer).
     let apis_dir = artifacts.join(&ns).join("apim").join("apis");
-    let saved = work.path().join("saved-apis");
+    let saved = env.work.path().join("saved-apis");
     std::fs::rename(&apis_dir, &saved).unwrap();
     std::fs::write(&apis_dir, "not a folder").unwrap();
     apply_manifest(&client, &ns, &api("new", mgr.clone(), "v3", json!({}))).await.unwrap();
@@ -543,5 +530,4 @@ async fn a_folder_that_refuses_writes_is_reported_and_nothing_is_lost() {
     .await;
     assert!(artifact(&artifacts, &ns, &ns, "new").is_file() && artifact(&artifacts, &ns, &ns, "kept").is_file());
     assert!(!artifact(&artifacts, &ns, &ns, "doomed").exists());
-    drop(operator);
 }

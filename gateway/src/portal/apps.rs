@@ -135,6 +135,7 @@ pub async fn create(State(p): State<Portal>, v: Visitor, headers: HeaderMap, bod
 /// The application when the visitor may see it (its owner, or an
 /// administrator); Err is the page (404 for anybody else's, so ids do not
 /// leak).
+#[allow(clippy::result_large_err)]
 async fn owned(p: &Portal, v: &Visitor, id: &str) -> Result<Application, Response> {
     if v.session.is_none() {
         return Err(sign_in_first(p, v));
@@ -146,6 +147,21 @@ async fn owned(p: &Portal, v: &Visitor, id: &str) -> Result<Application, Respons
         }
         Err(e) => Err(store_failure(p, v, e)),
     }
+}
+
+/// A posted form about one of the visitor's applications: the form (its
+/// CSRF token checked) and the application; Err is the page to answer
+/// (returned as is by every handler, so not boxed).
+#[allow(clippy::result_large_err)]
+async fn app_form<T: serde::de::DeserializeOwned>(
+    p: &Portal,
+    v: &Visitor,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(T, Application), Response> {
+    let f = read_form(p, v, headers, body)?;
+    Ok((f, owned(p, v, id).await?))
 }
 
 async fn render(
@@ -292,12 +308,8 @@ pub async fn subscribe(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: NewSubscription = match read_form(&p, &v, &headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let app = match owned(&p, &v, &id).await {
-        Ok(a) => a,
+    let (f, app): (NewSubscription, Application) = match app_form(&p, &v, &id, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let snap = p.state.snapshot.load_full();
@@ -326,11 +338,8 @@ pub async fn unsubscribe(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = read_form::<Nothing>(&p, &v, &headers, &body) {
-        return r;
-    }
-    let app = match owned(&p, &v, &id).await {
-        Ok(a) => a,
+    let app = match app_form::<Nothing>(&p, &v, &id, &headers, &body).await {
+        Ok((_, app)) => app,
         Err(r) => return r,
     };
     // Only a subscription of this application.
@@ -361,12 +370,8 @@ pub async fn create_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: NewKey = match read_form(&p, &v, &headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let app = match owned(&p, &v, &id).await {
-        Ok(a) => a,
+    let (f, app): (NewKey, Application) = match app_form(&p, &v, &id, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let Some(env) = Environment::parse(&f.environment) else {
@@ -386,11 +391,8 @@ pub async fn revoke_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = read_form::<Nothing>(&p, &v, &headers, &body) {
-        return r;
-    }
-    let app = match owned(&p, &v, &id).await {
-        Ok(a) => a,
+    let app = match app_form::<Nothing>(&p, &v, &id, &headers, &body).await {
+        Ok((_, app)) => app,
         Err(r) => return r,
     };
     match p.store.db.revoke_key(&app.id, &key).await {
@@ -421,12 +423,8 @@ pub async fn create_client(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: NewClientForm = match read_form(&p, &v, &headers, &body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let app = match owned(&p, &v, &id).await {
-        Ok(a) => a,
+    let (f, app): (NewClientForm, Application) = match app_form(&p, &v, &id, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     if p.state.shared.builtin.is_none() {
@@ -482,11 +480,8 @@ pub async fn delete_client(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = read_form::<Nothing>(&p, &v, &headers, &body) {
-        return r;
-    }
-    let app = match owned(&p, &v, &id).await {
-        Ok(a) => a,
+    let app = match app_form::<Nothing>(&p, &v, &id, &headers, &body).await {
+        Ok((_, app)) => app,
         Err(r) => return r,
     };
     match p.store.db.delete_oauth_client(&app.id, &client).await {
