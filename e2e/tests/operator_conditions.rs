@@ -362,7 +362,7 @@ async fn a_selector_the_operator_may_not_evaluate_says_why() {
     apply_manifest(&client, &ns, &api("selected", json!({ "name": "apim" }), "v1", json!({}))).await.unwrap();
     let msg = expect(&client, &ns, "selected", "Accepted", "False", "NotAllowed").await;
     assert!(msg.contains("rbac.readNamespaces"), "{msg}");
-    assert!(!artifact(&artifacts, &ns, &ns, "selected").exists());
+    assert!(!artifact(artifacts, &ns, &ns, "selected").exists());
     assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
 }
 
@@ -399,7 +399,7 @@ async fn a_missing_artifact_claim_is_named_on_the_api_manager() {
     .await;
     assert!(m.contains(&format!("{ns}/tollgate-artifacts")), "{m}");
     // With the claim the reason goes away.
-    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
+    let _volume = ArtifactVolume::create(&cluster, &ns, artifacts).await;
     eventually(Duration::from_secs(40), "the claim problem cleared", || async {
         match manager_ready(&client, &ns, "apim").await? {
             (_, r, m) if r.starts_with("ArtifactClaim") => Err(m),
@@ -528,6 +528,6 @@ async fn a_folder_that_refuses_writes_is_reported_and_nothing_is_lost() {
         }
     })
     .await;
-    assert!(artifact(&artifacts, &ns, &ns, "new").is_file() && artifact(&artifacts, &ns, &ns, "kept").is_file());
-    assert!(!artifact(&artifacts, &ns, &ns, "doomed").exists());
+    assert!(artifact(artifacts, &ns, &ns, "new").is_file() && artifact(artifacts, &ns, &ns, "kept").is_file());
+    assert!(!artifact(artifacts, &ns, &ns, "doomed").exists());
 }
