@@ -14,7 +14,7 @@ import urllib.request
 from urllib.parse import urlparse
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -22,6 +22,11 @@ GATEWAY = os.path.join(TARGET, "debug", "tollgate-gateway")
 ECHO = os.path.join(TARGET, "debug", "tollgate-echo")
 CHROMIUM = os.environ.get("TOLLGATE_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 ADMIN_TOKEN = "portal-admin-token-0123456789abcdef"
+
+# Assertions wait up to 20 s (Playwright's default is 5 s): under a loaded
+# CI machine, parsing and rendering the 1.5 MB try-it console alone can take
+# several seconds. Waiting longer changes no outcome, only when it is seen.
+expect.set_options(timeout=20_000)
 SCREENSHOTS = os.environ.get("TOLLGATE_PORTAL_SCREENSHOTS", os.path.join(TARGET, "portal-screenshots"))
 
 
