@@ -203,6 +203,27 @@ where
     }
 }
 
+/// Waits until events with each of `reasons` exist in `ns` (the operator
+/// publishes them off its reconciles, so shortly after what they report).
+pub async fn wait_for_events(client: &kube::Client, ns: &str, reasons: &[&str]) {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(10), "the events", || async {
+        let seen: Vec<String> = events
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        match reasons.iter().find(|r| !seen.iter().any(|x| x == *r)) {
+            None => Ok(()),
+            Some(r) => Err(format!("event {r} missing: {seen:?}")),
+        }
+    })
+    .await;
+}
+
 /// The sample backend (tollgate-echo) on a free loopback port.
 pub fn backend(dir: &Path, name: &str) -> (Proc, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");

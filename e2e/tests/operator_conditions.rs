@@ -181,23 +181,8 @@ async fn conditions_for_missing_refs_disallowed_namespaces_and_conflicts() {
     assert!(artifact(&artifacts, &home, &home, "copycat").is_file());
     assert!(!artifact(&artifacts, &home, &home, "orphan").exists());
 
-    // Events tell the story (published off the reconciles, so shortly after).
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &home);
-    eventually(Duration::from_secs(10), "the events", || async {
-        let reasons: Vec<String> = events
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .into_iter()
-            .filter_map(|e| e.reason)
-            .collect();
-        match ["Conflict", "Deployed", "PolicyNotFound"].into_iter().find(|r| !reasons.iter().any(|x| x == r)) {
-            None => Ok(()),
-            Some(r) => Err(format!("event {r} missing: {reasons:?}")),
-        }
-    })
-    .await;
+    // Events tell the story.
+    tollgate_e2e::stack::wait_for_events(&client, &home, &["Conflict", "Deployed", "PolicyNotFound"]).await;
     assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
 }
 

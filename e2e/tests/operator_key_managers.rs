@@ -173,25 +173,12 @@ async fn key_managers_are_written_resolved_moved_and_removed() {
     assert!(!api_file("payments").exists());
     gateway_answers(&gateway, v4, 404, "the API of the deleted KeyManager is no longer served").await;
 
-    // Events tell the story (published off the reconciles, so shortly after).
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
-    eventually(Duration::from_secs(10), "the events", || async {
-        let reasons: Vec<String> = events
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .into_iter()
-            .filter_map(|e| e.reason)
-            .collect();
-        match ["Accepted", "ApiManagerNotFound", "ArtifactRemoved", "KeyManagerNotFound"]
-            .into_iter()
-            .find(|r| !reasons.iter().any(|x| x == r))
-        {
-            None => Ok(()),
-            Some(r) => Err(format!("event {r} missing: {reasons:?}")),
-        }
-    })
+    // Events tell the story.
+    tollgate_e2e::stack::wait_for_events(
+        &client,
+        &ns,
+        &["Accepted", "ApiManagerNotFound", "ArtifactRemoved", "KeyManagerNotFound"],
+    )
     .await;
     assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
 }
