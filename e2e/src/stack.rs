@@ -578,14 +578,20 @@ pub struct WatchingOperator {
     pub operator: Operator,
     pub artifacts: PathBuf,
     _access: OperatorAccess,
-    _volume: ArtifactVolume,
+    _volume: Option<ArtifactVolume>,
 }
 
 impl WatchingOperator {
     pub async fn start(cluster: &Cluster, ns: &str, work: &Path) -> WatchingOperator {
+        Self::start_with(cluster, ns, work, true).await
+    }
+
+    /// With `claim` false the namespace gets no artifact claim (the
+    /// ApiManager reports it missing).
+    pub async fn start_with(cluster: &Cluster, ns: &str, work: &Path, claim: bool) -> WatchingOperator {
         let artifacts = work.join("artifacts");
         let access = OperatorAccess::create(cluster, &[ns], false, work).await;
-        let volume = ArtifactVolume::create(cluster, ns, &artifacts).await;
+        let volume = if claim { Some(ArtifactVolume::create(cluster, ns, &artifacts).await) } else { None };
         let operator = Operator::start(&OperatorSpec {
             kubeconfig: access.kubeconfig.clone(),
             artifact_dir: artifacts.clone(),

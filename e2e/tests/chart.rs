@@ -124,6 +124,17 @@ async fn chart_lints_and_every_rendering_passes_a_server_side_dry_run() {
     }
 }
 
+/// `helm upgrade` of the release keeping its values, with `sets` changed.
+fn upgrade(cluster: &Cluster, release: &str, ns: &str, sets: &[&str]) {
+    let chart = chart();
+    let mut args = vec!["upgrade", release, &chart, "--namespace", ns, "--reuse-values"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    args.extend(["--wait", "--timeout", "120s"]);
+    tool(cluster, "helm", &args);
+}
+
 fn can_i(cluster: &Cluster, sa: &str, verb_resource: &[&str]) -> bool {
     let mut args = vec!["auth", "can-i", "--as", sa];
     args.extend_from_slice(verb_resource);
@@ -232,22 +243,7 @@ async fn chart_installs_upgrades_and_uninstalls_with_least_privilege() {
 
     // Upgrade with changed values: 3 replicas, one watched namespace.
     let watch = format!("watchNamespaces={{{ns}}}");
-    let upgrade = [
-        "upgrade",
-        &release,
-        &chart(),
-        "--namespace",
-        &ns,
-        "--reuse-values",
-        "--set",
-        "replicaCount=3",
-        "--set",
-        &watch,
-        "--wait",
-        "--timeout",
-        "120s",
-    ];
-    tool(&cluster, "helm", &upgrade);
+    upgrade(&cluster, &release, &ns, &["replicaCount=3", &watch]);
     let spec = deployments.get(&operator).await.unwrap().spec.unwrap();
     assert_eq!(spec.replicas, Some(3));
     assert!(
@@ -271,25 +267,7 @@ async fn chart_installs_upgrades_and_uninstalls_with_least_privilege() {
     // writes only in them; namespace labels only when asked for.
     let other = cluster.namespace("chart-b").await;
     let watch_two = format!("watchNamespaces={{{ns},{}}}", other.name());
-    tool(
-        &cluster,
-        "helm",
-        &[
-            "upgrade",
-            &release,
-            &chart(),
-            "--namespace",
-            &ns,
-            "--reuse-values",
-            "--set",
-            &watch_two,
-            "--set",
-            "rbac.readNamespaces=true",
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    );
+    upgrade(&cluster, &release, &ns, &[&watch_two, "rbac.readNamespaces=true"]);
     eventually(Duration::from_secs(10), "reads cluster-wide, writes in the two namespaces", || async {
         let checks = [
             can_i(&cluster, &sa, &["list", "apideployments.tollgate.dev", "--all-namespaces"]),

@@ -8,7 +8,7 @@ use kube::api::{Api, DeleteParams, DynamicObject};
 use serde_json::{Value, json};
 use tollgate_e2e::{
     Cluster, apply_manifest, install_crds,
-    stack::{ArtifactVolume, Operator, OperatorAccess, OperatorSpec, eventually},
+    stack::{ArtifactVolume, Operator, OperatorAccess, OperatorSpec, WatchingOperator, eventually},
     tollgate_resource,
 };
 
@@ -59,32 +59,6 @@ async fn created(client: &kube::Client, ns: &str, name: &str) -> String {
     let ar = tollgate_resource("ApiDeployment").unwrap();
     let obj = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).get(name).await.unwrap();
     serde_json::to_value(obj).unwrap()["metadata"]["creationTimestamp"].as_str().unwrap().to_string()
-}
-
-/// One namespace, the operator as a ServiceAccount with the chart's rules,
-/// no leader election; with the artifact volume unless `claim` is false.
-struct Single {
-    work: tempfile::TempDir,
-    artifacts: std::path::PathBuf,
-    _access: OperatorAccess,
-    _volume: Option<ArtifactVolume>,
-    operator: Operator,
-}
-
-async fn single(cluster: &Cluster, ns: &str, claim: bool) -> Single {
-    let work = tempfile::tempdir().unwrap();
-    let artifacts = work.path().join("artifacts");
-    let access = OperatorAccess::create(cluster, &[ns], false, work.path()).await;
-    let volume = if claim { Some(ArtifactVolume::create(cluster, ns, &artifacts).await) } else { None };
-    let operator = Operator::start(&OperatorSpec {
-        kubeconfig: access.kubeconfig.clone(),
-        artifact_dir: artifacts.clone(),
-        namespaces: vec![ns.to_string()],
-        identity: "op".into(),
-        leader_election: false,
-        work: work.path().to_path_buf(),
-    });
-    Single { work, artifacts, _access: access, _volume: volume, operator }
 }
 
 fn artifact(dir: &Path, mgr_ns: &str, api_ns: &str, name: &str) -> std::path::PathBuf {
@@ -349,7 +323,8 @@ async fn a_selector_the_operator_may_not_evaluate_says_why() {
     let ns = cluster.namespace("selector").await;
     let ns = ns.name().to_string();
     let client = cluster.client.clone();
-    let env = single(&cluster, &ns, true).await;
+    let work = tempfile::tempdir().unwrap();
+    let env = WatchingOperator::start_with(&cluster, &ns, work.path(), true).await;
     let (artifacts, operator) = (&env.artifacts, &env.operator);
     let mut m = manager("apim");
     m["spec"]["allowedNamespaces"] = json!({ "from": "Selector", "selector": { "matchLabels": { "team": "pay" } } });
@@ -382,7 +357,8 @@ async fn a_missing_artifact_claim_is_named_on_the_api_manager() {
     let ns = cluster.namespace("claim").await;
     let ns = ns.name().to_string();
     let client = cluster.client.clone();
-    let env = single(&cluster, &ns, false).await;
+    let work = tempfile::tempdir().unwrap();
+    let env = WatchingOperator::start_with(&cluster, &ns, work.path(), false).await;
     let (artifacts, _operator) = (&env.artifacts, &env.operator);
     apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
     let m = eventually(Duration::from_secs(20), "Ready=False ArtifactClaimNotFound", || async {
@@ -411,7 +387,8 @@ async fn a_move_between_managers_and_deletions_during_a_burst() {
     let ns = cluster.namespace("burst").await;
     let ns = ns.name().to_string();
     let client = cluster.client.clone();
-    let env = single(&cluster, &ns, true).await;
+    let work = tempfile::tempdir().unwrap();
+    let env = WatchingOperator::start_with(&cluster, &ns, work.path(), true).await;
     let (artifacts, operator) = (&env.artifacts, &env.operator);
     apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
     apply_manifest(&client, &ns, &manager("apim2")).await.unwrap();
@@ -477,7 +454,8 @@ async fn a_folder_that_refuses_writes_is_reported_and_nothing_is_lost() {
     let ns = cluster.namespace("refuse").await;
     let ns = ns.name().to_string();
     let client = cluster.client.clone();
-    let env = single(&cluster, &ns, true).await;
+    let work = tempfile::tempdir().unwrap();
+    let env = WatchingOperator::start_with(&cluster, &ns, work.path(), true).await;
     let (artifacts, operator) = (&env.artifacts, &env.operator);
     let mgr = json!({ "name": "apim" });
     apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
@@ -489,7 +467,7 @@ async fn a_folder_that_refuses_writes_is_reported_and_nothing_is_lost() {
     // The volume breaks: `apis/` is no longer a folder (root ignores file
     // modes, so a read-only folder would not stop this test's writer).
     let apis_dir = artifacts.join(&ns).join("apim").join("apis");
-    let saved = env.work.path().join("saved-apis");
+    let saved = work.path().join("saved-apis");
     std::fs::rename(&apis_dir, &saved).unwrap();
     std::fs::write(&apis_dir, "not a folder").unwrap();
     apply_manifest(&client, &ns, &api("new", mgr.clone(), "v3", json!({}))).await.unwrap();
