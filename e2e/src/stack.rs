@@ -620,7 +620,11 @@ impl Operator {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cmd = Command::new(binary("tollgate-operator"));
         cmd.env("KUBECONFIG", &spec.kubeconfig)
-            .env("RUST_LOG", "info,tollgate_operator=debug")
+            .env(
+                "RUST_LOG",
+                // The benchmarks log what a production operator would.
+                std::env::var("TOLLGATE_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,tollgate_operator=debug".into()),
+            )
             .arg("--artifact-dir")
             .arg(&spec.artifact_dir)
             .args(["--watch-namespaces", &spec.namespaces.join(",")])

@@ -336,6 +336,71 @@ async fn a_selector_the_operator_may_not_evaluate_says_why() {
     assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
 }
 
+#[tokio::test]
+async fn operations_follow_the_openapi_definition_configmap_as_it_changes() {
+    // The ConfigMap is watched (metadata): creating, editing and deleting it
+    // replans its API at once, with no periodic re-read to wait for.
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("definition").await;
+    let ns = ns.name().to_string();
+    let client = cluster.client.clone();
+    let work = tempfile::tempdir().unwrap();
+    let env = WatchingOperator::start(&cluster, &ns, work.path()).await;
+    let (artifacts, operator) = (&env.artifacts, &env.operator);
+    apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
+    let definition = json!({ "definition": { "configMapRef": { "name": "accounts-openapi", "key": "openapi.yaml" } } });
+    let mut accounts = api("accounts", json!({ "name": "apim" }), "v1", definition);
+    accounts["spec"]["operations"] = json!([]);
+    apply_manifest(&client, &ns, &accounts).await.unwrap();
+    let msg = expect(&client, &ns, "accounts", "ResolvedRefs", "False", "DefinitionNotFound").await;
+    assert!(msg.contains("accounts-openapi"), "{msg}");
+
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let put = |paths: &str| {
+        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "accounts-openapi" },
+                "data": { "openapi.yaml": format!("openapi: 3.0.3\ninfo: {{title: accounts, version: '1'}}\npaths:\n{paths}") } })
+    };
+    let pp = PatchParams::apply("e2e").force();
+    maps.patch("accounts-openapi", &pp, &Patch::Apply(put("  /accounts:\n    get: {}\n"))).await.unwrap();
+    expect(&client, &ns, "accounts", "Deployed", "True", "Deployed").await;
+    let file = artifact(artifacts, &ns, &ns, "accounts");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("/accounts") && !text.contains("/balances"), "{text}");
+
+    // An edit adds an operation: the artifact follows.
+    maps.patch("accounts-openapi", &pp, &Patch::Apply(put("  /accounts:\n    get: {}\n  /balances:\n    get: {}\n")))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the artifact has the new operation", || async {
+        let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+        if text.contains("/balances") { Ok(()) } else { Err(text) }
+    })
+    .await;
+
+    // A document that is not OpenAPI 3: refused, and the artifact goes.
+    maps.patch(
+        "accounts-openapi",
+        &pp,
+        &Patch::Apply(json!({ "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "accounts-openapi" }, "data": { "openapi.yaml": "swagger: '2.0'\n" } })),
+    )
+    .await
+    .unwrap();
+    expect(&client, &ns, "accounts", "ResolvedRefs", "False", "InvalidDefinition").await;
+    eventually(Duration::from_secs(10), "the artifact is removed", || async {
+        if file.exists() { Err("still there".to_string()) } else { Ok(()) }
+    })
+    .await;
+
+    // Deleted: DefinitionNotFound again.
+    maps.delete("accounts-openapi", &DeleteParams::default()).await.unwrap();
+    expect(&client, &ns, "accounts", "ResolvedRefs", "False", "DefinitionNotFound").await;
+    assert_eq!(operator.unexpected_errors(), 0.0, "{}", operator.proc.log_lines("failed"));
+}
+
 /// (status, reason, message) of an ApiManager's Ready condition.
 async fn manager_ready(client: &kube::Client, ns: &str, name: &str) -> Result<(String, String, String), String> {
     let ar = tollgate_resource("ApiManager").unwrap();

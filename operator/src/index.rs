@@ -24,6 +24,8 @@ struct Seen {
     home: Key,
     generation: Option<i64>,
     deleting: bool,
+    /// The ConfigMap (namespace, name) its operations come from, if any.
+    definition: Option<Key>,
 }
 
 /// The managers each object was last seen pointing at.
@@ -38,8 +40,15 @@ fn key_of(o: &impl ResourceExt) -> Key {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-fn seen(o: &impl ResourceExt, home: Key) -> Seen {
-    Seen { home, generation: o.meta().generation, deleting: o.meta().deletion_timestamp.is_some() }
+fn seen(o: &impl ResourceExt, home: Key, definition: Option<Key>) -> Seen {
+    Seen { home, generation: o.meta().generation, deleting: o.meta().deletion_timestamp.is_some(), definition }
+}
+
+/// The ConfigMap an ApiDeployment's operations come from (only when it
+/// lists no operations of its own).
+pub fn definition_map(api: &ApiDeployment) -> Option<Key> {
+    let def = api.spec.definition.as_ref().filter(|_| api.spec.operations.is_empty())?;
+    Some((api.namespace().unwrap_or_default(), def.config_map_ref.name.clone()))
 }
 
 /// Records what `object` is now and returns the managers to plan: none when
@@ -63,12 +72,12 @@ fn moved(homes: &Mutex<HashMap<Key, Seen>>, object: Key, now: Seen, gone: bool) 
 impl Index {
     /// An ApiDeployment changed (or, `gone`, was deleted).
     pub fn api(&self, api: &ApiDeployment, gone: bool) -> Vec<Key> {
-        moved(&self.api_homes, key_of(api), seen(api, manager_key(api)), gone)
+        moved(&self.api_homes, key_of(api), seen(api, manager_key(api), definition_map(api)), gone)
     }
 
     /// A KeyManager changed (or was deleted).
     pub fn key_manager(&self, km: &KeyManager, gone: bool) -> Vec<Key> {
-        moved(&self.key_manager_homes, key_of(km), seen(km, manager_of(km)), gone)
+        moved(&self.key_manager_homes, key_of(km), seen(km, manager_of(km), None), gone)
     }
 
     /// Whether a ThrottlePolicy event changes what plans read (its
@@ -80,6 +89,19 @@ impl Index {
             return true;
         }
         g.insert(key_of(policy), policy.meta().generation) != Some(policy.meta().generation)
+    }
+
+    /// A ConfigMap changed (or went): the managers of the APIs whose
+    /// operations come from it.
+    pub fn config_map(&self, namespace: &str, name: &str) -> Vec<Key> {
+        let homes = self.api_homes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = BTreeSet::new();
+        for seen in homes.values() {
+            if seen.definition.as_ref().is_some_and(|(ns, n)| ns == namespace && n == name) {
+                out.insert(seen.home.clone());
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// A ThrottlePolicy changed: the managers of the APIs that name it and
@@ -143,6 +165,29 @@ mod tests {
         assert_eq!(index.api(&deleting, true), [key("a", "two")]);
         // Forgotten after the deletion: a new object of that name starts clean.
         assert_eq!(index.api(&at("three", 1), false), [key("a", "three")]);
+    }
+
+    #[test]
+    fn a_definition_touches_the_managers_of_the_apis_that_derive_operations_from_it() {
+        let index = Index::default();
+        let with_definition = |name: &str, manager: &str, own_operations: bool| {
+            let mut a = api("a", name, manager, None);
+            a.spec.definition =
+                serde_json::from_value(json!({"configMapRef": {"name": "spec", "key": "openapi.yaml"}})).unwrap();
+            if own_operations {
+                a.spec.operations = serde_json::from_value(json!([{"method": "GET", "path": "/x"}])).unwrap();
+            }
+            a
+        };
+        index.api(&with_definition("x", "m1", false), false);
+        index.api(&with_definition("y", "m2", false), false);
+        index.api(&with_definition("z", "m3", true), false); // its own operations win
+        index.api(&api("a", "w", "m4", None), false);
+        assert_eq!(index.config_map("a", "spec"), [key("a", "m1"), key("a", "m2")]);
+        assert!(index.config_map("b", "spec").is_empty(), "another namespace");
+        assert!(index.config_map("a", "other").is_empty());
+        index.api(&with_definition("y", "m2", false), true);
+        assert_eq!(index.config_map("a", "spec"), [key("a", "m1")], "a deleted API is forgotten");
     }
 
     #[test]

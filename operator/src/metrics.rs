@@ -60,7 +60,7 @@ impl Default for Metrics {
         registry.register("status_writes", "Status updates sent to the API server", status_writes.clone());
         registry.register(
             "queue_depth",
-            "Objects whose latest generation is not reconciled yet (status.observedGeneration behind), sampled every 5 s",
+            "Objects queued for a reconcile that has not started yet, per controller",
             queue_depth.clone(),
         );
         Metrics {

@@ -8,6 +8,7 @@
 //! (allowed namespaces, conflicts, reference resolution, lifecycle) is unit
 //! tested directly.
 
+mod decide;
 mod key_managers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,10 +21,10 @@ use sha2::{Digest, Sha256};
 use tollgate_crds::{
     API_VERSION, ApiDeployment, ApiManager, KeyManager, ThrottlePolicy,
     api_deployment::{Method, Operation},
-    api_manager::{NamespacesFrom, Pattern},
     conditions::reasons,
 };
 
+pub use decide::{ApiDecision, Decision, Definition, Definitions, Deploy, decide, namespace_allowed};
 pub use key_managers::{key_manager_file, key_manager_names, manager_of, render_key_manager};
 
 /// Namespace and name of an object.
@@ -72,10 +73,6 @@ impl Outcome {
         }
     }
 }
-
-/// OpenAPI documents read from ConfigMaps, keyed by (namespace, configmap, key).
-/// `Err` holds why the document could not be read (missing map or key).
-pub type Definitions = BTreeMap<(String, String, String), Result<String, String>>;
 
 /// Everything the plan of one ApiManager depends on.
 pub struct Inputs<'a> {
@@ -198,127 +195,43 @@ pub fn plan_with(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
     plan
 }
 
+/// Renders what [`decide`] decided: the files of the folder and every
+/// ApiDeployment's outcome.
 fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
-    let manager = inputs.manager;
-    let mgr_ns = manager.namespace().unwrap_or_default();
-    let mgr_name = manager.name_any();
-    let mut plan = Plan::default();
+    let mgr_ns = inputs.manager.namespace().unwrap_or_default();
+    let decision = decide(inputs);
+    let mut plan = Plan { key_managers: decision.key_managers, ..Plan::default() };
 
     // Every trusted KeyManager is in the folder, whether or not an API
     // names it: an API with an empty `keyManagers` list accepts them all.
-    let key_managers = key_managers::bound(inputs, &mgr_ns, &mgr_name);
-    for ((kns, kname), km) in &key_managers.trusted {
+    for ((kns, kname), km) in &decision.trusted {
         let doc = renders.get(render_key("km", *km, &mgr_ns), || render_key_manager(km, &mgr_ns));
         plan.files.insert(key_manager_file(kns, kname), doc);
     }
-    plan.key_managers = key_managers.verdicts;
 
-    // Who keeps a contested context/version: the older ApiDeployment
-    // (creationTimestamp); on an equal creationTimestamp (one-second
-    // resolution) the one whose artifact already claims the route; only when
-    // neither does, namespace/name order.
-    let mut apis: Vec<&ApiDeployment> =
-        inputs.apis.iter().copied().filter(|a| a.metadata.deletion_timestamp.is_none()).collect();
-    apis.sort_by_cached_key(|a| {
-        let created = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let key = (a.namespace().unwrap_or_default(), a.name_any());
-        let incumbent = inputs.serving.get(&key).is_some_and(|r| *r == route_of(a));
-        (created, !incumbent, key)
-    });
-
-    let mut claimed: BTreeMap<(String, String), Key> = BTreeMap::new();
-    for api in apis {
-        let ns = api.namespace().unwrap_or_default();
-        let name = api.name_any();
-        let key = (ns.clone(), name.clone());
-        let url = format!("{}/{}", api.spec.context.trim_end_matches('/'), api.spec.version);
-
-        // 1. Allowed namespaces.
-        if let Err(why) = namespace_allowed(manager, &ns, inputs.namespace_labels) {
-            let msg = format!("namespace {ns:?} may not deploy APIs onto ApiManager {mgr_ns}/{mgr_name}: {why}");
-            plan.outcomes.insert(
-                key,
-                Outcome {
-                    accepted: Verdict::no(reasons::NOT_ALLOWED, msg.clone()),
-                    resolved_refs: Verdict::no(reasons::NOT_ALLOWED, "not evaluated: the API is not allowed"),
-                    deployed: Verdict::no(reasons::NOT_ALLOWED, msg),
-                    url: None,
-                    revision: None,
-                },
-            );
-            continue;
-        }
-
-        // 2. Retired APIs keep nothing and claim nothing.
-        if !api.spec.lifecycle.has_artifact() {
-            plan.outcomes.insert(
-                key,
-                Outcome {
-                    accepted: Verdict::yes(reasons::ACCEPTED, "accepted"),
-                    resolved_refs: Verdict::yes(reasons::RESOLVED, "not needed: the API is Retired"),
-                    deployed: Verdict::no(reasons::RETIRED, "lifecycle is Retired: the artifact was removed"),
-                    url: None,
-                    revision: None,
-                },
-            );
-            continue;
-        }
-
-        // 3. Conflicts: the oldest claim on context/version wins.
-        let route = route_of(api);
-        if let Some((ons, oname)) = claimed.get(&route) {
-            let msg = format!(
-                "{url} is already served on this ApiManager by ApiDeployment {ons}/{oname} (older, or created in the same second and serving first)"
-            );
-            plan.outcomes.insert(
-                key,
-                Outcome {
-                    accepted: Verdict::no(reasons::CONFLICT, msg.clone()),
-                    resolved_refs: Verdict::no(reasons::CONFLICT, "not evaluated: the API is in conflict"),
-                    deployed: Verdict::no(reasons::CONFLICT, msg),
-                    url: None,
-                    revision: None,
-                },
-            );
-            continue;
-        }
-        claimed.insert(route, key.clone());
-
-        // 4. References: gateway groups, policies, key managers, definition.
-        let resolved = resolve(api, manager, &mgr_ns, inputs, &key_managers.trusted);
-        let Resolved { operations, definition_hash, policies: used_policies, key_managers: used_key_managers } =
-            match resolved {
-                Ok(r) => r,
-                Err((reason, msg)) => {
-                    plan.outcomes.insert(
-                        key,
-                        Outcome {
-                            accepted: Verdict::yes(reasons::ACCEPTED, "accepted"),
-                            resolved_refs: Verdict::no(reason, msg.clone()),
-                            deployed: Verdict::no(reason, msg),
-                            url: Some(url),
-                            revision: None,
-                        },
-                    );
-                    continue;
-                }
-            };
-
-        // 5. Artifacts.
-        let api_doc = renders.get(render_key("api", api, &format!("{mgr_ns}/{definition_hash}")), || {
-            render_api(api, &mgr_ns, operations)
+    for (key, d) in decision.apis {
+        let d = match d {
+            ApiDecision::Refused(outcome) => {
+                plan.outcomes.insert(key, outcome);
+                continue;
+            }
+            ApiDecision::Deploy(d) => d,
+        };
+        let api = d.api;
+        let api_doc = renders.get(render_key("api", api, &format!("{mgr_ns}/{}", d.definition_hash)), || {
+            render_api(api, &mgr_ns, d.operations.to_vec())
         });
         let mut hasher = Sha256::new();
         hasher.update(api_doc.as_bytes());
-        plan.files.insert(api_file(&ns, &name), api_doc);
+        plan.files.insert(api_file(&key.0, &key.1), api_doc);
         plan.serving.insert(key.clone(), route_of(api));
-        for (pns, pname) in &used_policies {
+        for (pns, pname) in &d.policies {
             let policy = inputs.policies[&(pns.clone(), pname.clone())];
             let doc = renders.get(render_key("policy", policy, ""), || render_policy(policy));
             hasher.update(doc.as_bytes());
             plan.files.insert(policy_file(pns, pname), doc);
         }
-        for (kns, kname) in &used_key_managers {
+        for (kns, kname) in &d.key_managers {
             // Written above with every trusted KeyManager.
             if let Some(doc) = plan.files.get(&key_manager_file(kns, kname)) {
                 hasher.update(doc.as_bytes());
@@ -329,7 +242,7 @@ fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
             tollgate_crds::api_deployment::Lifecycle::Created => {
                 Verdict::no(reasons::NOT_SERVED, "artifact written; lifecycle Created is not served (404)")
             }
-            _ => Verdict::yes(reasons::DEPLOYED, format!("served at {url}")),
+            _ => Verdict::yes(reasons::DEPLOYED, format!("served at {}", d.url)),
         };
         plan.outcomes.insert(
             key,
@@ -337,118 +250,12 @@ fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
                 accepted: Verdict::yes(reasons::ACCEPTED, "accepted"),
                 resolved_refs: Verdict::yes(reasons::RESOLVED, "all references resolved"),
                 deployed,
-                url: Some(url),
+                url: Some(d.url),
                 revision: Some(revision),
             },
         );
     }
     plan
-}
-
-/// What an ApiDeployment's references resolved to.
-struct Resolved {
-    operations: Vec<Operation>,
-    /// Hash of the OpenAPI definition the operations come from (empty
-    /// without one): part of what the rendered artifact depends on.
-    definition_hash: String,
-    policies: Vec<Key>,
-    key_managers: Vec<Key>,
-}
-
-fn resolve(
-    api: &ApiDeployment,
-    manager: &ApiManager,
-    mgr_ns: &str,
-    inputs: &Inputs<'_>,
-    trusted: &BTreeMap<Key, &KeyManager>,
-) -> Result<Resolved, (&'static str, String)> {
-    let ns = api.namespace().unwrap_or_default();
-    if manager.spec.pattern == Pattern::DistributedGateways {
-        let known: Vec<&str> = manager.spec.gateways.iter().map(|g| g.name.as_str()).collect();
-        let unknown: Vec<&str> = api.spec.gateways.iter().map(String::as_str).filter(|g| !known.contains(g)).collect();
-        if !unknown.is_empty() {
-            return Err((
-                reasons::GATEWAY_NOT_FOUND,
-                format!("gateway group(s) {unknown:?} not found on the ApiManager (it has {known:?})"),
-            ));
-        }
-    }
-    let mut used = Vec::new();
-    let mut missing = Vec::new();
-    for policy in policy_names(api) {
-        let own = (ns.clone(), policy.to_string());
-        let fallback = (mgr_ns.to_string(), policy.to_string());
-        if inputs.policies.contains_key(&own) {
-            used.push(own);
-        } else if inputs.policies.contains_key(&fallback) {
-            used.push(fallback);
-        } else {
-            missing.push(policy);
-        }
-    }
-    if !missing.is_empty() {
-        let places =
-            if ns == mgr_ns { format!("namespace {ns:?}") } else { format!("namespaces {ns:?} or {mgr_ns:?}") };
-        return Err((
-            reasons::POLICY_NOT_FOUND,
-            format!("ThrottlePolicy {} not found in {places}", missing.join(", ")),
-        ));
-    }
-    let key_managers = key_managers::resolve(api, mgr_ns, trusted)?;
-    let mut operations = Vec::new();
-    let mut definition_hash = String::new();
-    if api.spec.operations.is_empty()
-        && let Some(def) = &api.spec.definition
-    {
-        let r = &def.config_map_ref;
-        let text = match inputs.definitions.get(&(ns.clone(), r.name.clone(), r.key.clone())) {
-            Some(Ok(text)) => text,
-            Some(Err(why)) => return Err((reasons::DEFINITION_NOT_FOUND, why.clone())),
-            None => {
-                return Err((
-                    reasons::DEFINITION_NOT_FOUND,
-                    format!("ConfigMap {ns}/{} key {:?} not read yet", r.name, r.key),
-                ));
-            }
-        };
-        definition_hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
-        operations = operations_from_openapi(text).map_err(|e| {
-            (
-                reasons::INVALID_DEFINITION,
-                format!("OpenAPI definition in ConfigMap {ns}/{} key {:?}: {e}", r.name, r.key),
-            )
-        })?;
-    }
-    used.sort();
-    used.dedup();
-    Ok(Resolved { operations, definition_hash, policies: used, key_managers })
-}
-
-/// Whether APIs from `ns` may deploy onto the manager (Err says why not).
-pub fn namespace_allowed(
-    manager: &ApiManager,
-    ns: &str,
-    labels: &BTreeMap<String, BTreeMap<String, String>>,
-) -> Result<(), String> {
-    let allowed = &manager.spec.allowed_namespaces;
-    let mgr_ns = manager.namespace().unwrap_or_default();
-    match allowed.from {
-        NamespacesFrom::All => Ok(()),
-        NamespacesFrom::Same if ns == mgr_ns => Ok(()),
-        NamespacesFrom::Same => Err(format!("allowedNamespaces.from is Same ({mgr_ns:?})")),
-        NamespacesFrom::Selector => {
-            let Some(selector) = &allowed.selector else {
-                return Err("allowedNamespaces.from is Selector but no selector is set".into());
-            };
-            let empty = BTreeMap::new();
-            let ns_labels = labels.get(ns).unwrap_or(&empty);
-            if selector_matches(selector, ns_labels) {
-                Ok(())
-            } else {
-                Err("the namespace's labels do not match allowedNamespaces.selector".into())
-            }
-        }
-    }
 }
 
 /// Kubernetes label-selector semantics (matchLabels AND matchExpressions).

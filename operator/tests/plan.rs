@@ -85,6 +85,34 @@ impl World {
         }
     }
     fn plan(&self) -> plan::Plan {
+        self.with_inputs(plan::plan)
+    }
+
+    /// What decide() decided, one line per ApiDeployment: `deploy <url>
+    /// policies=[..] key_managers=[..] operations=N` or `refused <reason>`.
+    fn decide(&self) -> BTreeMap<Key, String> {
+        self.with_inputs(|inputs| {
+            plan::decide(inputs)
+                .apis
+                .into_iter()
+                .map(|(k, d)| {
+                    let line = match d {
+                        plan::ApiDecision::Deploy(d) => format!(
+                            "deploy {} policies={:?} key_managers={:?} operations={}",
+                            d.url,
+                            d.policies,
+                            d.key_managers,
+                            d.operations.len()
+                        ),
+                        plan::ApiDecision::Refused(o) => format!("refused {}", o.deployed.reason),
+                    };
+                    (k, line)
+                })
+                .collect()
+        })
+    }
+
+    fn with_inputs<R>(&self, f: impl FnOnce(&Inputs<'_>) -> R) -> R {
         let policies: BTreeMap<Key, &ThrottlePolicy> = self
             .policies
             .iter()
@@ -95,7 +123,7 @@ impl World {
             .iter()
             .map(|k| ((k.metadata.namespace.clone().unwrap(), k.metadata.name.clone().unwrap()), k))
             .collect();
-        plan::plan(&Inputs {
+        f(&Inputs {
             manager: &self.manager,
             apis: self.apis.iter().collect(),
             policies: &policies,
@@ -499,4 +527,80 @@ fn key_managers_from_namespaces_that_may_not_deploy_are_not_trusted() {
     let p = w.plan();
     assert!(p.key_managers[&key("team-a", "rogue-idp")].ok);
     assert!(p.files.contains_key("keymanagers/team-a_rogue-idp.yaml"));
+}
+
+#[test]
+fn decide_resolves_references_to_keys_and_refuses_with_a_reason() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "gold", T1, json!({ "context": "/a", "throttling": { "policy": "gold" } })));
+    w.apis.push(api("banking", "shared", T1, json!({ "context": "/b", "throttling": { "policy": "platform" } })));
+    w.apis.push(api("banking", "missing", T1, json!({ "context": "/c", "throttling": { "policy": "nope" } })));
+    w.apis.push(api("banking", "retired", T1, json!({ "context": "/d", "lifecycle": "Retired" })));
+    w.apis.push(api("banking", "older", T1, json!({ "context": "/e" })));
+    w.apis.push(api("banking", "newer", T2, json!({ "context": "/e" })));
+    let mut tokens = oauth2(&["central"]);
+    tokens["context"] = json!("/f");
+    w.apis.push(api("banking", "tokens", T1, tokens));
+    let mut foreign = api("elsewhere", "foreign", T1, json!({ "context": "/g" }));
+    foreign.spec.api_manager_ref.namespace = Some("banking".into());
+    w.apis.push(foreign);
+    let mut defined = api(
+        "banking",
+        "defined",
+        T1,
+        json!({ "context": "/h", "definition": { "configMapRef": { "name": "spec", "key": "openapi.yaml" } } }),
+    );
+    defined.spec.operations.clear();
+    w.apis.push(defined);
+    w.definitions.insert(
+        ("banking".into(), "spec".into(), "openapi.yaml".into()),
+        Ok("openapi: 3.0.3\npaths:\n  /x:\n    get: {}\n    post: {}\n".into()),
+    );
+    w.policies.push(policy("banking", "gold", 10));
+    w.policies.push(policy("banking", "platform", 10));
+    w.key_managers.push(key_manager("banking", "central", json!({ "name": "apim" })));
+
+    let d = w.decide();
+    let line = |name: &str| d[&key(if name == "foreign" { "elsewhere" } else { "banking" }, name)].as_str();
+    assert_eq!(line("gold"), r#"deploy /a/v3.1 policies=[("banking", "gold")] key_managers=[] operations=0"#);
+    assert_eq!(line("shared"), r#"deploy /b/v3.1 policies=[("banking", "platform")] key_managers=[] operations=0"#);
+    assert_eq!(line("missing"), "refused PolicyNotFound");
+    assert_eq!(line("retired"), "refused Retired");
+    assert!(line("older").starts_with("deploy /e/v3.1"));
+    assert_eq!(line("newer"), "refused Conflict");
+    assert_eq!(line("tokens"), r#"deploy /f/v3.1 policies=[] key_managers=[("banking", "central")] operations=0"#);
+    assert_eq!(line("foreign"), "refused NotAllowed");
+    assert_eq!(line("defined"), "deploy /h/v3.1 policies=[] key_managers=[] operations=2");
+
+    // The plan renders exactly what was decided: an artifact and a revision
+    // for each deployed API, none for a refused one.
+    let p = w.plan();
+    for (k, line) in &d {
+        let o = &p.outcomes[k];
+        let file = plan::api_file(&k.0, &k.1);
+        assert_eq!(line.starts_with("deploy"), o.revision.is_some(), "{k:?}: {line} vs {o:?}");
+        assert_eq!(line.starts_with("deploy"), p.files.contains_key(&file), "{k:?}: {line}");
+    }
+
+    // A broken definition is refused with InvalidDefinition, not rendered.
+    w.definitions.insert(("banking".into(), "spec".into(), "openapi.yaml".into()), Ok("swagger: '2.0'\n".into()));
+    assert_eq!(w.decide()[&key("banking", "defined")], "refused InvalidDefinition");
+}
+
+#[test]
+fn decide_ties_go_to_the_older_then_the_incumbent_and_deleting_apis_claim_nothing() {
+    let mut w = World::new(manager("banking", "apim", json!({})));
+    w.apis.push(api("banking", "b", T1, json!({})));
+    w.apis.push(api("banking", "a", T1, json!({})));
+    let deployed = |w: &World| -> Vec<String> {
+        w.decide().into_iter().filter(|(_, l)| l.starts_with("deploy")).map(|(k, _)| k.1).collect()
+    };
+    assert_eq!(deployed(&w), ["a"], "same second, nobody serving: name order");
+    w.serving = BTreeMap::from([(key("banking", "b"), ("/open-banking/aisp".into(), "v3.1".into()))]);
+    assert_eq!(deployed(&w), ["b"], "same second: the one serving keeps it");
+    w.apis.push(api("banking", "c", "2025-06-01T00:00:00Z", json!({})));
+    assert_eq!(deployed(&w), ["c"], "older wins over the incumbent");
+    w.apis[2].metadata.deletion_timestamp = w.apis[2].metadata.creation_timestamp.clone();
+    assert_eq!(deployed(&w), ["b"], "an API being deleted claims nothing and is not decided");
+    assert!(!w.decide().contains_key(&key("banking", "c")));
 }

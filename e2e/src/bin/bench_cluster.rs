@@ -3,9 +3,12 @@
 //!
 //! - propagation: `kubectl apply` of an ApiDeployment -> first 200 through a
 //!   gateway serving the operator's artifact folder, over `--trials` APIs;
-//! - operator scale: `--apis` ApiDeployments created at once (32 requests in
-//!   flight) -> every one Deployed, the artifacts written, the last one
-//!   served; the operator's resident memory while doing it and after.
+//! - operator scale, once per count in `--apis` (each in its own namespace
+//!   with its own operator): that many ApiDeployments created at once (32
+//!   requests in flight) -> every one Deployed, the artifacts written, the
+//!   last one served; then one of them deleted -> its route answers 404; then
+//!   the operator restarted -> artifact files it writes (must be none); the
+//!   operator's resident memory throughout.
 //!
 //! The operator runs as a local process with the chart's RBAC (as in the
 //! e2e tests). Prints one JSON object on stdout; progress goes to stderr.
@@ -15,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::{
+    api::{Api, DynamicObject},
+    runtime::{WatchStreamExt, watcher},
+};
 use serde_json::{Value, json};
 use tollgate_e2e::{
     Cluster, apply_manifest, install_crds,
@@ -28,9 +34,9 @@ struct Args {
     /// kubectl-apply -> served trials.
     #[arg(long, default_value_t = 50)]
     trials: usize,
-    /// ApiDeployments created at once for the operator scale run.
-    #[arg(long, default_value_t = 1000)]
-    apis: usize,
+    /// ApiDeployments created at once for the operator scale runs (one run per count).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    apis: Vec<usize>,
 }
 
 /// Resident and peak resident memory of a process, in MiB.
@@ -75,29 +81,51 @@ async fn main() {
     let args = Args::parse();
     let cluster = Cluster::connect().await;
     install_crds(&cluster.client).await;
-    let ns = cluster.namespace("bench").await;
-    let ns = ns.name().to_string();
-    let client = cluster.client.clone();
+    let propagation = propagation(&cluster, args.trials).await;
+    let mut scale = Vec::new();
+    for n in &args.apis {
+        scale.push(operator_scale(&cluster, *n).await);
+    }
+    println!("{}", json!({ "propagation_kubectl": propagation, "operator_scale": scale }));
+}
+
+/// A namespace with an operator (chart RBAC, leader election), its artifact
+/// volume, an ApiManager `apim`, a backend and a gateway serving the folder.
+struct Stage {
+    ns: String,
+    spec: OperatorSpec,
+    operator: Operator,
+    gateway: Gateway,
+    folder: std::path::PathBuf,
+    backend_addr: String,
+    _backend: tollgate_e2e::stack::Proc,
+    _access: OperatorAccess,
+    _volume: ArtifactVolume,
+    _ns: tollgate_e2e::TestNamespace,
+    // Last: the processes above log into it.
+    work: tempfile::TempDir,
+}
+
+async fn stage(cluster: &Cluster, prefix: &str) -> Stage {
+    let guard = cluster.namespace(prefix).await;
+    let ns = guard.name().to_string();
     let work = tempfile::tempdir().expect("tempdir");
     let artifacts = work.path().join("artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts folder");
-
-    let access = OperatorAccess::create(&cluster, &[&ns], false, work.path()).await;
-    let _volume = ArtifactVolume::create(&cluster, &ns, &artifacts).await;
-    let operator = Operator::start(&OperatorSpec {
+    let access = OperatorAccess::create(cluster, &[&ns], false, work.path()).await;
+    let volume = ArtifactVolume::create(cluster, &ns, &artifacts).await;
+    let spec = OperatorSpec {
         kubeconfig: access.kubeconfig.clone(),
         artifact_dir: artifacts.clone(),
         namespaces: vec![ns.clone()],
         identity: "bench".into(),
         leader_election: true,
         work: work.path().to_path_buf(),
-    });
-    let operator_pid = operator.proc.pid().expect("operator pid");
-    let (_backend, backend_addr) = backend(work.path(), "bench-backend");
-    let backend_addr = backend_addr.to_string();
-
+    };
+    let operator = Operator::start(&spec);
+    let (backend_proc, backend_addr) = backend(work.path(), "bench-backend");
     apply_manifest(
-        &client,
+        &cluster.client,
         &ns,
         &json!({ "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiManager", "metadata": { "name": "apim" },
                  "spec": { "pattern": "AllInOne" } }),
@@ -110,46 +138,82 @@ async fn main() {
     })
     .await;
     let gateway = Gateway::start(&folder, work.path(), &["--access-log", "false"]);
-    let rss_idle = memory_mib(operator_pid).0;
+    Stage {
+        ns,
+        work,
+        spec,
+        operator,
+        gateway,
+        folder,
+        backend_addr: backend_addr.to_string(),
+        _backend: backend_proc,
+        _access: access,
+        _volume: volume,
+        _ns: guard,
+    }
+}
 
-    // 1. kubectl apply -> served. One untimed apply first fills kubectl's
-    // discovery and OpenAPI caches, as on any machine that has used
-    // kubectl before.
-    let warmup = api_manifest("warmup", "/warmup", &backend_addr);
-    let (ok, out) = run_tool(&cluster, "kubectl", &["apply", "-n", &ns, "-f", "-"], Some(&warmup.to_string()));
+/// `kubectl apply` -> first 200 through the gateway, over `trials` APIs.
+async fn propagation(cluster: &Cluster, trials: usize) -> Value {
+    let s = stage(cluster, "bench-prop").await;
+    // One untimed apply first fills kubectl's discovery and OpenAPI caches,
+    // as on any machine that has used kubectl before.
+    let warmup = api_manifest("warmup", "/warmup", &s.backend_addr);
+    let (ok, out) = run_tool(cluster, "kubectl", &["apply", "-n", &s.ns, "-f", "-"], Some(&warmup.to_string()));
     assert!(ok, "kubectl apply failed: {out}");
-    eprintln!("bench-cluster: {} kubectl-apply trials", args.trials);
+    eprintln!("bench-cluster: {trials} kubectl-apply trials");
     let mut apply_ms = Vec::new();
     let mut served_ms = Vec::new();
-    for i in 0..args.trials {
-        let manifest = api_manifest(&format!("prop-{i}"), &format!("/prop{i}"), &backend_addr);
+    for i in 0..trials {
+        let manifest = api_manifest(&format!("prop-{i}"), &format!("/prop{i}"), &s.backend_addr);
         let started = Instant::now();
-        let (ok, out) = run_tool(&cluster, "kubectl", &["apply", "-n", &ns, "-f", "-"], Some(&manifest.to_string()));
+        let (ok, out) = run_tool(cluster, "kubectl", &["apply", "-n", &s.ns, "-f", "-"], Some(&manifest.to_string()));
         assert!(ok, "kubectl apply failed: {out}");
         apply_ms.push(started.elapsed().as_secs_f64() * 1e3);
         let path = format!("/prop{i}/v1/accounts");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while gateway.get(&path) != 200 {
-            assert!(Instant::now() < deadline, "{path} not served within 30 s:\n{}", operator.proc.log_tail());
+        while s.gateway.get(&path) != 200 {
+            assert!(Instant::now() < deadline, "{path} not served within 30 s:\n{}", s.operator.proc.log_tail());
             std::thread::sleep(Duration::from_millis(5));
         }
         served_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
     apply_ms.sort_by(f64::total_cmp);
     served_ms.sort_by(f64::total_cmp);
+    json!({
+        "trials": trials,
+        "apply_p50_ms": percentile(&apply_ms, 0.5), "apply_p99_ms": percentile(&apply_ms, 0.99),
+        "served_p50_ms": percentile(&served_ms, 0.5), "served_p99_ms": percentile(&served_ms, 0.99),
+        "served_max_ms": served_ms.last().copied().unwrap_or(0.0),
+    })
+}
 
-    // 2. Many ApiDeployments at once.
-    eprintln!("bench-cluster: {} ApiDeployments at once", args.apis);
+/// Polls `path` on the gateway until it answers `status`; the time it took.
+fn until_status(gateway: &Gateway, path: &str, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    while gateway.get(path) != status {
+        assert!(started.elapsed() < within, "{path} did not answer {status} within {within:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    started.elapsed()
+}
+
+/// `n` ApiDeployments at once, one deletion among them, an operator restart.
+async fn operator_scale(cluster: &Cluster, n: usize) -> Value {
+    let mut s = stage(cluster, "bench-scale").await;
+    let operator_pid = s.operator.proc.pid().expect("operator pid");
+    let rss_idle = memory_mib(operator_pid).0;
+    eprintln!("bench-cluster: {n} ApiDeployments at once");
     let ar = tollgate_resource("ApiDeployment").expect("kind");
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-    let names: BTreeSet<String> = (0..args.apis).map(|i| format!("scale-{i}")).collect();
+    let api: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &s.ns, &ar);
+    let names: BTreeSet<String> = (0..n).map(|i| format!("scale-{i}")).collect();
     let started = Instant::now();
     let sampler = {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = stop.clone();
+        let st = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut peak: f64 = 0.0;
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
                 peak = peak.max(memory_mib(operator_pid).0);
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -157,61 +221,107 @@ async fn main() {
         });
         (stop, handle)
     };
-    let results: Vec<_> = futures::stream::iter(names.iter().enumerate())
-        .map(|(i, name)| {
-            let client = client.clone();
-            let ns = ns.clone();
-            let manifest = api_manifest(name, &format!("/scale/{i}"), &backend_addr);
-            async move { apply_manifest(&client, &ns, &manifest).await.map_err(|e| e.to_string()) }
+    // Deployed is counted from a watch (a list of thousands of objects every
+    // few milliseconds would load the API server more than the operator does).
+    let deployed_at = {
+        let (api, names) = (api.clone(), names.clone());
+        tokio::spawn(async move {
+            let mut done = BTreeSet::new();
+            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+            while let Some(ev) = events.next().await {
+                let objs = match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => vec![o],
+                    _ => continue,
+                };
+                for o in objs {
+                    let Some(name) = o.metadata.name.clone().filter(|n| names.contains(n)) else { continue };
+                    if deployed(&o) {
+                        done.insert(name);
+                    } else {
+                        done.remove(&name);
+                    }
+                }
+                if done.len() == names.len() {
+                    return Instant::now();
+                }
+            }
+            panic!("the ApiDeployment watch ended");
         })
-        .buffer_unordered(32)
-        .collect()
-        .await;
+    };
+    let results: Vec<_> = futures::stream::iter(names.iter().map(|name| {
+        let i: usize = name.trim_start_matches("scale-").parse().expect("index");
+        (name.clone(), i)
+    }))
+    .map(|(name, i)| {
+        let client = cluster.client.clone();
+        let ns = s.ns.clone();
+        let manifest = api_manifest(&name, &format!("/scale/{i}"), &s.backend_addr);
+        async move { apply_manifest(&client, &ns, &manifest).await.map_err(|e| e.to_string()) }
+    })
+    .buffer_unordered(32)
+    .collect()
+    .await;
     let created = started.elapsed();
     let failures: Vec<_> = results.into_iter().filter_map(Result::err).collect();
     assert!(failures.is_empty(), "{} creates failed, first: {}", failures.len(), failures[0]);
-    let all_deployed = eventually(Duration::from_secs(600), "every ApiDeployment Deployed", || async {
-        let list = api.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-        let done = list
-            .items
-            .iter()
-            .filter(|o| o.metadata.name.as_ref().is_some_and(|n| names.contains(n)) && deployed(o))
-            .count();
-        if done == names.len() { Ok(started.elapsed()) } else { Err(format!("{done}/{} Deployed", names.len())) }
-    })
-    .await;
-    let last = format!("/scale/{}/v1/accounts", args.apis - 1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while gateway.get(&last) != 200 {
-        assert!(Instant::now() < deadline, "{last} not served");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let all_deployed = tokio::time::timeout(Duration::from_secs(900), deployed_at)
+        .await
+        .unwrap_or_else(|_| panic!("not every ApiDeployment Deployed within 15 min:\n{}", s.operator.proc.log_tail()))
+        .expect("watch task")
+        - started;
+    let last = format!("/scale/{}/v1/accounts", n - 1);
+    until_status(&s.gateway, &last, 200, Duration::from_secs(60));
     let all_served = started.elapsed();
+    let rss_loaded = memory_mib(operator_pid).0;
+
+    // One deletion among them: until its route answers 404.
+    let victim = n / 2;
+    let path = format!("/scale/{victim}/v1/accounts");
+    assert_eq!(s.gateway.get(&path), 200, "{path} served before the deletion");
+    let t = Instant::now();
+    api.delete(&format!("scale-{victim}"), &Default::default()).await.expect("delete");
+    until_status(&s.gateway, &path, 404, Duration::from_secs(60));
+    let delete_to_404 = t.elapsed();
+
     sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
     let rss_peak_sampled = sampler.1.join().unwrap_or(0.0);
     let (rss_after, rss_hwm) = memory_mib(operator_pid);
-    let written = std::fs::read_dir(folder.join("apis")).map(|d| d.count()).unwrap_or(0);
-    let unexpected_errors = operator.unexpected_errors();
+    let written = std::fs::read_dir(s.folder.join("apis")).map(|d| d.count()).unwrap_or(0);
+    let unexpected_errors = s.operator.unexpected_errors();
 
-    let out = json!({
-        "propagation_kubectl": {
-            "trials": args.trials,
-            "apply_p50_ms": percentile(&apply_ms, 0.5), "apply_p99_ms": percentile(&apply_ms, 0.99),
-            "served_p50_ms": percentile(&served_ms, 0.5), "served_p99_ms": percentile(&served_ms, 0.99),
-            "served_max_ms": served_ms.last().copied().unwrap_or(0.0),
-        },
-        "operator_scale": {
-            "apis": args.apis,
-            "create_s": created.as_secs_f64(),
-            "all_deployed_s": all_deployed.as_secs_f64(),
-            "last_served_s": all_served.as_secs_f64(),
-            "artifact_files": written,
-            "rss_idle_mib": rss_idle,
-            "rss_peak_mib": rss_peak_sampled.max(rss_after),
-            "rss_hwm_mib": rss_hwm,
-            "rss_after_mib": rss_after,
-            "unexpected_reconcile_errors": unexpected_errors,
-        },
-    });
-    println!("{out}");
+    // A restart over a folder that already holds the plan writes nothing.
+    s.operator.proc.signal("TERM");
+    assert_eq!(s.operator.proc.wait_exit(Duration::from_secs(30)), Some(0), "operator exit");
+    let restarted = Instant::now();
+    s.operator = Operator::start(&s.spec);
+    let replanned = eventually(Duration::from_secs(300), "the restarted operator planned the folder", || async {
+        let planned = s.operator.metric("tollgate_operator_reconciles_total{controller=\"artifacts\"}");
+        let busy = s.operator.metric("tollgate_operator_reconciles_in_flight{controller=\"artifacts\"}");
+        if planned >= 1.0 && busy == 0.0 {
+            Ok(restarted.elapsed())
+        } else {
+            Err(format!("planned {planned}, busy {busy}"))
+        }
+    })
+    .await;
+    let restart_written = s.operator.metric("tollgate_operator_artifacts_written_total")
+        + s.operator.metric("tollgate_operator_artifacts_removed_total");
+    let _ = &s.work;
+    json!({
+        "apis": n,
+        "create_s": created.as_secs_f64(),
+        "all_deployed_s": all_deployed.as_secs_f64(),
+        "deployed_after_last_create_s": (all_deployed - created).as_secs_f64(),
+        "last_served_s": all_served.as_secs_f64(),
+        "delete_to_404_ms": delete_to_404.as_secs_f64() * 1e3,
+        "artifact_files": written,
+        "rss_idle_mib": rss_idle,
+        "rss_loaded_mib": rss_loaded,
+        "rss_peak_mib": rss_peak_sampled.max(rss_after),
+        "rss_hwm_mib": rss_hwm,
+        "rss_after_mib": rss_after,
+        "unexpected_reconcile_errors": unexpected_errors,
+        "restart_replanned_s": replanned.as_secs_f64(),
+        "restart_artifact_writes": restart_written,
+    })
 }

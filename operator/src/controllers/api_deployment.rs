@@ -133,12 +133,15 @@ async fn write_status(api: &ApiDeployment, o: &Outcome, ctx: &Context) -> Result
     client.patch_status(&api.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
     ctx.metrics.status_writes.get_or_create(&crate::metrics::ControllerLabels { controller: CONTROLLER }).inc();
 
-    // Events on transitions of Accepted and Deployed.
+    // Events on transitions of Accepted and Deployed. A new API that is
+    // simply accepted and deployed raises none (its status says so; a burst
+    // of thousands would otherwise be thousands of events); a refusal does.
+    let first = before.is_empty();
     for (type_, verdict) in [(conditions::ACCEPTED, &o.accepted), (conditions::DEPLOYED, &o.deployed)] {
         let old = status::find(&before, type_);
         let changed = old.is_none_or(|c| c.reason != verdict.reason || (c.status == "True") != verdict.ok);
-        if changed {
-            let warning = !verdict.ok && verdict.reason != reasons::NOT_SERVED && verdict.reason != reasons::RETIRED;
+        let warning = !verdict.ok && verdict.reason != reasons::NOT_SERVED && verdict.reason != reasons::RETIRED;
+        if changed && (warning || !first) {
             ctx.event(api, warning, verdict.reason, verdict.message.clone()).await;
         }
     }

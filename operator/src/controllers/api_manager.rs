@@ -48,12 +48,37 @@ pub fn controller(
     config: &Config,
     managers: impl futures::Stream<Item = Result<ApiManager, watcher::Error>> + Send + 'static,
     store: kube::runtime::reflector::Store<ApiManager>,
+    (queues, metrics): (Arc<crate::queue::Queues>, Arc<crate::metrics::Metrics>),
 ) -> Controller<ApiManager> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector::ObjectRef};
+    // The StatefulSets it owns (what `owns` does, with the trigger counted).
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
-    Controller::for_stream(managers, store).owns(scoped::<StatefulSet>(client, config), owned)
+    let owners = watcher(scoped::<StatefulSet>(client, config), owned)
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|s| async move { s.ok() })
+        .flat_map(|s: StatefulSet| {
+            let ns = s.namespace();
+            let refs: Vec<ObjectRef<ApiManager>> = s
+                .owner_references()
+                .iter()
+                .filter(|o| o.kind == "ApiManager" && o.api_version == tollgate_crds::API_VERSION)
+                .map(|o| {
+                    let r = ObjectRef::new(&o.name);
+                    match &ns {
+                        Some(ns) => r.within(ns),
+                        None => r,
+                    }
+                })
+                .collect();
+            futures::stream::iter(refs)
+        });
+    Controller::for_stream(managers, store).reconcile_on(super::counted_refs(owners, &queues, &metrics, CONTROLLER))
 }
 
 pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.started(CONTROLLER, &*m);
     if !ctx.watched(m.namespace().as_deref()) || m.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, ResourceExt,
     runtime::{controller::Action, reflector::ObjectRef},
@@ -32,6 +32,7 @@ const CONTROLLER: &str = "artifacts";
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 pub async fn reconcile(manager: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.started(CONTROLLER, &*manager);
     if !ctx.watched(manager.namespace().as_deref()) || manager.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -39,8 +40,7 @@ pub async fn reconcile(manager: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Ac
     let key = (manager.namespace().unwrap_or_default(), manager.name_any());
     let unwatched = sync(&manager, &key, &ctx).await?;
     ctx.failures.reset(&super::failure_key(CONTROLLER, &*manager));
-    // Namespace labels and definitions in ConfigMaps are not watched: look
-    // again now and then.
+    // Namespace labels are not watched: look again now and then.
     Ok(Action::requeue(if unwatched { Duration::from_secs(60) } else { Duration::from_secs(600) }))
 }
 
@@ -217,7 +217,7 @@ async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
     for (ns, name) in ctx.decisions.publish_key_managers(key, verdicts) {
         let _ = ctx.requeue_key_manager.send(ObjectRef::new(&name).within(&ns));
     }
-    Ok(selector || apis.iter().any(|a| a.spec.definition.is_some()))
+    Ok(selector)
 }
 
 /// Labels of `namespaces` (the manager selects namespaces by label), and
@@ -243,7 +243,8 @@ async fn namespace_labels(
     Ok((out, None))
 }
 
-/// The OpenAPI documents the manager's APIs derive their operations from.
+/// The OpenAPI documents the manager's APIs derive their operations from
+/// (read only when their ConfigMap changed since they were last read).
 async fn definitions(ctx: &Context, apis: &[Arc<ApiDeployment>]) -> Result<Definitions> {
     let mut out = Definitions::new();
     for api in apis {
@@ -257,16 +258,8 @@ async fn definitions(ctx: &Context, apis: &[Arc<ApiDeployment>]) -> Result<Defin
         if out.contains_key(&key) {
             continue;
         }
-        let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-        let value = match maps.get_opt(&r.name).await? {
-            None => Err(format!("ConfigMap {ns}/{} not found", r.name)),
-            Some(cm) => cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(&r.key).cloned())
-                .ok_or_else(|| format!("ConfigMap {ns}/{} has no key {:?}", r.name, r.key)),
-        };
-        out.insert(key, value);
+        let value = ctx.definitions.get(&ctx.client, &ctx.config_maps, &ns, &r.name, &r.key).await?;
+        out.insert(key, (*value).clone());
     }
     Ok(out)
 }

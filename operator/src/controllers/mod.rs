@@ -9,6 +9,8 @@ pub mod throttle_policy;
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::core::PartialObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -25,11 +27,13 @@ use tollgate_crds::{ApiDeployment, ApiManager, KeyManager, ThrottlePolicy};
 use crate::{
     config::Config,
     decisions::Decisions,
+    definitions::DefinitionCache,
     error::{Error, Result},
     folder::Folders,
     index::Index,
     metrics::Metrics,
     plan::Key,
+    queue::Queues,
     workload::WorkloadConfig,
 };
 
@@ -47,8 +51,14 @@ pub struct Context {
     pub apis: Store<ApiDeployment>,
     pub policies: Store<ThrottlePolicy>,
     pub key_managers: Store<KeyManager>,
+    /// Metadata of the ConfigMaps in the watched scope (definitions are read on change).
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    /// OpenAPI definitions read from ConfigMaps, by resourceVersion.
+    pub definitions: Arc<DefinitionCache>,
     pub folders: Folders,
     pub metrics: Arc<Metrics>,
+    /// What each controller's queue holds (the queue_depth metric).
+    pub queues: Arc<Queues>,
     pub recorder: Recorder,
     /// Which managers a change touches.
     pub index: Arc<Index>,
@@ -66,7 +76,7 @@ pub struct Context {
     pub gate: crate::leader::Gate,
     /// Consecutive failures per object, for the error backoff.
     pub failures: Failures,
-    /// One flag per cache (managers, APIs, policies, key managers): true after the initial list.
+    /// One flag per cache (managers, APIs, policies, key managers, ConfigMaps): true after the initial list.
     pub ready: Vec<watch::Receiver<bool>>,
 }
 
@@ -82,11 +92,21 @@ pub fn cached<K>(
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
+    cache_of(watcher(api, wc), on_event)
+}
+
+fn cache_of<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static, watch::Receiver<bool>)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     let (tx, rx) = watch::channel(false);
     // The caches keep no managedFields and no last-applied annotation: at
     // thousands of objects they are most of the memory, and nothing reads them.
-    let slim = watcher(api, wc).default_backoff().modify(|o: &mut K| {
+    let slim = events.default_backoff().modify(|o: &mut K| {
         o.managed_fields_mut().clear();
         o.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
     });
@@ -127,6 +147,11 @@ impl Context {
     pub fn watched(&self, namespace: Option<&str>) -> bool {
         let list = &self.config.watch_namespaces;
         list.len() <= 1 || namespace.is_some_and(|ns| list.iter().any(|w| w == ns))
+    }
+
+    /// A reconcile of `obj` by `controller` starts: it leaves the queue.
+    pub fn started<K: Resource<DynamicType = ()>>(&self, controller: &'static str, obj: &K) {
+        self.queues.started(&self.metrics, controller, &ObjectRef::from(obj));
     }
 
     /// Err(NotLeader) unless this replica may write now; asked before every write.
@@ -221,6 +246,7 @@ where
 {
     use kube::ResourceExt;
     use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+    ctx.started(controller, &*obj);
     if !ctx.watched(obj.namespace().as_deref()) {
         return Ok(Action::await_change());
     }
@@ -297,6 +323,7 @@ pub async fn run(
     let wc = watcher::Config::default();
     let index = Arc::new(Index::default());
     let decisions = Arc::new(Decisions::default());
+    let queues = Arc::new(Queues::default());
     let (plan_tx, plan_rx) = mpsc::unbounded_channel::<ObjectRef<ApiManager>>();
     let (api_tx, api_rx) = mpsc::unbounded_channel::<ObjectRef<ApiDeployment>>();
     let (km_tx, km_rx) = mpsc::unbounded_channel::<ObjectRef<KeyManager>>();
@@ -366,11 +393,40 @@ pub async fn run(
             }
             _ => {}
         });
-    let manager_ctrl = api_manager::controller(&client, &config, manager_stream, managers.clone());
-    let policy_ctrl = Controller::for_stream(policy_stream, policies.clone());
+    // ConfigMaps: metadata only; a new resourceVersion of one that an API
+    // derives its operations from plans that API's manager (the data is read
+    // then). A deleted one is forgotten.
+    let definitions = Arc::new(DefinitionCache::default());
+    let (plan, idx, read) = (plan_tx.clone(), index.clone(), definitions.clone());
+    let (config_maps, config_map_stream, config_maps_ready) =
+        cached(scoped::<PartialObjectMeta<ConfigMap>>(&client, &config), wc.clone(), move |ev| match ev {
+            watcher::Event::Apply(m) | watcher::Event::InitApply(m) | watcher::Event::Delete(m) => {
+                let (ns, name) = (m.namespace().unwrap_or_default(), m.name_any());
+                if matches!(ev, watcher::Event::Delete(_)) {
+                    read.forget(&ns, &name);
+                }
+                for manager in idx.config_map(&ns, &name) {
+                    let _ = plan.send(manager_ref(&manager));
+                }
+            }
+            _ => {}
+        });
+    // Every trigger is counted into its controller's queue.
+    let manager_ctrl = api_manager::controller(
+        &client,
+        &config,
+        counted(manager_stream, &queues, &metrics, "apimanager"),
+        managers.clone(),
+        (queues.clone(), metrics.clone()),
+    );
+    let policy_ctrl =
+        Controller::for_stream(counted(policy_stream, &queues, &metrics, "throttlepolicy"), policies.clone());
     let key_manager_ctrl =
-        Controller::for_stream(key_manager_stream, key_managers.clone()).reconcile_on(ReceiverStream(km_rx));
-    let api_ctrl = Controller::for_stream(api_stream, apis.clone()).reconcile_on(ReceiverStream(api_rx));
+        Controller::for_stream(counted(key_manager_stream, &queues, &metrics, "keymanager"), key_managers.clone())
+            .reconcile_on(counted_refs(ReceiverStream(km_rx), &queues, &metrics, "keymanager"));
+    let api_ctrl = Controller::for_stream(counted(api_stream, &queues, &metrics, "apideployment"), apis.clone())
+        .reconcile_on(counted_refs(ReceiverStream(api_rx), &queues, &metrics, "apideployment"));
+    let plan_rx = counted_refs(ReceiverStream(plan_rx), &queues, &metrics, "artifacts");
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(identity.clone()) };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -379,8 +435,11 @@ pub async fn run(
         apis,
         policies,
         key_managers,
+        config_maps,
+        definitions,
         folders: Folders::default(),
         metrics,
+        queues,
         recorder: Recorder::new(client.clone(), reporter),
         index,
         decisions,
@@ -390,7 +449,7 @@ pub async fn run(
         identity,
         gate,
         failures: Failures::default(),
-        ready: vec![managers_ready, apis_ready, policies_ready, key_managers_ready],
+        ready: vec![managers_ready, apis_ready, policies_ready, key_managers_ready, config_maps_ready],
         config,
     });
     let cfg = kube::runtime::controller::Config::default().concurrency(concurrency);
@@ -424,7 +483,7 @@ pub async fn run(
         async move {
             ctx.caches_ready().await;
             Controller::for_stream(futures::stream::pending(), ctx.managers.clone())
-                .reconcile_on(ReceiverStream(plan_rx))
+                .reconcile_on(plan_rx)
                 .with_config(cfg.clone().debounce(artifacts::DEBOUNCE))
                 .shutdown_on_signal()
                 .run(artifacts::reconcile, artifacts::error_policy, ctx.clone())
@@ -440,12 +499,13 @@ pub async fn run(
             ready.store(true, std::sync::atomic::Ordering::Release);
         });
     }
+    // The ConfigMap cache has no controller of its own: drive its stream.
+    let config_maps = config_map_stream.for_each(|_| async {});
     let sweeper = api_manager::sweep_orphans(ctx.clone());
-    let depth = sample_queue_depth(ctx.clone());
     tokio::select! {
         _ = futures::future::join5(managers, apis, policies, key_managers, folders) => {}
         _ = sweeper => {}
-        _ = depth => {}
+        _ = config_maps => {}
     }
     Ok(())
 }
@@ -460,23 +520,30 @@ impl<T> futures::Stream for ReceiverStream<T> {
     }
 }
 
-/// Objects in `store` whose status lags their generation.
-pub fn behind<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, observed: impl Fn(&K) -> Option<i64>) -> i64 {
-    store.state().iter().filter(|o| o.meta().generation.is_some() && observed(o) < o.meta().generation).count() as i64
+/// A controller's object stream, each object counted into its queue.
+pub fn counted<K: Resource<DynamicType = ()>>(
+    stream: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    queues: &Arc<Queues>,
+    metrics: &Arc<Metrics>,
+    controller: &'static str,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    let (queues, metrics) = (queues.clone(), metrics.clone());
+    stream.inspect(move |r| {
+        if let Ok(o) = r {
+            queues.queued(&metrics, controller, &ObjectRef::from(o));
+        }
+    })
 }
 
-async fn sample_queue_depth(ctx: Arc<Context>) {
-    ctx.caches_ready().await;
-    loop {
-        let set = |controller: &'static str, n: i64| {
-            ctx.metrics.queue_depth.get_or_create(&crate::metrics::ControllerLabels { controller }).set(n);
-        };
-        set("apimanager", behind(&ctx.managers, |m| m.status.as_ref().and_then(|s| s.observed_generation)));
-        set("apideployment", behind(&ctx.apis, |a| a.status.as_ref().and_then(|s| s.observed_generation)));
-        set("throttlepolicy", behind(&ctx.policies, |p| p.status.as_ref().and_then(|s| s.observed_generation)));
-        set("keymanager", behind(&ctx.key_managers, |k| k.status.as_ref().and_then(|s| s.observed_generation)));
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
+/// A trigger stream of object references, each counted into the queue.
+pub fn counted_refs<K: Resource<DynamicType = ()>>(
+    stream: impl futures::Stream<Item = ObjectRef<K>> + Send + 'static,
+    queues: &Arc<Queues>,
+    metrics: &Arc<Metrics>,
+    controller: &'static str,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static {
+    let (queues, metrics) = (queues.clone(), metrics.clone());
+    stream.inspect(move |o| queues.queued(&metrics, controller, o))
 }
 
 fn log_result<K: Resource, W: std::fmt::Display>(

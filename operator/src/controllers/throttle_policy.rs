@@ -38,6 +38,7 @@ pub fn check(p: &ThrottlePolicy) -> Verdict {
 }
 
 pub async fn reconcile(p: Arc<ThrottlePolicy>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.started(CONTROLLER, &*p);
     if !ctx.watched(p.namespace().as_deref()) {
         return Ok(Action::await_change());
     }
