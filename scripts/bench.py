@@ -504,7 +504,7 @@ def section_soak(env, a):
 
 
 def section_cluster(env, a):
-    args = ["--trials", "10", "--apis", "100"] if a.quick else ["--trials", "50", "--apis", "1000"]
+    args = ["--trials", "10", "--apis", "100"] if a.quick else ["--trials", "50", "--apis", "1000,10000"]
     run_env = dict(os.environ, TOLLGATE_E2E_PROFILE="release")
     out = subprocess.run([os.path.join(ROOT, "e2e", "cluster", "with-cluster.sh"), BENCH_CLUSTER, *args],
                          cwd=ROOT, env=run_env, stdout=subprocess.PIPE, text=True)
@@ -544,6 +544,9 @@ def main():
     ap.add_argument("--sections", default=None, help=f"comma-separated, of {','.join(SECTIONS)}")
     ap.add_argument("--soak-rate", type=int, default=4000, help="requests per second of the soak")
     ap.add_argument("--out", default=None, help="JSON output file")
+    ap.add_argument("--merge", metavar="WHY", default=None,
+                    help="with --sections: put the figures of these sections into docs/benchmarks.json (the last "
+                         "full run) and rewrite docs/benchmarks.md, noting the commit, the date and WHY")
     a = ap.parse_args()
     sections = a.sections.split(",") if a.sections else [s for s in SECTIONS if not (a.quick and s == "cluster")]
     for s in sections:
@@ -583,6 +586,24 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     full = not a.quick and a.sections is None
+    if a.merge and not full and not a.quick:
+        out_json = os.path.join(ROOT, "docs", "benchmarks.json")
+        with open(out_json) as f:
+            merged = json.load(f)
+        m = results["machine"]
+        for s in sections:
+            merged[s] = results[s]
+            merged[s + "_seconds"] = results[s + "_seconds"]
+            merged.setdefault("reruns", {})[s] = {"commit": m["commit"], "date": m["date"], "why": a.merge}
+            if s == "cluster":
+                merged.pop("cluster_rerun", None)  # the older form of this note
+        with open(out_json, "w") as f:
+            json.dump(merged, f, indent=1)
+        print(summary_text(results))
+        import bench_doc  # noqa: E402 (scripts/bench_doc.py)
+        bench_doc.write(merged, os.path.join(ROOT, "docs", "benchmarks.md"))
+        print(f"merged {', '.join(sections)} into {out_json} and wrote docs/benchmarks.md")
+        return
     out_json = a.out or (os.path.join(ROOT, "docs", "benchmarks.json") if full
                          else os.path.join(ROOT, "target", "bench", "benchmarks-quick.json"))
     os.makedirs(os.path.dirname(out_json), exist_ok=True)
@@ -594,6 +615,12 @@ def main():
         import bench_doc  # noqa: E402 (scripts/bench_doc.py)
         bench_doc.write(results, os.path.join(ROOT, "docs", "benchmarks.md"))
         print("wrote docs/benchmarks.md")
+
+
+def scale_runs(cluster):
+    """The operator scale runs of a cluster section (one object in older figures)."""
+    o = cluster["operator_scale"]
+    return o if isinstance(o, list) else [o]
 
 
 def summary_text(r):
@@ -629,9 +656,11 @@ def summary_text(r):
         c = r["cluster"]
         lines.append(f"kubectl apply -> served: p50 {c['propagation_kubectl']['served_p50_ms']:.0f} ms, "
                      f"p99 {c['propagation_kubectl']['served_p99_ms']:.0f} ms")
-        o = c["operator_scale"]
-        lines.append(f"operator {o['apis']} ApiDeployments: all Deployed {o['all_deployed_s']:.1f} s, "
-                     f"RSS peak {o['rss_peak_mib']:.0f} MiB")
+        for o in scale_runs(c):
+            lines.append(f"operator {o['apis']} ApiDeployments: all Deployed {o['all_deployed_s']:.1f} s "
+                         f"({o.get('deployed_after_last_create_s', 0):.1f} s after the last create), "
+                         f"RSS peak {o['rss_peak_mib']:.0f} MiB, deletion -> 404 "
+                         f"{o.get('delete_to_404_ms', 0):.0f} ms, restart writes {o.get('restart_artifact_writes', 0):.0f}")
     return "\n".join(lines)
 
 

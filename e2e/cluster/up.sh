@@ -79,6 +79,14 @@ start() {
   (cd "${STATE_DIR}" && exec setsid "${bin}" "$@" </dev/null >"${LOGS}/${name}.log" 2>&1) &
   pid=$!
   echo "${pid}" >"${PIDS}/${name}.pid"
+  # Until the subshell has exec'd, its command line is bash's and pid_alive
+  # would call the component dead: wait for the exec (or the exit).
+  local i
+  for ((i = 0; i < 200; i++)); do
+    pid_alive "${name}" && break
+    [[ -d "/proc/${pid}" ]] || break
+    sleep 0.05
+  done
   log "started ${name} (pid ${pid})"
 }
 
