@@ -222,6 +222,22 @@ impl FileCache {
 /// `cache` and leaves the results of this load in it (files that are gone
 /// are forgotten).
 pub fn load_dir_cached(dir: &Path, cache: &mut FileCache) -> Result<LoadReport, Box<LoadError>> {
+    let listing = list_dir(dir)?;
+    Ok(load_listing_cached(listing, cache))
+}
+
+/// The manifest files of a folder, each with the stamp it had when listed
+/// (`None`: it vanished meanwhile), and the folders that could not be read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub files: Vec<(PathBuf, Option<FileStamp>)>,
+    pub errors: Vec<LoadError>,
+}
+
+/// Lists a folder's manifests with their stamps: one walk and one stat per
+/// file, which a reload compares with the last listing and then loads.
+/// Fails only when `dir` itself cannot be read.
+pub fn list_dir(dir: &Path) -> Result<Listing, Box<LoadError>> {
     let folder_error = |message: String| {
         Box::new(LoadError { file: dir.to_path_buf(), document: None, line: 0, object: None, field: None, message })
     };
@@ -229,32 +245,42 @@ pub fn load_dir_cached(dir: &Path, cache: &mut FileCache) -> Result<LoadReport, 
     if !meta.is_dir() {
         return Err(folder_error("not a folder".into()));
     }
-    let mut report = LoadReport::default();
-    let (files, folder_errors) = manifest_files(dir);
-    report.errors.extend(folder_errors);
-    let mut next = HashMap::with_capacity(files.len());
-    for file in files {
-        // The stamp is taken before reading: a write racing the read gives
-        // a newer stamp, so the next load reads the file again.
-        let stamp = std::fs::metadata(&file).ok().map(|m| FileStamp::of(&m));
-        let cached = cache.files.remove(&file).filter(|c| stamp.is_some() && Some(c.stamp) == stamp);
+    let (files, errors) = manifest_files(dir);
+    // The stamp is taken before reading: a write racing the read gives a
+    // newer stamp, so the next load reads the file again.
+    let files = files
+        .into_iter()
+        .map(|f| {
+            let stamp = std::fs::metadata(&f).ok().map(|m| FileStamp::of(&m));
+            (f, stamp)
+        })
+        .collect();
+    Ok(Listing { files, errors })
+}
+
+/// Loads the files of a [`Listing`], reusing the parse results of files
+/// whose stamp is unchanged from `cache` and leaving this load's in it.
+pub fn load_listing_cached(listing: Listing, cache: &mut FileCache) -> LoadReport {
+    let mut report = LoadReport { errors: listing.errors, ..LoadReport::default() };
+    // Files not remembered are read, parsed and checked on every core
+    // (startup reads them all); the rest come from the cache.
+    let stamps: Vec<(PathBuf, Option<FileStamp>, Option<CachedFile>)> = listing
+        .files
+        .into_iter()
+        .map(|(file, stamp)| {
+            let cached = cache.files.remove(&file).filter(|c| stamp.is_some() && Some(c.stamp) == stamp);
+            (file, stamp, cached)
+        })
+        .collect();
+    let to_read: Vec<(usize, &Path)> =
+        stamps.iter().enumerate().filter(|(_, (_, _, c))| c.is_none()).map(|(i, (f, _, _))| (i, f.as_path())).collect();
+    let mut parsed: HashMap<usize, (Vec<Loaded>, Vec<LoadError>)> = parse_files(&to_read);
+    let mut next = HashMap::with_capacity(stamps.len());
+    for (i, (file, stamp, cached)) in stamps.into_iter().enumerate() {
         let entry = match cached {
             Some(c) => c,
             None => {
-                let (loaded, errors) = match read_limited(&file) {
-                    Ok(text) => load_str(&file, &text),
-                    Err(message) => (
-                        Vec::new(),
-                        vec![LoadError {
-                            file: file.clone(),
-                            document: None,
-                            line: 0,
-                            object: None,
-                            field: None,
-                            message,
-                        }],
-                    ),
-                };
+                let (loaded, errors) = parsed.remove(&i).unwrap_or_default();
                 match stamp {
                     Some(stamp) if stamp.settled() => CachedFile { stamp, loaded, errors },
                     _ => {
@@ -275,7 +301,39 @@ pub fn load_dir_cached(dir: &Path, cache: &mut FileCache) -> Result<LoadReport, 
     }
     cache.files = next;
     reject_duplicates(&mut report);
-    Ok(report)
+    report
+}
+
+/// Reads, parses and checks `files` (index, path), split over the
+/// available cores when there are many.
+fn parse_files(files: &[(usize, &Path)]) -> HashMap<usize, (Vec<Loaded>, Vec<LoadError>)> {
+    let one = |&(i, file): &(usize, &Path)| {
+        let result = match read_limited(file) {
+            Ok(text) => load_str(file, &text),
+            Err(message) => (
+                Vec::new(),
+                vec![LoadError {
+                    file: file.to_path_buf(),
+                    document: None,
+                    line: 0,
+                    object: None,
+                    field: None,
+                    message,
+                }],
+            ),
+        };
+        (i, result)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads < 2 || files.len() < 64 {
+        return files.iter().map(one).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> =
+            files.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>())).collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 fn read_limited(file: &Path) -> Result<String, String> {
@@ -304,10 +362,11 @@ pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<LoadError>) {
     // `..data` folders) are skipped, symlinks followed (a ConfigMap volume
     // links every key into `..data/`); the entry type comes with the folder
     // listing, so only symlinks cost a stat. Symlink loops are detected.
+    // (Sorted once at the end: comparing walkdir entries re-parses their
+    // paths at every comparison.)
     let walker = walkdir::WalkDir::new(dir)
         .follow_links(true)
         .max_depth(MAX_DEPTH + 1)
-        .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| e.depth() == 0 || e.file_name().to_str().is_some_and(|n| !n.starts_with('.')));
     for entry in walker {
@@ -328,6 +387,11 @@ pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<LoadError>) {
             },
         }
     }
+    // File-name order at every level: the order of a depth-first walk
+    // that lists each folder sorted by name.
+    files.sort_by_cached_key(|p| {
+        p.strip_prefix(dir).unwrap_or(p).components().map(|c| c.as_os_str().to_owned()).collect::<Vec<_>>()
+    });
     (files, errors)
 }
 

@@ -6,6 +6,7 @@
 //! Running the same schema the apiserver runs means a folder of manifests is
 //! judged the same way with or without a cluster.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
@@ -30,7 +31,14 @@ impl std::fmt::Display for FieldError {
 
 struct KindSchema {
     schema: Value,
-    cel: Mutex<(Validator, CompiledSchema)>,
+}
+
+thread_local! {
+    /// The CEL validator and compiled rules of each kind, per thread (the
+    /// evaluator is not shared between threads; compiling takes
+    /// milliseconds, once per thread and kind), so that files are checked
+    /// in parallel.
+    static CEL: RefCell<HashMap<String, (Validator, CompiledSchema)>> = RefCell::new(HashMap::new());
 }
 
 static SCHEMAS: LazyLock<HashMap<String, KindSchema>> = LazyLock::new(|| {
@@ -44,8 +52,7 @@ static SCHEMAS: LazyLock<HashMap<String, KindSchema>> = LazyLock::new(|| {
                 .and_then(|s| s.open_api_v3_schema.as_ref())
                 .map(|s| serde_json::to_value(s).expect("schema serializes"))
                 .unwrap_or(Value::Null);
-            let compiled = compile_schema(&schema);
-            (kind, KindSchema { schema, cel: Mutex::new((Validator::new(), compiled)) })
+            (kind, KindSchema { schema })
         })
         .collect()
 });
@@ -68,12 +75,13 @@ pub fn validate_object(kind: &str, object: &Value) -> Result<(), Vec<FieldError>
     if !errors.is_empty() {
         return Err(errors);
     }
-    let guard = ks.cel.lock().unwrap_or_else(|p| p.into_inner());
-    let (validator, compiled) = &*guard;
-    if let Err(cel_errors) = validator.validate_compiled(compiled, &body, None) {
-        for e in cel_errors.into_vec() {
-            errors.push(FieldError { path: e.field_path.trim_start_matches('.').to_string(), message: e.message });
-        }
+    let cel_errors = CEL.with_borrow_mut(|kinds| {
+        let (validator, compiled) =
+            kinds.entry(kind.to_string()).or_insert_with(|| (Validator::new(), compile_schema(&ks.schema)));
+        validator.validate_compiled(compiled, &body, None).err()
+    });
+    for e in cel_errors.map(|e| e.into_vec()).unwrap_or_default() {
+        errors.push(FieldError { path: e.field_path.trim_start_matches('.').to_string(), message: e.message });
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }

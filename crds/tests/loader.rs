@@ -287,3 +287,51 @@ fn arbitrary_bytes_in_a_folder_are_an_error_not_a_panic() {
     let report = load_dir(tmp.path()).unwrap();
     assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
 }
+
+#[test]
+fn a_large_folder_read_in_parallel_keeps_file_order_and_attributes_each_error() {
+    // Enough files that they are read on several threads: the report must be
+    // what one file after another gives (file-name order, each error on its
+    // own file, duplicates across threads found).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for i in 0..300 {
+        let text = match i {
+            17 => "kind: [".to_string(),
+            150 => API.replace("/open-banking/aisp", "relative"),
+            // The same object as file 000: a duplicate.
+            299 => API.replace("context: /open-banking/aisp", "context: /svc0"),
+            _ => API
+                .replace("name: accounts", &format!("name: api-{i:03}"))
+                .replace("/open-banking/aisp", &format!("/svc{i}")),
+        };
+        write(dir, &format!("apis/{i:03}.yaml"), &text);
+    }
+    write(dir, "apis/000.yaml", &API.replace("/open-banking/aisp", "/svc0"));
+    let report = load_dir(dir).unwrap();
+    let names: Vec<String> = report.api_deployments().map(|a| a.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names.len(), 297, "300 files, one broken, one invalid, one duplicate: {:?}", report.errors);
+    assert_eq!(names[0], "accounts");
+    assert_eq!(names[1], "api-001");
+    assert!(names.windows(2).skip(1).all(|w| w[0] < w[1]), "file-name order");
+    let files_with_errors: Vec<String> =
+        report.errors.iter().map(|e| e.file.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    for f in ["017.yaml", "150.yaml", "299.yaml"] {
+        assert!(files_with_errors.iter().any(|e| e == f), "{f} reported: {:#?}", report.errors);
+    }
+    assert_eq!(report.files.len(), 300);
+    assert_eq!(report, load_dir(dir).unwrap(), "the same every time");
+}
+
+#[test]
+fn files_are_listed_depth_first_in_file_name_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for rel in ["c/d/e.yaml", "b.yaml", "a-x.yaml", "a/z.yaml", "a/b/y.yaml", ".hidden/h.yaml", "notes.txt"] {
+        write(dir, rel, POLICY);
+    }
+    let (files, errors) = tollgate_crds::loader::manifest_files(dir);
+    assert!(errors.is_empty(), "{errors:?}");
+    let rel: Vec<String> = files.iter().map(|f| f.strip_prefix(dir).unwrap().display().to_string()).collect();
+    assert_eq!(rel, ["a/b/y.yaml", "a/z.yaml", "a-x.yaml", "b.yaml", "c/d/e.yaml"]);
+}

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use notify::Watcher;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tollgate_crds::loader::{FileCache, FileStamp, LoadError, load_dir_cached, manifest_files};
+use tollgate_crds::loader::{FileCache, FileStamp, Listing, LoadError, list_dir, load_listing_cached};
 use tollgate_crds::{ObjectRef, Resource};
 
 use crate::runtime::Shared;
@@ -120,21 +120,21 @@ impl Reloader {
         Reloader { dir, state, last_good: HashMap::new(), fingerprint: None, settle, cache: FileCache::default() }
     }
 
-    fn fingerprint(&self) -> Fingerprint {
-        let (files, _) = manifest_files(&self.dir);
-        files.into_iter().filter_map(|f| std::fs::metadata(&f).ok().map(|m| (f, FileStamp::of(&m)))).collect()
-    }
-
     /// Waits until no manifest was modified within the settle time (files
-    /// still being written), for at most 2 s.
-    fn settled_fingerprint(&self) -> Fingerprint {
+    /// still being written), for at most 2 s. The listing is what the
+    /// reload then loads: the folder is walked and stat'ed once per look.
+    fn settled_listing(&self) -> Result<Listing, Box<LoadError>> {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         loop {
-            let fp = self.fingerprint();
+            let listing = list_dir(&self.dir)?;
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-            let fresh = fp.iter().any(|(_, f)| now - f.changed_ns() < self.settle.as_nanos() as i128);
+            let fresh = listing
+                .files
+                .iter()
+                .flat_map(|(_, s)| s)
+                .any(|s| now - s.changed_ns() < self.settle.as_nanos() as i128);
             if !fresh || std::time::Instant::now() >= deadline {
-                return fp;
+                return Ok(listing);
             }
             std::thread::sleep(self.settle);
         }
@@ -142,15 +142,22 @@ impl Reloader {
 
     /// Reloads when the folder changed (or always with `force`).
     pub fn reload(&mut self, force: bool) -> Outcome {
-        let fp = self.settled_fingerprint();
-        if !force && self.fingerprint.as_ref() == Some(&fp) {
-            return Outcome::Unchanged;
-        }
+        let listing = self.settled_listing();
+        // Timed from the settled listing (the wait for writers is not reload work).
         let started = std::time::Instant::now();
-        let outcome = self.rebuild();
+        let (outcome, fp) = match listing {
+            Ok(listing) => {
+                let fp: Fingerprint = listing.files.iter().filter_map(|(f, s)| s.map(|s| (f.clone(), s))).collect();
+                if !force && self.fingerprint.as_ref() == Some(&fp) {
+                    return Outcome::Unchanged;
+                }
+                (self.rebuild(Ok(listing)), Some(fp))
+            }
+            Err(e) => (self.rebuild(Err(e)), None),
+        };
         let took = started.elapsed();
         if outcome != Outcome::Failed {
-            self.fingerprint = Some(fp);
+            self.fingerprint = fp;
         }
         let metrics = &self.state.shared.metrics;
         metrics.reload_duration.0.observe(took.as_secs_f64());
@@ -164,9 +171,9 @@ impl Reloader {
         outcome
     }
 
-    fn rebuild(&mut self) -> Outcome {
-        let report = match load_dir_cached(&self.dir, &mut self.cache) {
-            Ok(r) => r,
+    fn rebuild(&mut self, listing: Result<Listing, Box<LoadError>>) -> Outcome {
+        let report = match listing {
+            Ok(listing) => load_listing_cached(listing, &mut self.cache),
             Err(e) => {
                 let mut st = self.state.status.lock();
                 st.errors = vec![status_error(&e, !self.last_good.is_empty())];
