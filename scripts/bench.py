@@ -40,6 +40,8 @@ import json
 import os
 import platform
 import re
+import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -191,6 +193,41 @@ def wrk(port, path, seconds, conns=32, headers=()):
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process and its children (nginx workers)."""
+    if pid is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def measured(run, pids):
+    """Runs `run()` (one load-generator run) and adds the CPU microseconds per
+    request of each process in `pids` (name -> pid) and of the load generator."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    r = run()
+    elapsed = time.monotonic() - t0
+    ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    requests = max(r["rps"] * elapsed, 1)
+    cpu = {name: (cpu_seconds(pid) - before[name]) * 1e6 / requests for name, pid in pids.items()}
+    cpu["loadgen"] = ((ru2.ru_utime - ru.ru_utime) + (ru2.ru_stime - ru.ru_stime)) * 1e6 / requests
+    r["cpu_us_per_req"] = {k: round(v, 1) for k, v in cpu.items()}
+    return r
+
+
 def tls_bench(port, path, seconds, pki, headers=(), conns=32):
     """Closed-loop HTTPS with the bench client certificate (wrk has none)."""
     args = [TLS_BENCH, "--url", f"https://127.0.0.1:{port}{path}", "--ca", os.path.join(pki, "ca.pem"),
@@ -273,12 +310,27 @@ def section_proxy(env, a):
             api_doc("mtlsjwt", "/mtlsjwt", be, " security: {oauth2: {}, mtls: {required: true}},"),
         ]))
     out = {}
+    # The peers as API gateways, per their documented recipes: an API-key
+    # check (nginx map, HAProxy map file), a per-key request-rate limit that
+    # never trips (nginx limit_req, HAProxy stick-table), the key stripped
+    # before the backend, upstream keep-alive. Same key length as tollgate's.
+    peer_key = secrets.token_urlsafe(30)
+    keys_map = os.path.join(work, "apikeys.map")
+    with open(keys_map, "w") as f:
+        f.write(f"{peer_key} bench\n")
     for workers in workers_list:
-        ports = {"nginx": free_port(), "haproxy": free_port()}
+        ports = {"nginx": free_port(), "haproxy": free_port(), "nginx+key+limit": free_port(),
+                 "haproxy+key+limit": free_port()}
+        proxy = "proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";"
         conf = nginx_conf(work, f"proxy{workers}", workers,
                           f"upstream be {{ server 127.0.0.1:{be}; keepalive 64; }}\n"
-                          f"server {{ listen 127.0.0.1:{ports['nginx']}; location / {{ proxy_pass http://be; "
-                          f"proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}")
+                          f"map $http_apikey $bench_consumer {{ default \"\"; \"{peer_key}\" bench; }}\n"
+                          f"limit_req_zone $bench_consumer zone=perkey:10m rate=1000000r/s;\n"
+                          f"server {{ listen 127.0.0.1:{ports['nginx']}; location / {{ {proxy} }} }}\n"
+                          f"server {{ listen 127.0.0.1:{ports['nginx+key+limit']}; location / {{\n"
+                          f"  if ($bench_consumer = \"\") {{ return 401; }}\n"
+                          f"  limit_req zone=perkey burst=1000000 nodelay; limit_req_status 429;\n"
+                          f"  proxy_set_header apikey \"\"; {proxy} }} }}")
         nginx = procs.start(["nginx", "-c", conf], os.path.join(work, f"nginx{workers}.log"))
         hcfg = os.path.join(work, f"haproxy{workers}.cfg")
         with open(hcfg, "w") as f:
@@ -293,6 +345,15 @@ defaults
 frontend fe
   bind 127.0.0.1:{ports['haproxy']}
   default_backend be
+frontend fe_key
+  bind 127.0.0.1:{ports['haproxy+key+limit']}
+  http-request deny deny_status 401 unless {{ req.hdr(apikey),map({keys_map}) -m found }}
+  http-request track-sc0 req.hdr(apikey) table per_key
+  http-request deny deny_status 429 if {{ sc_http_req_rate(0,per_key) gt 1000000000 }}
+  http-request del-header apikey
+  default_backend be
+backend per_key
+  stick-table type string len 64 size 100k expire 1h store http_req_rate(1s)
 backend be
   http-reuse always
   server s1 127.0.0.1:{be}
@@ -307,7 +368,7 @@ backend be
         gw_off, ports["tollgate-unrecorded"], mgmt_off = gateway(
             procs, work, f"proxy{workers}-unrecorded", cfg, workers,
             ["--admin-token-file", env["token"], "--analytics-queue-size", "0"])
-        for name in ("nginx", "haproxy"):
+        for name in ("nginx", "haproxy", "nginx+key+limit", "haproxy+key+limit"):
             wait_port(ports[name], name)
         app_off = admin(mgmt_off, "POST", "/api/v1/applications", {"name": f"bench{workers}-unrecorded"})
         key_off = admin(mgmt_off, "POST", f"/api/v1/applications/{app_off['id']}/keys", {})["apiKey"]
@@ -335,11 +396,34 @@ backend be
             "tollgate+replica-throttle": (ports["tollgate"], "/replica/v1/hello", ()),
             "tollgate+cluster-throttle": (ports["tollgate"], "/clustered/v1/hello", ()),
             "tollgate+jwt": (ports["tollgate"], "/jwt/v1/hello", (bearer,)),
+            "nginx+key+limit": (ports["nginx+key+limit"], "/hello", (f"apikey: {peer_key}",)),
+            "haproxy+key+limit": (ports["haproxy+key+limit"], "/hello", (f"apikey: {peer_key}",)),
+            # The 2 KiB JSON workload.
+            "json2k:nginx": (ports["nginx"], "/json2k", ()),
+            "json2k:haproxy": (ports["haproxy"], "/json2k", ()),
+            "json2k:nginx+key+limit": (ports["nginx+key+limit"], "/json2k", (f"apikey: {peer_key}",)),
+            "json2k:haproxy+key+limit": (ports["haproxy+key+limit"], "/json2k", (f"apikey: {peer_key}",)),
+            "json2k:tollgate": (ports["tollgate"], "/plain/v1/json2k", ()),
+            "json2k:tollgate+auth+throttle": (ports["tollgate"], "/secured/v1/json2k", (f"apikey: {key}",)),
         }
+        # Whose CPU each target spends (the backend and the load generator are added).
+        proc_of = {"nginx": nginx, "haproxy": haproxy, "tollgate": gw, "tollgate-unrecorded": gw_off}
+        def pids(name):
+            base = name.split(":", 1)[-1]
+            owner = ("tollgate-unrecorded" if base.endswith("unrecorded") else "tollgate" if base.startswith("tollgate")
+                     else base.split("+", 1)[0] if base != "direct" else None)
+            out = {"backend": env["backend_pid"]}
+            if owner:
+                out["proxy"] = proc_of[owner].pid
+            return out
         for name, (port, path, hdrs) in targets.items():  # warm-up, and every target answers 200
             status_code = http_get(port, path, dict(h.split(": ", 1) for h in hdrs))[0]
             if status_code != 200:
                 raise SystemExit(f"{name}: GET {path} gave {status_code}")
+            if any(h.startswith("apikey:") for h in hdrs):  # the key is really checked
+                status_code = http_get(port, path, {"apikey": "not-a-key"})[0]
+                if status_code != 401:
+                    raise SystemExit(f"{name}: GET {path} with a wrong API key gave {status_code}, not 401")
             wrk(port, path, 1, 32, hdrs)
         for name, (port, path, hdrs) in tls_targets.items():
             warm = tls_bench(port, path, 1, pki, hdrs)
@@ -349,9 +433,9 @@ backend be
         for r in range(rounds):  # interleaved
             print(f"  proxy workers={workers} round {r + 1}/{rounds}", file=sys.stderr)
             for name, (port, path, hdrs) in targets.items():
-                runs[name].append(wrk(port, path, seconds, 32, hdrs))
+                runs[name].append(measured(lambda: wrk(port, path, seconds, 32, hdrs), pids(name)))
             for name, (port, path, hdrs) in tls_targets.items():
-                runs[name].append(tls_bench(port, path, seconds, pki, hdrs))
+                runs[name].append(measured(lambda: tls_bench(port, path, seconds, pki, hdrs), pids(name)))
         summary = {}
         for name, rs in runs.items():
             summary[name] = {
@@ -359,12 +443,19 @@ backend be
                 "p50_ms": round(statistics.median(r["p50_ms"] for r in rs), 3),
                 "p99_ms": round(statistics.median(r["p99_ms"] for r in rs), 3),
                 "non2xx": sum(r["non2xx"] for r in rs),
+                "cpu_us_per_req": {k: round(statistics.median(r["cpu_us_per_req"][k] for r in rs), 1)
+                                   for k in rs[0]["cpu_us_per_req"]},
                 "runs": rs,
             }
         for name in summary:
-            summary[name]["vs_nginx"] = round(summary[name]["rps"] / summary["nginx"]["rps"], 3)
-            summary[name]["vs_haproxy"] = round(summary[name]["rps"] / summary["haproxy"]["rps"], 3)
-            summary[name]["vs_tollgate"] = round(summary[name]["rps"] / summary["tollgate"]["rps"], 3)
+            # Each workload against its own peers.
+            prefix = name.split(":", 1)[0] + ":" if ":" in name else ""
+            summary[name]["vs_nginx"] = round(summary[name]["rps"] / summary[prefix + "nginx"]["rps"], 3)
+            summary[name]["vs_haproxy"] = round(summary[name]["rps"] / summary[prefix + "haproxy"]["rps"], 3)
+            summary[name]["vs_tollgate"] = round(summary[name]["rps"] / summary[prefix + "tollgate"]["rps"], 3)
+            if prefix + "nginx+key+limit" in summary:
+                best = max(summary[prefix + "nginx+key+limit"]["rps"], summary[prefix + "haproxy+key+limit"]["rps"])
+                summary[name]["vs_best_gateway_peer"] = round(summary[name]["rps"] / best, 3)
         # The cost of token validation against the API-key path it replaces.
         summary["jwt_vs_apikey"] = round(summary["tollgate+jwt"]["rps"] / summary["tollgate+auth+throttle"]["rps"], 3)
         # What recording analytics costs: the same path with recording off.
@@ -565,8 +656,11 @@ def main():
         os.makedirs(os.path.join(work, "www"))
         with open(os.path.join(work, "www", "hello"), "w") as f:
             f.write('{"hello":"world"}\n')
+        with open(os.path.join(work, "www", "json2k"), "w") as f:  # a 2 KiB JSON document
+            items = ",".join(f'{{"id":"{i:04d}","amount":"{i * 7 % 1000}.00","currency":"GBP"}}' for i in range(40))
+            f.write(('{"data":[' + items + ']}').ljust(2047) + "\n")
         conf = nginx_conf(work, "backend", 1, f"server {{ listen 127.0.0.1:{be}; location / {{ root {work}/www; }} }}")
-        procs.start(["nginx", "-c", conf], os.path.join(work, "backend.log"))
+        backend_proc = procs.start(["nginx", "-c", conf], os.path.join(work, "backend.log"))
         wait_port(be, "backend nginx")
         redis = free_port()
         procs.start(["redis-server", "--port", str(redis), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -575,7 +669,8 @@ def main():
         token = os.path.join(work, "token")
         with open(token, "w") as f:
             f.write(TOKEN)
-        env = {"work": work, "backend": be, "redis": redis, "procs": procs, "token": token}
+        env = {"work": work, "backend": be, "redis": redis, "procs": procs, "token": token,
+               "backend_pid": backend_proc.pid}
         for s in sections:
             print(f"bench: {s}", file=sys.stderr)
             t0 = time.monotonic()

@@ -23,6 +23,16 @@ def targets(r):
         best = max(s["nginx"]["rps"], s["haproxy"]["rps"])
         best_p99 = min(s["nginx"]["p99_ms"], s["haproxy"]["p99_ms"])
         t = s["tollgate+auth+throttle"]
+        for prefix in ("", "json2k:"):
+            g = s.get(prefix + "tollgate+auth+throttle", {})
+            if "vs_best_gateway_peer" in g:
+                peers = [s[prefix + p] for p in ("nginx+key+limit", "haproxy+key+limit")]
+                p99 = min(p["p99_ms"] for p in peers)
+                label = "2 KiB JSON" if prefix else "small GET"
+                out.append((f"{w}: key+tier >= 1.0x the best gateway peer ({label})",
+                            f"{g['vs_best_gateway_peer']}x", g["vs_best_gateway_peer"] >= 1.0))
+                out.append((f"{w}: key+tier p99 within +0.5 ms of that peer ({label})",
+                            f"{g['p99_ms']:.2f} ms vs {p99:.2f} ms", g["p99_ms"] <= p99 + 0.5))
         out.append((f"{w}: auth+throttle >= 1.0x nginx", f"{t['vs_nginx']}x", t["vs_nginx"] >= 1.0))
         out.append((f"{w}: auth+throttle >= 1.0x HAProxy", f"{t['vs_haproxy']}x", t["vs_haproxy"] >= 1.0))
         out.append((f"{w}: p99 within +0.5 ms of the best proxy", f"{t['p99_ms']:.2f} ms vs {best_p99:.2f} ms",
@@ -94,13 +104,17 @@ to read.
 """ + "\n".join(_row([t, f, _check(ok)]) for t, f, ok in targets(r))]
 
     if "proxy" in r:
-        rows = [_row(["workers", "target", "req/s", "p50 ms", "p99 ms", "x nginx", "x HAProxy", "x tollgate", "non-2xx"]),
-                _row(["---"] * 9)]
+        rows = [_row(["workers", "target", "req/s", "p50 ms", "p99 ms", "x nginx", "x HAProxy", "x tollgate",
+                      "x best gateway peer", "CPU us/req proxy / backend / wrk", "non-2xx"]),
+                _row(["---"] * 11)]
         for w, s in r["proxy"].items():
             for name, v in s.items():
                 if isinstance(v, dict):
+                    cpu = v.get("cpu_us_per_req", {})
+                    cpu_cell = " / ".join(f"{cpu[k]:.0f}" if k in cpu else "-" for k in ("proxy", "backend", "loadgen"))
                     rows.append(_row([w.split("=")[1], name, v["rps"], f"{v['p50_ms']:.2f}", f"{v['p99_ms']:.2f}",
-                                      v["vs_nginx"], v["vs_haproxy"], v["vs_tollgate"], v["non2xx"]]))
+                                      v["vs_nginx"], v["vs_haproxy"], v["vs_tollgate"],
+                                      v.get("vs_best_gateway_peer", "-"), cpu_cell if cpu else "-", v["non2xx"]]))
         rounds = len(next(iter(r["proxy"].values()))["nginx"]["runs"])
         parts.append(f"""
 ## 1, 2. Proxy throughput, latency and the cost of throttling
@@ -114,7 +128,16 @@ after the first request) and counts a per-consumer Replica policy that never
 trips; `tollgate+replica-throttle` and `tollgate+cluster-throttle` count an
 API-level policy in the pod and cluster-wide in Redis (a leased quota: one
 Redis round trip per lease, not per request). `x tollgate` is the ratio to
-tollgate without a policy: the throttling cost. `tollgate+jwt` sends an
+tollgate without a policy: the throttling cost. `nginx+key+limit` and
+`haproxy+key+limit` are the peers set up as API gateways by their own
+recipes, doing what `tollgate+auth+throttle` does: an API-key check (nginx
+`map $http_apikey`, HAProxy a map file), a per-key request-rate limit that
+never trips (nginx `limit_req`, HAProxy a stick-table with `http_req_rate`),
+the key header stripped before the backend; `x best gateway peer` is the
+ratio to the faster of the two. Rows starting `json2k:` fetch a 2 KiB JSON
+document instead of the 18-byte one. `CPU us/req` is the CPU time per
+request of the proxy (all its processes), the backend and the load
+generator, from /proc and getrusage around each run. `tollgate+jwt` sends an
 ES256 access token of a mapped OAuth2 client instead of the API key (same
 per-consumer policy; the verified token is cached by its hash after the
 first request). `tollgate+tls+apikey` and `tollgate+mtls+jwt` run over TLS
