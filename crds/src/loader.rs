@@ -65,6 +65,13 @@ pub struct LoadError {
     pub message: String,
 }
 
+impl LoadError {
+    /// An error about a whole file or folder (no document, object or field).
+    pub fn whole_file(file: &Path, message: String) -> LoadError {
+        LoadError { file: file.to_path_buf(), document: None, line: 0, object: None, field: None, message }
+    }
+}
+
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
@@ -238,9 +245,7 @@ pub struct Listing {
 /// file, which a reload compares with the last listing and then loads.
 /// Fails only when `dir` itself cannot be read.
 pub fn list_dir(dir: &Path) -> Result<Listing, Box<LoadError>> {
-    let folder_error = |message: String| {
-        Box::new(LoadError { file: dir.to_path_buf(), document: None, line: 0, object: None, field: None, message })
-    };
+    let folder_error = |message: String| Box::new(LoadError::whole_file(dir, message));
     let meta = std::fs::metadata(dir).map_err(|e| folder_error(format!("cannot read folder: {e}")))?;
     if !meta.is_dir() {
         return Err(folder_error("not a folder".into()));
@@ -310,17 +315,7 @@ fn parse_files(files: &[(usize, &Path)]) -> HashMap<usize, (Vec<Loaded>, Vec<Loa
     let one = |&(i, file): &(usize, &Path)| {
         let result = match read_limited(file) {
             Ok(text) => load_str(file, &text),
-            Err(message) => (
-                Vec::new(),
-                vec![LoadError {
-                    file: file.to_path_buf(),
-                    document: None,
-                    line: 0,
-                    object: None,
-                    field: None,
-                    message,
-                }],
-            ),
+            Err(message) => (Vec::new(), vec![LoadError::whole_file(file, message)]),
         };
         (i, result)
     };
@@ -350,14 +345,7 @@ fn read_limited(file: &Path) -> Result<String, String> {
 pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<LoadError>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
-    let folder_error = |path: &Path, message: String| LoadError {
-        file: path.to_path_buf(),
-        document: None,
-        line: 0,
-        object: None,
-        field: None,
-        message,
-    };
+    let folder_error = LoadError::whole_file;
     // Depth-first in file-name order; hidden names (and ConfigMap volumes'
     // `..data` folders) are skipped, symlinks followed (a ConfigMap volume
     // links every key into `..data/`); the entry type comes with the folder
@@ -410,14 +398,7 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<Loaded>, Vec<LoadError>) {
     let docs = match docs {
         Ok(d) => d,
         Err(message) => {
-            errors.push(LoadError {
-                file: file.to_path_buf(),
-                document: None,
-                line: 0,
-                object: None,
-                field: None,
-                message,
-            });
+            errors.push(LoadError::whole_file(file, message));
             return (loaded, errors);
         }
     };
