@@ -187,25 +187,11 @@ fn resolve<'a>(
             ));
         }
     }
-    let mut policies = Vec::new();
-    let mut missing = Vec::new();
-    for policy in policy_names(api) {
-        let own = (ns.clone(), policy.to_string());
-        let fallback = (mgr_ns.to_string(), policy.to_string());
-        if inputs.policies.contains_key(&own) {
-            policies.push(own);
-        } else if inputs.policies.contains_key(&fallback) {
-            policies.push(fallback);
-        } else {
-            missing.push(policy);
-        }
-    }
+    let (mut policies, missing) = lookup(policy_names(api), &ns, mgr_ns, |k| inputs.policies.contains_key(k));
     if !missing.is_empty() {
-        let places =
-            if ns == mgr_ns { format!("namespace {ns:?}") } else { format!("namespaces {ns:?} or {mgr_ns:?}") };
         return Err((
             reasons::POLICY_NOT_FOUND,
-            format!("ThrottlePolicy {} not found in {places}", missing.join(", ")),
+            format!("ThrottlePolicy {} not found in {}", missing.join(", "), places(&ns, mgr_ns)),
         ));
     }
     let key_managers = key_managers::resolve(api, mgr_ns, trusted)?;
@@ -235,6 +221,34 @@ fn resolve<'a>(
     policies.sort();
     policies.dedup();
     Ok(Deploy { api, url: String::new(), operations, definition_hash, policies, key_managers })
+}
+
+/// Names an API refers to, looked up in its own namespace `ns` first, then
+/// in its manager's: the keys found, and the names found in neither.
+pub(super) fn lookup<'n>(
+    names: impl IntoIterator<Item = &'n str>,
+    ns: &str,
+    mgr_ns: &str,
+    known: impl Fn(&Key) -> bool,
+) -> (Vec<Key>, Vec<&'n str>) {
+    let (mut found, mut missing) = (Vec::new(), Vec::new());
+    for name in names {
+        let own = (ns.to_string(), name.to_string());
+        let fallback = (mgr_ns.to_string(), name.to_string());
+        if known(&own) {
+            found.push(own);
+        } else if known(&fallback) {
+            found.push(fallback);
+        } else {
+            missing.push(name);
+        }
+    }
+    (found, missing)
+}
+
+/// Where [`lookup`] looked, for messages.
+pub(super) fn places(ns: &str, mgr_ns: &str) -> String {
+    if ns == mgr_ns { format!("namespace {ns:?}") } else { format!("namespaces {ns:?} or {mgr_ns:?}") }
 }
 
 /// Whether APIs from `ns` may deploy onto the manager (Err says why not).

@@ -89,27 +89,18 @@ pub(super) fn resolve(
     trusted: &BTreeMap<Key, &KeyManager>,
 ) -> Result<Vec<Key>, (&'static str, String)> {
     let ns = api.namespace().unwrap_or_default();
-    let mut used = Vec::new();
-    let mut missing = Vec::new();
-    for name in key_manager_names(api) {
-        let own = (ns.clone(), name.to_string());
-        let fallback = (mgr_ns.to_string(), name.to_string());
-        if trusted.contains_key(&own) {
-            used.push(own);
-        } else if trusted.contains_key(&fallback) {
-            used.push(fallback);
-        } else if name == BUILTIN {
-            // Trusted by every gateway of the manager without an artifact.
-        } else {
-            missing.push(name);
-        }
-    }
+    let (used, mut missing) = super::decide::lookup(key_manager_names(api), &ns, mgr_ns, |k| trusted.contains_key(k));
+    // `builtin` without a KeyManager of that name: trusted by every gateway
+    // of the manager without an artifact.
+    missing.retain(|name| *name != BUILTIN);
     if !missing.is_empty() {
-        let places =
-            if ns == mgr_ns { format!("namespace {ns:?}") } else { format!("namespaces {ns:?} or {mgr_ns:?}") };
         return Err((
             reasons::KEY_MANAGER_NOT_FOUND,
-            format!("KeyManager {} not found in {places} among the KeyManagers of this ApiManager", missing.join(", ")),
+            format!(
+                "KeyManager {} not found in {} among the KeyManagers of this ApiManager",
+                missing.join(", "),
+                super::decide::places(&ns, mgr_ns)
+            ),
         ));
     }
     Ok(used)
