@@ -15,6 +15,10 @@ Sections (all by default; pick some with --sections):
                  tollgate+cluster-throttle  the same policy counted cluster-wide in Redis
                  tollgate+jwt  an OAuth2 JWT (ES256, cached after first use) + the
                                same per-consumer policy as auth+throttle
+                 nginx+key+limit, haproxy+key+limit  the peers as API gateways: an
+                               API-key map, a per-key rate limit that never trips
+                 json2k:*      the same with a 2 KiB JSON response
+                 tls:*         2 KiB JSON over TLS 1.3 (ECDSA P-256) on every proxy
                  tollgate+tls+apikey, tollgate+mtls+jwt   over TLS with a client
                                certificate (tollgate-tls-bench, closed loop): an
                                API key, and a certificate-bound token (RFC 8705)
@@ -93,10 +97,15 @@ def wait_port(port, what, timeout=30):
     raise SystemExit(f"{what} did not listen on {port}")
 
 
-def http_get(port, path, headers=None, timeout=2):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+def http_get(port, path, headers=None, timeout=2, tls=False):
+    req = urllib.request.Request(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}", headers=headers or {})
+    ctx = None
+    if tls:  # the bench CA signs every proxy's certificate; checking it is not what is measured
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -173,11 +182,21 @@ http {{
     return conf
 
 
-def wrk(port, path, seconds, conns=32, headers=()):
+def tls_version(port):
+    """The TLS version a default client negotiates with 127.0.0.1:port."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), 2) as raw, ctx.wrap_socket(raw) as s:
+        return s.version()
+
+
+def wrk(port, path, seconds, conns=32, headers=(), tls=False):
     args = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
     for h in headers:
         args += ["-H", h]
-    out = subprocess.run(args + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"
+    out = subprocess.run(args + [url], capture_output=True, text=True).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not m:
         raise SystemExit(f"wrk gave no figures for :{port}{path}:\n{out}")
@@ -319,20 +338,29 @@ def section_proxy(env, a):
     with open(keys_map, "w") as f:
         f.write(f"{peer_key} bench\n")
     for workers in workers_list:
-        ports = {"nginx": free_port(), "haproxy": free_port(), "nginx+key+limit": free_port(),
-                 "haproxy+key+limit": free_port()}
+        peers = ("nginx", "haproxy", "nginx+key+limit", "haproxy+key+limit")
+        ports = {name + tls: free_port() for name in peers for tls in ("", "-tls")}
         proxy = "proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+        # TLS 1.3 only, the bench CA's ECDSA P-256 server certificate (tollgate's too).
+        nginx_tls = (f"ssl_certificate {pki}/server.crt; ssl_certificate_key {pki}/server.key; "
+                     f"ssl_protocols TLSv1.3;")
+        servers = ""
+        for tls in ("", "-tls"):
+            listen = f"listen 127.0.0.1:{{}}{' ssl' if tls else ''}; {nginx_tls if tls else ''}"
+            servers += (f"server {{ {listen.format(ports['nginx' + tls])} location / {{ {proxy} }} }}\n"
+                        f"server {{ {listen.format(ports['nginx+key+limit' + tls])} location / {{\n"
+                        f"  if ($bench_consumer = \"\") {{ return 401; }}\n"
+                        f"  limit_req zone=perkey burst=1000000 nodelay; limit_req_status 429;\n"
+                        f"  proxy_set_header apikey \"\"; {proxy} }} }}\n")
         conf = nginx_conf(work, f"proxy{workers}", workers,
                           f"upstream be {{ server 127.0.0.1:{be}; keepalive 64; }}\n"
                           f"map $http_apikey $bench_consumer {{ default \"\"; \"{peer_key}\" bench; }}\n"
-                          f"limit_req_zone $bench_consumer zone=perkey:10m rate=1000000r/s;\n"
-                          f"server {{ listen 127.0.0.1:{ports['nginx']}; location / {{ {proxy} }} }}\n"
-                          f"server {{ listen 127.0.0.1:{ports['nginx+key+limit']}; location / {{\n"
-                          f"  if ($bench_consumer = \"\") {{ return 401; }}\n"
-                          f"  limit_req zone=perkey burst=1000000 nodelay; limit_req_status 429;\n"
-                          f"  proxy_set_header apikey \"\"; {proxy} }} }}")
+                          f"limit_req_zone $bench_consumer zone=perkey:10m rate=1000000r/s;\n" + servers)
         nginx = procs.start(["nginx", "-c", conf], os.path.join(work, f"nginx{workers}.log"))
         hcfg = os.path.join(work, f"haproxy{workers}.cfg")
+        haproxy_pem = os.path.join(pki, "haproxy.pem")  # HAProxy takes the chain and key in one file
+        with open(haproxy_pem, "w") as f:
+            f.write(open(os.path.join(pki, "server.crt")).read() + open(os.path.join(pki, "server.key")).read())
         with open(hcfg, "w") as f:
             f.write(f"""global
   nbthread {workers}
@@ -344,9 +372,11 @@ defaults
   option http-keep-alive
 frontend fe
   bind 127.0.0.1:{ports['haproxy']}
+  bind 127.0.0.1:{ports['haproxy-tls']} ssl crt {haproxy_pem} ssl-min-ver TLSv1.3
   default_backend be
 frontend fe_key
   bind 127.0.0.1:{ports['haproxy+key+limit']}
+  bind 127.0.0.1:{ports['haproxy+key+limit-tls']} ssl crt {haproxy_pem} ssl-min-ver TLSv1.3
   http-request deny deny_status 401 unless {{ req.hdr(apikey),map({keys_map}) -m found }}
   http-request track-sc0 req.hdr(apikey) table per_key
   http-request deny deny_status 429 if {{ sc_http_req_rate(0,per_key) gt 1000000000 }}
@@ -368,7 +398,7 @@ backend be
         gw_off, ports["tollgate-unrecorded"], mgmt_off = gateway(
             procs, work, f"proxy{workers}-unrecorded", cfg, workers,
             ["--admin-token-file", env["token"], "--analytics-queue-size", "0"])
-        for name in ("nginx", "haproxy", "nginx+key+limit", "haproxy+key+limit"):
+        for name in ports:
             wait_port(ports[name], name)
         app_off = admin(mgmt_off, "POST", "/api/v1/applications", {"name": f"bench{workers}-unrecorded"})
         key_off = admin(mgmt_off, "POST", f"/api/v1/applications/{app_off['id']}/keys", {})["apiKey"]
@@ -405,6 +435,13 @@ backend be
             "json2k:haproxy+key+limit": (ports["haproxy+key+limit"], "/json2k", (f"apikey: {peer_key}",)),
             "json2k:tollgate": (ports["tollgate"], "/plain/v1/json2k", ()),
             "json2k:tollgate+auth+throttle": (ports["tollgate"], "/secured/v1/json2k", (f"apikey: {key}",)),
+            # The same 2 KiB JSON over TLS 1.3 (ECDSA P-256) on every proxy, wrk without a client certificate.
+            "tls:nginx": (ports["nginx-tls"], "/json2k", ()),
+            "tls:haproxy": (ports["haproxy-tls"], "/json2k", ()),
+            "tls:nginx+key+limit": (ports["nginx+key+limit-tls"], "/json2k", (f"apikey: {peer_key}",)),
+            "tls:haproxy+key+limit": (ports["haproxy+key+limit-tls"], "/json2k", (f"apikey: {peer_key}",)),
+            "tls:tollgate": (ports["tollgate-tls"], "/plain/v1/json2k", ()),
+            "tls:tollgate+auth+throttle": (ports["tollgate-tls"], "/secured/v1/json2k", (f"apikey: {key}",)),
         }
         # Whose CPU each target spends (the backend and the load generator are added).
         proc_of = {"nginx": nginx, "haproxy": haproxy, "tollgate": gw, "tollgate-unrecorded": gw_off}
@@ -417,14 +454,17 @@ backend be
                 out["proxy"] = proc_of[owner].pid
             return out
         for name, (port, path, hdrs) in targets.items():  # warm-up, and every target answers 200
-            status_code = http_get(port, path, dict(h.split(": ", 1) for h in hdrs))[0]
+            tls = name.startswith("tls:")
+            status_code = http_get(port, path, dict(h.split(": ", 1) for h in hdrs), tls=tls)[0]
             if status_code != 200:
                 raise SystemExit(f"{name}: GET {path} gave {status_code}")
             if any(h.startswith("apikey:") for h in hdrs):  # the key is really checked
-                status_code = http_get(port, path, {"apikey": "not-a-key"})[0]
+                status_code = http_get(port, path, {"apikey": "not-a-key"}, tls=tls)[0]
                 if status_code != 401:
                     raise SystemExit(f"{name}: GET {path} with a wrong API key gave {status_code}, not 401")
-            wrk(port, path, 1, 32, hdrs)
+            if tls and tls_version(port) != "TLSv1.3":
+                raise SystemExit(f"{name}: negotiated {tls_version(port)}, not TLSv1.3")
+            wrk(port, path, 1, 32, hdrs, tls)
         for name, (port, path, hdrs) in tls_targets.items():
             warm = tls_bench(port, path, 1, pki, hdrs)
             if warm["non2xx"] or warm["socket_errors"] or not warm["rps"]:
@@ -433,7 +473,8 @@ backend be
         for r in range(rounds):  # interleaved
             print(f"  proxy workers={workers} round {r + 1}/{rounds}", file=sys.stderr)
             for name, (port, path, hdrs) in targets.items():
-                runs[name].append(measured(lambda: wrk(port, path, seconds, 32, hdrs), pids(name)))
+                runs[name].append(measured(lambda: wrk(port, path, seconds, 32, hdrs, name.startswith("tls:")),
+                                           pids(name)))
             for name, (port, path, hdrs) in tls_targets.items():
                 runs[name].append(measured(lambda: tls_bench(port, path, seconds, pki, hdrs), pids(name)))
         summary = {}

@@ -23,12 +23,12 @@ def targets(r):
         best = max(s["nginx"]["rps"], s["haproxy"]["rps"])
         best_p99 = min(s["nginx"]["p99_ms"], s["haproxy"]["p99_ms"])
         t = s["tollgate+auth+throttle"]
-        for prefix in ("", "json2k:"):
+        for prefix in ("", "json2k:", "tls:"):
             g = s.get(prefix + "tollgate+auth+throttle", {})
             if "vs_best_gateway_peer" in g:
                 peers = [s[prefix + p] for p in ("nginx+key+limit", "haproxy+key+limit")]
                 p99 = min(p["p99_ms"] for p in peers)
-                label = "2 KiB JSON" if prefix else "small GET"
+                label = {"": "small GET", "json2k:": "2 KiB JSON", "tls:": "2 KiB JSON over TLS 1.3"}[prefix]
                 out.append((f"{w}: key+tier >= 1.0x the best gateway peer ({label})",
                             f"{g['vs_best_gateway_peer']}x", g["vs_best_gateway_peer"] >= 1.0))
                 out.append((f"{w}: key+tier p99 within +0.5 ms of that peer ({label})",
@@ -138,7 +138,9 @@ recipes, doing what `tollgate+auth+throttle` does: an API-key check (nginx
 never trips (nginx `limit_req`, HAProxy a stick-table with `http_req_rate`),
 the key header stripped before the backend; `x best gateway peer` is the
 ratio to the faster of the two. Rows starting `json2k:` fetch a 2 KiB JSON
-document instead of the 18-byte one. `CPU us/req` is the CPU time per
+document instead of the 18-byte one; rows starting `tls:` fetch the same
+document over TLS 1.3 with an ECDSA P-256 certificate on every proxy (wrk
+over HTTPS, keep-alive, no client certificate). `CPU us/req` is the CPU time per
 request of the proxy (all its processes), the backend and the load
 generator, from /proc and getrusage around each run. `tollgate+jwt` sends an
 ES256 access token of a mapped OAuth2 client instead of the API key (same
