@@ -13,7 +13,7 @@
 //! - Objects without `metadata.namespace` are placed in `default`, as
 //!   `kubectl apply` would with the default context.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -156,19 +156,27 @@ pub fn load_dir(dir: &Path) -> Result<LoadReport, Box<LoadError>> {
 /// and validates only the files that changed. A file counts as unchanged
 /// while its device, inode, size, mtime and ctime all stay the same (an
 /// atomic rename gives a new inode; any write changes mtime and ctime).
-/// Files changed within the last second are not remembered: file times
-/// have coarse ticks, so two writes in one tick could look the same.
+/// File times have coarse ticks, so two writes in one tick could look the
+/// same: a file changed within the last second when it was read is read
+/// again on the next load and its parse reused only when the content has
+/// the same SHA-256 digest.
 #[derive(Debug, Default)]
 pub struct FileCache {
     files: HashMap<PathBuf, CachedFile>,
+    parsed: usize,
 }
 
 #[derive(Debug)]
 struct CachedFile {
     stamp: FileStamp,
+    /// The content's digest while the file was young when read: the stamp
+    /// alone does not vouch for it.
+    digest: Option<Digest>,
     loaded: Vec<Loaded>,
     errors: Vec<LoadError>,
 }
+
+type Digest = [u8; 32];
 
 /// What identifies one version of a file: device, inode, size, mtime and
 /// ctime (a same-size copy renamed into place that kept its mtime still has
@@ -182,7 +190,8 @@ pub struct FileStamp {
     ctime_ns: i128,
 }
 
-/// Files whose times are this recent are parsed again on every load.
+/// Files whose times are this recent when read are read again on the next
+/// load (and parsed again if their content changed).
 const SETTLED_NS: i128 = 1_000_000_000;
 
 impl FileStamp {
@@ -222,6 +231,11 @@ impl FileCache {
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
+    }
+
+    /// How many files the last load parsed (the rest were reused).
+    pub fn last_parsed(&self) -> usize {
+        self.parsed
     }
 }
 
@@ -267,8 +281,9 @@ pub fn list_dir(dir: &Path) -> Result<Listing, Box<LoadError>> {
 /// whose stamp is unchanged from `cache` and leaving this load's in it.
 pub fn load_listing_cached(listing: Listing, cache: &mut FileCache) -> LoadReport {
     let mut report = LoadReport { errors: listing.errors, ..LoadReport::default() };
-    // Files not remembered are read, parsed and checked on every core
-    // (startup reads them all); the rest come from the cache.
+    // Files not remembered (and young ones, whose content decides) are read
+    // and, unless unchanged, parsed and checked on every core (startup reads
+    // them all); the rest come from the cache.
     let stamps: Vec<(PathBuf, Option<FileStamp>, Option<CachedFile>)> = listing
         .files
         .into_iter()
@@ -277,20 +292,35 @@ pub fn load_listing_cached(listing: Listing, cache: &mut FileCache) -> LoadRepor
             (file, stamp, cached)
         })
         .collect();
-    let to_read: Vec<(usize, &Path)> =
-        stamps.iter().enumerate().filter(|(_, (_, _, c))| c.is_none()).map(|(i, (f, _, _))| (i, f.as_path())).collect();
-    let mut parsed: HashMap<usize, (Vec<Loaded>, Vec<LoadError>)> = parse_files(&to_read);
+    let to_read: Vec<(usize, &Path, Option<Digest>)> = stamps
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, c))| c.as_ref().is_none_or(|c| c.digest.is_some()))
+        .map(|(i, (f, _, c))| (i, f.as_path(), c.as_ref().and_then(|c| c.digest)))
+        .collect();
+    let mut read: HashMap<usize, ReadFile> = read_files(&to_read);
+    cache.parsed = 0;
     let mut next = HashMap::with_capacity(stamps.len());
     for (i, (file, stamp, cached)) in stamps.into_iter().enumerate() {
-        let entry = match cached {
-            Some(c) => c,
-            None => {
-                let (loaded, errors) = parsed.remove(&i).unwrap_or_default();
-                match stamp {
-                    Some(stamp) if stamp.settled() => CachedFile { stamp, loaded, errors },
+        let entry = match (cached, read.remove(&i)) {
+            (Some(c), None) => c,
+            (Some(c), Some(ReadFile::Same)) => {
+                // Young when read and still the same content.
+                let settled = c.stamp.settled();
+                CachedFile { digest: c.digest.filter(|_| !settled), ..c }
+            }
+            (_, read) => {
+                cache.parsed += 1;
+                let (loaded, errors, digest) = match read {
+                    Some(ReadFile::Parsed { loaded, errors, digest }) => (loaded, errors, digest),
+                    _ => (Vec::new(), Vec::new(), None),
+                };
+                match (stamp, digest) {
+                    (Some(stamp), Some(digest)) => {
+                        CachedFile { stamp, digest: (!stamp.settled()).then_some(digest), loaded, errors }
+                    }
                     _ => {
-                        // Vanished, unreadable or just written: report,
-                        // remember nothing.
+                        // Vanished or unreadable: report, remember nothing.
                         report.resources.extend(loaded);
                         report.errors.extend(errors);
                         report.files.push(file);
@@ -309,13 +339,35 @@ pub fn load_listing_cached(listing: Listing, cache: &mut FileCache) -> LoadRepor
     report
 }
 
-/// Reads, parses and checks `files` (index, path), split over the
-/// available cores when there are many.
-fn parse_files(files: &[(usize, &Path)]) -> HashMap<usize, (Vec<Loaded>, Vec<LoadError>)> {
-    let one = |&(i, file): &(usize, &Path)| {
+/// One file read for a load.
+enum ReadFile {
+    /// The same content as the digest it was read with.
+    Same,
+    /// Parsed and checked; `digest` is `None` when the file could not be read.
+    Parsed { loaded: Vec<Loaded>, errors: Vec<LoadError>, digest: Option<Digest> },
+}
+
+/// Reads `files` (index, path, the digest of the content already parsed if
+/// any) and parses and checks those that changed, split over the available
+/// cores when there are many.
+fn read_files(files: &[(usize, &Path, Option<Digest>)]) -> HashMap<usize, ReadFile> {
+    use sha2::Digest as _;
+    let one = |&(i, file, known): &(usize, &Path, Option<Digest>)| {
         let result = match read_limited(file) {
-            Ok(text) => load_str(file, &text),
-            Err(message) => (Vec::new(), vec![LoadError::whole_file(file, message)]),
+            Ok(text) => {
+                let digest: Digest = sha2::Sha256::digest(text.as_bytes()).into();
+                if known == Some(digest) {
+                    ReadFile::Same
+                } else {
+                    let (loaded, errors) = load_str(file, &text);
+                    ReadFile::Parsed { loaded, errors, digest: Some(digest) }
+                }
+            }
+            Err(message) => ReadFile::Parsed {
+                loaded: Vec::new(),
+                errors: vec![LoadError::whole_file(file, message)],
+                digest: None,
+            },
         };
         (i, result)
     };
@@ -505,10 +557,10 @@ pub fn parse_document(mut doc: Value) -> Result<Option<Resource>, DocError> {
     }
     validate_object(&kind, &doc).map_err(|e| (Some(object.clone()), e))?;
     let typed = match kind.as_str() {
-        "ApiManager" => typed(doc).map(|r| Resource::ApiManager(Box::new(r))),
-        "ApiDeployment" => typed(doc).map(|r| Resource::ApiDeployment(Box::new(r))),
-        "KeyManager" => typed(doc).map(|r| Resource::KeyManager(Box::new(r))),
-        _ => typed(doc).map(|r| Resource::ThrottlePolicy(Box::new(r))),
+        "ApiManager" => typed(doc).map(|r| Resource::ApiManager(std::sync::Arc::new(r))),
+        "ApiDeployment" => typed(doc).map(|r| Resource::ApiDeployment(std::sync::Arc::new(r))),
+        "KeyManager" => typed(doc).map(|r| Resource::KeyManager(std::sync::Arc::new(r))),
+        _ => typed(doc).map(|r| Resource::ThrottlePolicy(std::sync::Arc::new(r))),
     };
     typed.map(Some).map_err(|e| (Some(object), e))
 }

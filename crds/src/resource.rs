@@ -1,18 +1,20 @@
 //! A typed Tollgate resource as read from a manifest or artifact.
 
 use std::fmt;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 
 use crate::{ApiDeployment, ApiManager, KeyManager, ThrottlePolicy};
 
-/// Any of the Tollgate resources.
+/// Any of the Tollgate resources. Shared, not copied: a reload hands the
+/// same parsed objects from the file cache to the snapshot it builds.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
-    ApiManager(Box<ApiManager>),
-    ApiDeployment(Box<ApiDeployment>),
-    ThrottlePolicy(Box<ThrottlePolicy>),
-    KeyManager(Box<KeyManager>),
+    ApiManager(Arc<ApiManager>),
+    ApiDeployment(Arc<ApiDeployment>),
+    ThrottlePolicy(Arc<ThrottlePolicy>),
+    KeyManager(Arc<KeyManager>),
 }
 
 impl Resource {
@@ -25,6 +27,17 @@ impl Resource {
             Resource::KeyManager(r) => ("KeyManager", r.namespace(), r.name_any()),
         };
         ObjectRef { kind: kind.to_string(), namespace: ns.unwrap_or_default(), name }
+    }
+
+    /// Whether both are the very same parsed object (not merely equal).
+    pub fn is_same(&self, other: &Resource) -> bool {
+        match (self, other) {
+            (Resource::ApiManager(a), Resource::ApiManager(b)) => Arc::ptr_eq(a, b),
+            (Resource::ApiDeployment(a), Resource::ApiDeployment(b)) => Arc::ptr_eq(a, b),
+            (Resource::ThrottlePolicy(a), Resource::ThrottlePolicy(b)) => Arc::ptr_eq(a, b),
+            (Resource::KeyManager(a), Resource::KeyManager(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 }
 

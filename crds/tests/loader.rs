@@ -182,8 +182,9 @@ fn cached_loads_see_every_change_and_match_uncached_loads() {
     let mut cache = FileCache::default();
     let first = load_dir_cached(dir, &mut cache).unwrap();
     assert_eq!(first, load_dir(dir).unwrap());
-    assert!(cache.is_empty(), "files written just now are not remembered");
+    assert_eq!(cache.last_parsed(), 2);
     assert_eq!(load_dir_cached(dir, &mut cache).unwrap(), first, "unchanged folder, same report");
+    assert_eq!(cache.last_parsed(), 0, "files written just now are read again, but parsed only when changed");
 
     // Rewritten in place with the same length: must be read again.
     let same_len = POLICY.replace("5000", "6000");
@@ -193,6 +194,7 @@ fn cached_loads_see_every_change_and_match_uncached_loads() {
     let limit = report.throttle_policies().next().unwrap().spec.limit.requests;
     assert_eq!(limit, 6000);
     assert_eq!(report, load_dir(dir).unwrap());
+    assert_eq!(cache.last_parsed(), 1, "only the changed file");
 
     // Broken, then fixed; then removed: the cache follows.
     write(dir, "apis/accounts.yaml", "kind: [");
@@ -216,6 +218,8 @@ fn settled_files_are_remembered_and_still_reread_when_replaced() {
     let mut cache = FileCache::default();
     load_dir_cached(dir, &mut cache).unwrap();
     assert_eq!(cache.len(), 1, "a file older than a second is remembered");
+    load_dir_cached(dir, &mut cache).unwrap();
+    assert_eq!(cache.last_parsed(), 0);
     // Atomic replace (new inode), as the operator writes.
     write(dir, ".policy.yaml.tmp", &POLICY.replace("5000", "7000"));
     std::fs::rename(dir.join(".policy.yaml.tmp"), dir.join("policy.yaml")).unwrap();

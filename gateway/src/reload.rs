@@ -11,7 +11,9 @@
 //! folder that cannot be read keeps the whole snapshot. Every such problem is
 //! listed in /status until it is fixed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,6 +174,7 @@ impl Reloader {
     }
 
     fn rebuild(&mut self, listing: Result<Listing, Box<LoadError>>) -> Outcome {
+        let t0 = std::time::Instant::now();
         let report = match listing {
             Ok(listing) => load_listing_cached(listing, &mut self.cache),
             Err(e) => {
@@ -183,6 +186,7 @@ impl Reloader {
                 return Outcome::Failed;
             }
         };
+        let t_load = t0.elapsed();
         let mut objects: BTreeMap<ObjectRef, Resource> = BTreeMap::new();
         let mut sources: HashMap<ObjectRef, PathBuf> = HashMap::new();
         for l in report.resources {
@@ -218,8 +222,9 @@ impl Reloader {
             errors.push(status_error(e, kept));
         }
         self.keep_policies_still_in_use(&mut objects, &mut sources, &mut errors);
-        let serving = self.state.snapshot.load().owners();
-        let (mut snapshot, mut compile_errors) = compile(&objects, &self.state.shared, &serving);
+        let t_objects = t0.elapsed();
+        let current = self.state.snapshot.load_full();
+        let (mut snapshot, mut compile_errors) = compile(&objects, &self.state.shared, &current);
         if !compile_errors.is_empty() {
             // Put back the last good version of objects that no longer compile.
             let mut replaced = false;
@@ -234,7 +239,7 @@ impl Reloader {
             }
             let first_errors = std::mem::take(&mut compile_errors);
             if replaced {
-                (snapshot, compile_errors) = compile(&objects, &self.state.shared, &serving);
+                (snapshot, compile_errors) = compile(&objects, &self.state.shared, &current);
             } else {
                 compile_errors = first_errors.clone();
             }
@@ -254,6 +259,7 @@ impl Reloader {
                 errors.push(object_error(ce, false));
             }
         }
+        let t_compile = t0.elapsed();
         // New backend names are looked up now, in parallel and off the
         // request path, so the snapshot starts with their addresses.
         self.state.shared.dns.resolve_pending(Duration::from_secs(2));
@@ -263,6 +269,7 @@ impl Reloader {
             .filter_map(|(o, r)| sources.get(&o).cloned().map(|f| (o, (r, f))))
             .collect();
 
+        let t_last_good = t0.elapsed();
         let metrics = &self.state.shared.metrics;
         metrics.config_errors.set(errors.len() as i64);
         metrics.apis.set(snapshot.apis.len() as i64);
@@ -271,6 +278,13 @@ impl Reloader {
             tracing::warn!(file = e.file.as_deref().unwrap_or(""), object = e.object.as_deref().unwrap_or(""), reason = %e.reason, "configuration problem");
         }
         let changed = self.state.snapshot.load().revision != snapshot.revision;
+        tracing::debug!(
+            load_ms = t_load.as_secs_f64() * 1e3,
+            objects_ms = (t_objects - t_load).as_secs_f64() * 1e3,
+            compile_ms = (t_compile - t_objects).as_secs_f64() * 1e3,
+            after_ms = (t_last_good - t_compile).as_secs_f64() * 1e3,
+            "reload phases"
+        );
         let mut st = self.state.status.lock();
         st.errors = errors;
         st.last_reload = Some(unix_now());

@@ -12,7 +12,6 @@
 //! `stopOnQuotaReach: false` lets the request through and flags it
 //! (`X-Tollgate-Quota-Exceeded`, metric action "flagged").
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -29,7 +28,7 @@ use crate::throttle::{Decision, Window, key_hash, now_ms};
 use crate::traffic::{ClusterCount, FailureMode};
 
 /// Policies by name, of one namespace.
-pub type NamespacePolicies = Arc<HashMap<String, Arc<Policy>>>;
+pub type NamespacePolicies = Arc<foldhash::HashMap<String, Arc<Policy>>>;
 
 /// Where an API's subscription tiers are found: its own namespace first,
 /// then its ApiManager's.
@@ -325,7 +324,7 @@ mod tests {
         let api = policy(&rt, "api", "{limit: {requests: 3, per: 1m}}");
         let op = policy(&rt, "op", "{limit: {requests: 3, per: 1m}}");
         let gold = policy(&rt, "gold", "{limit: {requests: 1, per: 1m}, keyBy: Consumer}");
-        let tiers = Tiers { own: Some(Arc::new(HashMap::from([("gold".into(), gold)]))), manager: None };
+        let tiers = Tiers { own: Some(Arc::new([("gold".into(), gold)].into_iter().collect())), manager: None };
         let step = ThrottleStep::new(Some(api.clone()), Some(tiers));
 
         assert_eq!(status(&step, &rt, &mut ctx_for(Some(&op), Some(principal("a", Some("gold"))))).await, 200);

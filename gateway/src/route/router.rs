@@ -5,7 +5,7 @@
 //! APIs. A prefix only matches on a segment boundary (`/a/b` matches `/a/b`
 //! and `/a/b/c`, never `/a/bc`).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 /// A trie from path-segment prefixes to targets.
 #[derive(Debug)]
@@ -21,7 +21,7 @@ struct Node<T> {
 
 impl<T> Default for PrefixRouter<T> {
     fn default() -> Self {
-        PrefixRouter { nodes: vec![Node { children: HashMap::new(), target: None }] }
+        PrefixRouter { nodes: vec![Node { children: HashMap::default(), target: None }] }
     }
 }
 
@@ -41,7 +41,7 @@ impl<T> PrefixRouter<T> {
             node = match self.nodes[node].children.get(seg) {
                 Some(&n) => n,
                 None => {
-                    self.nodes.push(Node { children: HashMap::new(), target: None });
+                    self.nodes.push(Node { children: HashMap::default(), target: None });
                     let n = self.nodes.len() - 1;
                     self.nodes[node].children.insert(seg.into(), n);
                     n
