@@ -115,6 +115,11 @@ pub struct Args {
     #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT_SECONDS", default_value = "10",
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub header_timeout_seconds: u64,
+    /// Bytes of write buffer per client connection on the API-traffic
+    /// listeners: a response head and body that fit leave in one write.
+    #[arg(long, env = "TOLLGATE_WRITE_BUFFER_BYTES", default_value = "16384",
+          value_parser = clap::value_parser!(u64).range(1460..=1048576))]
+    pub write_buffer_bytes: u64,
     /// Write one JSON access-log line per request to stdout.
     #[arg(long, env = "TOLLGATE_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
@@ -260,6 +265,7 @@ pub struct Config {
     pub drain: Duration,
     pub header_timeout: Duration,
     pub keepalive_timeout_secs: u64,
+    pub write_buffer_bytes: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub access_log: bool,
     pub max_throttle_keys: usize,
@@ -449,6 +455,7 @@ impl Config {
             drain: Duration::from_secs(a.drain_seconds),
             header_timeout: Duration::from_secs(a.header_timeout_seconds),
             keepalive_timeout_secs: a.keepalive_timeout_seconds,
+            write_buffer_bytes: a.write_buffer_bytes as usize,
             trusted_proxies: a.trusted_proxies,
             access_log: a.access_log,
             max_throttle_keys: a.max_throttle_keys.max(1),
@@ -506,6 +513,7 @@ struct FileKeys {
     drain_seconds: Option<serde_json::Value>,
     header_timeout_seconds: Option<serde_json::Value>,
     keepalive_timeout_seconds: Option<serde_json::Value>,
+    write_buffer_bytes: Option<serde_json::Value>,
     trusted_proxies: Option<serde_json::Value>,
     access_log: Option<serde_json::Value>,
     max_throttle_keys: Option<serde_json::Value>,
@@ -599,6 +607,11 @@ fn merge_file_layer(
             parsed.keepalive_timeout_seconds
         } else {
             from_file.keepalive_timeout_seconds
+        },
+        write_buffer_bytes: if pick("write_buffer_bytes") {
+            parsed.write_buffer_bytes
+        } else {
+            from_file.write_buffer_bytes
         },
         header_timeout_seconds: if pick("header_timeout_seconds") {
             parsed.header_timeout_seconds
@@ -699,6 +712,7 @@ mod tests {
         assert_eq!(c.management_tls.port(), 9443);
         assert_eq!(c.rescan_interval, Duration::from_secs(1));
         assert_eq!(c.roles.len(), 4);
+        assert_eq!(c.write_buffer_bytes, 16384);
     }
 
     #[test]
@@ -758,12 +772,19 @@ mod tests {
     fn file_layer_fills_defaults_but_flags_win() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("gw.yaml");
-        std::fs::write(&f, "config-dir: /from/file\nhttp: 127.0.0.1:1111\nroles: [gateway]\nthreads: 3\n").unwrap();
+        std::fs::write(
+            &f,
+            "config-dir: /from/file\nhttp: 127.0.0.1:1111\nroles: [gateway]\nthreads: 3\nwrite-buffer-bytes: 4096\n",
+        )
+        .unwrap();
         let c = Config::from_args(["gw", "--config", f.to_str().unwrap(), "--http", "127.0.0.1:2222"]).unwrap();
         assert_eq!(c.config_dir, PathBuf::from("/from/file"));
         assert_eq!(c.http.port(), 2222, "flag wins over file");
         assert_eq!(c.roles, vec![Role::Gateway]);
         assert_eq!(c.threads, 3);
+        assert_eq!(c.write_buffer_bytes, 4096);
+        let small = Config::from_args(["gw", "--config-dir", "/x", "--write-buffer-bytes", "100"]);
+        assert!(small.is_err(), "below one TCP segment is refused");
         std::fs::write(&f, "config-dir: /x\nhtpp: 1\n").unwrap();
         let e = Config::from_args(["gw", "--config", f.to_str().unwrap()]).unwrap_err();
         assert!(e.to_string().contains("unknown field `htpp`"), "{e}");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -206,7 +207,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             state.shared.metrics.request_head_timeouts.clone(),
         );
         let mut proxy = pingora::services::listening::Service::new("api-traffic".to_string(), app);
-        proxy.add_tcp(&config.http.to_string());
+        // A response head and a body that fit the write buffer leave in one
+        // write (one TCP segment) instead of two.
+        let buffers = L4BufferSettings::default().write(config.write_buffer_bytes);
+        proxy.add_listener(ListenerConfig::tcp(config.http.to_string()).l4_buffer(buffers));
         if let Some(cert) = &cert {
             // The handshake hook keeps the verified client certificate for
             // the requests on the connection.
@@ -216,7 +220,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             if let Some(v) = &client_verifier {
                 settings.set_client_cert_verifier(v.clone());
             }
-            proxy.add_tls_with_settings(&config.https.to_string(), None, settings);
+            proxy.add_listener(ListenerConfig::tcp(config.https.to_string()).tls(settings).l4_buffer(buffers));
         }
         server.add_service(proxy);
     }
