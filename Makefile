@@ -6,9 +6,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := build-essential pkg-config cmake openssl ca-certificates curl \
                 postgresql redis-server nginx haproxy wrk iproute2 psmisc \
-                chromium python3-venv fonts-dejavu-core
+                chromium python3-venv fonts-dejavu-core \
+                umoci skopeo runc binutils
 
-.PHONY: help deps rust-deps test lint fmt crds crds-check unit browser-deps browser-test browser-run build release run bench bench-quick
+.PHONY: help deps rust-deps test lint fmt crds crds-check unit browser-deps browser-test browser-run build release run bench bench-quick images images-test
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -60,13 +61,22 @@ browser-test: browser-deps ## the developer portal in a real browser (system chr
 browser-run: browser-deps
 	$(BROWSER_VENV)/bin/pytest -q -p no:cacheprovider tests/browser
 
-test: deps lint crds-check unit browser-run e2e ## every test (installs what it needs first)
+test: deps lint crds-check unit browser-run images-test e2e ## every test (installs what it needs first)
 
 build:
 	$(CARGO) build --workspace --locked
 
 release:
 	$(CARGO) build --release --locked -p tollgate-gateway -p tollgate-operator
+
+IMAGE_BINS := -p tollgate-gateway -p tollgate-operator --bin tollgate-gateway --bin tollgate-operator
+
+images: deps ## container images without a daemon: target/images/tollgate-{operator,gateway}.tar (IMAGE_REPO, IMAGE_TAG)
+	$(CARGO) build --release --locked $(IMAGE_BINS)
+	python3 scripts/images.py
+
+images-test: images ## run the images with runc (read-only root, user 65532) and check a rebuild is identical
+	python3 tests/images/run.py
 
 -include mk/cluster.mk
 -include mk/e2e.mk

@@ -5,6 +5,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 
+/// The gateway image of this release: the chart's default repository, the
+/// workspace version as the tag (also the chart's appVersion).
+pub const DEFAULT_GATEWAY_IMAGE: &str = concat!("ghcr.io/tollgate-dev/tollgate-gateway:", env!("CARGO_PKG_VERSION"));
+
 /// Command-line flags; every flag also reads its environment variable.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tollgate-operator", version, about = "Tollgate Kubernetes operator")]
@@ -21,7 +25,7 @@ pub struct Config {
     #[arg(long, env = "TOLLGATE_WATCH_NAMESPACES", value_delimiter = ',')]
     pub watch_namespaces: Vec<String>,
     /// Gateway image (repository:tag) for ApiManagers that set no spec.image.
-    #[arg(long, env = "TOLLGATE_GATEWAY_IMAGE", default_value = "ghcr.io/tollgate-dev/tollgate-gateway:0.1.0")]
+    #[arg(long, env = "TOLLGATE_GATEWAY_IMAGE", default_value = DEFAULT_GATEWAY_IMAGE)]
     pub gateway_image: String,
     /// Take a Lease before acting, so only one operator replica writes.
     #[arg(long, env = "TOLLGATE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -102,5 +106,29 @@ mod tests {
         let c = Config::try_parse_from(["op", "--leader-election", "false"]).unwrap();
         assert!(!c.leader_election);
         assert!(Config::try_parse_from(["op", "--metrics", "nope"]).is_err());
+    }
+
+    /// The release version lives in one place (the workspace's Cargo.toml):
+    /// the chart's appVersion, which tags its images, must match it, and so
+    /// must the operator's default gateway image.
+    #[test]
+    fn chart_app_version_and_default_image_follow_the_workspace_version() {
+        let chart =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/tollgate/Chart.yaml")).unwrap();
+        let app_version = chart
+            .lines()
+            .find_map(|l| l.strip_prefix("appVersion:"))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .expect("appVersion in Chart.yaml");
+        assert_eq!(app_version, env!("CARGO_PKG_VERSION"), "charts/tollgate/Chart.yaml appVersion");
+        let values =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/tollgate/values.yaml")).unwrap();
+        assert!(
+            values.contains("repository: ghcr.io/tollgate-dev/tollgate-gateway\n"),
+            "the chart's gateway repository"
+        );
+        assert_eq!(split_image(DEFAULT_GATEWAY_IMAGE), ("ghcr.io/tollgate-dev/tollgate-gateway".into(), app_version));
+        let c = Config::try_parse_from(["op"]).unwrap();
+        assert_eq!(c.gateway_image, DEFAULT_GATEWAY_IMAGE);
     }
 }
