@@ -11,6 +11,9 @@
    answer 200, a request is proxied to a backend on the host, SIGTERM
    drains and the process exits 0.
 3. The operator image starts and prints its version.
+4. Both archives imported into a private containerd the way `kind load
+   image-archive` does (`ctr -n k8s.io images import --all-platforms
+   --digests`) carry the chart's reference names, and run there.
 
 Run as root (runc). Exits non-zero with the reason on the first failure.
 """
@@ -213,6 +216,46 @@ def run_operator(work, version):
           f"operator container prints its version ({r.returncode}: {r.stdout.strip()!r}{r.stderr.strip()[:200]})")
 
 
+def run_in_containerd(work, repo, tag, version):
+    root = os.path.join(work, "containerd")
+    sock = os.path.join(root, "containerd.sock")
+    os.makedirs(root)
+    with open(os.path.join(root, "config.toml"), "w") as f:
+        f.write(f'version = 2\nroot = "{root}/root"\nstate = "{root}/state"\n'
+                f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n'
+                '[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n')
+    log = open(os.path.join(root, "log"), "w")
+    daemon = subprocess.Popen(["containerd", "--config", os.path.join(root, "config.toml")], stdout=log,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    ctr = ["ctr", "--address", sock, "--namespace", "k8s.io"]
+    try:
+        deadline = time.time() + 30
+        while subprocess.run(ctr + ["version"], capture_output=True).returncode != 0:
+            if daemon.poll() is not None or time.time() > deadline:
+                sys.exit(f"FAIL: containerd did not start:\n{open(log.name).read()}")
+            time.sleep(0.1)
+        for name in images.IMAGES:
+            run(ctr + ["images", "import", "--all-platforms", "--digests", archive(name)])
+        listed = run(ctr + ["images", "ls", "--quiet"]).split()
+        for name in images.IMAGES:
+            ref = f"{repo}/tollgate-{name}:{tag}"
+            check(ref in listed, f"containerd names the imported image {ref}")
+            out = run(ctr + ["run", "--rm", "--net-host", ref, f"version-{name}-{os.getpid()}",
+                             f"/usr/local/bin/tollgate-{name}", "--version"], timeout=60)
+            check(version in out, f"{name} runs in containerd ({out.strip()!r})")
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        # containerd leaves its snapshot mounts behind.
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f if line.split()[1].startswith(root)]
+        for m in sorted(mounts, reverse=True):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+
+
 def main():
     if os.geteuid() != 0:
         sys.exit("FAIL: run as root (runc)")
@@ -224,6 +267,7 @@ def main():
     try:
         run_gateway(work)
         run_operator(work, images.workspace_version())
+        run_in_containerd(work, repo, tag, images.workspace_version())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("images: all checks passed")
