@@ -87,10 +87,12 @@ run: deps ## the single-node pattern without a cluster (sample backend + gateway
 
 BENCH_BINS := -p tollgate-gateway -p tollgate-operator -p tollgate-e2e --bins
 
-bench: deps ## benchmarks against nginx and HAProxy, ~40 min + build (writes docs/benchmarks.md and .json)
+bench: deps ## benchmarks against nginx and HAProxy, ~45 min + build (writes docs/benchmarks.md and .json)
 	$(CARGO) build --release --locked $(BENCH_BINS)
+	$(CARGO) build --release --locked -p tollgate-gateway --example bare_proxy
 	python3 scripts/bench.py
 
 bench-quick: deps ## a short benchmark run (a few minutes, no cluster), prints the figures
 	$(CARGO) build --release --locked $(BENCH_BINS)
+	$(CARGO) build --release --locked -p tollgate-gateway --example bare_proxy
 	python3 scripts/bench.py --quick

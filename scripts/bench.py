@@ -6,6 +6,7 @@ Sections (all by default; pick some with --sections):
                  direct      wrk -> nginx static backend (the ceiling)
                  nginx       wrk -> nginx proxy_pass -> backend
                  haproxy     wrk -> HAProxy -> backend
+                 pingora     wrk -> bare Pingora (gateway/examples/bare_proxy.rs) -> backend
                  tollgate    wrk -> tollgate-gateway, no policy -> backend
                  tollgate+auth+throttle   API key + a Replica policy per consumer that never trips
                  tollgate+auth+throttle-unrecorded  the same on a second gateway with
@@ -62,6 +63,7 @@ GATEWAY = os.path.join(RELEASE, "tollgate-gateway")
 LOADGEN = os.path.join(RELEASE, "tollgate-loadgen")
 TLS_BENCH = os.path.join(RELEASE, "tollgate-tls-bench")
 BENCH_PKI = os.path.join(RELEASE, "tollgate-bench-pki")
+BARE_PINGORA = os.path.join(RELEASE, "examples", "bare_proxy")
 BENCH_CLUSTER = os.path.join(RELEASE, "tollgate-bench-cluster")
 TOKEN = "bench-admin-token-0123456789"
 SECTIONS = ["proxy", "propagation", "scale", "soak", "cluster"]
@@ -389,6 +391,11 @@ backend be
   server s1 127.0.0.1:{be}
 """)
         haproxy = procs.start(["haproxy", "-f", hcfg], os.path.join(work, f"haproxy{workers}.log"))
+        # Pingora with no hooks and the gateway's server settings: what the
+        # gateway costs on top of its proxy core.
+        ports["pingora"] = free_port()
+        pingora = procs.start([BARE_PINGORA, f"127.0.0.1:{ports['pingora']}", f"127.0.0.1:{be}", str(workers)],
+                              os.path.join(work, f"pingora{workers}.log"))
         ports["tollgate-tls"] = free_port()
         gw, ports["tollgate"], mgmt = gateway(procs, work, f"proxy{workers}", cfg, workers, [
             "--admin-token-file", env["token"], "--redis-url", f"redis://127.0.0.1:{env['redis']}",
@@ -419,6 +426,7 @@ backend be
             "direct": (be, "/hello", ()),
             "nginx": (ports["nginx"], "/hello", ()),
             "haproxy": (ports["haproxy"], "/hello", ()),
+            "pingora": (ports["pingora"], "/hello", ()),
             "tollgate": (ports["tollgate"], "/plain/v1/hello", ()),
             "tollgate+auth+throttle": (ports["tollgate"], "/secured/v1/hello", (f"apikey: {key}",)),
             "tollgate+auth+throttle-unrecorded": (ports["tollgate-unrecorded"], "/secured/v1/hello",
@@ -431,6 +439,7 @@ backend be
             # The 2 KiB JSON workload.
             "json2k:nginx": (ports["nginx"], "/json2k", ()),
             "json2k:haproxy": (ports["haproxy"], "/json2k", ()),
+            "json2k:pingora": (ports["pingora"], "/json2k", ()),
             "json2k:nginx+key+limit": (ports["nginx+key+limit"], "/json2k", (f"apikey: {peer_key}",)),
             "json2k:haproxy+key+limit": (ports["haproxy+key+limit"], "/json2k", (f"apikey: {peer_key}",)),
             "json2k:tollgate": (ports["tollgate"], "/plain/v1/json2k", ()),
@@ -444,7 +453,8 @@ backend be
             "tls:tollgate+auth+throttle": (ports["tollgate-tls"], "/secured/v1/json2k", (f"apikey: {key}",)),
         }
         # Whose CPU each target spends (the backend and the load generator are added).
-        proc_of = {"nginx": nginx, "haproxy": haproxy, "tollgate": gw, "tollgate-unrecorded": gw_off}
+        proc_of = {"nginx": nginx, "haproxy": haproxy, "pingora": pingora, "tollgate": gw,
+                   "tollgate-unrecorded": gw_off}
         def pids(name):
             base = name.split(":", 1)[-1]
             owner = ("tollgate-unrecorded" if base.endswith("unrecorded") else "tollgate" if base.startswith("tollgate")
@@ -494,6 +504,8 @@ backend be
             summary[name]["vs_nginx"] = round(summary[name]["rps"] / summary[prefix + "nginx"]["rps"], 3)
             summary[name]["vs_haproxy"] = round(summary[name]["rps"] / summary[prefix + "haproxy"]["rps"], 3)
             summary[name]["vs_tollgate"] = round(summary[name]["rps"] / summary[prefix + "tollgate"]["rps"], 3)
+            if prefix + "pingora" in summary:
+                summary[name]["vs_pingora"] = round(summary[name]["rps"] / summary[prefix + "pingora"]["rps"], 3)
             if prefix + "nginx+key+limit" in summary:
                 best = max(summary[prefix + "nginx+key+limit"]["rps"], summary[prefix + "haproxy+key+limit"]["rps"])
                 summary[name]["vs_best_gateway_peer"] = round(summary[name]["rps"] / best, 3)
@@ -506,7 +518,7 @@ backend be
             summary["tollgate+mtls+jwt"]["rps"] / summary["tollgate+tls+apikey"]["rps"], 3)
         summary["redis_leases"] = metric(mgmt, "tollgate_traffic_manager_leases_total")
         out[f"workers={workers}"] = summary
-        for p in (nginx, haproxy, gw, gw_off):
+        for p in (nginx, haproxy, pingora, gw, gw_off):
             procs.stop(p)
     return out
 

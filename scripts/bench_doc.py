@@ -33,6 +33,12 @@ def targets(r):
                             f"{g['vs_best_gateway_peer']}x", g["vs_best_gateway_peer"] >= 1.0))
                 out.append((f"{w}: key+tier p99 within +0.5 ms of that peer ({label})",
                             f"{g['p99_ms']:.2f} ms vs {p99:.2f} ms", g["p99_ms"] <= p99 + 0.5))
+            for what in ("tollgate", "tollgate+auth+throttle"):
+                v = s.get(prefix + what, {}).get("vs_pingora")
+                if v is not None:
+                    label = "2 KiB JSON" if prefix else "small GET"
+                    kind = "no policy" if what == "tollgate" else "key+tier"
+                    out.append((f"{w}: tollgate {kind} within 5 % of bare Pingora ({label})", f"{v}x", v >= 0.95))
         out.append((f"{w}: auth+throttle >= 1.0x nginx", f"{t['vs_nginx']}x", t["vs_nginx"] >= 1.0))
         out.append((f"{w}: auth+throttle >= 1.0x HAProxy", f"{t['vs_haproxy']}x", t["vs_haproxy"] >= 1.0))
         out.append((f"{w}: p99 within +0.5 ms of the best proxy", f"{t['p99_ms']:.2f} ms vs {best_p99:.2f} ms",
@@ -108,8 +114,8 @@ to read.
 
     if "proxy" in r:
         rows = [_row(["workers", "target", "req/s", "p50 ms", "p99 ms", "x nginx", "x HAProxy", "x tollgate",
-                      "x best gateway peer", "CPU us/req proxy / backend / wrk", "non-2xx"]),
-                _row(["---"] * 11)]
+                      "x best gateway peer", "x bare Pingora", "CPU us/req proxy / backend / wrk", "non-2xx"]),
+                _row(["---"] * 12)]
         for w, s in r["proxy"].items():
             for name, v in s.items():
                 if isinstance(v, dict):
@@ -117,7 +123,8 @@ to read.
                     cpu_cell = " / ".join(f"{cpu[k]:.0f}" if k in cpu else "-" for k in ("proxy", "backend", "loadgen"))
                     rows.append(_row([w.split("=")[1], name, v["rps"], f"{v['p50_ms']:.2f}", f"{v['p99_ms']:.2f}",
                                       v["vs_nginx"], v["vs_haproxy"], v["vs_tollgate"],
-                                      v.get("vs_best_gateway_peer", "-"), cpu_cell if cpu else "-", v["non2xx"]]))
+                                      v.get("vs_best_gateway_peer", "-"), v.get("vs_pingora", "-"),
+                                      cpu_cell if cpu else "-", v["non2xx"]]))
         rounds = len(next(iter(r["proxy"].values()))["nginx"]["runs"])
         parts.append(f"""
 ## 1, 2. Proxy throughput, latency and the cost of throttling
@@ -137,7 +144,9 @@ recipes, doing what `tollgate+auth+throttle` does: an API-key check (nginx
 `map $http_apikey`, HAProxy a map file), a per-key request-rate limit that
 never trips (nginx `limit_req`, HAProxy a stick-table with `http_req_rate`),
 the key header stripped before the backend; `x best gateway peer` is the
-ratio to the faster of the two. Rows starting `json2k:` fetch a 2 KiB JSON
+ratio to the faster of the two. `pingora` is Pingora with no hooks and the
+gateway's server settings (gateway/examples/bare_proxy.rs): `x bare
+Pingora` is what the gateway costs on top of its proxy core. Rows starting `json2k:` fetch a 2 KiB JSON
 document instead of the 18-byte one; rows starting `tls:` fetch the same
 document over TLS 1.3 with an ECDSA P-256 certificate on every proxy (wrk
 over HTTPS, keep-alive, no client certificate). `CPU us/req` is the CPU time per

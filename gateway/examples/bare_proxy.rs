@@ -1,11 +1,12 @@
 //! A bare Pingora proxy (no routing, no policies) with the gateway's server
-//! settings, for `perf` comparisons: how much of a request's cost is
-//! Pingora's and how much is the gateway's.
+//! settings, for `perf` comparisons and the `pingora` rows of `make bench`:
+//! how much of a request's cost is Pingora's and how much is the gateway's.
 //!
 //!     cargo run --release --example bare_proxy -- 127.0.0.1:17010 127.0.0.1:17001
 
 use async_trait::async_trait;
 use mimalloc::MiMalloc;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
@@ -32,7 +33,8 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, Bare(upstream));
-    proxy.add_tcp(&listen);
+    // The gateway's default client write buffer (--write-buffer-bytes).
+    proxy.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().write(16384)));
     server.add_service(proxy);
     server.run_forever();
 }

@@ -28,13 +28,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGES = os.path.join(ROOT, "target", "images")
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import images  # noqa: E402  (the builder: version and reference names)
+from bench import http_get  # noqa: E402
 
 
 def check(ok, message):
@@ -54,16 +53,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def get(url, timeout=2):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
 
 
 def archive(name):
@@ -168,14 +157,14 @@ def run_gateway(work):
                             stdin=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while get(f"http://127.0.0.1:{mgmt}/readyz")[0] != 200:
+        while http_get(mgmt, "/readyz")[0] != 200:
             if proc.poll() is not None or time.time() > deadline:
                 log.flush()
                 sys.exit(f"FAIL: the gateway container did not become ready:\n{open(log.name).read()}")
             time.sleep(0.1)
         check(True, "gateway container: /readyz 200")
-        check(get(f"http://127.0.0.1:{mgmt}/healthz")[0] == 200, "gateway container: /healthz 200")
-        status, body = get(f"http://127.0.0.1:{http_port}/accounts/v1/balances")
+        check(http_get(mgmt, "/healthz")[0] == 200, "gateway container: /healthz 200")
+        status, body = http_get(http_port, "/accounts/v1/balances")
         check(status == 200 and json.loads(body) == {"path": "/balances", "from": "host backend"},
               f"gateway container proxies to the host's backend ({status} {body[:80]!r})")
         state = json.loads(run(["runc", "state", container]))
