@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tollgate_crds::api_deployment::Lifecycle;
-use tollgate_crds::{ApiDeployment, KeyManagerSpec, ObjectRef, Resource, ThrottlePolicy, ThrottlePolicySpec};
+use tollgate_crds::{ApiDeployment, ObjectRef, Resource, ThrottlePolicy};
 
 use crate::metrics::ApiMetrics;
 use crate::oauth::Issuer;
@@ -133,11 +133,10 @@ pub struct Snapshot {
 
 #[derive(Default)]
 struct Sources {
-    policies: HashMap<String, ThrottlePolicySpec>,
-    issuers: HashMap<String, KeyManagerSpec>,
     /// The policies of each namespace, as the APIs' tiers hold them.
     namespaces: HashMap<String, NamespacePolicies>,
-    /// Every object's content hash, for the revision.
+    /// Every object's content hash: the revision, and whether a policy or
+    /// issuer is unchanged.
     digests: Digests,
 }
 
@@ -235,18 +234,23 @@ pub fn compile(
 ) -> (Snapshot, Vec<ObjectError>) {
     let mut errors = Vec::new();
     let mut sources = Sources::default();
+    let (revision, digests) = revision_of(objects, &current.sources.digests);
+    // The same content as in the snapshot served now.
+    let unchanged = |r: &ObjectRef| match (current.sources.digests.get(r), digests.get(r)) {
+        (Some((_, old)), Some((_, new))) => old == new,
+        _ => false,
+    };
     let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
     for (r, res) in objects {
         if let Resource::ThrottlePolicy(tp) = res {
             let id = format!("{}/{}", r.namespace, r.name);
-            let unchanged = current.sources.policies.get(&id) == Some(&tp.spec);
+            let unchanged = unchanged(r);
             let policy = match current.policies.get(&id).filter(|_| unchanged) {
                 Some(p) => Ok(p.clone()),
                 None => Policy::compile(tp, &shared.counters, shared.max_keys).map(Arc::new),
             };
             match policy {
                 Ok(p) => {
-                    sources.policies.insert(id.clone(), tp.spec.clone());
                     policies.insert(id, p);
                 }
                 Err(message) => errors.push(ObjectError { object: r.clone(), message }),
@@ -286,14 +290,13 @@ pub fn compile(
     for (r, res) in objects {
         if let Resource::KeyManager(km) = res {
             let id = format!("{}/{}", r.namespace, r.name);
-            let unchanged = current.sources.issuers.get(&id) == Some(&km.spec);
+            let unchanged = unchanged(r);
             let issuer = match current.issuers.get(&id).filter(|_| unchanged) {
                 Some(i) => Ok(i.clone()),
                 None => Issuer::compile(km, &shared.jwks).map(Arc::new),
             };
             match issuer {
                 Ok(i) => {
-                    sources.issuers.insert(id, km.spec.clone());
                     issuers.insert(i.id.clone(), i);
                 }
                 Err(message) => errors.push(ObjectError { object: r.clone(), message: format!("Invalid: {message}") }),
@@ -360,7 +363,6 @@ pub fn compile(
         }
         compiled.push(api);
     }
-    let (revision, digests) = revision_of(objects, &current.sources.digests);
     sources.digests = digests;
     let snapshot =
         Snapshot { revision, router, apis: compiled, policies, issuers, built_at: SystemTime::now(), sources };
