@@ -237,6 +237,53 @@ impl FileCache {
     pub fn last_parsed(&self) -> usize {
         self.parsed
     }
+
+    /// How many files were young when read and await a second look.
+    pub fn young(&self) -> usize {
+        self.files.values().filter(|c| c.digest.is_some()).count()
+    }
+
+    /// When (nanoseconds since the epoch) the last of the files that were
+    /// young when read has settled; None when no file awaits a second look.
+    pub fn young_until(&self) -> Option<i128> {
+        self.files.values().filter(|c| c.digest.is_some()).map(|c| c.stamp.changed_ns() + SETTLED_NS).max()
+    }
+
+    /// Takes the second look at the files that were young when read and
+    /// have settled since: each is stat'ed and read again. A file whose
+    /// stamp and content are both unchanged is remembered as settled from
+    /// now on, so no later load reads it again. Returns false when any of
+    /// them changed (or vanished): a load is due, and will find the change
+    /// by the digest it still remembers.
+    ///
+    /// Without this second look a file rewritten within its first tick
+    /// after being read would look unchanged to a listing, and a reload
+    /// soon after startup would read every file again.
+    pub fn verify_settled(&mut self) -> bool {
+        use sha2::Digest as _;
+        let due: Vec<(&PathBuf, FileStamp, Digest)> = self
+            .files
+            .iter()
+            .filter_map(|(f, c)| Some((f, c.stamp, c.digest?)))
+            .filter(|(_, stamp, _)| stamp.settled())
+            .collect();
+        let same = |&(file, stamp, digest): &(&PathBuf, FileStamp, Digest)| {
+            let now = std::fs::metadata(file).ok().map(|m| FileStamp::of(&m));
+            now == Some(stamp)
+                && read_limited(file).is_ok_and(|text| sha2::Sha256::digest(text.as_bytes())[..] == digest[..])
+        };
+        let verdicts = in_parallel(&due, same);
+        if verdicts.iter().any(|same| !same) {
+            return false;
+        }
+        let settled: Vec<PathBuf> = due.into_iter().map(|(f, _, _)| f.clone()).collect();
+        for f in settled {
+            if let Some(c) = self.files.get_mut(&f) {
+                c.digest = None;
+            }
+        }
+        true
+    }
 }
 
 /// [`load_dir`] that reuses the parse results of unchanged files from
@@ -371,14 +418,21 @@ fn read_files(files: &[(usize, &Path, Option<Digest>)]) -> HashMap<usize, ReadFi
         };
         (i, result)
     };
+    in_parallel(files, one).into_iter().collect()
+}
+
+/// `items` mapped by `f`, in order, split over the available cores (up to
+/// eight) when there are many.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    if threads < 2 || files.len() < 64 {
-        return files.iter().map(one).collect();
+    if threads < 2 || items.len() < 64 {
+        return items.iter().map(f).collect();
     }
-    let chunk = files.len().div_ceil(threads);
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
     std::thread::scope(|scope| {
         let workers: Vec<_> =
-            files.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>())).collect();
+            items.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<_>>())).collect();
         workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
     })
 }

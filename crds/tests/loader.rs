@@ -339,3 +339,47 @@ fn files_are_listed_depth_first_in_file_name_order() {
     let rel: Vec<String> = files.iter().map(|f| f.strip_prefix(dir).unwrap().display().to_string()).collect();
     assert_eq!(rel, ["a/b/y.yaml", "a/z.yaml", "a-x.yaml", "b.yaml", "c/d/e.yaml"]);
 }
+
+#[test]
+fn young_files_get_one_second_look_once_settled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write(dir, "policy.yaml", POLICY);
+    write(dir, "apis/accounts.yaml", API);
+    let mut cache = FileCache::default();
+    let first = load_dir_cached(dir, &mut cache).unwrap();
+    assert_eq!(cache.young(), 2, "both were written just now");
+    let until = cache.young_until().expect("young files await a second look");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
+    assert!(until > now && until <= now + 1_000_000_000, "settled within a second of their last change");
+    assert!(cache.verify_settled(), "nothing changed");
+    assert_eq!(cache.young(), 2, "not looked at again before they settle");
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(cache.verify_settled());
+    assert_eq!(cache.young(), 0, "unchanged and settled: remembered as such");
+    assert_eq!(cache.young_until(), None);
+    assert_eq!(load_dir_cached(dir, &mut cache).unwrap(), first);
+    assert_eq!(cache.last_parsed(), 0);
+
+    // A change the listing has not seen yet: the second look reports it,
+    // and leaves the digest for the load that follows.
+    write(dir, "apis/accounts.yaml", API);
+    load_dir_cached(dir, &mut cache).unwrap();
+    assert_eq!(cache.young(), 1);
+    write(dir, "apis/accounts.yaml", &API.replace("accounts", "cards"));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(!cache.verify_settled(), "the rewrite is seen");
+    assert_eq!(cache.young(), 1, "still to be read by the next load");
+    let report = load_dir_cached(dir, &mut cache).unwrap();
+    assert_eq!(report, load_dir(dir).unwrap());
+    assert_eq!(cache.last_parsed(), 1);
+    assert_eq!(cache.young(), 0, "read after settling: nothing left to look at");
+
+    // A young file that vanished is a change too.
+    write(dir, "extra.yaml", &POLICY.replace("name: gold", "name: silver"));
+    load_dir_cached(dir, &mut cache).unwrap();
+    std::fs::remove_file(dir.join("extra.yaml")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(!cache.verify_settled());
+}

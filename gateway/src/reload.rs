@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use notify::Watcher;
@@ -171,6 +171,30 @@ impl Reloader {
         };
         metrics.reloads.get_or_create(&crate::metrics::ResultLabels { result: label }).inc();
         outcome
+    }
+
+    /// How long until the files that were young when last read have
+    /// settled and can be looked at again ([`Reloader::verify_young`]);
+    /// None when no file awaits that.
+    pub fn young_settle_in(&self) -> Option<Duration> {
+        let until = self.cache.young_until()?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        Some(Duration::from_nanos(u64::try_from(until - now).unwrap_or(0)))
+    }
+
+    /// The second look at files that were young when read (see
+    /// [`FileCache::verify_settled`]): reloads when one of them changed
+    /// without its stamp showing it, otherwise only remembers them as
+    /// settled, which spares the next reload reading them again.
+    pub fn verify_young(&mut self) -> Outcome {
+        let young = self.cache.young();
+        let started = std::time::Instant::now();
+        if self.cache.verify_settled() {
+            tracing::debug!(files = young, took_ms = started.elapsed().as_secs_f64() * 1e3, "young files unchanged");
+            return Outcome::Unchanged;
+        }
+        tracing::info!("a file changed within its first second without its times showing it; reloading");
+        self.reload(true)
     }
 
     fn rebuild(&mut self, listing: Result<Listing, Box<LoadError>>) -> Outcome {
@@ -365,6 +389,10 @@ fn status_error(e: &LoadError, kept: bool) -> StatusError {
     }
 }
 
+/// Shortest wait before a second look at young files (no busy loop when
+/// one cannot be settled, say behind an unreadable folder).
+const MIN_YOUNG_WAIT: Duration = Duration::from_millis(200);
+
 /// Runs the watcher on its own thread: inotify events plus a periodic rescan.
 pub fn spawn(mut reloader: Reloader, rescan: Duration, debounce: Duration) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -384,14 +412,23 @@ pub fn spawn(mut reloader: Reloader, rescan: Duration, debounce: Duration) -> st
                     None
                 }
             };
+            let mut next_rescan = Instant::now() + rescan;
             loop {
-                match rx.recv_timeout(rescan) {
+                // Wake for the periodic rescan, or earlier to take the
+                // second look at files read while young.
+                let until_rescan = next_rescan.saturating_duration_since(Instant::now());
+                let young = reloader.young_settle_in().map(|d| d.max(MIN_YOUNG_WAIT));
+                match rx.recv_timeout(young.map_or(until_rescan, |y| y.min(until_rescan))) {
                     Ok(()) => {
                         std::thread::sleep(debounce);
                         while rx.try_recv().is_ok() {}
                         reloader.reload(false);
                     }
+                    Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < next_rescan => {
+                        reloader.verify_young();
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => {
+                        next_rescan = Instant::now() + rescan;
                         reloader.reload(false);
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
