@@ -591,6 +591,7 @@ def section_scale(env, a):
         served_ms.append((time.monotonic() - t0) * 1000)
         time.sleep(0.05)
         reload_ms.append(status(mgmt_big).get("lastReloadMillis") or 0)
+    reload_order = list(reload_ms)
     reload_ms.sort()
     served_ms.sort()
     targets = {"1 API": (port_one, "/svc0/accounts/v1/hello"),
@@ -610,6 +611,7 @@ def section_scale(env, a):
         "apis": n, "routes": n * 3, "generate_files_s": round(generate_s, 1),
         "startup_to_ready_s": round(startup_s, 2), "first_build_ms": first_build_ms,
         "reload_trials": trials, "reload_p50_ms": pct(reload_ms, 0.5), "reload_max_ms": pct(reload_ms, 1.0),
+        "reload_each_ms": [round(x, 1) for x in reload_order],
         "write_to_served_p50_ms": pct(served_ms, 0.5), "write_to_served_max_ms": pct(served_ms, 1.0),
         "rss_mib": rss_mib(gw_big.pid), "rss_one_api_mib": rss_mib(gw_one.pid),
         "throughput": thr,

@@ -82,14 +82,34 @@ fn head_complete(buf: &[u8]) -> bool {
     buf.len() >= MAX_HEAD || head_end(buf, 0).is_some()
 }
 
+/// Which timers bound the waits for a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timers {
+    /// Pingora's shared coarse timer wheel (10 ms ticks), created only when
+    /// a wait is pending: what the traffic listeners use. A tokio timer
+    /// armed per request wakes the runtime's driver through its eventfd
+    /// (one `write` system call per request on an otherwise idle worker).
+    Shared,
+    /// The runtime's own timers (tests with paused time).
+    Runtime,
+}
+
+/// `future`, unless `limit` passes first (None).
+async fn within<F: std::future::Future>(timers: Timers, limit: Duration, future: F) -> Option<F::Output> {
+    match timers {
+        Timers::Shared => pingora::time::fast_timeout::fast_timeout(limit, future).await.ok(),
+        Timers::Runtime => pingora::time::tokio_timeout(limit, future).await.ok(),
+    }
+}
+
 /// Reads from `stream` until `buf` holds a whole request head: the first
 /// byte within `idle`, the rest within `head`. Stops waiting for a first
 /// byte when the server shuts down.
 pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    idle: Duration,
-    head: Duration,
+    (idle, head): (Duration, Duration),
+    timers: Timers,
     shutdown: &ShutdownWatch,
 ) -> Result<(), NoHead> {
     if buf.is_empty() {
@@ -100,7 +120,7 @@ pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
                 _ = shutdown.wait_for(|down| *down) => None,
             }
         };
-        if tokio::time::timeout(idle, first).await.ok().flatten().is_none() {
+        if within(timers, idle, first).await.flatten().is_none() {
             return Err(NoHead::Closed);
         }
     }
@@ -115,7 +135,7 @@ pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
         }
         Ok(())
     };
-    tokio::time::timeout(head, rest).await.unwrap_or(Err(NoHead::TimedOut))
+    within(timers, head, rest).await.unwrap_or(Err(NoHead::TimedOut))
 }
 
 #[async_trait]
@@ -130,7 +150,7 @@ where
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             let mut buf = BytesMut::with_capacity(4096);
-            match read_head(&mut stream, &mut buf, self.idle, self.head, shutdown).await {
+            match read_head(&mut stream, &mut buf, (self.idle, self.head), Timers::Shared, shutdown).await {
                 Ok(()) => {}
                 Err(NoHead::Closed) => return None,
                 Err(NoHead::TimedOut) => {
@@ -208,7 +228,14 @@ mod tests {
         });
         let mut buf = BytesMut::new();
         let started = tokio::time::Instant::now();
-        let got = read_head(&mut server, &mut buf, Duration::from_secs(60), Duration::from_secs(10), &shutdown).await;
+        let got = read_head(
+            &mut server,
+            &mut buf,
+            (Duration::from_secs(60), Duration::from_secs(10)),
+            Timers::Runtime,
+            &shutdown,
+        )
+        .await;
         assert_eq!(got, Err(NoHead::TimedOut));
         let took = started.elapsed();
         assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(12), "{took:?}");
@@ -227,7 +254,15 @@ mod tests {
             client
         });
         let mut buf = BytesMut::new();
-        read_head(&mut server, &mut buf, Duration::from_secs(60), Duration::from_secs(10), &shutdown).await.unwrap();
+        read_head(
+            &mut server,
+            &mut buf,
+            (Duration::from_secs(60), Duration::from_secs(10)),
+            Timers::Runtime,
+            &shutdown,
+        )
+        .await
+        .unwrap();
         assert!(buf.starts_with(b"POST /a HTTP/1.1\r\n") && head_complete(&buf));
         let _client = writer.await.unwrap();
     }
@@ -237,7 +272,14 @@ mod tests {
         let (_client, mut server) = tokio::io::duplex(1024);
         let (tx, shutdown) = watch();
         let mut buf = BytesMut::new();
-        let got = read_head(&mut server, &mut buf, Duration::from_secs(5), Duration::from_secs(1), &shutdown).await;
+        let got = read_head(
+            &mut server,
+            &mut buf,
+            (Duration::from_secs(5), Duration::from_secs(1)),
+            Timers::Runtime,
+            &shutdown,
+        )
+        .await;
         assert_eq!(got, Err(NoHead::Closed), "an idle wait is not a head timeout");
 
         let started = tokio::time::Instant::now();
@@ -245,7 +287,14 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(2)).await;
             tx.send(true).unwrap();
         });
-        let got = read_head(&mut server, &mut buf, Duration::from_secs(60), Duration::from_secs(1), &shutdown).await;
+        let got = read_head(
+            &mut server,
+            &mut buf,
+            (Duration::from_secs(60), Duration::from_secs(1)),
+            Timers::Runtime,
+            &shutdown,
+        )
+        .await;
         assert_eq!(got, Err(NoHead::Closed));
         assert!(started.elapsed() < Duration::from_secs(3), "shutdown ends the idle wait");
     }

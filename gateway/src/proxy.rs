@@ -211,6 +211,42 @@ impl Gateway {
     }
 }
 
+/// A request or response head (Pingora keeps a header map and the names'
+/// original case side by side; removing through it keeps both in step).
+trait Head {
+    fn map(&self) -> &http::HeaderMap;
+    fn remove(&mut self, name: &http::HeaderName);
+}
+
+impl Head for RequestHeader {
+    fn map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Head for ResponseHeader {
+    fn map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+/// Removes every header `drop` picks by its (lower-case) name, in one pass
+/// over the names the head carries: most heads carry none of them, and
+/// removing each candidate by name would parse and hash every one of them
+/// on every request.
+fn remove_where(head: &mut impl Head, drop: impl Fn(&str) -> bool) {
+    let found: Vec<http::HeaderName> = head.map().keys().filter(|n| drop(n.as_str())).cloned().collect();
+    for name in &found {
+        head.remove(name);
+    }
+}
+
 /// Keeps a response head for an idempotency key.
 fn record_head(claim: &mut crate::pipeline::idempotency::Claim, resp: &ResponseHeader) {
     claim.status = Some(resp.status.as_u16());
@@ -397,16 +433,14 @@ impl ProxyHttp for Gateway {
             .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
             .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive")
             .collect();
-        for h in HOP_BY_HOP {
-            upstream.remove_header(h);
-        }
-        for h in named.iter().chain(ctx.req.strip_headers.iter()) {
-            upstream.remove_header(h.as_str());
-        }
-        // The verified identity, never the client's claim of one.
-        for h in crate::pipeline::authn::IDENTITY_HEADERS {
-            upstream.remove_header(h);
-        }
+        // With them, the verified identity's headers (never the client's
+        // claim of one) and whatever the pipeline strips (credentials).
+        let strip = |name: &str| {
+            HOP_BY_HOP.contains(&name)
+                || crate::pipeline::authn::IDENTITY_HEADERS.contains(&name)
+                || named.iter().chain(ctx.req.strip_headers.iter()).any(|h| h.as_str() == name)
+        };
+        remove_where(upstream, strip);
         for (n, v) in &ctx.req.identity_headers {
             if let Ok(v) = http::HeaderValue::from_str(v) {
                 upstream.insert_header(*n, v)?;
@@ -447,9 +481,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        for h in HOP_BY_HOP {
-            resp.remove_header(h);
-        }
+        remove_where(resp, |name| HOP_BY_HOP.contains(&name));
         if let Some(api) = &ctx.api {
             if let Some(i) = ctx.current {
                 api.endpoints_for(ctx.req.sandbox()).endpoints[i].health.succeed();

@@ -124,7 +124,17 @@ fn forwarding_headers_head_and_hop_by_hop() {
         gw.http,
         "GET",
         "/open-banking/aisp/v3.1/accounts/1",
-        &[("x-forwarded-for", "198.51.100.7"), ("keep-alive", "timeout=5"), ("x-custom", "kept"), ("te", "trailers")],
+        &[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("keep-alive", "timeout=5"),
+            ("x-custom", "kept"),
+            ("te", "trailers"),
+            ("Connection", "keep-alive, X-Hop-Only"),
+            ("x-hop-only", "named by Connection"),
+            ("Proxy-Connection", "keep-alive"),
+            ("X-Tollgate-Client-Id", "forged"),
+            ("x-tollgate-application", "forged"),
+        ],
         b"",
     );
     let h = &r.json()["headers"];
@@ -132,7 +142,9 @@ fn forwarding_headers_head_and_hop_by_hop() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "gateway.test");
     assert_eq!(h["x-custom"], "kept");
-    assert!(h.get("keep-alive").is_none() && h.get("te").is_none(), "hop-by-hop stripped: {h}");
+    for gone in ["keep-alive", "te", "x-hop-only", "proxy-connection", "x-tollgate-client-id", "x-tollgate-application"] {
+        assert!(h.get(gone).is_none(), "{gone} stripped: {h}");
+    }
     assert!(h["host"].as_str().unwrap().starts_with("127.0.0.1:"), "Host is the backend's");
 
     let r = request(gw.http, "HEAD", "/open-banking/aisp/v3.1/accounts/1", &[], b"");
