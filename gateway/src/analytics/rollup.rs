@@ -53,13 +53,41 @@ pub fn compact(rows: Vec<MinuteRow>, period_ms: i64) -> Vec<MinuteRow> {
     out.into_iter().map(|(key, counts)| MinuteRow { key, counts }).collect()
 }
 
+/// A rollup's key while it is being counted: the event's shared strings
+/// and static labels, so counting an event allocates nothing; the store's
+/// [`RowKey`] is made per row when rows are written.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LiveKey {
+    minute_ms: i64,
+    api: Arc<str>,
+    operation: Option<Arc<str>>,
+    application: Option<String>,
+    environment: &'static str,
+    status_class: &'static str,
+    fault: &'static str,
+}
+
+impl LiveKey {
+    fn row(&self) -> RowKey {
+        RowKey {
+            minute_ms: self.minute_ms,
+            api: self.api.to_string(),
+            operation: self.operation.as_deref().unwrap_or("").to_string(),
+            application: self.application.clone().unwrap_or_default(),
+            environment: self.environment.to_string(),
+            status_class: self.status_class.to_string(),
+            fault: self.fault.to_string(),
+        }
+    }
+}
+
 /// The aggregator: rollups of the recent minutes, written every flush;
 /// every few flushes the hourly and daily rollups of the current and the
 /// previous period are recomputed and old rows expired.
 pub struct Aggregator {
     pod: String,
     store: Arc<Store>,
-    rollups: HashMap<RowKey, Rollup>,
+    rollups: foldhash::HashMap<LiveKey, Rollup>,
     retention: Retention,
     /// Per-request records exported over OTLP (--otlp-endpoint).
     otlp: Option<super::otlp::Otlp>,
@@ -67,7 +95,7 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(pod: String, store: Arc<Store>, retention: Retention, otlp: Option<super::otlp::Otlp>) -> Aggregator {
-        Aggregator { pod, store, rollups: HashMap::new(), retention, otlp }
+        Aggregator { pod, store, rollups: foldhash::HashMap::default(), retention, otlp }
     }
 
     /// Recomputes the hourly rows of this hour and the last, and the daily
@@ -94,18 +122,20 @@ impl Aggregator {
         Ok(())
     }
 
-    pub fn add(&mut self, e: &Event) {
+    pub fn add(&mut self, e: Event) {
         if let Some(o) = &self.otlp {
-            o.emit(e);
+            o.emit(&e);
         }
-        let key = RowKey {
+        let key = LiveKey {
             minute_ms: e.at_ms - e.at_ms.rem_euclid(60_000),
-            api: e.api.to_string(),
-            operation: e.operation.as_deref().unwrap_or("").to_string(),
-            application: e.application.clone().unwrap_or_default(),
-            environment: e.environment.unwrap_or("").to_string(),
-            status_class: class(e.status).to_string(),
-            fault: e.fault.to_string(),
+            api: e.api,
+            // Empty is the same as none (as in the store's rows, where two
+            // keys naming one row would overwrite each other).
+            operation: e.operation.filter(|o| !o.is_empty()),
+            application: e.application.filter(|a| !a.is_empty()),
+            environment: e.environment.unwrap_or(""),
+            status_class: class(e.status),
+            fault: e.fault,
         };
         let r = self.rollups.entry(key).or_default();
         let c = &mut r.counts;
@@ -126,7 +156,7 @@ impl Aggregator {
             .rollups
             .iter()
             .filter(|(_, r)| r.dirty)
-            .map(|(k, r)| MinuteRow { key: k.clone(), counts: r.counts.clone() })
+            .map(|(k, r)| MinuteRow { key: k.row(), counts: r.counts.clone() })
             .collect();
         if !rows.is_empty() {
             match self.store.db.write_minutes(&self.pod, &rows).await {
@@ -202,7 +232,7 @@ impl Aggregator {
     fn drain(&mut self, rx: &mut tokio::sync::mpsc::Receiver<Event>) -> bool {
         loop {
             match rx.try_recv() {
-                Ok(e) => self.add(&e),
+                Ok(e) => self.add(e),
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return true,
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return false,
             }
@@ -295,5 +325,76 @@ mod tests {
         assert_eq!(summary, [(h, "x", 6, 6), (h, "y", 1, 1), (2 * h, "x", 4, 4)]);
         assert_eq!(out[0].counts.bytes_out, 60);
         assert!(out[0].counts.latency.quantile(1.0).unwrap() >= 500.0);
+    }
+
+    fn event(at_ms: i64, operation: Option<&str>, application: Option<&str>, status: u16) -> Event {
+        Event {
+            at_ms,
+            api: "ns/a".into(),
+            operation: operation.map(Arc::from),
+            application: application.map(str::to_string),
+            environment: application.filter(|a| !a.is_empty()).map(|_| "production"),
+            client_id: None,
+            interaction_id: None,
+            status,
+            fault: if status >= 500 { "backend_5xx" } else { "" },
+            throttled: false,
+            latency_ms: 3.0,
+            bytes_in: 1,
+            bytes_out: 10,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_counted_into_one_row_per_key_and_written_once_per_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(Store::open(tmp.path(), None, None, Duration::from_secs(5), Default::default()).await.unwrap());
+        store.ensure_migrated().await.unwrap();
+        let day = Duration::from_secs(86_400);
+        let mut agg =
+            Aggregator::new("pod-a".into(), store.clone(), Retention { minute: day, hour: day, day: day }, None);
+        let now = crate::throttle::now_ms() as i64;
+        let minute = now - now.rem_euclid(60_000);
+        agg.add(event(minute + 1, Some("GET /x"), Some("app"), 200));
+        agg.add(event(minute + 2, Some("GET /x"), Some("app"), 204));
+        agg.add(event(minute + 3, Some("GET /x"), Some("app"), 503));
+        agg.add(event(minute + 4, Some("GET /x"), Some("other"), 200));
+        // No operation and no application, spelt either way: one row.
+        agg.add(event(minute + 5, None, None, 200));
+        agg.add(event(minute + 6, Some(""), Some(""), 200));
+        agg.flush().await;
+        let mut rows = store.db.read_minutes(0, i64::MAX, None, None).await.unwrap();
+        rows.sort_by(|a, b| (&a.key.application, &a.key.status_class).cmp(&(&b.key.application, &b.key.status_class)));
+        let summary: Vec<(&str, &str, &str, &str, u64, u64)> = rows
+            .iter()
+            .map(|r| {
+                let k = &r.key;
+                (
+                    k.operation.as_str(),
+                    k.application.as_str(),
+                    k.status_class.as_str(),
+                    k.fault.as_str(),
+                    r.counts.requests,
+                    r.counts.errors,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("", "", "2xx", "", 2, 0),
+                ("GET /x", "app", "2xx", "", 2, 0),
+                ("GET /x", "app", "5xx", "backend_5xx", 1, 1),
+                ("GET /x", "other", "2xx", "", 1, 0),
+            ]
+        );
+        assert_eq!(rows[1].key.environment, "production");
+        assert_eq!(rows[1].counts.bytes_out, 20);
+        // A later event of the minute replaces its row with the new total.
+        agg.add(event(minute + 7, Some("GET /x"), Some("other"), 200));
+        agg.flush().await;
+        let rows = store.db.read_minutes(0, i64::MAX, None, Some("other")).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.counts.requests).collect::<Vec<_>>(), [2]);
     }
 }
