@@ -142,7 +142,8 @@ fn forwarding_headers_head_and_hop_by_hop() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "gateway.test");
     assert_eq!(h["x-custom"], "kept");
-    for gone in ["keep-alive", "te", "x-hop-only", "proxy-connection", "x-tollgate-client-id", "x-tollgate-application"] {
+    for gone in ["keep-alive", "te", "x-hop-only", "proxy-connection", "x-tollgate-client-id", "x-tollgate-application"]
+    {
         assert!(h.get(gone).is_none(), "{gone} stripped: {h}");
     }
     assert!(h["host"].as_str().unwrap().starts_with("127.0.0.1:"), "Host is the backend's");
