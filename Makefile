@@ -9,7 +9,7 @@ APT_PACKAGES := build-essential pkg-config cmake openssl ca-certificates curl \
                 chromium python3-venv fonts-dejavu-core \
                 umoci skopeo runc containerd binutils
 
-.PHONY: help deps rust-deps test lint fmt crds crds-check unit browser-deps browser-test browser-run build release run bench bench-quick images images-test
+.PHONY: help deps rust-deps test lint fmt crds crds-check unit browser-deps browser-test browser-run build release run bench bench-quick images images-test disk-check
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,7 +61,17 @@ browser-test: browser-deps ## the developer portal in a real browser (system chr
 browser-run: browser-deps
 	$(BROWSER_VENV)/bin/pytest -q -p no:cacheprovider tests/browser
 
-test: deps lint crds-check unit browser-run images-test e2e ## every test (installs what it needs first)
+test: disk-check deps lint crds-check unit browser-run images-test e2e ## every test (installs what it needs first)
+
+# A cold `make test` leaves about 12 GiB under target/ (debug and release
+# builds, images, the cluster's data); say so at once instead of failing
+# with "No space left on device" halfway through a build.
+TEST_DISK_GIB ?= 12
+disk-check:
+	@mkdir -p target; avail=$$(df -Pk target | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$avail" -lt $(TEST_DISK_GIB) ]; then \
+	  echo "make test needs about $(TEST_DISK_GIB) GiB free for target/ ($$(pwd)/target): $$avail GiB available" >&2; \
+	  echo "(free space, or set TEST_DISK_GIB=<GiB> if this tree is already built)" >&2; exit 1; fi
 
 build:
 	$(CARGO) build --workspace --locked
