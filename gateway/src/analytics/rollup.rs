@@ -352,8 +352,7 @@ mod tests {
             Arc::new(Store::open(tmp.path(), None, None, Duration::from_secs(5), Default::default()).await.unwrap());
         store.ensure_migrated().await.unwrap();
         let day = Duration::from_secs(86_400);
-        let mut agg =
-            Aggregator::new("pod-a".into(), store.clone(), Retention { minute: day, hour: day, day: day }, None);
+        let mut agg = Aggregator::new("pod-a".into(), store.clone(), Retention { minute: day, hour: day, day }, None);
         let now = crate::throttle::now_ms() as i64;
         let minute = now - now.rem_euclid(60_000);
         agg.add(event(minute + 1, Some("GET /x"), Some("app"), 200));
