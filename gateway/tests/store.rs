@@ -335,7 +335,7 @@ fn search_index_is_persisted_reused_and_rebuilt_when_missing_or_stale() {
         assert_eq!(search_ids(&gw, "accounts%20payments"), Vec::<String>::new(), "all words must match");
         assert_eq!(search_ids(&gw, "byquery"), vec!["bank/byquery"]);
         let log = std::fs::read_to_string(&gw.log).unwrap();
-        assert!(log.contains("search index rebuilt"), "built on first start");
+        assert!(log.contains("search index brought up to date"), "built on first start");
     }
     assert!(index_dir.join("tollgate-revision").is_file(), "the index records its revision");
     {
@@ -344,7 +344,7 @@ fn search_index_is_persisted_reused_and_rebuilt_when_missing_or_stale() {
         assert_eq!(search_ids(&gw, "payments"), vec!["bank/payments"]);
         std::thread::sleep(Duration::from_millis(1500));
         let log = std::fs::read_to_string(&gw.log).unwrap();
-        assert!(!log.contains("search index rebuilt"), "reused after a restart");
+        assert!(!log.contains("search index brought up to date"), "reused after a restart");
         // A changed artifact makes it stale: rebuilt and searchable within a few seconds.
         let text = std::fs::read_to_string(env.dir.join("apis.yaml")).unwrap();
         std::fs::write(
@@ -361,6 +361,10 @@ fn search_index_is_persisted_reused_and_rebuilt_when_missing_or_stale() {
             assert!(Instant::now() < deadline, "the stale index was not rebuilt");
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Only the changed API's document was replaced (deleted and added).
+        let log = std::fs::read_to_string(&gw.log).unwrap();
+        let line = log.lines().find(|l| l.contains("search index brought up to date")).unwrap_or_default();
+        assert!(line.contains("\"changed\":2"), "{line}");
     }
     // A missing index is rebuilt from the artifacts at start.
     std::fs::remove_dir_all(&index_dir).unwrap();

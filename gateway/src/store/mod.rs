@@ -89,8 +89,10 @@ impl Store {
     pub fn sync_search(&self, revision: &str, apis: &[search::IndexedApi]) {
         if let Some(index) = &self.search {
             match index.sync(revision, apis) {
-                Ok(true) => tracing::info!(revision = %revision, apis = apis.len(), "search index rebuilt"),
-                Ok(false) => {}
+                Ok(Some(changed)) => {
+                    tracing::info!(revision = %revision, apis = apis.len(), changed, "search index brought up to date")
+                }
+                Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "updating the search index failed"),
             }
         }
