@@ -109,6 +109,9 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         "lastReload": st.last_reload,
         "lastReloadMillis": st.last_reload_millis,
         "errors": st.errors,
+        // The snapshot revision the portal's search index holds (it catches
+        // up within a few seconds of a reload); null without a store.
+        "searchIndexRevision": state.shared.store.as_ref().and_then(|s| s.search.as_ref()).map(|i| i.revision()),
         "trafficManager": state.shared.traffic.as_ref().map(|t| t.status()),
         "tls": state.tls_cert.get().map(|c| c.status()),
         "clientCa": state.client_ca.get().map(|c| c.status()),
