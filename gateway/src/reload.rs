@@ -151,6 +151,8 @@ impl Reloader {
             Ok(listing) => {
                 let fp: Fingerprint = listing.files.iter().filter_map(|(f, s)| s.map(|s| (f.clone(), s))).collect();
                 if !force && self.fingerprint.as_ref() == Some(&fp) {
+                    let metrics = &self.state.shared.metrics;
+                    metrics.reloads.get_or_create(&crate::metrics::ResultLabels { result: "unchanged" }).inc();
                     return Outcome::Unchanged;
                 }
                 (self.rebuild(Ok(listing)), Some(fp))
@@ -389,6 +391,19 @@ fn status_error(e: &LoadError, kept: bool) -> StatusError {
     }
 }
 
+/// Whether an inotify event can mean a changed folder. Opening and reading
+/// files are events too (the inotify backend asks for IN_OPEN): the
+/// reloader's own listing and reads would otherwise wake it again, a reload
+/// loop every debounce interval for as long as the gateway runs.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Shortest wait before a second look at young files (no busy loop when
 /// one cannot be settled, say behind an unreadable folder).
 const MIN_YOUNG_WAIT: Duration = Duration::from_millis(200);
@@ -400,7 +415,7 @@ pub fn spawn(mut reloader: Reloader, rescan: Duration, debounce: Duration) -> st
         .spawn(move || {
             let (tx, rx) = mpsc::channel::<()>();
             let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if res.is_ok() {
+                if res.is_ok_and(|e| is_change(&e.kind)) {
                     let _ = tx.send(());
                 }
             })

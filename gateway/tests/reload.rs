@@ -204,3 +204,35 @@ fn a_deleted_policy_still_in_use_keeps_its_last_good_version() {
     eventually(Duration::from_secs(3), || gw.status()["errors"].as_array().unwrap().is_empty());
     assert_eq!(gw.status()["policies"], 0);
 }
+
+fn unchanged_reloads(gw: &Gateway) -> u64 {
+    gw.metrics()
+        .lines()
+        .find(|l| l.starts_with("tollgate_config_reloads_total{result=\"unchanged\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn reading_the_folder_is_no_change_and_wakes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let (_be, addr) = echo("bank");
+    let b = format!("http://{addr}");
+    std::fs::write(dir.join("a.yaml"), api("a", "/a", "v1", &b, "")).unwrap();
+    // No periodic rescan: every look at the folder comes from inotify.
+    let gw = gateway(&dir, &["--access-log", "false", "--rescan-interval", "3600"]);
+    assert_eq!(gw.get("/a/v1/x").status, 200);
+    std::thread::sleep(Duration::from_millis(1500)); // the file settles and gets its second look
+    let before = unchanged_reloads(&gw);
+    for _ in 0..5 {
+        let _ = std::fs::read_dir(&dir).unwrap().count();
+        let _ = std::fs::read(dir.join("a.yaml")).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(unchanged_reloads(&gw), before, "opening and reading files triggered reloads");
+    // A write still does.
+    write_atomic(&dir.join("b.yaml"), &api("b", "/b", "v1", &b, ""));
+    eventually(Duration::from_secs(2), || gw.get("/b/v1/x").status == 200);
+}

@@ -85,9 +85,11 @@ pub fn gateway(dir: &Path, extra: &[&str]) -> Gateway {
         .arg(dir)
         .args(["--http", &http.to_string(), "--https", &https.to_string()])
         .args(["--management", &mgmt.to_string(), "--management-tls", &mgmt_tls.to_string()])
-        .args(["--threads", "2", "--rescan-interval", "0.5", "--data-dir"])
+        .args(["--threads", "2", "--data-dir"])
         .arg(dir.parent().unwrap_or(dir).join("data"))
         .args(extra)
+        // A quick rescan unless the test sets its own.
+        .env("TOLLGATE_RESCAN_INTERVAL", "0.5")
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit())
         .spawn()
