@@ -173,12 +173,18 @@ fn non_mapping_document_and_bad_names() {
     assert_eq!(e.field.as_deref(), Some("metadata.name"));
 }
 
+/// A folder with a policy and an API, both written just now.
+fn policy_and_api() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "policy.yaml", POLICY);
+    write(tmp.path(), "apis/accounts.yaml", API);
+    tmp
+}
+
 #[test]
 fn cached_loads_see_every_change_and_match_uncached_loads() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = policy_and_api();
     let dir = tmp.path();
-    write(dir, "policy.yaml", POLICY);
-    write(dir, "apis/accounts.yaml", API);
     let mut cache = FileCache::default();
     let first = load_dir_cached(dir, &mut cache).unwrap();
     assert_eq!(first, load_dir(dir).unwrap());
@@ -342,10 +348,8 @@ fn files_are_listed_depth_first_in_file_name_order() {
 
 #[test]
 fn young_files_get_one_second_look_once_settled() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = policy_and_api();
     let dir = tmp.path();
-    write(dir, "policy.yaml", POLICY);
-    write(dir, "apis/accounts.yaml", API);
     let mut cache = FileCache::default();
     let first = load_dir_cached(dir, &mut cache).unwrap();
     assert_eq!(cache.young(), 2, "both were written just now");
