@@ -193,6 +193,18 @@ mod tests {
         tokio::sync::watch::channel(false)
     }
 
+    /// [`read_head`] with the runtime's timers (these tests pause time),
+    /// the idle and head limits in seconds.
+    async fn read_head_paused(
+        server: &mut tokio::io::DuplexStream,
+        buf: &mut BytesMut,
+        (idle, head): (u64, u64),
+        shutdown: &ShutdownWatch,
+    ) -> Result<(), NoHead> {
+        let limits = (Duration::from_secs(idle), Duration::from_secs(head));
+        read_head(server, buf, limits, Timers::Runtime, shutdown).await
+    }
+
     #[test]
     fn heads_are_recognised_when_whole() {
         assert!(!head_complete(b""));
@@ -228,14 +240,7 @@ mod tests {
         });
         let mut buf = BytesMut::new();
         let started = tokio::time::Instant::now();
-        let got = read_head(
-            &mut server,
-            &mut buf,
-            (Duration::from_secs(60), Duration::from_secs(10)),
-            Timers::Runtime,
-            &shutdown,
-        )
-        .await;
+        let got = read_head_paused(&mut server, &mut buf, (60, 10), &shutdown).await;
         assert_eq!(got, Err(NoHead::TimedOut));
         let took = started.elapsed();
         assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(12), "{took:?}");
@@ -254,15 +259,7 @@ mod tests {
             client
         });
         let mut buf = BytesMut::new();
-        read_head(
-            &mut server,
-            &mut buf,
-            (Duration::from_secs(60), Duration::from_secs(10)),
-            Timers::Runtime,
-            &shutdown,
-        )
-        .await
-        .unwrap();
+        read_head_paused(&mut server, &mut buf, (60, 10), &shutdown).await.unwrap();
         assert!(buf.starts_with(b"POST /a HTTP/1.1\r\n") && head_complete(&buf));
         let _client = writer.await.unwrap();
     }
@@ -272,14 +269,7 @@ mod tests {
         let (_client, mut server) = tokio::io::duplex(1024);
         let (tx, shutdown) = watch();
         let mut buf = BytesMut::new();
-        let got = read_head(
-            &mut server,
-            &mut buf,
-            (Duration::from_secs(5), Duration::from_secs(1)),
-            Timers::Runtime,
-            &shutdown,
-        )
-        .await;
+        let got = read_head_paused(&mut server, &mut buf, (5, 1), &shutdown).await;
         assert_eq!(got, Err(NoHead::Closed), "an idle wait is not a head timeout");
 
         let started = tokio::time::Instant::now();
@@ -287,14 +277,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(2)).await;
             tx.send(true).unwrap();
         });
-        let got = read_head(
-            &mut server,
-            &mut buf,
-            (Duration::from_secs(60), Duration::from_secs(1)),
-            Timers::Runtime,
-            &shutdown,
-        )
-        .await;
+        let got = read_head_paused(&mut server, &mut buf, (60, 1), &shutdown).await;
         assert_eq!(got, Err(NoHead::Closed));
         assert!(started.elapsed() < Duration::from_secs(3), "shutdown ends the idle wait");
     }
