@@ -182,6 +182,13 @@ pub struct Args {
     /// Without it a key is generated under <data-dir>/key-manager (single node).
     #[arg(long, env = "TOLLGATE_SIGNING_KEY_FILE", value_delimiter = ',')]
     pub signing_key_file: Vec<PathBuf>,
+    /// PEM private key that signs answers (x-jws-signature of
+    /// openBanking.jws.signResponses APIs), published at
+    /// <issuer>/response-jwks; repeatable like --signing-key-file. Default: a
+    /// key of its own generated under <data-dir>/key-manager when the token
+    /// keys are generated, else the --signing-key-file keys.
+    #[arg(long, env = "TOLLGATE_RESPONSE_SIGNING_KEY_FILE", value_delimiter = ',')]
+    pub response_signing_key_file: Vec<PathBuf>,
     /// JWK Set of the trusted software-statement signers (the directory) for
     /// dynamic client registration; without it /oauth2/register is off.
     #[arg(long, env = "TOLLGATE_SSA_JWKS")]
@@ -284,6 +291,7 @@ pub struct Config {
     /// The built-in key manager's issuer, without a trailing slash.
     pub issuer: String,
     pub signing_key_files: Vec<PathBuf>,
+    pub response_signing_key_files: Vec<PathBuf>,
     pub ssa_jwks: Option<PathBuf>,
     pub token_ttl: Duration,
     pub key_manager_jwks_uri: Option<String>,
@@ -418,6 +426,7 @@ impl Config {
         Ok(Config {
             issuer,
             signing_key_files: a.signing_key_file,
+            response_signing_key_files: a.response_signing_key_file,
             ssa_jwks: a.ssa_jwks,
             token_ttl: Duration::from_secs(a.token_ttl_seconds),
             key_manager_jwks_uri: a.key_manager_jwks_uri,
@@ -530,6 +539,7 @@ struct FileKeys {
     client_cert_header: Option<serde_json::Value>,
     issuer: Option<serde_json::Value>,
     signing_key_file: Option<serde_json::Value>,
+    response_signing_key_file: Option<serde_json::Value>,
     ssa_jwks: Option<serde_json::Value>,
     token_ttl_seconds: Option<serde_json::Value>,
     key_manager_jwks_uri: Option<serde_json::Value>,
@@ -653,6 +663,11 @@ fn merge_file_layer(
         },
         issuer: if pick("issuer") { parsed.issuer } else { from_file.issuer },
         signing_key_file: if pick("signing_key_file") { parsed.signing_key_file } else { from_file.signing_key_file },
+        response_signing_key_file: if pick("response_signing_key_file") {
+            parsed.response_signing_key_file
+        } else {
+            from_file.response_signing_key_file
+        },
         ssa_jwks: if pick("ssa_jwks") { parsed.ssa_jwks } else { from_file.ssa_jwks },
         token_ttl_seconds: if pick("token_ttl_seconds") {
             parsed.token_ttl_seconds

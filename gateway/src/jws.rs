@@ -10,11 +10,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use crate::oauth::keys::{KeySet, family};
+use crate::oauth::jwt::{Kind, KindError, check_header, numeric_date};
 
-/// Critical header parameters understood here.
-const UNDERSTOOD: [&str; 4] =
-    ["b64", "http://openbanking.org.uk/iat", "http://openbanking.org.uk/iss", "http://openbanking.org.uk/tan"];
+/// UK Open Banking's signing-time header parameter.
+const OB_IAT: &str = "http://openbanking.org.uk/iat";
+/// Clock skew allowed on it.
+const IAT_LEEWAY_SECS: u64 = 30;
+use crate::oauth::keys::{KeySet, family};
 
 /// Algorithms accepted on signed requests (FAPI: PS256 and ES256).
 pub const ALGORITHMS: [Algorithm; 2] = [Algorithm::PS256, Algorithm::ES256];
@@ -28,6 +30,10 @@ pub enum JwsError {
     Algorithm(String),
     #[error("x-jws-signature names a critical header parameter that is not understood: {0}")]
     Critical(String),
+    #[error("x-jws-signature has typ {0:?}: a detached signature has no typ or JOSE")]
+    Type(String),
+    #[error("x-jws-signature's http://openbanking.org.uk/iat must be a time (seconds) not in the future")]
+    SigningTime,
     #[error("x-jws-signature does not verify with the client's registered keys")]
     BadSignature,
 }
@@ -66,18 +72,25 @@ pub fn verify_detached(signature: &str, body: &[u8], keys: &KeySet) -> Result<()
     if family(alg).is_none() || !ALGORITHMS.contains(&alg) {
         return Err(JwsError::Algorithm(alg_name.to_string()));
     }
-    let crit: Vec<&str> = match header.get("crit") {
-        None => Vec::new(),
-        Some(Value::Array(c)) => c.iter().map(|v| v.as_str().ok_or(JwsError::Malformed)).collect::<Result<_, _>>()?,
-        Some(_) => return Err(JwsError::Malformed),
-    };
-    if let Some(unknown) = crit.iter().find(|c| !UNDERSTOOD.contains(c)) {
-        return Err(JwsError::Critical(unknown.to_string()));
+    // typ (none or JOSE: never a token or assertion) and crit, understood
+    // and present (RFC 7515 4.1.11).
+    let crit = check_header(&header, Kind::DetachedSignature).map_err(|e| match e {
+        KindError::Critical(c) => JwsError::Critical(c),
+        KindError::WrongType { found, .. } => JwsError::Type(found),
+        _ => JwsError::Malformed,
+    })?;
+    // UK Open Banking's signing time, when given, is a time not ahead.
+    if let Some(iat) = header.get(OB_IAT) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        match numeric_date(iat) {
+            Some(t) if t <= now + IAT_LEEWAY_SECS => {}
+            _ => return Err(JwsError::SigningTime),
+        }
     }
     let encoded = match header.get("b64") {
         None | Some(Value::Bool(true)) => true,
         // RFC 7797 3: b64 false counts only when it is critical.
-        Some(Value::Bool(false)) if crit.contains(&"b64") => false,
+        Some(Value::Bool(false)) if crit.iter().any(|c| c == "b64") => false,
         _ => return Err(JwsError::Malformed),
     };
     let input = signing_input(h, encoded, body);
@@ -127,6 +140,10 @@ mod tests {
         SigningKey::from_pem(pem.as_bytes()).unwrap()
     }
 
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    }
+
     fn set(k: &SigningKey) -> KeySet {
         KeySet::parse(serde_json::json!({"keys": [k.jwk]}).to_string().as_bytes()).unwrap()
     }
@@ -161,6 +178,16 @@ mod tests {
         assert_eq!(verify_detached(&no_crit, body, &set(&k)), Err(JwsError::Malformed));
         let unknown = make(serde_json::json!({"alg": "ES256", "kid": kid, "crit": ["exp"]}), true);
         assert_eq!(verify_detached(&unknown, body, &set(&k)), Err(JwsError::Critical("exp".into())));
+        let ahead = now_secs() + 3600;
+        let future = make(serde_json::json!({"alg": "ES256", "kid": kid, OB_IAT: ahead, "crit": [OB_IAT]}), true);
+        assert_eq!(verify_detached(&future, body, &set(&k)), Err(JwsError::SigningTime));
+        let text = make(serde_json::json!({"alg": "ES256", "kid": kid, OB_IAT: "now", "crit": [OB_IAT]}), true);
+        assert_eq!(verify_detached(&text, body, &set(&k)), Err(JwsError::SigningTime));
+        let signed_now =
+            make(serde_json::json!({"alg": "ES256", "kid": kid, OB_IAT: now_secs(), "crit": [OB_IAT]}), true);
+        assert_eq!(verify_detached(&signed_now, body, &set(&k)), Ok(()));
+        let token_typ = make(serde_json::json!({"alg": "ES256", "kid": kid, "typ": "at+jwt"}), true);
+        assert_eq!(verify_detached(&token_typ, body, &set(&k)), Err(JwsError::Type("at+jwt".into())));
         let hs = make(serde_json::json!({"alg": "HS256"}), true);
         assert_eq!(verify_detached(&hs, body, &set(&k)), Err(JwsError::Algorithm("HS256".into())));
         let none = make(serde_json::json!({"alg": "none"}), true);

@@ -126,6 +126,8 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
                 "keys": keys,
                 "signingKid": state.shared.key_manager.as_ref().map(|k| k.keys.current().kid.clone()),
                 "keySource": state.shared.key_manager.as_ref().map(|k| k.keys.source.clone()),
+                "responseSigningKid": state.shared.key_manager.as_ref().map(|k| k.response_keys.current().kid.clone()),
+                "responseKeySource": state.shared.key_manager.as_ref().map(|k| k.response_keys.source.clone()),
                 "dynamicRegistration": state.shared.key_manager.as_ref().is_some_and(|k| k.ssa_keys.is_some()),
             })
         }),

@@ -145,7 +145,7 @@ impl Gateway {
         };
         match self.signed_answer(session, ctx, body).await {
             Ok((mut resp, answer)) => {
-                let signature = km.keys.current().sign_detached(&km.issuer, &answer);
+                let signature = km.response_keys.current().sign_detached(&km.issuer, &answer);
                 resp.insert_header("x-jws-signature", signature)?;
                 if let Some(claim) = &mut ctx.req.idempotency {
                     record_head(claim, &resp);

@@ -267,7 +267,13 @@ fn built_in_key_manager(
             None => None,
         };
         let fapi = config.tls_profile == crate::config::TlsProfile::Fapi;
-        let km = KeyManager::new(&config.issuer, keys, config.token_ttl, ssa, fapi);
+        let answers = SigningKeys::load_for_responses(
+            &config.response_signing_key_files,
+            &config.signing_key_files,
+            &config.data_dir,
+        )
+        .context("the key manager's answer-signing keys")?;
+        let km = KeyManager::new(&config.issuer, keys, answers, config.token_ttl, ssa, fapi);
         let issuer = km.issuer().map_err(|e| anyhow::anyhow!("the key manager's public keys: {e}"))?;
         tracing::info!(issuer = %km.issuer, keys = km.keys.keys.len(), signing_kid = %km.keys.current().kid, "built-in key manager");
         return Ok((Some(Arc::new(km)), Some(Arc::new(issuer))));
@@ -281,10 +287,12 @@ fn built_in_key_manager(
         return Ok((signer(config)?, Some(issuer)));
     }
     match signer(config)? {
-        Some(km) => {
+        // Tokens are trusted with the token keys only, never the answer keys.
+        Some(km) if !config.signing_key_files.is_empty() => {
             let issuer = km.issuer().map_err(|e| anyhow::anyhow!("the signing keys' public halves: {e}"))?;
             Ok((Some(km), Some(Arc::new(issuer))))
         }
+        Some(km) => Ok((Some(km), None)),
         None => Ok((None, None)),
     }
 }
@@ -293,12 +301,24 @@ fn built_in_key_manager(
 /// given --signing-key-file (answers of openBanking.jws.signResponses APIs).
 fn signer(config: &Config) -> anyhow::Result<Option<Arc<crate::key_manager::KeyManager>>> {
     use crate::key_manager::{KeyManager, signing::SigningKeys};
-    if config.signing_key_files.is_empty() {
+    if config.signing_key_files.is_empty() && config.response_signing_key_files.is_empty() {
         return Ok(None);
     }
-    let keys = SigningKeys::load(&config.signing_key_files, &config.data_dir).context("--signing-key-file")?;
+    let answers = SigningKeys::load_for_responses(
+        &config.response_signing_key_files,
+        &config.signing_key_files,
+        &config.data_dir,
+    )
+    .context("--response-signing-key-file")?;
+    // The token keys are only published here; without them the answer keys
+    // stand in (this process issues no tokens).
+    let keys = match config.signing_key_files.is_empty() {
+        true => SigningKeys::load(&config.response_signing_key_files, &config.data_dir),
+        false => SigningKeys::load(&config.signing_key_files, &config.data_dir),
+    }
+    .context("--signing-key-file")?;
     let fapi = config.tls_profile == crate::config::TlsProfile::Fapi;
-    Ok(Some(Arc::new(KeyManager::new(&config.issuer, keys, config.token_ttl, None, fapi))))
+    Ok(Some(Arc::new(KeyManager::new(&config.issuer, keys, answers, config.token_ttl, None, fapi))))
 }
 
 /// Opens the store on a runtime thread of its own, which keeps driving the

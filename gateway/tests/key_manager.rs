@@ -201,6 +201,35 @@ fn private_key_jwt_issues_scoped_tokens_the_gateway_accepts_and_refuses_bad_asse
         let r = token_with(mgmt, &a, None);
         assert_eq!((r.status, error_of(&r).as_str()), (401, "invalid_client"), "{what}: {}", r.text());
     }
+    // Times written as non-integers (RFC 7519 NumericDate) are read as
+    // times, not as 0: the jti is kept until the assertion expires, and the
+    // lifetime rule holds.
+    let fractional = |exp: f64, jti: &str| {
+        key.sign(&json!({"iss": client, "sub": client, "aud": aud, "iat": now(), "exp": exp, "jti": jti}))
+    };
+    let once = fractional(now() as f64 + 60.5, "f-1");
+    assert_eq!(token_with(mgmt, &once, None).status, 200);
+    let r = token_with(mgmt, &once, None);
+    assert_eq!((r.status, error_of(&r).as_str()), (401, "invalid_client"), "replayed: {}", r.text());
+    assert!(r.text().contains("replayed"), "{}", r.text());
+    let r = token_with(mgmt, &fractional(now() as f64 + 86_400.5, "f-2"), None);
+    assert_eq!((r.status, error_of(&r).as_str()), (401, "invalid_client"), "a day ahead: {}", r.text());
+    assert!(r.text().contains("lives too long"), "{}", r.text());
+    let text_exp =
+        key.sign(&json!({"iss": client, "sub": client, "aud": aud, "exp": (now() + 60).to_string(), "jti": "f-3"}));
+    assert_eq!(token_with(mgmt, &text_exp, None).status, 401, "exp as a string");
+    // A JWT of another kind (an access token's typ) is no assertion.
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some(key.kid.clone());
+    h.typ = Some("at+jwt".into());
+    let typed = jsonwebtoken::encode(
+        &h,
+        &json!({"iss": client, "sub": client, "aud": aud, "exp": now() + 60, "jti": "f-4"}),
+        &key.key,
+    )
+    .unwrap();
+    assert_eq!(token_with(mgmt, &typed, None).status, 401, "typ at+jwt");
+
     // A forged assertion burned no jti: the real one with the same jti still works.
     let r = token_with(mgmt, &assertion(&key, &client, &aud, 120, "a-6"), None);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -450,6 +479,27 @@ fn dynamic_client_registration_with_signed_statements_and_signed_requests() {
         let r = register(b);
         assert_eq!((r.status, error_of(&r).as_str()), (400, "invalid_client_metadata"), "{patch}: {}", r.text());
     }
+    // A statement without software_roles grants no role-bound scope (it
+    // used to grant every one); roles that are not a list are refused.
+    let roleless = directory.sign(&json!({"iss": "Test Directory", "iat": now(), "jti": "ssa-roleless",
+        "software_id": "sw-456", "software_client_name": "No Roles"}));
+    let mut b = good.clone();
+    b["software_statement"] = json!(roleless);
+    b["scope"] = json!("payments accounts fundsconfirmations");
+    let r = register(b.clone());
+    assert_eq!((r.status, error_of(&r).as_str()), (400, "invalid_client_metadata"), "{}", r.text());
+    b.as_object_mut().unwrap().remove("scope");
+    let r = register(b);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["scope"], "", "no roles, no scopes");
+    let mut b = good.clone();
+    b["software_statement"] = json!(ssa(&directory, &[], json!({"software_roles": "AISP PISP"})));
+    assert_eq!(error_of(&register(b)), "invalid_software_statement");
+    // A statement issued in the future, written as a fraction, is refused.
+    let mut b = good.clone();
+    b["software_statement"] = json!(ssa(&directory, &["AISP"], json!({"iat": now() as f64 + 3600.5})));
+    assert_eq!(error_of(&register(b)), "invalid_software_statement");
+
     // An https jwks_uri is taken only from the signed statement.
     let mut b = good.clone();
     b.as_object_mut().unwrap().remove("jwks");

@@ -69,9 +69,14 @@ impl Backend {
                     if let Some(ms) = target.split("delay_ms=").nth(1).and_then(|v| v.parse::<u64>().ok()) {
                         std::thread::sleep(Duration::from_millis(ms));
                     }
-                    let answer = json!({"hit": n, "target": target, "headers": headers,
-                                        "body": String::from_utf8_lossy(&body)})
-                    .to_string();
+                    // `?echo_body`: the request body itself is the answer.
+                    let answer = if target.contains("echo_body") {
+                        String::from_utf8_lossy(&body).into_owned()
+                    } else {
+                        json!({"hit": n, "target": target, "headers": headers,
+                               "body": String::from_utf8_lossy(&body)})
+                        .to_string()
+                    };
                     let mut s = s;
                     let _ = write!(
                         s,
@@ -299,9 +304,10 @@ fn psd2_roles_of_the_certificate_decide_and_the_organisation_is_forwarded() {
     assert_eq!(r.json()["headers"]["x-tollgate-tpp-roles"], "AISP");
 }
 
-/// Verifies a detached response signature with the key manager's published keys.
+/// Verifies a detached response signature with the key manager's published
+/// answer keys.
 fn verify_response(gw: &Gateway, signature: &str, body: &[u8]) -> bool {
-    let jwks = request(gw.mgmt, "GET", "/oauth2/jwks", &[], b"").json();
+    let jwks = request(gw.mgmt, "GET", "/oauth2/response-jwks", &[], b"").json();
     let mut parts = signature.split('.');
     let (h, _, sig) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
     let header: Value = serde_json::from_slice(&B64.decode(h).unwrap()).unwrap();
@@ -373,6 +379,70 @@ fn signed_idempotent_payments_replay_without_reaching_the_backend() {
     // A failed signature did not burn its key: the good request with pay-2 goes through.
     assert_eq!(pay("pay-2", &sig, body).status, 201);
     assert_eq!(env.backend.hits(), 2);
+}
+
+/// The attack of a signed answer replayed as a token: a TPP posts access-token
+/// claims to a signed-answer API whose backend echoes them, and presents
+/// `<answer header>.<answer body>.<answer signature>` as a Bearer token.
+fn replay_signed_answer_as_token(env: &Env) -> (Resp, String) {
+    let claims = json!({"iss": ISSUER, "sub": env.client, "client_id": env.client, "aud": ISSUER,
+                        "scope": "accounts payments", "iat": now(), "exp": now() + 600, "jti": "forged"});
+    let body = claims.to_string();
+    let token = env.token(&env.gw, &env.pisp);
+    let answer = env.call(
+        &env.gw,
+        &env.pisp,
+        "POST",
+        "/payments/v1/domestic-payments?echo_body=1",
+        &[
+            ("authorization", &bearer(&token)),
+            ("x-jws-signature", &env.tpp_key.sign_detached(body.as_bytes())),
+            ("x-idempotency-key", "echo-1"),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    assert_eq!(answer.body, body.as_bytes(), "the backend echoed the claims");
+    let signature = answer.header("x-jws-signature").expect("answers are signed").to_string();
+    assert!(verify_response(&env.gw, &signature, &answer.body));
+    let mut parts = signature.split('.');
+    let (h, _, sig) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    let forged = format!("{h}.{}.{sig}", B64.encode(&answer.body));
+    let r = env.call(&env.gw, &env.aisp, "GET", "/accounts/v1/list", &[("authorization", &bearer(&forged))], b"");
+    (r, h.to_string())
+}
+
+#[test]
+fn a_signed_answer_is_never_an_access_token() {
+    let env = Env::start(&[]);
+    let (r, header) = replay_signed_answer_as_token(&env);
+    assert_eq!(r.status, 401, "a signed answer was accepted as a token: {}", r.text());
+    assert!(r.header("www-authenticate").is_some_and(|c| c.contains("invalid_token")));
+    // Answers have a key of their own, published apart from the token keys.
+    let header: Value = serde_json::from_slice(&B64.decode(&header).unwrap()).unwrap();
+    assert_eq!(header["typ"], "JOSE");
+    let token_keys = request(env.gw.mgmt, "GET", "/oauth2/jwks", &[], b"").json();
+    let kids: Vec<&Value> = token_keys["keys"].as_array().unwrap().iter().map(|k| &k["kid"]).collect();
+    assert!(!kids.contains(&&header["kid"]), "the answer key {} is not a token key {kids:?}", header["kid"]);
+    let discovery = request(env.gw.mgmt, "GET", "/oauth2/.well-known/openid-configuration", &[], b"").json();
+    assert_eq!(discovery["response_signing_jwks_uri"], format!("{ISSUER}/response-jwks"));
+    let status = env.gw.status();
+    assert_ne!(status["builtinKeyManager"]["signingKid"], status["builtinKeyManager"]["responseSigningKid"]);
+}
+
+#[test]
+fn a_signed_answer_made_with_the_token_key_is_still_no_token() {
+    // Only --signing-key-file: answers fall back to the token key, and only
+    // the answer's typ and crit tell them apart.
+    let key = SigningKey::new("shared");
+    let ws_key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ws_key.path(), &key.pem).unwrap();
+    let env = Env::start(&["--signing-key-file", ws_key.path().to_str().unwrap()]);
+    let status = env.gw.status();
+    assert_eq!(status["builtinKeyManager"]["signingKid"], status["builtinKeyManager"]["responseSigningKid"]);
+    let (r, _) = replay_signed_answer_as_token(&env);
+    assert_eq!(r.status, 401, "a signed answer was accepted as a token: {}", r.text());
 }
 
 #[test]

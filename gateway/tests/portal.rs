@@ -9,6 +9,8 @@ mod support;
 
 use std::net::SocketAddr;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 use support::oauth::{ADMIN, admin_at};
 use support::postgres::Postgres;
@@ -152,6 +154,22 @@ fn a_developer_on_postgresql_from_sign_up_to_a_working_key_and_an_administrator_
         .unwrap()
         .to_string();
 
+    // An OAuth client of the developer's application (client_secret_basic).
+    let r = admin_at(
+        gw.mgmt,
+        "POST",
+        &format!("/api/v1/applications/{app_id}/oauth-clients"),
+        serde_json::json!({"tokenEndpointAuthMethod": "client_secret_basic", "scopes": ["accounts"]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (client, secret) = (r.json()["clientId"].as_str().unwrap().to_string(), r.json()["clientSecret"].clone());
+    let basic = format!("Basic {}", STANDARD.encode(format!("{client}:{}", secret.as_str().unwrap())));
+    let token = || {
+        let h = [("authorization", basic.as_str()), ("content-type", "application/x-www-form-urlencoded")];
+        request(gw.mgmt, "POST", "/oauth2/token", &h, b"grant_type=client_credentials")
+    };
+    assert_eq!(token().status, 200, "{}", token().text());
+
     // An administrator disables the developer: session and key stop at once.
     let mut admin = Browser { mgmt: gw.mgmt, jar: Jar::default() };
     let t = csrf(&admin.get("/portal/admin/signin").text());
@@ -167,25 +185,76 @@ fn a_developer_on_postgresql_from_sign_up_to_a_working_key_and_an_administrator_
     assert_eq!(r.status, 401, "{}", r.text());
     let r = dev.get(&app_path);
     assert_eq!((r.status, r.header("location")), (303, Some("/portal/signin")), "signed out");
+    // The developer's OAuth client gets no token either.
+    let r = token();
+    assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("invalid_client")), "{}", r.text());
     // Enabled again, the key works again.
     assert_eq!(admin.post(&format!("/portal/admin/developers/{owner}/enable"), &[("csrf", &t)]).status, 303);
     let r = request(gw.http, "GET", "/accounts/v1/balances", &[("apikey", &key)], b"");
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(token().status, 200);
+}
+
+/// A browser holding the sign-in form of `mgmt`: its cookie, and the token.
+fn signin_form(mgmt: SocketAddr) -> (Browser, String) {
+    let mut b = Browser { mgmt, jar: Jar::default() };
+    let page = b.get("/portal/signin");
+    assert_eq!(page.status, 200);
+    let token = csrf(&page.text());
+    (b, token)
+}
+
+fn sign_in(mgmt: SocketAddr, email: &str, password: &str) -> u16 {
+    let (mut b, t) = signin_form(mgmt);
+    b.post("/portal/signin", &[("email", email), ("password", password), ("csrf", &t)]).status
 }
 
 #[test]
-fn the_portal_is_served_only_with_the_store_role() {
+fn the_sign_in_limit_holds_for_concurrent_attempts_on_two_gateways() {
+    let pg = Postgres::start();
+    let url = pg.url();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("config");
     std::fs::create_dir_all(&dir).unwrap();
-    let gw = gateway(&dir, &["--roles", "gateway,key-manager"]);
-    assert_eq!(request(gw.mgmt, "GET", "/portal/", &[], b"").status, 404);
-    let gw = gateway(&dir, &["--roles", "gateway,store"]);
-    let r = request(gw.mgmt, "GET", "/portal/", &[], b"");
-    assert_eq!(r.status, 200);
-    assert!(r.text().contains("No published API matches."));
-    // Static files come from the binary.
-    let r = request(gw.mgmt, "GET", "/portal/assets/swagger-ui/swagger-ui-bundle.js", &[], b"");
-    assert_eq!((r.status, r.header("content-type")), (200, Some("text/javascript; charset=utf-8")));
-    assert_eq!(request(gw.mgmt, "GET", "/portal/assets/../Cargo.toml", &[], b"").status, 404);
+    let token = tmp.path().join("admin-token");
+    std::fs::write(&token, ADMIN).unwrap();
+    let flags = ["--database-url", &url, "--admin-token-file", token.to_str().unwrap()];
+    let (a, b) = (gateway(&dir, &flags), gateway(&dir, &flags));
+    let mut dev = Browser { mgmt: a.mgmt, jar: Jar::default() };
+    let t = csrf(&dev.get("/portal/signup").text());
+    let r = dev
+        .post("/portal/signup", &[("email", "victim@tpp.example"), ("password", "the right password"), ("csrf", &t)]);
+    assert_eq!(r.status, 303, "{}", r.text());
+    const EMAIL: &str = "victim@tpp.example";
+    const LIMIT: usize = 5;
+
+    // 30 wrong passwords for one address, sent at once to both gateways:
+    // no more than the limit are checked, whatever the interleaving.
+    const ATTEMPTS: usize = 30;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(ATTEMPTS));
+    let threads: Vec<_> = (0..ATTEMPTS)
+        .map(|i| {
+            let mgmt = if i % 2 == 0 { a.mgmt } else { b.mgmt };
+            let start = start.clone();
+            std::thread::spawn(move || {
+                let (mut form, t) = signin_form(mgmt);
+                start.wait();
+                form.post("/portal/signin", &[("email", EMAIL), ("password", "wrong guess"), ("csrf", &t)]).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(checked + refused, ATTEMPTS, "{statuses:?}");
+    assert!(checked <= LIMIT, "{checked} passwords were checked, the limit is {LIMIT}: {statuses:?}");
+    // Refused attempts did not count: the rest of the limit is still there,
+    // one attempt after the other, then nothing on either gateway.
+    for n in checked..LIMIT {
+        assert_eq!(sign_in(if n % 2 == 0 { a.mgmt } else { b.mgmt }, EMAIL, "wrong again"), 401, "failure {n}");
+    }
+    for mgmt in [a.mgmt, b.mgmt] {
+        assert_eq!(sign_in(mgmt, EMAIL, "wrong again"), 429);
+        assert_eq!(sign_in(mgmt, EMAIL, "the right password"), 429, "paused for the right password too");
+    }
 }

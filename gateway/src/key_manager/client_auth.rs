@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 
 use super::dn::Dn;
 use super::{KmState, LEEWAY_SECS, MAX_ASSERTION_LIFETIME, OAuthError, unix_now};
+use crate::oauth::jwt::{self, Kind, TimeError, Times};
 use crate::oauth::keys::{KeySet, family};
 use crate::pipeline::request::ClientCert;
 use crate::store::keys::constant_time_eq;
@@ -72,8 +73,23 @@ fn expect_method(c: &OAuthClient, used: &str) -> Result<(), OAuthError> {
 }
 
 /// Authenticates the client of a request from its form parameters, headers
-/// and the verified TLS client certificate of the connection.
+/// and the verified TLS client certificate of the connection. A client
+/// whose application belongs to a disabled developer is refused like a
+/// deleted one: it gets no token and can neither introspect nor revoke.
 pub async fn authenticate(
+    s: &KmState,
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+    cert: Option<&Arc<ClientCert>>,
+) -> Result<OAuthClient, OAuthError> {
+    let c = credentials(s, headers, form, cert).await?;
+    if s.store.db.owner_disabled(&c.application_id).await? {
+        return Err(OAuthError::invalid_client("the client's developer account is disabled"));
+    }
+    Ok(c)
+}
+
+async fn credentials(
     s: &KmState,
     headers: &HeaderMap,
     form: &BTreeMap<String, String>,
@@ -185,6 +201,8 @@ async fn private_key_jwt(s: &KmState, assertion: &str, named: Option<&str>) -> R
     if family(header.alg).is_none() || !assertion_algorithms(s.km.fapi).contains(&header.alg) {
         return Err(OAuthError::invalid_client(format!("assertions signed with {:?} are not accepted", header.alg)));
     }
+    jwt::check(assertion, Kind::ClientAssertion)
+        .map_err(|e| OAuthError::invalid_client(format!("the client assertion's header: {e}")))?;
     let id = assertion_issuer(assertion)?;
     if named.is_some_and(|n| n != id) {
         return Err(OAuthError::invalid_client("client_id differs from the assertion's iss"));
@@ -193,13 +211,14 @@ async fn private_key_jwt(s: &KmState, assertion: &str, named: Option<&str>) -> R
     expect_method(&c, PRIVATE_KEY_JWT)?;
     let keys = client_keys(s, &c, header.kid.as_deref()).await?;
     let mut v = Validation::new(header.alg);
-    v.leeway = LEEWAY_SECS;
-    v.validate_nbf = true;
+    // Times are read by the one NumericDate reader (accept_assertion).
+    v.validate_exp = false;
+    v.validate_nbf = false;
     v.set_issuer(&[id.as_str()]);
     v.sub = Some(id.clone());
     // RFC 7523 3: the token endpoint URL, or the issuer (as FAPI allows).
     v.set_audience(&[s.km.endpoint("token"), s.km.issuer.clone()]);
-    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    v.set_required_spec_claims(&["iss", "sub", "aud"]);
     let mut last = OAuthError::invalid_client("no registered key of the client verifies the assertion");
     for key in keys.candidates(header.kid.as_deref(), header.alg) {
         match decode::<serde_json::Map<String, serde_json::Value>>(assertion, &key.key, &v) {
@@ -233,7 +252,17 @@ async fn accept_assertion(
     claims: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<OAuthClient, OAuthError> {
     let now = unix_now();
-    let exp = claims.get("exp").and_then(|e| e.as_u64()).unwrap_or(0);
+    let times = Times::read(claims).map_err(|e| OAuthError::invalid_client(format!("the client assertion's {e}")))?;
+    times.check(now, LEEWAY_SECS, true).map_err(|e| {
+        OAuthError::invalid_client(match e {
+            TimeError::Missing(c) => format!("the assertion lacks {c}"),
+            TimeError::Expired => "the client assertion has expired".to_string(),
+            TimeError::NotYetValid => "the client assertion is not valid yet".to_string(),
+            TimeError::IssuedInFuture => "the client assertion's iat is in the future".to_string(),
+            TimeError::Unreadable(d) => format!("the client assertion's {d}"),
+        })
+    })?;
+    let exp = times.exp.unwrap_or(u64::MAX);
     if exp > now + MAX_ASSERTION_LIFETIME.as_secs() + LEEWAY_SECS {
         return Err(OAuthError::invalid_client(format!(
             "the client assertion lives too long: exp at most {} s ahead",

@@ -26,6 +26,8 @@ pub fn document(s: &KmState) -> serde_json::Value {
     let mut doc = json!({
         "issuer": km.issuer,
         "jwks_uri": km.endpoint("jwks"),
+        // Not a standard field: where the keys of x-jws-signature answers are.
+        "response_signing_jwks_uri": km.endpoint("response-jwks"),
         "grant_types_supported": ["client_credentials"],
         "response_types_supported": ["token"],
         "token_endpoint_auth_methods_supported": methods,
@@ -51,10 +53,17 @@ pub async fn configuration(AxState(s): AxState<KmState>) -> Response {
     ([(header::CACHE_CONTROL, "max-age=300")], axum::Json(document(&s))).into_response()
 }
 
-pub async fn jwks(AxState(s): AxState<KmState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/jwk-set+json"), (header::CACHE_CONTROL, "max-age=300")],
-        s.km.keys.jwks().to_string(),
-    )
+fn key_set(doc: serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/jwk-set+json"), (header::CACHE_CONTROL, "max-age=300")], doc.to_string())
         .into_response()
+}
+
+/// The keys of access tokens.
+pub async fn jwks(AxState(s): AxState<KmState>) -> Response {
+    key_set(s.km.keys.jwks())
+}
+
+/// The keys of signed answers (`x-jws-signature`).
+pub async fn response_jwks(AxState(s): AxState<KmState>) -> Response {
+    key_set(s.km.response_keys.jwks())
 }

@@ -52,7 +52,11 @@ pub const LEEWAY_SECS: u64 = 30;
 pub struct KeyManager {
     /// `iss` of its tokens, without a trailing slash.
     pub issuer: String,
+    /// Keys of access tokens (published at <issuer>/jwks).
     pub keys: SigningKeys,
+    /// Keys of signed answers (`x-jws-signature`, published at
+    /// <issuer>/response-jwks): never trusted for tokens.
+    pub response_keys: SigningKeys,
     pub token_ttl: Duration,
     /// Trusted software-statement signers (`--ssa-jwks`); None: no dynamic registration.
     pub ssa_keys: Option<Arc<KeySet>>,
@@ -66,6 +70,7 @@ impl KeyManager {
     pub fn new(
         issuer: &str,
         keys: SigningKeys,
+        response_keys: SigningKeys,
         token_ttl: Duration,
         ssa_keys: Option<Arc<KeySet>>,
         fapi: bool,
@@ -73,6 +78,7 @@ impl KeyManager {
         KeyManager {
             issuer: issuer.trim_end_matches('/').to_string(),
             keys,
+            response_keys,
             token_ttl,
             ssa_keys,
             fapi,
@@ -116,6 +122,7 @@ pub fn builtin_issuer(issuer: &str, keys: Keys, fingerprint_of: &[u8]) -> Issuer
         consumer_claim: "client_id".into(),
         scopes_claim: "scope".into(),
         keys,
+        token_kind: crate::oauth::jwt::Kind::AccessToken,
         fingerprint: h.finalize().into(),
     }
 }
@@ -139,6 +146,7 @@ pub fn routes(state: Arc<State>, store: Arc<Store>, km: Arc<KeyManager>) -> Rout
         .route("/.well-known/openid-configuration", get(discovery::configuration))
         .route("/.well-known/oauth-authorization-server", get(discovery::configuration))
         .route("/oauth2/jwks", get(discovery::jwks))
+        .route("/oauth2/response-jwks", get(discovery::response_jwks))
         .route("/oauth2/token", post(token::token))
         .route("/oauth2/introspect", post(revocation::introspect))
         .route("/oauth2/revoke", post(revocation::revoke))

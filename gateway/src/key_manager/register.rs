@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 use super::client_auth::{CLIENT_SECRET_BASIC, PRIVATE_KEY_JWT, TLS_CLIENT_AUTH};
 use super::dn::Dn;
 use super::{KmState, LEEWAY_SECS, MAX_BODY, OAuthError, no_store, ready, unix_now};
+use crate::oauth::jwt::{self, Kind, TimeError, Times};
 use crate::oauth::keys::{KeySet, family};
 use crate::store::keys::{self, constant_time_eq};
 use crate::store::oauth_clients::{BUILTIN, NewClient, OAuthClient};
@@ -50,18 +51,44 @@ fn role_scopes(role: &str) -> &'static [&'static str] {
     }
 }
 
-/// Verifies a JWS with one of `keys`; the claims.
-fn verify_jws(jws: &str, keys: &KeySet, validation: &Validation) -> Result<Map<String, Value>, String> {
+/// The statement's `software_roles`: absent is none; anything but a list
+/// of strings is refused rather than read as "no restriction".
+fn software_roles(ssa: &Map<String, Value>) -> Result<Vec<&str>, OAuthError> {
+    match ssa.get("software_roles") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(Value::as_str)
+            .collect::<Option<Vec<&str>>>()
+            .ok_or_else(|| bad_statement("software_statement: software_roles must be a list of role names")),
+        Some(_) => Err(bad_statement("software_statement: software_roles must be a list of role names")),
+    }
+}
+
+/// Verifies a JWS of `kind` with one of `keys`; the claims, their times
+/// checked (`exp` when present, `nbf`, `iat` not ahead).
+fn verify_jws(jws: &str, kind: Kind, keys: &KeySet) -> Result<Map<String, Value>, String> {
     let header = decode_header(jws).map_err(|_| "not a well-formed JWS".to_string())?;
     if family(header.alg).is_none() {
         return Err(format!("algorithm {:?} is not accepted", header.alg));
     }
-    let mut v = validation.clone();
-    v.algorithms = vec![header.alg];
+    jwt::check(jws, kind).map_err(|e| e.to_string())?;
+    let mut v = Validation::new(header.alg);
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.validate_aud = false;
+    v.set_required_spec_claims::<&str>(&[]);
     let mut last = "no trusted key verifies the signature".to_string();
     for key in keys.candidates(header.kid.as_deref(), header.alg) {
         match decode::<Map<String, Value>>(jws, &key.key, &v) {
-            Ok(d) => return Ok(d.claims),
+            Ok(d) => {
+                let times = Times::read(&d.claims).map_err(|e| e.to_string())?;
+                times.check(unix_now(), LEEWAY_SECS, false).map_err(|e| match e {
+                    TimeError::IssuedInFuture => "iat is in the future".to_string(),
+                    other => other.to_string(),
+                })?;
+                return Ok(d.claims);
+            }
             Err(e) => last = format!("{e}"),
         }
     }
@@ -73,14 +100,8 @@ fn statement(s: &KmState, ssa: &str) -> Result<Map<String, Value>, OAuthError> {
     let Some(keys) = &s.km.ssa_keys else {
         return Err(bad_statement("dynamic registration is not enabled: the gateway has no --ssa-jwks"));
     };
-    let mut v = Validation::new(jsonwebtoken::Algorithm::PS256);
-    v.leeway = LEEWAY_SECS;
-    v.validate_aud = false;
-    v.set_required_spec_claims::<&str>(&[]);
-    let claims = verify_jws(ssa, keys, &v).map_err(|e| bad_statement(format!("software_statement: {e}")))?;
-    if claims.get("iat").and_then(Value::as_u64).is_some_and(|iat| iat > unix_now() + LEEWAY_SECS) {
-        return Err(bad_statement("software_statement: iat is in the future"));
-    }
+    let claims = verify_jws(ssa, Kind::SoftwareStatement, keys)
+        .map_err(|e| bad_statement(format!("software_statement: {e}")))?;
     match claims.get("software_id").and_then(Value::as_str) {
         Some(id) if !id.is_empty() && id.len() <= 256 => Ok(claims),
         _ => Err(bad_statement("software_statement: software_id is required")),
@@ -160,19 +181,21 @@ fn registration(s: &KmState, req: &Map<String, Value>, ssa: &Map<String, Value>)
             subject_dn.as_deref().ok_or_else(|| bad_metadata("tls_client_auth needs tls_client_auth_subject_dn"))?;
         Dn::parse(dn).map_err(|e| bad_metadata(format!("tls_client_auth_subject_dn: {e}")))?;
     }
-    // Scopes within the statement's roles (when it lists any).
-    let roles: Option<Vec<&str>> =
-        ssa.get("software_roles").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect());
+    // Scopes within the statement's roles: a statement without roles (or
+    // with roles that are not a list of names) grants no role-bound scope.
+    let roles = software_roles(ssa)?;
     let requested: Vec<String> = text("scope").unwrap_or("").split_whitespace().map(str::to_string).collect();
-    let allowed = |scope: &str| {
-        scope == "openid" || roles.as_ref().is_none_or(|r| r.iter().any(|role| role_scopes(role).contains(&scope)))
-    };
+    let allowed = |scope: &str| scope == "openid" || roles.iter().any(|role| role_scopes(role).contains(&scope));
     if let Some(bad) = requested.iter().find(|s| !allowed(s)) {
-        return Err(bad_metadata(format!("scope {bad:?} is not allowed for the software's roles")));
+        return Err(bad_metadata(if roles.is_empty() {
+            format!("scope {bad:?} needs a PSD2 role: the software statement lists no software_roles")
+        } else {
+            format!("scope {bad:?} is not allowed for the software's roles")
+        }));
     }
     let mut scopes = requested;
     if scopes.is_empty() {
-        scopes = roles.iter().flatten().flat_map(|r| role_scopes(r).iter().map(|s| s.to_string())).collect();
+        scopes = roles.iter().flat_map(|r| role_scopes(r).iter().map(|s| s.to_string())).collect();
     }
     if scopes.iter().any(|s| s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic())) {
         return Err(bad_metadata("scopes are visible ASCII words"));
@@ -258,11 +281,8 @@ async fn check_request_signature(
         }
         (None, None) => return Err(bad_metadata("a signed request needs the client's keys (jwks or jwks_uri)")),
     };
-    let mut v = Validation::new(jsonwebtoken::Algorithm::PS256);
-    v.leeway = LEEWAY_SECS;
-    v.validate_aud = false;
-    v.set_required_spec_claims::<&str>(&[]);
-    let claims = verify_jws(jws, &keys, &v).map_err(|e| bad_metadata(format!("the signed request: {e}")))?;
+    let claims = verify_jws(jws, Kind::RegistrationRequest, &keys)
+        .map_err(|e| bad_metadata(format!("the signed request: {e}")))?;
     if let Some(iss) = claims.get("iss").and_then(Value::as_str)
         && Some(iss) != ssa.get("software_id").and_then(Value::as_str)
     {
@@ -454,6 +474,11 @@ mod tests {
     #[test]
     fn roles_bound_scopes() {
         assert_eq!(role_scopes("AISP"), ["accounts"]);
+        let statement = |v: Value| v.as_object().unwrap().clone();
+        assert!(software_roles(&statement(json!({}))).unwrap().is_empty(), "no roles: none, not all");
+        assert_eq!(software_roles(&statement(json!({"software_roles": ["AISP"]}))).unwrap(), ["AISP"]);
+        assert!(software_roles(&statement(json!({"software_roles": "AISP PISP"}))).is_err());
+        assert!(software_roles(&statement(json!({"software_roles": ["AISP", 7]}))).is_err());
         assert!(role_scopes("ASPSP").is_empty());
         assert!(https_uri("https://directory.example/jwks"));
         assert!(!https_uri("http://169.254.169.254/latest"));

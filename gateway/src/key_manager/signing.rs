@@ -138,16 +138,45 @@ pub struct SigningKeys {
     pub source: String,
 }
 
-/// File name of the generated key under `<data-dir>/key-manager/`.
+/// File name of the generated token key under `<data-dir>/key-manager/`.
 const GENERATED: &str = "signing-key.pem";
+/// File name of the generated answer-signing key beside it.
+const GENERATED_RESPONSE: &str = "response-signing-key.pem";
 
 impl SigningKeys {
     /// Loads `files`, or (none given) the key under `data_dir`, generating it
     /// the first time.
     pub fn load(files: &[PathBuf], data_dir: &Path) -> Result<SigningKeys, SigningKeyError> {
         if files.is_empty() {
-            return Self::generated(&data_dir.join("key-manager"));
+            return Self::generated(&data_dir.join("key-manager"), GENERATED);
         }
+        Self::from_files(files)
+    }
+
+    /// The keys that sign answers (`x-jws-signature`): `files`
+    /// (--response-signing-key-file); else, when the token keys are
+    /// generated (no `token_files`), a key of their own generated beside
+    /// them; else the token keys (a shared key for every pod), with a
+    /// warning: answers and tokens then differ only by their `typ` and `crit`.
+    pub fn load_for_responses(
+        files: &[PathBuf],
+        token_files: &[PathBuf],
+        data_dir: &Path,
+    ) -> Result<SigningKeys, SigningKeyError> {
+        if !files.is_empty() {
+            return Self::from_files(files);
+        }
+        if token_files.is_empty() {
+            return Self::generated(&data_dir.join("key-manager"), GENERATED_RESPONSE);
+        }
+        tracing::warn!(
+            "answers are signed with the token key (--signing-key-file); give them a key of their own with \
+             --response-signing-key-file"
+        );
+        Self::from_files(token_files)
+    }
+
+    fn from_files(files: &[PathBuf]) -> Result<SigningKeys, SigningKeyError> {
         let mut keys = Vec::new();
         for path in files {
             let pem = std::fs::read(path).map_err(|source| SigningKeyError::Read { path: path.clone(), source })?;
@@ -162,8 +191,8 @@ impl SigningKeys {
         Ok(SigningKeys { keys, source })
     }
 
-    fn generated(dir: &Path) -> Result<SigningKeys, SigningKeyError> {
-        let path = dir.join(GENERATED);
+    fn generated(dir: &Path, name: &str) -> Result<SigningKeys, SigningKeyError> {
+        let path = dir.join(name);
         let pem = match std::fs::read(&path) {
             Ok(pem) => pem,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -182,7 +211,7 @@ impl SigningKeys {
                         .join("\n")
                 );
                 write_private(dir, &path, pem.as_bytes())?;
-                tracing::info!(path = %path.display(), "generated the key manager's signing key (single node; give HA pods one key with --signing-key-file)");
+                tracing::info!(path = %path.display(), "generated a signing key of the key manager (single node; give HA pods shared keys with --signing-key-file and --response-signing-key-file)");
                 pem.into_bytes()
             }
             Err(source) => return Err(SigningKeyError::Read { path, source }),
@@ -209,7 +238,8 @@ fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), SigningKey
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| SigningKeyError::Write { path: path.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!(".{GENERATED}.tmp"));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(GENERATED);
+    let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
@@ -238,6 +268,23 @@ mod tests {
         let mode = std::fs::metadata(dir.path().join("key-manager").join(GENERATED)).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn answers_get_a_key_of_their_own_unless_only_token_keys_are_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = SigningKeys::load(&[], dir.path()).unwrap();
+        let answers = SigningKeys::load_for_responses(&[], &[], dir.path()).unwrap();
+        assert_ne!(tokens.current().kid, answers.current().kid, "generated: two keys");
+        let again = SigningKeys::load_for_responses(&[], &[], dir.path()).unwrap();
+        assert_eq!(answers.current().kid, again.current().kid, "kept across restarts");
+        let token_file = dir.path().join("key-manager").join(GENERATED);
+        let answer_file = dir.path().join("key-manager").join(GENERATED_RESPONSE);
+        let shared = SigningKeys::load_for_responses(&[], std::slice::from_ref(&token_file), dir.path()).unwrap();
+        assert_eq!(shared.current().kid, tokens.current().kid, "token keys given, no answer key: the token keys");
+        let own =
+            SigningKeys::load_for_responses(std::slice::from_ref(&answer_file), &[token_file], dir.path()).unwrap();
+        assert_eq!(own.current().kid, answers.current().kid);
     }
 
     #[test]

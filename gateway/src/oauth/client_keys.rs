@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::jwks::{JwksCache, RemoteKeys};
 use super::keys::KeySet;
-use crate::store::db::{Db, StoreError};
+use crate::store::Store;
+use crate::store::db::StoreError;
 
 /// Where a client's keys are.
 pub enum Source {
@@ -47,10 +48,14 @@ impl Source {
     }
 }
 
-/// Clients' key sources by (issuer, client id), for the key-cache TTL.
+/// Clients' key sources by (issuer, client id), for the key-cache TTL or
+/// until a client changes on this node (the store's clients generation).
 pub struct ClientKeys {
-    cache: moka::future::Cache<(String, String), Option<Arc<Source>>>,
+    cache: moka::future::Cache<(String, String), Read>,
 }
+
+/// A client's key source as read under a clients generation.
+type Read = (u64, Option<Arc<Source>>);
 
 impl ClientKeys {
     pub fn new(ttl: Duration) -> ClientKeys {
@@ -61,18 +66,28 @@ impl ClientKeys {
     /// `namespace/name`); None when the client is unknown or has no keys.
     pub async fn get(
         &self,
-        db: &Db,
+        store: &Store,
         jwks: &JwksCache,
         issuer: &str,
         client_id: &str,
     ) -> Result<Option<Arc<Source>>, StoreError> {
         let key = (issuer.to_string(), client_id.to_string());
+        // Read before loading: a change during the load leaves the entry stale.
+        let generation = store.cache.clients_generation();
+        if let Some((seen, _)) = self.cache.get(&key).await
+            && seen != generation
+        {
+            self.cache.invalidate(&key).await;
+        }
+        let db = &store.db;
         self.cache
             .try_get_with(key, async {
-                let Some(c) = db.oauth_client(issuer, client_id).await? else { return Ok(None) };
-                Ok(Source::of(c.jwks.as_ref(), c.jwks_uri.as_deref(), jwks).ok().flatten().map(Arc::new))
+                let Some(c) = db.oauth_client(issuer, client_id).await? else { return Ok((generation, None)) };
+                let source = Source::of(c.jwks.as_ref(), c.jwks_uri.as_deref(), jwks).ok().flatten().map(Arc::new);
+                Ok((generation, source))
             })
             .await
+            .map(|(_, source)| source)
             .map_err(|e: Arc<StoreError>| StoreError::Unavailable(e.to_string()))
     }
 }

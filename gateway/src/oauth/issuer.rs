@@ -33,6 +33,9 @@ pub struct Issuer {
     pub consumer_claim: String,
     pub scopes_claim: String,
     pub keys: Keys,
+    /// What its access tokens' `typ` must say: `at+jwt` for the built-in
+    /// key manager; external issuers may also send `JWT` or none.
+    pub token_kind: super::jwt::Kind,
     /// SHA-256 of the KeyManager's spec: a verified token is reused only
     /// while the issuer is configured as it was when the token was checked.
     pub fingerprint: [u8; 32],
@@ -90,6 +93,7 @@ impl Issuer {
             consumer_claim: s.claims.consumer_key.clone(),
             scopes_claim: s.claims.scopes.clone(),
             keys,
+            token_kind: super::jwt::Kind::ExternalAccessToken,
         })
     }
 

@@ -4,6 +4,7 @@
 pub mod client_keys;
 pub mod issuer;
 pub mod jwks;
+pub mod jwt;
 pub mod keys;
 pub mod verify;
 

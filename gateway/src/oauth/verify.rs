@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::issuer::{Issuer, Keys};
 use super::jwks::JwksCache;
+use super::jwt::{self, TimeError, Times};
 use super::keys::{KeySet, family};
 
 /// Clock skew allowed on `exp` and `nbf`.
@@ -72,6 +73,12 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("the key manager's signing keys cannot be fetched right now")]
     KeysUnavailable,
+    /// Not an access token: another kind of JWS (`typ`), or a critical
+    /// header parameter that is not understood.
+    #[error("the JWS is not an access token: {0}")]
+    NotAnAccessToken(String),
+    #[error("the token's {0} is not a NumericDate")]
+    BadDate(&'static str),
 }
 
 impl TokenError {
@@ -88,6 +95,8 @@ impl TokenError {
             TokenError::WrongAudience => "wrong_audience",
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::KeysUnavailable => "keys_unavailable",
+            TokenError::NotAnAccessToken(_) => "not_an_access_token",
+            TokenError::BadDate(_) => "bad_date",
         }
     }
 
@@ -184,6 +193,7 @@ impl Verifier {
             }
         }
         let header = decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let raw_header = jwt::header_of(token).map_err(|_| TokenError::Malformed)?;
         if family(header.alg).is_none() {
             return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
         }
@@ -206,6 +216,12 @@ impl Verifier {
         for issuer in issuers.iter().copied() {
             if !issuer.algorithms.contains(&header.alg) {
                 note(TokenError::Algorithm(format!("{:?}", header.alg)));
+                continue;
+            }
+            // Signed by the issuer's key is not enough: it must be an
+            // access token (a signed answer or assertion is not).
+            if let Err(e) = jwt::check_header(&raw_header, issuer.token_kind) {
+                note(TokenError::NotAnAccessToken(e.to_string()));
                 continue;
             }
             match self.try_issuer(token, &header, issuer) {
@@ -244,11 +260,12 @@ impl Verifier {
         let keys = issuer.current_keys().ok_or(TokenError::UnknownKey)?;
         let verified_with = keys.clone();
         let mut validation = Validation::new(header.alg);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
+        // Times are read below by the one NumericDate reader.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.set_issuer(&[issuer.issuer.as_str()]);
-        validation.set_required_spec_claims(&["exp", "iss"]);
+        validation.set_required_spec_claims(&["iss"]);
         let mut result = Err(TokenError::UnknownKey);
         for key in keys.candidates(header.kid.as_deref(), header.alg) {
             match decode::<serde_json::Map<String, serde_json::Value>>(token, &key.key, &validation) {
@@ -284,7 +301,14 @@ impl Verifier {
                 return Err(TokenError::WrongAudience);
             }
         }
-        let expires = claims.get("exp").and_then(|v| v.as_u64()).ok_or(TokenError::MissingClaim("exp".into()))?;
+        let times = Times::read(&claims).map_err(|e| TokenError::BadDate(e.claim))?;
+        times.check(unix_now(), LEEWAY_SECS, true).map_err(|e| match e {
+            TimeError::Unreadable(d) => TokenError::BadDate(d.claim),
+            TimeError::Missing(c) => TokenError::MissingClaim(c.into()),
+            TimeError::Expired => TokenError::Expired,
+            TimeError::NotYetValid | TimeError::IssuedInFuture => TokenError::NotYetValid,
+        })?;
+        let expires = times.exp.ok_or(TokenError::MissingClaim("exp".into()))?;
         let client_id = claims.get(&issuer.consumer_claim).and_then(|v| v.as_str()).map(str::to_string);
         let scopes = match claims.get(&issuer.scopes_claim) {
             Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
@@ -367,6 +391,7 @@ pub(crate) mod tests {
             consumer_claim: "client_id".into(),
             scopes_claim: "scope".into(),
             keys: Keys::Inline(Arc::new(super::super::keys::KeySet::parse(doc.to_string().as_bytes()).unwrap())),
+            token_kind: super::super::jwt::Kind::ExternalAccessToken,
             fingerprint: [1; 32],
         })
     }
@@ -460,6 +485,61 @@ pub(crate) mod tests {
         ));
     }
 
+    fn signed_with_header(k: &TestKey, header: serde_json::Value, claims: &serde_json::Value) -> String {
+        let h = B64.encode(header.to_string());
+        let body = B64.encode(claims.to_string());
+        let input = format!("{h}.{body}");
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &k.encoding, Algorithm::ES256).unwrap();
+        format!("{input}.{sig}")
+    }
+
+    #[tokio::test]
+    async fn only_access_tokens_pass_and_other_signed_documents_never_do() {
+        let k = TestKey::ec("k1");
+        let mut builtin = issuer(&[&k], &[]).clone_for_test();
+        builtin.token_kind = super::super::jwt::Kind::AccessToken;
+        let builtin = [Arc::new(builtin)];
+        let c = claims(json!({}));
+        let at = signed_with_header(&k, json!({"alg": "ES256", "kid": "k1", "typ": "at+jwt"}), &c);
+        assert!(check(&at, &builtin).await.is_ok());
+        // A signed answer of the same key, its body holding token claims.
+        let answer = signed_with_header(
+            &k,
+            json!({"alg": "ES256", "kid": "k1", "typ": "JOSE", "http://openbanking.org.uk/iat": 1,
+                   "crit": ["http://openbanking.org.uk/iat"]}),
+            &c,
+        );
+        for iss in [&builtin[..], &[issuer(&[&k], &[])][..]] {
+            assert!(
+                matches!(check(&answer, iss).await.unwrap_err(), TokenError::NotAnAccessToken(_)),
+                "a signed answer is no token"
+            );
+        }
+        let plain_jwt = k.sign(&c);
+        assert!(matches!(check(&plain_jwt, &builtin).await.unwrap_err(), TokenError::NotAnAccessToken(_)));
+        assert!(check(&plain_jwt, &[issuer(&[&k], &[])]).await.is_ok(), "external issuers may send JWT");
+        let critical =
+            signed_with_header(&k, json!({"alg": "ES256", "kid": "k1", "typ": "at+jwt", "crit": ["x"], "x": 1}), &c);
+        assert!(matches!(check(&critical, &builtin).await.unwrap_err(), TokenError::NotAnAccessToken(_)));
+        let dpop = signed_with_header(&k, json!({"alg": "ES256", "kid": "k1", "typ": "dpop+jwt"}), &c);
+        assert!(check(&dpop, &[issuer(&[&k], &[])]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn non_integer_times_are_read_not_dropped() {
+        let k = TestKey::ec("k1");
+        let iss = [issuer(&[&k], &[])];
+        let base = now();
+        let t = k.sign(&claims(json!({"exp": base as f64 + 60.5})));
+        assert_eq!(check(&t, &iss).await.unwrap().expires, base + 61);
+        let stale = k.sign(&claims(json!({"exp": now() as f64 - 120.5})));
+        assert_eq!(check(&stale, &iss).await.unwrap_err(), TokenError::Expired);
+        let early = k.sign(&claims(json!({"nbf": now() as f64 + 600.25})));
+        assert_eq!(check(&early, &iss).await.unwrap_err(), TokenError::NotYetValid);
+        let text = k.sign(&claims(json!({"exp": (now() + 60).to_string()})));
+        assert_eq!(check(&text, &iss).await.unwrap_err(), TokenError::BadDate("exp"));
+    }
+
     #[tokio::test]
     async fn a_cached_token_is_reused_only_for_an_unchanged_trusted_issuer() {
         let k = TestKey::ec("k1");
@@ -517,6 +597,7 @@ pub(crate) mod tests {
                 consumer_claim: self.consumer_claim.clone(),
                 scopes_claim: self.scopes_claim.clone(),
                 keys,
+                token_kind: self.token_kind,
                 fingerprint: self.fingerprint,
             }
         }

@@ -49,7 +49,7 @@ impl VerifyStep {
                 "this gateway has no store to find the client's keys",
             ));
         };
-        let source = match rt.client_keys.get(&store.db, &rt.jwks, &issuer, &client_id).await {
+        let source = match rt.client_keys.get(store, &rt.jwks, &issuer, &client_id).await {
             Ok(Some(s)) => s,
             Ok(None) => return invalid(format!("client {client_id} registered no keys (jwks or jwksUri)")),
             Err(_) => {

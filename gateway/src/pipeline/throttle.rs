@@ -91,10 +91,25 @@ impl ThrottleStep {
     }
 
     pub async fn on_request(&self, req: &RequestHeader, ctx: &mut RequestCtx, rt: &Shared) -> Flow {
-        let tier = (self.tiers.as_ref())
-            .zip(ctx.principal.as_ref().and_then(|p| p.tier.as_deref()))
-            .and_then(|(tiers, t)| tiers.get(t))
-            .cloned();
+        // A subscription whose tier is not deployed (deleted, or never
+        // written to this gateway) is refused, never served unthrottled.
+        let tier = match (self.tiers.as_ref(), ctx.principal.as_ref().and_then(|p| p.tier.as_deref())) {
+            (Some(tiers), Some(t)) => match tiers.get(t) {
+                Some(policy) => Some(policy.clone()),
+                None => {
+                    rt.metrics.throttled(t, "tier_unavailable").inc();
+                    return Flow::Reply(
+                        Reply::new(
+                            503,
+                            "tier_unavailable",
+                            format!("the subscription's tier {t:?} is not deployed on this gateway"),
+                        )
+                        .header("retry-after", "5"),
+                    );
+                }
+            },
+            _ => None,
+        };
         let op = ctx.operation.operation().and_then(|o| o.policy.clone());
         let mut held = Vec::new();
         for policy in [self.api_policy.clone(), op, tier].into_iter().flatten() {
@@ -336,6 +351,17 @@ mod tests {
         assert_eq!(status(&step, &rt, &mut ctx).await, 200, "the shared quotas had exactly one left");
         assert_eq!(ctx.ratelimit.unwrap().remaining, 0);
         assert_eq!(status(&step, &rt, &mut ctx_for(Some(&op), Some(principal("c", None)))).await, 429);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_to_a_tier_that_is_not_deployed_is_refused_not_unthrottled() {
+        let rt = runtime();
+        let gold = policy(&rt, "gold", "{limit: {requests: 100, per: 1m}, keyBy: Consumer}");
+        let tiers = Tiers { own: Some(Arc::new([("gold".into(), gold)].into_iter().collect())), manager: None };
+        let step = ThrottleStep::new(None, Some(tiers));
+        assert_eq!(status(&step, &rt, &mut ctx_for(None, Some(principal("a", Some("gold"))))).await, 200);
+        assert_eq!(status(&step, &rt, &mut ctx_for(None, Some(principal("a", Some("platinum"))))).await, 503);
+        assert_eq!(status(&step, &rt, &mut ctx_for(None, Some(principal("a", None)))).await, 200, "no tier: none");
     }
 
     #[tokio::test]

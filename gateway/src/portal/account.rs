@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::session::{SESSION_TTL_MS, Visitor, read_form};
 use super::{Layout, Portal, message, page, see_other, store_failure};
 use crate::store::db::StoreError;
+use crate::store::portal::SignInAttempt;
 use crate::throttle::now_ms;
 
 /// Failed sign-ins allowed per address within [`FAILURE_WINDOW_MS`].
@@ -152,7 +153,8 @@ pub async fn start_session(
     if let Some(old) = v.session_cookie.clone() {
         let _ = p.store.db.delete_session(&old).await;
     }
-    match p.store.db.create_session(dev.as_ref().map(|d| d.id.as_str()), SESSION_TTL_MS).await {
+    let admin_token = p.store.admin_token.as_deref();
+    match p.store.db.create_session(dev.as_ref().map(|d| d.id.as_str()), admin_token, SESSION_TTL_MS).await {
         Ok(s) => {
             let session =
                 crate::store::portal::Session { is_admin: dev.is_none(), developer: dev, csrf: s.csrf.clone() };
@@ -163,11 +165,14 @@ pub async fn start_session(
     }
 }
 
-/// Refuses when an address has failed too often lately; Err is the page.
-pub async fn throttled(p: &Portal, v: &Visitor, key: &str) -> Result<(), Response> {
+/// Reserves a sign-in attempt for `key` before its secret is checked, or
+/// refuses when the address has failed too often lately; Err is the page.
+/// The reservation stays as a failure unless the caller releases it or
+/// clears the address's failures.
+pub async fn reserve_attempt(p: &Portal, v: &Visitor, key: &str) -> Result<SignInAttempt, Response> {
     let since = now_ms() as i64 - FAILURE_WINDOW_MS;
-    match p.store.db.sign_in_failures(key, since).await {
-        Ok(n) if n >= MAX_FAILURES => Err(message(
+    match p.store.db.reserve_sign_in(key, since, MAX_FAILURES).await {
+        Ok(None) => Err(message(
             p,
             v,
             StatusCode::TOO_MANY_REQUESTS,
@@ -176,7 +181,7 @@ pub async fn throttled(p: &Portal, v: &Visitor, key: &str) -> Result<(), Respons
                 "Sign-in for this account is paused after {MAX_FAILURES} failed attempts; try again in 15 minutes."
             ),
         )),
-        Ok(_) => Ok(()),
+        Ok(Some(attempt)) => Ok(attempt),
         Err(e) => Err(store_failure(p, v, e)),
     }
 }
@@ -190,9 +195,10 @@ pub async fn signin(State(p): State<Portal>, mut v: Visitor, headers: HeaderMap,
     if let Err(e) = p.store.ensure_migrated().await {
         return store_failure(&p, &v, e);
     }
-    if let Err(r) = throttled(&p, &v, &email).await {
-        return r;
-    }
+    let attempt = match reserve_attempt(&p, &v, &email).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let found = match p.store.db.developer_by_email(&email).await {
         Ok(f) => f,
         Err(e) => return store_failure(&p, &v, e),
@@ -207,18 +213,18 @@ pub async fn signin(State(p): State<Portal>, mut v: Visitor, headers: HeaderMap,
             let _ = p.store.db.clear_sign_in_failures(&email).await;
             start_session(&p, &mut v, Some(d), "/portal/applications").await
         }
-        Some(d) if ok => message(
-            &p,
-            &v,
-            StatusCode::FORBIDDEN,
-            "Account disabled",
-            format!("The account {} is disabled; contact the portal's administrators.", d.email),
-        ),
+        Some(d) if ok => {
+            let _ = p.store.db.release_sign_in(&attempt).await;
+            message(
+                &p,
+                &v,
+                StatusCode::FORBIDDEN,
+                "Account disabled",
+                format!("The account {} is disabled; contact the portal's administrators.", d.email),
+            )
+        }
+        // The reservation stays: it is the failure.
         _ => {
-            let now = now_ms() as i64;
-            if let Err(e) = p.store.db.record_sign_in_failure(&email, now - FAILURE_WINDOW_MS).await {
-                return store_failure(&p, &v, e);
-            }
             let t =
                 SignInPage { layout: Layout::new(&p, &v, "Sign in").error("Wrong e-mail address or password."), email };
             page(&p, &v, StatusCode::UNAUTHORIZED, &t)

@@ -8,11 +8,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::account::{FAILURE_WINDOW_MS, Nothing, start_session, throttled};
+use super::account::{Nothing, reserve_attempt, start_session};
 use super::session::{Visitor, read_form};
 use super::{Layout, Portal, message, page, see_other, store_failure, when};
 use crate::store::keys::constant_time_eq;
-use crate::throttle::now_ms;
 
 /// The failure counter of admin-token sign-ins.
 const ADMIN_KEY: &str = "admin-token";
@@ -72,15 +71,13 @@ pub async fn signin(State(p): State<Portal>, mut v: Visitor, headers: HeaderMap,
     if let Err(e) = p.store.ensure_migrated().await {
         return store_failure(&p, &v, e);
     }
-    if let Err(r) = throttled(&p, &v, ADMIN_KEY).await {
+    // Reserved before the check; a wrong token leaves it as a failure.
+    if let Err(r) = reserve_attempt(&p, &v, ADMIN_KEY).await {
         return r;
     }
     if constant_time_eq(f.token.trim().as_bytes(), &expected) {
         let _ = p.store.db.clear_sign_in_failures(ADMIN_KEY).await;
         return start_session(&p, &mut v, None, "/portal/admin").await;
-    }
-    if let Err(e) = p.store.db.record_sign_in_failure(ADMIN_KEY, now_ms() as i64 - FAILURE_WINDOW_MS).await {
-        return store_failure(&p, &v, e);
     }
     let t = SignInPage { layout: Layout::new(&p, &v, "Administrator sign-in").error("Wrong admin token.") };
     page(&p, &v, StatusCode::UNAUTHORIZED, &t)

@@ -135,7 +135,7 @@ impl FromRequestParts<Portal> for Visitor {
             return Ok(v);
         };
         let found = match p.store.ensure_migrated().await {
-            Ok(()) => p.store.db.session(&value).await,
+            Ok(()) => p.store.db.session(&value, p.store.admin_token.as_deref()).await,
             Err(e) => Err(e),
         };
         match found {

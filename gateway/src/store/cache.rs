@@ -55,6 +55,9 @@ pub struct KeyCache {
     revoked: moka::future::Cache<String, bool>,
     /// The last answer per jti, used only while the database is unreachable.
     revoked_last_known: moka::future::Cache<String, bool>,
+    /// Bumped whenever a client changes or goes on this node: caches of
+    /// clients' details held elsewhere (their keys) start again.
+    clients_changed: std::sync::atomic::AtomicU64,
 }
 
 impl KeyCache {
@@ -73,6 +76,7 @@ impl KeyCache {
             last_known: moka::future::Cache::builder().max_capacity(max_keys).support_invalidation_closures().build(),
             revoked: moka::future::Cache::builder().max_capacity(max_keys).time_to_live(ttl).build(),
             revoked_last_known: moka::future::Cache::builder().max_capacity(max_keys).build(),
+            clients_changed: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -135,9 +139,17 @@ impl KeyCache {
         }
     }
 
-    /// Forgets a client mapping at once (deleted on this node).
+    /// Forgets a client mapping at once (changed or deleted on this node),
+    /// and everything cached from clients' records ([`Self::clients_generation`]).
     pub async fn invalidate_client(&self, key_manager: &str, client_id: &str) {
+        self.clients_changed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.invalidate(&client_key(key_manager, client_id)).await;
+    }
+
+    /// Changes with every [`Self::invalidate_client`]: what was read from a
+    /// client's record under another generation is read again.
+    pub fn clients_generation(&self) -> u64 {
+        self.clients_changed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Forgets a key at once (revocation or deletion on this node).

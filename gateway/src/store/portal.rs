@@ -38,6 +38,15 @@ pub struct NewSession {
     pub csrf: String,
 }
 
+/// What an administrator's session keeps of the admin token.
+fn admin_token_hash(token: Option<&[u8]>) -> Option<String> {
+    token.map(|t| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(t)))
+}
+
+/// A reserved sign-in attempt ([`Db::reserve_sign_in`]).
+#[derive(Debug)]
+pub struct SignInAttempt(String);
+
 fn developer(r: &AnyRow) -> Result<Developer> {
     Ok(Developer {
         id: r.try_get("id")?,
@@ -119,7 +128,7 @@ impl Db {
     }
 
     /// Whether the application's owner is disabled (its credentials stop working).
-    pub(super) async fn owner_disabled(&self, application_id: &str) -> Result<bool> {
+    pub async fn owner_disabled(&self, application_id: &str) -> Result<bool> {
         let row =
             sqlx::query("SELECT d.disabled_ms FROM applications a JOIN developers d ON d.id = a.owner WHERE a.id = $1")
                 .bind(application_id)
@@ -131,14 +140,20 @@ impl Db {
         })
     }
 
-    /// A new session for a developer (or an administrator when None).
-    pub async fn create_session(&self, developer_id: Option<&str>, ttl_ms: i64) -> Result<NewSession> {
+    /// A new session for a developer, or (`developer_id` None) for an
+    /// administrator who signed in with `admin_token`.
+    pub async fn create_session(
+        &self,
+        developer_id: Option<&str>,
+        admin_token: Option<&[u8]>,
+        ttl_ms: i64,
+    ) -> Result<NewSession> {
         let cookie = base64_url(&keys::random_bytes::<32>());
         let csrf = base64_url(&keys::random_bytes::<32>());
         let now = now_ms() as i64;
         sqlx::query(concat!(
-            "INSERT INTO portal_sessions (id_hash, developer_id, is_admin, csrf, created_ms, expires_ms) ",
-            "VALUES ($1, $2, $3, $4, $5, $6)"
+            "INSERT INTO portal_sessions (id_hash, developer_id, is_admin, csrf, created_ms, expires_ms, admin_token_hash) ",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)"
         ))
         .bind(keys::hash(&cookie))
         .bind(developer_id)
@@ -146,6 +161,7 @@ impl Db {
         .bind(&csrf)
         .bind(now)
         .bind(now + ttl_ms)
+        .bind(developer_id.is_none().then(|| admin_token_hash(admin_token)).flatten())
         .execute(&self.pool)
         .await?;
         // Expired sessions go now and then.
@@ -153,11 +169,12 @@ impl Db {
         Ok(NewSession { cookie, csrf })
     }
 
-    /// The live session of a cookie value (None when unknown, expired or
-    /// its developer is disabled).
-    pub async fn session(&self, cookie: &str) -> Result<Option<Session>> {
+    /// The live session of a cookie value (None when unknown, expired, its
+    /// developer is disabled, or an administrator's opened with another
+    /// admin token than the gateway's `admin_token`).
+    pub async fn session(&self, cookie: &str, admin_token: Option<&[u8]>) -> Result<Option<Session>> {
         let Some(row) = sqlx::query(concat!(
-            "SELECT s.is_admin, s.csrf, s.expires_ms, d.id, d.email, d.created_ms, d.disabled_ms ",
+            "SELECT s.is_admin, s.csrf, s.expires_ms, s.admin_token_hash, d.id, d.email, d.created_ms, d.disabled_ms ",
             "FROM portal_sessions s LEFT JOIN developers d ON d.id = s.developer_id WHERE s.id_hash = $1"
         ))
         .bind(keys::hash(cookie))
@@ -178,6 +195,14 @@ impl Db {
         if developer.as_ref().is_some_and(|d| d.disabled_at_ms.is_some()) || (developer.is_none() && !is_admin) {
             return Ok(None);
         }
+        if is_admin {
+            let opened_with: Option<String> = row.try_get("admin_token_hash")?;
+            let current = admin_token_hash(admin_token);
+            let same = matches!((&opened_with, &current), (Some(a), Some(b)) if keys::constant_time_eq(a.as_bytes(), b.as_bytes()));
+            if !same {
+                return Ok(None);
+            }
+        }
         Ok(Some(Session { developer, is_admin, csrf: row.try_get("csrf")? }))
     }
 
@@ -189,24 +214,39 @@ impl Db {
         Ok(())
     }
 
-    /// Failed sign-ins for an address since a time.
-    pub async fn sign_in_failures(&self, email: &str, since_ms: i64) -> Result<i64> {
+    /// Reserves a sign-in attempt for `key` (an address, or the admin
+    /// sign-in) before its secret is checked: the attempt is recorded first
+    /// and then counted with every failure and attempt since `since_ms`, so
+    /// of any number of concurrent attempts, on any gateways sharing the
+    /// database, at most `max` see a count within the limit. None (and the
+    /// reservation taken back) when the limit is reached. A reservation that
+    /// is neither released nor cleared stays as a failure.
+    pub async fn reserve_sign_in(&self, key: &str, since_ms: i64, max: i64) -> Result<Option<SignInAttempt>> {
+        let attempt = SignInAttempt(keys::new_id());
+        sqlx::query("INSERT INTO portal_sign_in_failures (email, at_ms, attempt) VALUES ($1, $2, $3)")
+            .bind(key)
+            .bind(now_ms() as i64)
+            .bind(&attempt.0)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM portal_sign_in_failures WHERE at_ms < $1").bind(since_ms).execute(&self.pool).await?;
         let row = sqlx::query("SELECT COUNT(*) AS n FROM portal_sign_in_failures WHERE email = $1 AND at_ms >= $2")
-            .bind(email)
+            .bind(key)
             .bind(since_ms)
             .fetch_one(&self.pool)
             .await?;
-        Ok(row.try_get("n")?)
+        let n: i64 = row.try_get("n")?;
+        if n > max {
+            self.release_sign_in(&attempt).await?;
+            return Ok(None);
+        }
+        Ok(Some(attempt))
     }
 
-    pub async fn record_sign_in_failure(&self, email: &str, forget_before_ms: i64) -> Result<()> {
-        sqlx::query("INSERT INTO portal_sign_in_failures (email, at_ms) VALUES ($1, $2)")
-            .bind(email)
-            .bind(now_ms() as i64)
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("DELETE FROM portal_sign_in_failures WHERE at_ms < $1")
-            .bind(forget_before_ms)
+    /// Takes a reservation back: the attempt was not a failure.
+    pub async fn release_sign_in(&self, attempt: &SignInAttempt) -> Result<()> {
+        sqlx::query("DELETE FROM portal_sign_in_failures WHERE attempt = $1")
+            .bind(&attempt.0)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -1,0 +1,9 @@
+-- Sign-in throttling reserves an attempt before the password is checked:
+-- each row is an attempt in progress or a failure; `attempt` names the
+-- reservation so a refused or successful one can be taken back.
+ALTER TABLE portal_sign_in_failures ADD COLUMN attempt TEXT;
+CREATE INDEX portal_sign_in_failures_attempt ON portal_sign_in_failures (attempt);
+
+-- An administrator's session holds the SHA-256 of the admin token it was
+-- opened with, and ends when the gateway's token is another (rotated).
+ALTER TABLE portal_sessions ADD COLUMN admin_token_hash TEXT;
