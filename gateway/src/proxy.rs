@@ -663,9 +663,9 @@ async fn complete_idempotency(
         (true, Some(body)) => {
             let stored = crate::store::idempotency::StoredResponse { status, headers: claim.headers, body };
             let expires = crate::throttle::now_ms() as i64 + claim.ttl.as_millis() as i64;
-            store.db.complete_idempotency_key(&claim.scope, &claim.key, &stored, expires).await
+            store.db.complete_idempotency_key(&claim.scope, &claim.key, &claim.id, &stored, expires).await
         }
-        _ => store.db.release_idempotency_key(&claim.scope, &claim.key).await,
+        _ => store.db.release_idempotency_key(&claim.scope, &claim.key, &claim.id).await,
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "idempotency key could not be completed; it expires with its TTL");

@@ -446,6 +446,88 @@ fn a_signed_answer_made_with_the_token_key_is_still_no_token() {
 }
 
 #[test]
+fn a_client_that_changes_its_keys_is_checked_with_the_new_keys_at_once() {
+    let directory = SigningKey::new("directory");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let ssa_jwks = keys_dir.path().join("ssa-jwks.json");
+    std::fs::write(&ssa_jwks, directory.jwks().to_string()).unwrap();
+    // Cached for long: only the change itself can make the new keys count.
+    let env = Env::start(&["--ssa-jwks", ssa_jwks.to_str().unwrap(), "--key-cache-ttl-seconds", "600"]);
+    let (old_key, new_key) = (SigningKey::new("tpp-old"), SigningKey::new("tpp-new"));
+    let statement = directory.sign(&json!({"iss": "Test Directory", "iat": now(), "jti": "ssa-keys",
+        "software_id": "sw-keys", "software_roles": ["PISP"]}));
+    let metadata = |key: &SigningKey| {
+        json!({"software_statement": statement, "jwks": key.jwks(), "token_endpoint_auth_method": "private_key_jwt",
+               "scope": "payments"})
+    };
+    let r = request(
+        env.gw.mgmt,
+        "POST",
+        "/oauth2/register",
+        &[("content-type", "application/json")],
+        metadata(&old_key).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let reg = r.json();
+    let client = reg["client_id"].as_str().unwrap().to_string();
+    let reg_token = reg["registration_access_token"].as_str().unwrap().to_string();
+    let r = admin_at(
+        env.gw.mgmt,
+        "POST",
+        "/api/v1/subscriptions",
+        json!({"applicationId": reg["application_id"], "api": "bank/payments", "policy": "gold"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = |key: &SigningKey, jti: &str| {
+        let r = post_form_tls(
+            &TlsClient::new(&env.ws.ca.der).with_cert(&env.pisp),
+            env.gw.mgmt_tls,
+            "/oauth2/token",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", &assertion(key, &client, ISSUER, 60, jti)),
+            ],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["access_token"].as_str().unwrap().to_string()
+    };
+    let access = token(&old_key, "k-1");
+    let body = br#"{"Data":{"Initiation":{"InstructedAmount":{"Amount":"1.00","Currency":"GBP"}}}}"#;
+    let pay = |key: &SigningKey, idem: &str| {
+        env.call(
+            &env.gw,
+            &env.pisp,
+            "POST",
+            "/payments/v1/domestic-payments",
+            &[
+                ("authorization", &bearer(&access)),
+                ("x-jws-signature", &key.sign_detached(body)),
+                ("x-idempotency-key", idem),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+    };
+    assert_eq!(pay(&old_key, "keys-1").status, 201);
+    // The client replaces its keys (RFC 7592): the old key signs nothing more.
+    let mut update = metadata(&new_key);
+    update["client_id"] = json!(client);
+    let r = request(
+        env.gw.mgmt,
+        "PUT",
+        &format!("/oauth2/register/{client}"),
+        &[("authorization", &bearer(&reg_token)), ("content-type", "application/json")],
+        update.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = pay(&old_key, "keys-2");
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid_signature")), "{}", r.text());
+    assert_eq!(pay(&new_key, "keys-3").status, 201);
+    token(&new_key, "k-2");
+}
+
+#[test]
 fn a_duplicate_in_flight_never_makes_a_second_backend_call() {
     let env = Env::start(&[]);
     let token = env.token(&env.gw, &env.pisp);

@@ -258,3 +258,32 @@ fn the_sign_in_limit_holds_for_concurrent_attempts_on_two_gateways() {
         assert_eq!(sign_in(mgmt, EMAIL, "the right password"), 429, "paused for the right password too");
     }
 }
+
+#[test]
+fn an_administrators_session_ends_when_the_admin_token_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = tmp.path().join("admin-token");
+    std::fs::write(&token, ADMIN).unwrap();
+    let flags = ["--admin-token-file", token.to_str().unwrap()];
+    let gw = gateway(&dir, &flags);
+    let mut admin = Browser { mgmt: gw.mgmt, jar: Jar::default() };
+    let t = csrf(&admin.get("/portal/admin/signin").text());
+    let r = admin.post("/portal/admin/signin", &[("token", ADMIN), ("csrf", &t)]);
+    assert_eq!((r.status, r.header("location")), (303, Some("/portal/admin")));
+    assert_eq!(admin.get("/portal/admin").status, 200);
+    drop(gw);
+
+    // The token is rotated (a leaked one replaced): the session opened with
+    // the old one is no administrator's any more, on the same database.
+    std::fs::write(&token, "a-rotated-admin-token").unwrap();
+    let gw = gateway(&dir, &flags);
+    admin.mgmt = gw.mgmt;
+    let r = admin.get("/portal/admin");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let t = csrf(&admin.get("/portal/admin/signin").text());
+    let r = admin.post("/portal/admin/signin", &[("token", "a-rotated-admin-token"), ("csrf", &t)]);
+    assert_eq!(r.status, 303);
+    assert_eq!(admin.get("/portal/admin").status, 200);
+}

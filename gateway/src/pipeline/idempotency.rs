@@ -33,6 +33,8 @@ const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 pub struct Claim {
     pub scope: String,
     pub key: String,
+    /// This request's claim on the key (only it completes or frees it).
+    pub id: String,
     /// How long the answer is kept once stored.
     pub ttl: Duration,
     /// The answer so far (status, headers, body; None when over the limit).
@@ -86,12 +88,14 @@ impl IdempotencyStep {
         let fingerprint = hex::encode(h.finalize());
         let expires = crate::throttle::now_ms() as i64 + self.lease.as_millis() as i64;
         let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+        let claim = crate::store::keys::new_id();
         loop {
-            match store.db.claim_idempotency_key(&scope, key, &fingerprint, expires).await {
+            match store.db.claim_idempotency_key(&scope, key, &fingerprint, expires, &claim).await {
                 Ok(None) => {
                     ctx.idempotency = Some(Claim {
                         scope,
                         key: key.to_string(),
+                        id: claim,
                         ttl: self.ttl,
                         status: None,
                         headers: Vec::new(),

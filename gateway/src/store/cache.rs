@@ -12,6 +12,12 @@
 //!
 //! A revocation on this node invalidates at once; other nodes see it within
 //! the TTL.
+//!
+//! Keys this node has never seen valid are looked up by at most
+//! [`UNSEEN_LOOKUPS`] queries at a time (more answer "unavailable" at once):
+//! a flood of made-up keys cannot take every connection of the pool, so the
+//! lookups of known keys still reach the database instead of falling back to
+//! their last known (possibly revoked since) grant.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +30,9 @@ use super::db::{Db, KeyGrant};
 const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 /// Keys held in each cache.
 const MAX_KEYS: u64 = 200_000;
+/// Concurrent database lookups of keys without a last known grant (half the
+/// smallest pool).
+pub const UNSEEN_LOOKUPS: usize = 2;
 
 /// Result of checking a key.
 #[derive(Clone, Debug)]
@@ -58,6 +67,8 @@ pub struct KeyCache {
     /// Bumped whenever a client changes or goes on this node: caches of
     /// clients' details held elsewhere (their keys) start again.
     clients_changed: std::sync::atomic::AtomicU64,
+    /// Permits for lookups of keys never seen valid here.
+    unseen_lookups: tokio::sync::Semaphore,
 }
 
 impl KeyCache {
@@ -77,6 +88,7 @@ impl KeyCache {
             revoked: moka::future::Cache::builder().max_capacity(max_keys).time_to_live(ttl).build(),
             revoked_last_known: moka::future::Cache::builder().max_capacity(max_keys).build(),
             clients_changed: std::sync::atomic::AtomicU64::new(0),
+            unseen_lookups: tokio::sync::Semaphore::new(UNSEEN_LOOKUPS),
         }
     }
 
@@ -120,8 +132,22 @@ impl KeyCache {
         key: &str,
         load: impl std::future::Future<Output = Result<Option<KeyGrant>, super::db::StoreError>>,
     ) -> KeyCheck {
-        let loaded =
-            self.answers.entry_by_ref(key).or_try_insert_with(async { load.await.map(|g| g.map(Arc::new)) }).await;
+        let unseen = !self.last_known.contains_key(key);
+        let loaded = self
+            .answers
+            .entry_by_ref(key)
+            .or_try_insert_with(async {
+                // A key never seen valid here waits for no connection: with
+                // every permit taken its lookup is refused at once.
+                let _permit = match unseen {
+                    true => Some(self.unseen_lookups.try_acquire().map_err(|_| {
+                        super::db::StoreError::Unavailable("too many lookups of unknown keys at once".into())
+                    })?),
+                    false => None,
+                };
+                load.await.map(|g| g.map(Arc::new))
+            })
+            .await;
         match loaded {
             Ok(entry) => {
                 if entry.is_fresh()
@@ -238,5 +264,26 @@ mod tests {
         // A revocation on this node is seen at once.
         cache.invalidate(&hash(&key)).await;
         assert!(matches!(cache.check(&down, &hash(&key)).await, KeyCheck::Unavailable));
+    }
+
+    #[tokio::test]
+    async fn lookups_of_unseen_keys_are_bounded_and_known_keys_still_reach_the_database() {
+        let (_t, db) = sqlite().await;
+        let app = db.create_application("tpp").await.unwrap();
+        let (info, key) = db.create_key(&app.id, Environment::Production).await.unwrap();
+        let cache = KeyCache::new(Duration::from_millis(1));
+        assert!(matches!(cache.check(&db, &hash(&key)).await, KeyCheck::Valid(_)));
+        // Every permit taken (a flood of made-up keys in flight).
+        let held = cache.unseen_lookups.acquire_many(UNSEEN_LOOKUPS as u32).await.unwrap();
+        assert!(matches!(cache.check(&db, "made-up").await, KeyCheck::Unavailable));
+        // The known key is looked up again (not answered from the last
+        // grant): its revocation elsewhere is seen.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let before = db.key_lookups.get();
+        db.revoke_key(&app.id, &info.id).await.unwrap();
+        assert!(matches!(cache.check(&db, &hash(&key)).await, KeyCheck::Revoked));
+        assert_eq!(db.key_lookups.get(), before + 1);
+        drop(held);
+        assert!(matches!(cache.check(&db, "made-up").await, KeyCheck::Unknown));
     }
 }

@@ -27,7 +27,8 @@ pub enum Existing {
 
 impl Db {
     /// Claims `key` in `scope` for a request with `fingerprint` until
-    /// `expires_ms` (the in-flight lease): Ok(None) when this request owns it now, else what the
+    /// `expires_ms` (the in-flight lease), as `claim` (an id of the request,
+    /// unguessable): Ok(None) when this request owns it now, else what the
     /// key already holds.
     pub async fn claim_idempotency_key(
         &self,
@@ -35,6 +36,7 @@ impl Db {
         key: &str,
         fingerprint: &str,
         expires_ms: i64,
+        claim: &str,
     ) -> Result<Option<Existing>> {
         let now = now_ms() as i64;
         if crate::store::keys::random_bytes::<1>()[0] < 4 {
@@ -47,13 +49,15 @@ impl Db {
             .execute(&self.pool)
             .await?;
         let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, created_ms, expires_ms, claim) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(scope)
         .bind(key)
         .bind(fingerprint)
         .bind(now)
         .bind(expires_ms)
+        .bind(claim)
         .execute(&self.pool)
         .await
         .map_err(StoreError::from);
@@ -88,17 +92,19 @@ impl Db {
         })))
     }
 
-    /// Stores the answer of the request that owns the key, kept until `expires_ms`.
+    /// Stores the answer of the request that owns the key (`claim`), kept
+    /// until `expires_ms`; a claim that lost the key changes nothing.
     pub async fn complete_idempotency_key(
         &self,
         scope: &str,
         key: &str,
+        claim: &str,
         response: &StoredResponse,
         expires_ms: i64,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE idempotency_keys SET status = $1, headers = $2, body = $3, expires_ms = $4 \
-             WHERE scope = $5 AND idem_key = $6 AND status IS NULL",
+             WHERE scope = $5 AND idem_key = $6 AND status IS NULL AND claim = $7",
         )
         .bind(response.status as i32)
         .bind(serde_json::to_string(&response.headers).unwrap_or_default())
@@ -106,6 +112,7 @@ impl Db {
         .bind(expires_ms)
         .bind(scope)
         .bind(key)
+        .bind(claim)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -113,12 +120,47 @@ impl Db {
 
     /// Frees a key whose request got no answer worth keeping (the backend
     /// failed): the client may try again.
-    pub async fn release_idempotency_key(&self, scope: &str, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2 AND status IS NULL")
-            .bind(scope)
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
+    pub async fn release_idempotency_key(&self, scope: &str, key: &str, claim: &str) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2 AND status IS NULL AND claim = $3",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(claim)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_claim_whose_lease_ran_out_can_neither_store_nor_free_the_new_owners_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", tmp.path().join("t.db").display());
+        let db = Db::connect(&url, std::time::Duration::from_secs(2)).await.unwrap();
+        let now = now_ms() as i64;
+        // A slow first request: its lease is already over.
+        assert_eq!(db.claim_idempotency_key("c", "k", "fp", now - 1, "first").await.unwrap(), None);
+        // A second request takes the key over.
+        assert_eq!(db.claim_idempotency_key("c", "k", "fp", now + 60_000, "second").await.unwrap(), None);
+        let late = StoredResponse { status: 201, headers: Vec::new(), body: b"first".to_vec() };
+        db.complete_idempotency_key("c", "k", "first", &late, now + 60_000).await.unwrap();
+        db.release_idempotency_key("c", "k", "first").await.unwrap();
+        assert_eq!(
+            db.claim_idempotency_key("c", "k", "fp", now + 60_000, "third").await.unwrap(),
+            Some(Existing::InFlight),
+            "still the second request's, unanswered"
+        );
+        let answer = StoredResponse { status: 201, headers: Vec::new(), body: b"second".to_vec() };
+        db.complete_idempotency_key("c", "k", "second", &answer, now + 60_000).await.unwrap();
+        assert_eq!(
+            db.claim_idempotency_key("c", "k", "fp", now + 60_000, "fourth").await.unwrap(),
+            Some(Existing::Done(answer))
+        );
     }
 }
