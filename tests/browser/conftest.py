@@ -23,10 +23,13 @@ ECHO = os.path.join(TARGET, "debug", "tollgate-echo")
 CHROMIUM = os.environ.get("TOLLGATE_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 ADMIN_TOKEN = "portal-admin-token-0123456789abcdef"
 
-# Assertions wait up to 20 s (Playwright's default is 5 s): under a loaded
-# CI machine, parsing and rendering the 1.5 MB try-it console alone can take
-# several seconds. Waiting longer changes no outcome, only when it is seen.
-expect.set_options(timeout=20_000)
+# Assertions and actions wait up to 90 s (Playwright's defaults are 5 and
+# 30 s): with both cores taken by other work (make test-under-load), parsing
+# and rendering the 1.5 MB try-it console alone can take tens of seconds.
+# Waiting longer changes no outcome, only when it is seen; every assertion
+# waits for its condition, none for a time.
+WAIT_MS = 90_000
+expect.set_options(timeout=WAIT_MS)
 SCREENSHOTS = os.environ.get("TOLLGATE_PORTAL_SCREENSHOTS", os.path.join(TARGET, "portal-screenshots"))
 
 
@@ -124,7 +127,7 @@ class Env:
         """GET through the gateway with an API key: (status, body)."""
         req = urllib.request.Request(self.gateway_url + path, headers={"apikey": key})
         try:
-            with urllib.request.urlopen(req, timeout=5) as r:
+            with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
@@ -168,6 +171,10 @@ class Watch:
         return [e for e in self.console_errors if not expected(e)]
 
     def attach(self, context):
+        # Every context of the tests comes through here: the same patience
+        # for actions and navigations as for assertions.
+        context.set_default_timeout(WAIT_MS)
+        context.set_default_navigation_timeout(WAIT_MS)
         context.on("request", lambda r: self.requests.append(r.url))
         context.on("page", self._page)
 
