@@ -9,6 +9,7 @@ APT_PACKAGES := build-essential pkg-config cmake openssl ca-certificates curl \
                 chromium python3-venv fonts-dejavu-core \
                 umoci skopeo runc containerd binutils
 
+.PHONY: test-under-load load-deps
 .PHONY: help deps rust-deps test lint fmt crds crds-check unit browser-deps browser-test browser-run build release run bench bench-quick images images-test disk-check
 
 help: ## list targets
@@ -62,6 +63,25 @@ browser-run: browser-deps
 	$(BROWSER_VENV)/bin/pytest -q -p no:cacheprovider tests/browser
 
 test: disk-check deps lint crds-check unit browser-run images-test e2e ## every test (installs what it needs first)
+
+# The integration, browser and e2e suites while stress-ng keeps every core
+# busy: a test that passes only on a quiet machine fails here. The binaries
+# are built first (building is not under test); LOAD_CPUS hogs (default: one
+# per core) run until the suites end, whatever their outcome.
+LOAD_CPUS ?= $(shell nproc)
+
+load-deps: deps
+	@dpkg -s stress-ng >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stress-ng >/dev/null; }
+
+test-under-load: load-deps browser-deps ## integration, browser and e2e tests with every core kept busy by stress-ng
+	$(CARGO) test --workspace --exclude tollgate-e2e --locked --no-run
+	$(CARGO) test -p tollgate-e2e --locked --no-run
+	$(CARGO) build --locked -p tollgate-operator -p tollgate-gateway --bins
+	@start=$$(date +%s); stress-ng --cpu $(LOAD_CPUS) --timeout 6h --quiet & hog=$$!; \
+	trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT INT TERM; \
+	$(MAKE) --no-print-directory unit browser-run e2e; rc=$$?; \
+	echo "test-under-load: exit $$rc after $$(( $$(date +%s) - start ))s with $(LOAD_CPUS) CPU hogs"; exit $$rc
 
 # A cold `make test` leaves about 12 GiB under target/ (debug and release
 # builds, images, the cluster's data); say so at once instead of failing

@@ -813,8 +813,12 @@ def summary_text(r):
                      f"RSS {[w['rss_mib'] for w in r['soak']['windows']]}")
     if "cluster" in r:
         c = r["cluster"]
-        lines.append(f"kubectl apply -> served: p50 {c['propagation_kubectl']['served_p50_ms']:.0f} ms, "
-                     f"p99 {c['propagation_kubectl']['served_p99_ms']:.0f} ms")
+        k = c['propagation_kubectl']
+        lines.append(f"kubectl apply -> served: p50 {k['served_p50_ms']:.0f} ms, p99 {k['served_p99_ms']:.0f} ms")
+        if "policy_enforced_p50_ms" in k:
+            lines.append(f"kubectl patch policy -> enforced: p50 {k['policy_enforced_p50_ms']:.0f} ms, "
+                         f"max {k['policy_enforced_max_ms']:.0f} ms; kubectl delete -> 404: p50 "
+                         f"{k['deleted_404_p50_ms']:.0f} ms, p99 {k['deleted_404_p99_ms']:.0f} ms")
         for o in scale_runs(c):
             lines.append(f"operator {o['apis']} ApiDeployments: all Deployed {o['all_deployed_s']:.1f} s "
                          f"({o.get('deployed_after_last_create_s', 0):.1f} s after the last create), "

@@ -25,6 +25,15 @@ def _check(ok):
     return "met" if ok else "**missed**"
 
 
+def _patch_and_delete(k):
+    if "policy_enforced_p50_ms" not in k:
+        return ""
+    return (f"\n\n`kubectl patch` of a ThrottlePolicy's limit -> the first 429 of the API using it, "
+            f"{k['policy_trials']} trials: p50 {k['policy_enforced_p50_ms']:.0f} ms, max "
+            f"{k['policy_enforced_max_ms']:.0f} ms; `kubectl delete` of an ApiDeployment -> 404, "
+            f"{k['trials']} trials: p50 {k['deleted_404_p50_ms']:.0f} ms, p99 {k['deleted_404_p99_ms']:.0f} ms.")
+
+
 def _scale_runs(cluster):
     o = cluster["operator_scale"]
     return o if isinstance(o, list) else [o]
@@ -76,6 +85,12 @@ def targets(r):
     if "cluster" in r:
         p = r["cluster"]["propagation_kubectl"]["served_p99_ms"]
         out.append(("kubectl apply -> served p99 < 2 s", f"{p:.0f} ms", p < 2000))
+        k = r["cluster"]["propagation_kubectl"]
+        if "policy_enforced_max_ms" in k:
+            v = k["policy_enforced_max_ms"]
+            out.append(("kubectl patch of a policy -> enforced < 2 s", f"{v:.0f} ms max", v < 2000))
+            v = k["deleted_404_p99_ms"]
+            out.append(("kubectl delete of an API -> 404 p99 < 2 s", f"{v:.0f} ms", v < 2000))
         for o in _scale_runs(r["cluster"]):
             n = o["apis"]
             if "deployed_after_last_create_s" not in o:
@@ -194,7 +209,7 @@ operator and a gateway as local processes, release builds), `kubectl apply`
 of a new ApiDeployment -> first 200 through the gateway, {k['trials']} trials:
 p50 {k['served_p50_ms']:.0f} ms, p99 {k['served_p99_ms']:.0f} ms, max
 {k['served_max_ms']:.0f} ms; of which `kubectl apply` itself (process start,
-discovery, request) takes p50 {k['apply_p50_ms']:.0f} ms.
+discovery, request) takes p50 {k['apply_p50_ms']:.0f} ms.{_patch_and_delete(k)}
 
 ## 5. Operator scale
 """)

@@ -248,7 +248,7 @@ fn default_cpu_target() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct ControlPlaneSpec {
     /// Number of pods (AllInOne: 1; HighAvailability: 2 or more, default 2;
-    /// DistributedGateways: default 1). Ignored when autoscaling is set.
+    /// DistributedGateways: default 2). Ignored when autoscaling is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: Option<i32>,
@@ -268,7 +268,7 @@ pub struct GatewayGroup {
     /// production or sandbox). ApiDeployments target it by this name.
     #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
-    /// Number of gateway pods (ignored when autoscaling is set). Default 1.
+    /// Number of gateway pods (ignored when autoscaling is set). Default 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: Option<i32>,

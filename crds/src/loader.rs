@@ -194,13 +194,25 @@ pub struct FileStamp {
 /// load (and parsed again if their content changed).
 const SETTLED_NS: i128 = 1_000_000_000;
 
+/// Whether a file whose times say `changed_ns` was changed within
+/// `window_ns` before `now_ns`. A time ahead of `now_ns` by less than the
+/// window counts as recent (a writer whose clock is a little ahead); one
+/// further ahead does not: that is a clock far off (another node's), not a
+/// write in progress, and waiting for it to settle would wait until that
+/// clock is reached, on every load.
+pub fn recently_changed(changed_ns: i128, now_ns: i128, window_ns: i128) -> bool {
+    let age = now_ns - changed_ns;
+    age < window_ns && age > -window_ns
+}
+
+/// Nanoseconds since the epoch now.
+pub fn now_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+}
+
 impl FileStamp {
     fn settled(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
-        now - self.changed_ns() >= SETTLED_NS
+        !recently_changed(self.changed_ns(), now_ns(), SETTLED_NS)
     }
 
     /// Nanoseconds since the epoch of the last change to the file or its

@@ -117,6 +117,19 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Whether a file of the listing was changed within `settle` of `now_ns`
+/// (still being written). A file dated further in the future (clock skew
+/// between the writer's node and this one) is not: it would otherwise hold
+/// every reload for the whole settle deadline, for as long as the skew lasts.
+fn being_written(listing: &Listing, now_ns: i128, settle: Duration) -> bool {
+    let window = settle.as_nanos() as i128;
+    listing
+        .files
+        .iter()
+        .flat_map(|(_, s)| s)
+        .any(|s| tollgate_crds::loader::recently_changed(s.changed_ns(), now_ns, window))
+}
+
 impl Reloader {
     pub fn new(dir: PathBuf, state: Arc<State>, settle: Duration) -> Reloader {
         Reloader { dir, state, last_good: HashMap::new(), fingerprint: None, settle, cache: FileCache::default() }
@@ -129,13 +142,9 @@ impl Reloader {
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         loop {
             let listing = list_dir(&self.dir)?;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
-            let fresh = listing
-                .files
-                .iter()
-                .flat_map(|(_, s)| s)
-                .any(|s| now - s.changed_ns() < self.settle.as_nanos() as i128);
-            if !fresh || std::time::Instant::now() >= deadline {
+            if !being_written(&listing, tollgate_crds::loader::now_ns(), self.settle)
+                || std::time::Instant::now() >= deadline
+            {
                 return Ok(listing);
             }
             std::thread::sleep(self.settle);
@@ -458,4 +467,30 @@ pub fn spawn(mut reloader: Reloader, rescan: Duration, debounce: Duration) -> st
             }
         })
         .expect("spawning the config watcher thread")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_dated_in_the_future_is_not_being_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("api.yaml");
+        std::fs::write(&file, "kind: Nothing\n").unwrap();
+        let settle = Duration::from_millis(200);
+        let window = settle.as_nanos() as i128;
+        let listing = list_dir(tmp.path()).unwrap();
+        let changed = listing.files[0].1.unwrap().changed_ns();
+        // Times relative to the file's own: no clock of this machine involved.
+        assert!(being_written(&listing, changed + window / 2, settle), "changed just now");
+        assert!(!being_written(&listing, changed + 2 * window, settle), "settled");
+        assert!(being_written(&listing, changed - window / 2, settle), "a writer's clock a little ahead");
+        // Another node's clock an hour ahead: settled, not written for an hour.
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(ahead).unwrap();
+        let listing = list_dir(tmp.path()).unwrap();
+        assert!(listing.files[0].1.unwrap().changed_ns() > tollgate_crds::loader::now_ns() + 1_000 * window);
+        assert!(!being_written(&listing, tollgate_crds::loader::now_ns(), settle));
+    }
 }

@@ -500,3 +500,45 @@ fn analytics_retention_goes_to_every_pod_and_the_role_to_the_control_plane() {
         assert_eq!(flags(&args, "--otlp-endpoint"), ["http://otel-collector.monitoring.svc:4318"]);
     }
 }
+
+/// The `description` of a field of the ApiManager schema (as `kubectl
+/// explain` shows it), by its path of property names.
+fn described(path: &[&str]) -> String {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(ApiManager::crd()).unwrap();
+    let mut at = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    for p in path {
+        at = &at["properties"][p];
+    }
+    at["description"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn default_replicas_are_the_ones_the_field_descriptions_give() {
+    let ha = manager(json!({
+        "pattern": "HighAvailability",
+        "database": { "external": { "urlSecretRef": { "name": "db", "key": "url" } } },
+        "trafficManager": { "redis": { "urlSecretRef": { "name": "redis", "key": "url" } } },
+    }));
+    let dg = manager(json!({
+        "pattern": "DistributedGateways",
+        "gateways": [{ "name": "production" }],
+        "database": { "external": { "urlSecretRef": { "name": "db", "key": "url" } } },
+        "trafficManager": { "redis": { "urlSecretRef": { "name": "redis", "key": "url" } } },
+    }));
+    let replicas = |m: &ApiManager| -> Vec<i64> {
+        let v = json_of(&workload::desired(m, &cfg()));
+        v["sts"].as_array().unwrap().iter().map(|s| s["spec"]["replicas"].as_i64().unwrap()).collect()
+    };
+    let (ha, dg) = (replicas(&ha), replicas(&dg));
+    let control_plane = described(&["spec", "controlPlane", "replicas"]);
+    assert!(control_plane.contains(&format!("HighAvailability: 2 or more, default {}", ha[0])), "{control_plane}");
+    assert!(control_plane.contains(&format!("DistributedGateways: default {}", dg[0])), "{control_plane}");
+    let crd = serde_json::to_value(<ApiManager as kube::CustomResourceExt>::crd()).unwrap();
+    let group = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["gateways"]
+        ["items"]["properties"]["replicas"]["description"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(group.contains(&format!("Default {}.", dg[1])), "{group}");
+}

@@ -3,6 +3,9 @@
 //!
 //! - propagation: `kubectl apply` of an ApiDeployment -> first 200 through a
 //!   gateway serving the operator's artifact folder, over `--trials` APIs;
+//!   then `kubectl patch` of a ThrottlePolicy's limit -> its first 429, and
+//!   `kubectl delete` of each of those APIs -> its first 404 (the e2e tests
+//!   wait for these conditions; the figures are measured here);
 //! - operator scale, once per count in `--apis` (each in its own namespace
 //!   with its own operator): that many ApiDeployments created at once (32
 //!   requests in flight) -> every one Deployed, the artifacts written, the
@@ -180,12 +183,59 @@ async fn propagation(cluster: &Cluster, trials: usize) -> Value {
     }
     apply_ms.sort_by(f64::total_cmp);
     served_ms.sort_by(f64::total_cmp);
+    let enforced_ms = policy_patches(cluster, &s, trials.clamp(1, 10)).await;
+    // Each API of the trials deleted -> 404.
+    let mut deleted_ms = Vec::new();
+    for i in 0..trials {
+        let started = Instant::now();
+        let (ok, out) = run_tool(cluster, "kubectl", &["delete", "-n", &s.ns, "apid", &format!("prop-{i}")], None);
+        assert!(ok, "kubectl delete failed: {out}");
+        until_status(&s.gateway, &format!("/prop{i}/v1/accounts"), 404, Duration::from_secs(60));
+        deleted_ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    deleted_ms.sort_by(f64::total_cmp);
     json!({
         "trials": trials,
         "apply_p50_ms": percentile(&apply_ms, 0.5), "apply_p99_ms": percentile(&apply_ms, 0.99),
         "served_p50_ms": percentile(&served_ms, 0.5), "served_p99_ms": percentile(&served_ms, 0.99),
         "served_max_ms": served_ms.last().copied().unwrap_or(0.0),
+        "policy_trials": enforced_ms.len(),
+        "policy_enforced_p50_ms": percentile(&enforced_ms, 0.5),
+        "policy_enforced_max_ms": enforced_ms.last().copied().unwrap_or(0.0),
+        "deleted_404_p50_ms": percentile(&deleted_ms, 0.5), "deleted_404_p99_ms": percentile(&deleted_ms, 0.99),
     })
+}
+
+/// `kubectl patch` of a ThrottlePolicy's limit down to 1 request a minute ->
+/// the first 429 of the API using it, `trials` times (the limit raised again
+/// and served with 200 between trials).
+async fn policy_patches(cluster: &Cluster, s: &Stage, trials: usize) -> Vec<f64> {
+    let policy = |requests: u32| {
+        json!({ "apiVersion": "tollgate.dev/v1alpha1", "kind": "ThrottlePolicy", "metadata": { "name": "bench-limit" },
+                "spec": { "limit": { "requests": requests, "per": "1m" } } })
+    };
+    apply_manifest(&cluster.client, &s.ns, &policy(1_000_000)).await.expect("ThrottlePolicy");
+    let mut api = api_manifest("limited", "/limited", &s.backend_addr);
+    api["spec"]["throttling"] = json!({ "policy": "bench-limit" });
+    apply_manifest(&cluster.client, &s.ns, &api).await.expect("ApiDeployment");
+    let path = "/limited/v1/accounts";
+    until_status(&s.gateway, path, 200, Duration::from_secs(60));
+    let mut out = Vec::new();
+    for limit in [1u32, 1_000_000].repeat(trials) {
+        let patch = json!({ "spec": { "limit": { "requests": limit } } }).to_string();
+        let started = Instant::now();
+        let args: [&str; 9] = ["patch", "-n", &s.ns, "tp", "bench-limit", "--type", "merge", "-p", &patch];
+        let (ok, text) = run_tool(cluster, "kubectl", &args, None);
+        assert!(ok, "kubectl patch failed: {text}");
+        if limit == 1 {
+            until_status(&s.gateway, path, 429, Duration::from_secs(60));
+            out.push(started.elapsed().as_secs_f64() * 1e3);
+        } else {
+            until_status(&s.gateway, path, 200, Duration::from_secs(60));
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    out
 }
 
 /// Polls `path` on the gateway until it answers `status`; the time it took.
