@@ -214,8 +214,8 @@ pub async fn availability(
     if let Err(r) = ready(&s).await {
         return *r;
     }
-    let hour = Coarse::Hour.millis();
-    let rows = match s.store.db.read_coarse(Coarse::Hour, from - from.rem_euclid(hour), to, None, None).await {
+    let now = crate::throttle::now_ms() as i64;
+    let rows = match s.store.db.rows_by_hour(from, to, now).await {
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
