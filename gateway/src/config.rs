@@ -202,6 +202,12 @@ pub struct Args {
     /// (iss = --issuer) are trusted with the keys fetched from here.
     #[arg(long, env = "TOLLGATE_KEY_MANAGER_JWKS_URI")]
     pub key_manager_jwks_uri: Option<String>,
+    /// PEM bundle of CAs trusted (besides the system store) for the https
+    /// --key-manager-jwks-uri: the CA of the control plane's listener
+    /// certificate. Read at every fetch, so a rotated bundle counts at once;
+    /// while the file is missing only the system store is trusted.
+    #[arg(long, env = "TOLLGATE_KEY_MANAGER_CA")]
+    pub key_manager_ca: Option<PathBuf>,
     /// Seconds between writes of the analytics rollups to the database.
     #[arg(long, env = "TOLLGATE_ANALYTICS_FLUSH_SECONDS", default_value = "10",
           value_parser = clap::value_parser!(u64).range(1..=60))]
@@ -295,6 +301,7 @@ pub struct Config {
     pub ssa_jwks: Option<PathBuf>,
     pub token_ttl: Duration,
     pub key_manager_jwks_uri: Option<String>,
+    pub key_manager_ca: Option<PathBuf>,
     pub analytics_flush: Duration,
     pub analytics_retention: crate::analytics::rollup::Retention,
     pub otlp_endpoint: Option<String>,
@@ -430,6 +437,7 @@ impl Config {
             ssa_jwks: a.ssa_jwks,
             token_ttl: Duration::from_secs(a.token_ttl_seconds),
             key_manager_jwks_uri: a.key_manager_jwks_uri,
+            key_manager_ca: a.key_manager_ca,
             otlp_endpoint: a.otlp_endpoint,
             analytics_queue: a.analytics_queue_size as usize,
             portal: crate::portal::Settings {
@@ -543,6 +551,7 @@ struct FileKeys {
     ssa_jwks: Option<serde_json::Value>,
     token_ttl_seconds: Option<serde_json::Value>,
     key_manager_jwks_uri: Option<serde_json::Value>,
+    key_manager_ca: Option<serde_json::Value>,
     analytics_flush_seconds: Option<serde_json::Value>,
     analytics_minute_retention_days: Option<serde_json::Value>,
     analytics_hour_retention_days: Option<serde_json::Value>,
@@ -679,6 +688,7 @@ fn merge_file_layer(
         } else {
             from_file.key_manager_jwks_uri
         },
+        key_manager_ca: if pick("key_manager_ca") { parsed.key_manager_ca } else { from_file.key_manager_ca },
         analytics_flush_seconds: if pick("analytics_flush_seconds") {
             parsed.analytics_flush_seconds
         } else {

@@ -100,7 +100,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let store = open_store(&config, metrics.store_key_lookups.clone())?;
-    let jwks = Arc::new(crate::oauth::jwks::JwksCache::new(metrics.jwks_fetches.clone()));
+    let trust = match (&config.key_manager_jwks_uri, &config.key_manager_ca) {
+        (Some(uri), Some(ca)) => {
+            if !ca.exists() {
+                tracing::warn!(path = %ca.display(), "--key-manager-ca does not exist (yet): the system store alone is trusted for {uri} until it does");
+            }
+            Some(crate::oauth::jwks::ExtraTrust { uri: uri.clone(), ca_file: ca.clone() })
+        }
+        _ => None,
+    };
+    let jwks = Arc::new(crate::oauth::jwks::JwksCache::with_trust(metrics.jwks_fetches.clone(), trust));
     jwks.spawn_worker();
     let (key_manager, builtin) = built_in_key_manager(&config, &jwks)?;
     // Every gateway records; the analytics role only answers the queries.

@@ -671,3 +671,27 @@ fn two_gateways_on_one_postgresql_share_clients_replays_and_revocations() {
     assert_eq!(call(b.http), 401, "at once on the revoking gateway");
     eventually(Duration::from_secs(10), || call(a.gw.http) == 401);
 }
+
+#[test]
+fn a_gateway_fetches_the_control_planes_keys_over_tls_trusting_its_ca() {
+    let env = Env::start(&[]);
+    let jwks_uri = format!("https://127.0.0.1:{}/oauth2/jwks", env.gw.mgmt_tls.port());
+    let published = request(env.gw.mgmt, "GET", "/oauth2/jwks", &[], b"").json()["keys"].as_array().unwrap().len();
+    // A gateway group: no key-manager role, the control plane's keys over
+    // TLS, its listener certificate issued by a private CA.
+    let group = |extra: &[&str]| {
+        let dir = env.tmp.path().join(format!("group-{}", support::free_port()));
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        let mut flags = vec!["--roles", "gateway", "--issuer", ISSUER, "--key-manager-jwks-uri", &jwks_uri];
+        flags.extend_from_slice(extra);
+        gateway(&dir.join("config"), &flags)
+    };
+    let keys = |gw: &Gateway| gw.status()["builtinKeyManager"]["keys"].clone();
+    let trusting = group(&["--key-manager-ca", env.ca.pem.to_str().unwrap()]);
+    support::eventually(Duration::from_secs(60), || keys(&trusting)["keys"].as_u64() == Some(published as u64));
+    assert_eq!(keys(&trusting)["lastError"], Value::Null, "{}", keys(&trusting));
+    // Without the CA the system store does not know the certificate.
+    let untrusting = group(&[]);
+    support::eventually(Duration::from_secs(60), || !keys(&untrusting)["lastError"].is_null());
+    assert_eq!(keys(&untrusting)["keys"], 0, "{}", keys(&untrusting));
+}

@@ -195,17 +195,15 @@ pub fn issuer(m: &ApiManager) -> String {
         .unwrap_or_else(|| format!("{}/oauth2", key_manager_base(m)))
 }
 
-/// Where pods without the key-manager role (DistributedGateways gateway
+/// Where the processes without the key-manager role (DistributedGateways
 /// groups) fetch the built-in key manager's JWKS: the control-plane
-/// Service's plain management port, in the cluster, whatever the issuer's
-/// public address. Plain because the gateways could not verify the Service
-/// name against the listener certificate (issued for the public names,
-/// often by a private CA); the keys are public, and the path never leaves
-/// the namespace's pod network.
+/// Service in the cluster, whatever the issuer's public address. With a
+/// listener certificate (`listeners.tlsSecretName`) over TLS on the
+/// management TLS port, verified with the CA in that Secret's `ca.crt`
+/// (`--key-manager-ca`): the certificate must name the Service
+/// (`<name>-control-plane.<namespace>.svc`). Without one, the plain port.
 pub fn key_manager_jwks_uri(m: &ApiManager) -> String {
-    let svc = key_manager_component(m).stateful_set;
-    let ns = m.namespace().unwrap_or_default();
-    format!("http://{svc}.{ns}.svc:{}/oauth2/jwks", m.spec.listeners.management)
+    format!("{}/oauth2/jwks", key_manager_base(m))
 }
 
 /// Why the built-in key manager's tokens will not verify on every pod, when
@@ -608,6 +606,12 @@ fn key_manager_flags(
     let km = m.spec.key_manager.clone().unwrap_or_default();
     if !c.roles.contains(&KEY_MANAGER_ROLE) {
         args.push(format!("--key-manager-jwks-uri={}", key_manager_jwks_uri(m)));
+        // The control plane answers on TLS with the listeners' certificate:
+        // trusted through the CA its Secret carries (ca.crt, as cert-manager
+        // writes it; the same Secret is mounted for this pod's listeners).
+        if m.spec.listeners.tls_secret_name.is_some() {
+            args.push(format!("--key-manager-ca={TLS_MOUNT}/{CLIENT_CA_KEY}"));
+        }
         // Gateway groups hold the private keys only when asked to sign answers.
         if km.gateways_sign_responses
             && let Some(secret) = &km.signing_key_secret_name

@@ -198,6 +198,28 @@ fn tls_secret_is_mounted_and_passed_to_the_gateway() {
     let vols = v["sts"][0]["spec"]["template"]["spec"]["volumes"].to_string();
     assert!(vols.contains("apim-tls"));
     assert_eq!(v["svc"][1]["spec"]["ports"][0]["port"], 18280);
+    assert!(!args.contains("--key-manager-ca"), "the key manager runs in this pod");
+}
+
+#[test]
+fn gateway_groups_trust_the_control_planes_listener_ca_for_its_keys() {
+    let spec = |listeners: Value| {
+        json!({ "pattern": "DistributedGateways", "gateways": [{ "name": "production" }], "listeners": listeners,
+                "database": { "external": { "urlSecretRef": { "name": "db", "key": "url" } } },
+                "trafficManager": { "redis": { "urlSecretRef": { "name": "redis", "key": "url" } } } })
+    };
+    let v = json_of(&workload::desired(&manager(spec(json!({ "tlsSecretName": "apim-tls" }))), &cfg()));
+    let args = |i: usize| v["sts"][i]["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args(1).contains("--key-manager-jwks-uri=https://apim-control-plane.banking.svc:9443/oauth2/jwks"),
+        "{}",
+        args(1)
+    );
+    assert!(args(1).contains("--key-manager-ca=/etc/tollgate/tls/ca.crt"), "{}", args(1));
+    assert!(!args(0).contains("--key-manager-ca"), "the control plane fetches no key set");
+    let plain = json_of(&workload::desired(&manager(spec(json!({}))), &cfg()));
+    let args = plain["sts"][1]["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--key-manager-jwks-uri=http://") && !args.contains("--key-manager-ca"), "{args}");
 }
 
 #[test]
@@ -428,19 +450,18 @@ fn distributed_gateways_trust_the_control_plane_key_manager_through_its_service(
             let args = args_of(sts);
             assert!(args.contains(&"--roles=gateway".to_string()), "{args:?}");
             assert_eq!(flags(&args, "--issuer"), [issuer.as_str()], "{args:?}");
-            // Always the plain management port: a private CA or a certificate
-            // for the public names would fail an https fetch of the Service.
-            assert_eq!(
-                flags(&args, "--key-manager-jwks-uri"),
-                ["http://apim-control-plane.banking.svc:9763/oauth2/jwks"]
-            );
+            // The Service's management listener: over TLS with a listener
+            // certificate, verified with the CA of its Secret.
+            assert_eq!(flags(&args, "--key-manager-jwks-uri"), [format!("{base}/oauth2/jwks")]);
+            let ca: &[&str] = if base.starts_with("https") { &["/etc/tollgate/tls/ca.crt"] } else { &[] };
+            assert_eq!(flags(&args, "--key-manager-ca"), ca);
             assert!(flags(&args, "--signing-key-file").is_empty() && flags(&args, "--token-ttl-seconds").is_empty());
             let pod = &sts["spec"]["template"]["spec"];
             assert!(named(&pod["volumes"], "signing-keys").is_none(), "gateway pods never get the private keys");
             assert!(named(&pod["volumes"], "key-manager").is_none());
         }
         assert_eq!(workload::issuer(&m), issuer);
-        assert_eq!(workload::key_manager_jwks_uri(&m), "http://apim-control-plane.banking.svc:9763/oauth2/jwks");
+        assert_eq!(workload::key_manager_jwks_uri(&m), format!("{base}/oauth2/jwks"));
     }
 
     // An explicit issuer changes the `iss`, not where gateways fetch the keys.

@@ -120,7 +120,13 @@ impl JwksCache {
     /// A cache fetching over HTTP(S) (system trust store; SSL_CERT_FILE is
     /// honoured), counting fetches in `fetches`.
     pub fn new(fetches: Family<ResultLabels, Counter>) -> JwksCache {
-        Self::with_fetcher(http_fetcher(), fetches)
+        Self::with_fetcher(http_fetcher(None), fetches)
+    }
+
+    /// A cache whose fetches of `trust.uri` also trust the CAs of
+    /// `trust.ca_file` (the control plane's own CA, `--key-manager-ca`).
+    pub fn with_trust(fetches: Family<ResultLabels, Counter>, trust: Option<ExtraTrust>) -> JwksCache {
+        Self::with_fetcher(http_fetcher(trust.map(Arc::new)), fetches)
     }
 
     pub fn with_fetcher(fetcher: Fetcher, fetches: Family<ResultLabels, Counter>) -> JwksCache {
@@ -238,18 +244,55 @@ impl JwksCache {
     }
 }
 
-/// GETs a URL over HTTP or HTTPS (system roots), at most [`MAX_DOCUMENT`]
-/// bytes of a 200 answer.
-fn http_fetcher() -> Fetcher {
+/// CAs trusted, besides the system store, for one key-set URL.
+pub struct ExtraTrust {
+    pub uri: String,
+    /// A PEM bundle, read at every fetch (rotations count at once).
+    pub ca_file: std::path::PathBuf,
+}
+
+/// The TLS settings of a fetch: the system store, plus `extra`'s CAs when
+/// the fetch is of its URL and its file exists.
+fn tls_for(uri: &str, extra: Option<&ExtraTrust>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(t) = extra.filter(|t| t.uri == uri) {
+        match std::fs::read(&t.ca_file) {
+            Ok(pem) => {
+                let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("--key-manager-ca {}: {e}", t.ca_file.display()))?;
+                if certs.is_empty() {
+                    return Err(format!("--key-manager-ca {}: no certificate in the file", t.ca_file.display()));
+                }
+                for c in certs {
+                    roots.add(c).map_err(|e| format!("--key-manager-ca {}: {e}", t.ca_file.display()))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("--key-manager-ca {}: {e}", t.ca_file.display())),
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| format!("TLS settings: {e}"))
+}
+
+/// GETs a URL over HTTP or HTTPS (system roots, and `extra`'s CAs for its
+/// URL), at most [`MAX_DOCUMENT`] bytes of a 200 answer.
+fn http_fetcher(extra: Option<Arc<ExtraTrust>>) -> Fetcher {
     use http_body_util::{BodyExt, Empty, Limited};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
     Arc::new(move |uri: String| {
+        let extra = extra.clone();
         Box::pin(async move {
+            let tls = tls_for(&uri, extra.as_deref())?;
             let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_native_roots()
-                .map_err(|e| format!("no trust store: {e}"))?
+                .with_tls_config(tls)
                 .https_or_http()
                 .enable_http1()
                 .build();
