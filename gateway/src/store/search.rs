@@ -32,7 +32,9 @@ pub struct SearchIndex {
     dir: PathBuf,
     index: Index,
     reader: IndexReader,
-    writer: Mutex<IndexWriter>,
+    /// None once a failed commit could not be rolled back either (the
+    /// writer is then unusable; searches still read what was committed).
+    writer: Mutex<Option<IndexWriter>>,
     fields: Fields,
     revision: Mutex<String>,
     /// The digest of each API's document in the index, by API id.
@@ -60,6 +62,18 @@ impl SearchIndex {
         std::fs::create_dir_all(dir)?;
         match Self::open_inner(dir) {
             Ok(i) => Ok(i),
+            // Held by another process (two gateways given one --data-dir):
+            // its index is not ours to remove.
+            Err(e)
+                if e.downcast_ref::<tantivy::TantivyError>().is_some_and(|t| {
+                    matches!(t, tantivy::TantivyError::LockFailure(tantivy::directory::error::LockError::LockBusy, _))
+                }) =>
+            {
+                anyhow::bail!(
+                    "{} is in use by another process: each gateway needs a --data-dir of its own",
+                    dir.display()
+                )
+            }
             Err(e) => {
                 tracing::warn!(error = %e, dir = %dir.display(), "search index unreadable; rebuilding it");
                 std::fs::remove_dir_all(dir)?;
@@ -81,7 +95,7 @@ impl SearchIndex {
             dir: dir.to_path_buf(),
             index,
             reader,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Some(writer)),
             fields,
             revision: Mutex::new(revision),
             indexed: Mutex::new(indexed),
@@ -135,7 +149,12 @@ impl SearchIndex {
             .collect();
         let changes = gone.len() + new.len();
         if changes > 0 {
-            let mut w = self.writer.lock();
+            let mut guard = self.writer.lock();
+            let Some(w) = guard.as_mut() else {
+                anyhow::bail!(
+                    "the search index writer failed earlier and was dropped; restart the gateway to rebuild it"
+                );
+            };
             let done = (|| -> anyhow::Result<()> {
                 for id in &gone {
                     w.delete_term(Term::from_field_text(f.id, id));
@@ -156,8 +175,12 @@ impl SearchIndex {
             })();
             if let Err(e) = done {
                 // What was staged is dropped; the next sync starts over from
-                // what the index holds.
-                let _ = w.rollback();
+                // what the index holds. A writer that cannot roll back is
+                // unusable (tantivy would panic on its next rollback).
+                if let Err(r) = w.rollback() {
+                    *guard = None;
+                    return Err(e.context(format!("and the rollback failed too ({r}); the index is read-only now")));
+                }
                 return Err(e);
             }
             self.reader.reload()?;
@@ -295,6 +318,20 @@ mod tests {
         apis[0].tags.push("open-banking".into());
         assert_eq!(index.sync("r5", &apis).unwrap(), Some(2));
         assert_eq!(found(&index, "payments").len(), 26);
+    }
+
+    #[test]
+    fn an_index_another_process_holds_is_refused_never_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("search-index");
+        let first = SearchIndex::open(&dir).unwrap();
+        assert_eq!(first.sync("r1", &[api("ns/a", "payments")]).unwrap(), Some(1));
+        let e = SearchIndex::open(&dir).err().expect("the writer lock is held");
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+        // The holder's index is intact and still written.
+        assert_eq!(found(&first, "payments"), ["ns/a"]);
+        assert_eq!(first.sync("r2", &[api("ns/a", "payments"), api("ns/b", "ledgers")]).unwrap(), Some(1));
+        assert_eq!(found(&first, "ledgers"), ["ns/b"]);
     }
 
     #[test]
