@@ -37,3 +37,23 @@ fn every_invalid_manifest_is_rejected_with_its_message() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// tests/valid/ holds boundary cases both the loader and the kube-apiserver
+/// must accept (the e2e suite replays them too): where the two CEL
+/// implementations could disagree.
+#[test]
+fn every_boundary_manifest_is_accepted() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/valid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let mut failures = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let (loaded, errors) = load_str(f, &text);
+        if loaded.len() != 1 || !errors.is_empty() {
+            failures.push(format!("{}: {:?}", f.display(), errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

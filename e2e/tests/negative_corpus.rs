@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use tollgate_e2e::{Cluster, create_manifest, error_message, install_crds, repo_root, yaml_to_json};
 
 fn corpus() -> Vec<PathBuf> {
-    let dir = repo_root().join("crds/tests/invalid");
+    files_of("crds/tests/invalid")
+}
+
+fn files_of(folder: &str) -> Vec<PathBuf> {
+    let dir = repo_root().join(folder);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -109,4 +113,31 @@ async fn every_invalid_manifest_is_rejected_by_the_apiserver_with_its_message() 
         files.len(),
         failures.join("\n")
     );
+}
+
+/// The boundary cases of crds/tests/valid/ (the crds crate checks the loader
+/// accepts each): the apiserver accepts them too, so both CEL
+/// implementations give the same verdict on them.
+#[tokio::test]
+async fn every_boundary_manifest_is_accepted_by_the_apiserver_as_by_the_loader() {
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("boundary-corpus").await;
+    let files = files_of("crds/tests/valid");
+    assert!(!files.is_empty());
+    let mut failures = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(repo_root()).unwrap_or(f).display().to_string();
+        let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let manifest = yaml_to_json(&text).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let loader = loader_messages(f, &text);
+        match create_manifest(&cluster.client, ns.name(), &manifest).await {
+            Ok(_) if loader.is_empty() => {}
+            Ok(_) => failures.push(format!("{rel}: the apiserver accepts it, the loader says {loader:?}")),
+            Err(e) => {
+                failures.push(format!("{rel}: the apiserver refuses it: {}; loader: {loader:?}", error_message(&e)))
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -11,13 +11,22 @@ use cel::{
 use std::{collections::HashMap, sync::Arc};
 use url::Url;
 
-/// A Kubernetes CEL URL value wrapping `url::Url`.
+/// A Kubernetes CEL URL value wrapping `url::Url`. An absolute path
+/// (`/a/b`) is parsed against a placeholder origin and remembered as such:
+/// like Go's `url.URL` it then has no scheme, host or port.
 #[derive(Debug, Clone)]
-pub struct KubeUrl(Url);
+pub struct KubeUrl(Url, bool);
+
+impl KubeUrl {
+    /// Whether the string was an absolute path, not an absolute URI.
+    fn path_only(&self) -> bool {
+        self.1
+    }
+}
 
 impl PartialEq for KubeUrl {
     fn eq(&self, other: &Self) -> bool {
-        self.0.as_str() == other.0.as_str()
+        self.0.as_str() == other.0.as_str() && self.1 == other.1
     }
 }
 
@@ -43,16 +52,16 @@ pub(crate) fn register(ctx: &mut Context<'_>) {
 
 /// Validates and parses a URL string.
 /// Accepts absolute URIs (with scheme) and absolute paths (starting with /).
-fn validate_and_parse(s: &str) -> Result<Url, String> {
-    // Accept absolute paths by prepending a dummy scheme
+fn validate_and_parse(s: &str) -> Result<KubeUrl, String> {
+    // Accept absolute paths by prepending a placeholder origin
     if s.starts_with('/') {
         let full = format!("http://localhost{s}");
         let parsed = Url::parse(&full).map_err(|e| format!("invalid URL: {e}"))?;
-        return Ok(parsed);
+        return Ok(KubeUrl(parsed, true));
     }
 
     let parsed = Url::parse(s).map_err(|e| format!("invalid URL: {e}"))?;
-    Ok(parsed)
+    Ok(KubeUrl(parsed, false))
 }
 
 /// `url(<string>) -> URL`
@@ -60,7 +69,7 @@ fn validate_and_parse(s: &str) -> Result<Url, String> {
 /// Parses a string into a URL. The string must be an absolute URI or an absolute path.
 fn parse_url(s: Arc<String>) -> ResolveResult {
     let parsed = validate_and_parse(&s).map_err(|e| cel::ExecutionError::function_error("url", e))?;
-    Ok(Value::Opaque(Arc::new(KubeUrl(parsed))))
+    Ok(Value::Opaque(Arc::new(parsed)))
 }
 
 /// `isURL(<string>) -> bool`
@@ -83,13 +92,8 @@ fn extract_url(val: &Value) -> Result<&KubeUrl, cel::ExecutionError> {
 /// `<URL>.getScheme() -> string`
 fn get_scheme(This(this): This<Value>) -> ResolveResult {
     let url = extract_url(&this)?;
-    // For absolute paths, the scheme is empty
-    let scheme = if url.0.scheme() == "http" && url.0.host_str() == Some("localhost") {
-        // This was an absolute path, no real scheme
-        ""
-    } else {
-        url.0.scheme()
-    };
+    // For absolute paths, the scheme is empty (not for http://localhost/...)
+    let scheme = if url.path_only() { "" } else { url.0.scheme() };
     Ok(Value::String(Arc::new(scheme.to_string())))
 }
 
@@ -98,6 +102,9 @@ fn get_scheme(This(this): This<Value>) -> ResolveResult {
 /// Returns host including port and IPv6 brackets.
 fn get_host(This(this): This<Value>) -> ResolveResult {
     let url = extract_url(&this)?;
+    if url.path_only() {
+        return Ok(Value::String(Arc::new(String::new())));
+    }
     let host = url.0.host_str().unwrap_or("");
     let result = match url.0.port() {
         Some(port) => format!("{host}:{port}"),
@@ -111,6 +118,9 @@ fn get_host(This(this): This<Value>) -> ResolveResult {
 /// Returns hostname without port and without IPv6 brackets.
 fn get_hostname(This(this): This<Value>) -> ResolveResult {
     let url = extract_url(&this)?;
+    if url.path_only() {
+        return Ok(Value::String(Arc::new(String::new())));
+    }
     let hostname = url.0.host_str().unwrap_or("");
     // Strip IPv6 brackets if present
     let hostname = hostname
@@ -125,6 +135,9 @@ fn get_hostname(This(this): This<Value>) -> ResolveResult {
 /// Returns port as a string. Empty string if no port specified.
 fn get_port(This(this): This<Value>) -> ResolveResult {
     let url = extract_url(&this)?;
+    if url.path_only() {
+        return Ok(Value::String(Arc::new(String::new())));
+    }
     let port = url.0.port().map(|p| p.to_string()).unwrap_or_default();
     Ok(Value::String(Arc::new(port)))
 }
@@ -179,6 +192,24 @@ mod tests {
             eval("url('https://example.com').getScheme()"),
             Value::String(Arc::new("https".into()))
         );
+    }
+
+    #[test]
+    fn localhost_urls_keep_their_scheme_and_paths_have_no_origin() {
+        // As k8s.io/apiserver's urls library (Go's net/url) reads them.
+        let text = |e: &str| match eval(e) {
+            Value::String(s) => s.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(text("url('http://localhost:8080/jwks').getScheme()"), "http");
+        assert_eq!(text("url('http://localhost:8080/jwks').getHostname()"), "localhost");
+        assert_eq!(text("url('http://localhost/jwks').getScheme()"), "http");
+        assert_eq!(text("url('/jwks').getScheme()"), "");
+        assert_eq!(text("url('/jwks').getHost()"), "");
+        assert_eq!(text("url('/jwks').getHostname()"), "");
+        assert_eq!(text("url('/jwks').getPort()"), "");
+        assert_eq!(text("url('/jwks').getEscapedPath()"), "/jwks");
+        assert_ne!(eval("url('/jwks')"), eval("url('http://localhost/jwks')"));
     }
 
     #[test]
