@@ -270,10 +270,7 @@ mod tests {
 
     #[tokio::test]
     async fn recent_minutes_count_before_their_hour_is_rolled_up() {
-        let tmp = tempfile::tempdir().unwrap();
-        sqlx::any::install_default_drivers();
-        let url = format!("sqlite://{}?mode=rwc", tmp.path().join("t.db").display());
-        let db = Db::connect(&url, std::time::Duration::from_secs(2)).await.unwrap();
+        let (_tmp, db) = super::super::db::test_db().await;
         let hour = Coarse::Hour.millis();
         let now = 1_800_000_000_000 - 1_800_000_000_000i64.rem_euclid(hour) + 10 * 60_000;
         // Three hours ago: rolled up (and its minutes expired); this hour:

@@ -220,13 +220,7 @@ mod tests {
     use super::*;
     use crate::store::keys::{Environment, hash};
 
-    async fn sqlite() -> (tempfile::TempDir, Db) {
-        let tmp = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", tmp.path().join("t.db").display());
-        sqlx::any::install_default_drivers();
-        let db = Db::connect(&url, Duration::from_secs(2)).await.unwrap();
-        (tmp, db)
-    }
+    use crate::store::db::test_db as sqlite;
 
     #[tokio::test]
     async fn concurrent_checks_of_an_unknown_key_share_one_query_and_the_answer_is_reused() {

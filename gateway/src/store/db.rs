@@ -386,3 +386,13 @@ impl Db {
             .collect()
     }
 }
+
+/// A migrated SQLite database in a temporary folder (unit tests).
+#[cfg(test)]
+pub(crate) async fn test_db() -> (tempfile::TempDir, Db) {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", tmp.path().join("t.db").display());
+    sqlx::any::install_default_drivers();
+    let db = Db::connect(&url, Duration::from_secs(2)).await.unwrap();
+    (tmp, db)
+}

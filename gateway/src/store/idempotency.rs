@@ -139,10 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_whose_lease_ran_out_can_neither_store_nor_free_the_new_owners_key() {
-        let tmp = tempfile::tempdir().unwrap();
-        sqlx::any::install_default_drivers();
-        let url = format!("sqlite://{}?mode=rwc", tmp.path().join("t.db").display());
-        let db = Db::connect(&url, std::time::Duration::from_secs(2)).await.unwrap();
+        let (_tmp, db) = super::super::db::test_db().await;
         let now = now_ms() as i64;
         // A slow first request: its lease is already over.
         assert_eq!(db.claim_idempotency_key("c", "k", "fp", now - 1, "first").await.unwrap(), None);
