@@ -291,11 +291,8 @@ fn http_fetcher(extra: Option<Arc<ExtraTrust>>) -> Fetcher {
         let extra = extra.clone();
         Box::pin(async move {
             let tls = tls_for(&uri, extra.as_deref())?;
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .build();
+            let https =
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
             let client: Client<_, Empty<bytes::Bytes>> =
                 Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(https);
             let uri: http::Uri = uri.parse().map_err(|e| format!("bad URL: {e}"))?;
