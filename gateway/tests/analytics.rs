@@ -128,8 +128,13 @@ fn exact_totals_percentiles_csv_availability_and_a_restart() {
     let (app2, key2) = app_with_key(&env.gw, "tpp-two");
     // app1: 3 x 200 with known latencies, then a 429 (tier: 3 per 30-day
     // window, so no window boundary falls inside the test).
+    // How long each took as the client saw it: the gateway's own measure
+    // of a request lies within it, however slowly a loaded machine answers.
+    let mut seen_ms = Vec::new();
     for ms in [100, 400, 1600] {
+        let started = std::time::Instant::now();
         assert_eq!(get(&env.gw, &format!("/accounts/v1/x?delay_ms={ms}"), &key1), 200);
+        seen_ms.push(started.elapsed().as_secs_f64() * 1e3);
     }
     assert_eq!(get(&env.gw, "/accounts/v1/x", &key1), 429);
     // app2: 2 x 502 on the broken API, 1 x 200.
@@ -149,7 +154,9 @@ fn exact_totals_percentiles_csv_availability_and_a_restart() {
         e.sort();
         e
     };
-    eventually(Duration::from_secs(20), || totals(&env.gw) == expected);
+    // The hourly rows and then the daily ones are written by one compaction:
+    // wait for both (the daily ones may come a moment after the hourly).
+    eventually(Duration::from_secs(20), || totals(&env.gw) == expected && totals_of(&env.gw, "day") == expected);
     assert_eq!(totals(&env.gw), expected);
 
     // Percentiles of app1's answers (100, 400, 1600 ms and a fast 429), within one bucket.
@@ -157,10 +164,13 @@ fn exact_totals_percentiles_csv_availability_and_a_restart() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     let p99 = rows[0]["latencyMs"]["p99"].as_f64().unwrap();
     let p50 = rows[0]["latencyMs"]["p50"].as_f64().unwrap();
-    // The backend's sleep plus the gateway's own time, rounded up to a
-    // bucket bound (a factor of at most 1.42; exactness is unit-tested).
-    assert!((1600.0..=(1600.0 + 100.0) * 1.42).contains(&p99), "p99 {p99}");
-    assert!((100.0..=(100.0 + 50.0) * 1.42).contains(&p50), "p50 {p50}");
+    // The backend's sleep plus the gateway's own time (at most what the
+    // client saw), rounded up to a bucket bound (a factor of at most 1.42;
+    // exactness is unit-tested).
+    let p99_max = (1600.0 + 100.0_f64).max(seen_ms[2]) * 1.42;
+    let p50_max = (100.0 + 50.0_f64).max(seen_ms[0]) * 1.42;
+    assert!((1600.0..=p99_max).contains(&p99), "p99 {p99} (client saw {seen_ms:?})");
+    assert!((100.0..=p50_max).contains(&p50), "p50 {p50} (client saw {seen_ms:?})");
     assert!(rows[0]["bytes"].as_u64().unwrap() > 0);
 
     // CSV: a header row and one line per row.
@@ -366,6 +376,20 @@ impl TableLock {
     }
 }
 
+/// Sessions waiting for a lock on `table`.
+fn lock_waiters(pg: &Postgres, table: &str) -> u64 {
+    let out = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "tollgate", "-d", "postgres", "-At", "-c"])
+        .arg(format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = '{table}' AND NOT l.granted"
+        ))
+        .output()
+        .expect("psql (make deps installs postgresql)");
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 impl Drop for TableLock {
     fn drop(&mut self) {
         use std::io::Write;
@@ -389,7 +413,9 @@ fn a_flood_drops_events_and_counts_them_without_holding_up_requests() {
     // on the lock, and nothing empties the queue meanwhile.
     let lock = TableLock::take(&pg, "analytics_minute");
     assert_eq!(get(&env.gw, "/accounts/v1/second", &key), 200);
-    std::thread::sleep(Duration::from_millis(2500)); // a flush (every second) is now stuck
+    // A flush (every second) with that request's rollup is now stuck: the
+    // database shows a session waiting for the lock.
+    eventually(Duration::from_secs(20), || lock_waiters(&pg, "analytics_minute") > 0);
     for i in 0..100 {
         assert_eq!(get(&env.gw, &format!("/accounts/v1/flood-{i}"), &key), 200, "request {i}");
     }
@@ -403,21 +429,39 @@ fn a_flood_drops_events_and_counts_them_without_holding_up_requests() {
 
 #[test]
 fn the_last_seconds_are_written_at_shutdown() {
-    // Rollups are written once at start and then every 60 s: the requests
-    // below reach the database only through the shutdown flush.
-    let mut env = start(&["--analytics-flush-seconds", "60", "--drain-seconds", "0"]);
-    let (app, key) = app_with_key(&env.gw, "tpp-last");
-    assert_eq!(get(&env.gw, "/accounts/v1/one", &key), 200);
-    assert_eq!(get(&env.gw, "/broken/v1/two", &key), 502);
-    assert!(totals_of(&env.gw, "minute").is_empty(), "nothing written yet");
-    let pid = env.gw.proc.0.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = env.gw.proc.0.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-    let dir = env.dir.clone();
-    env.gw = start_gateway(&dir, &env.token, &[]);
-    let mut want =
-        vec![("bank/accounts".to_string(), app.clone(), 1, 0, 0), ("bank/broken".to_string(), app.clone(), 1, 1, 0)];
-    want.sort();
-    assert_eq!(totals_of(&env.gw, "minute"), want);
+    // Rollups are written once at start and then every 60 s (the longest
+    // interval there is): the requests below reach the database only
+    // through the shutdown flush, provided the process has ended within
+    // 60 s of its start. On a machine so loaded that it has not, that run
+    // proves nothing either way and is made again (a count of tries, not a
+    // time limit on the machine).
+    for attempt in 1..=5 {
+        let started = std::time::Instant::now();
+        let mut env = start(&["--analytics-flush-seconds", "60", "--drain-seconds", "0"]);
+        let (app, key) = app_with_key(&env.gw, "tpp-last");
+        assert_eq!(get(&env.gw, "/accounts/v1/one", &key), 200);
+        assert_eq!(get(&env.gw, "/broken/v1/two", &key), 502);
+        let written_before = totals_of(&env.gw, "minute");
+        let pid = env.gw.proc.0.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = env.gw.proc.0.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        let conclusive = started.elapsed() < Duration::from_secs(60);
+        if conclusive {
+            assert!(written_before.is_empty(), "nothing written before the shutdown: {written_before:?}");
+        }
+        let dir = env.dir.clone();
+        env.gw = start_gateway(&dir, &env.token, &[]);
+        let mut want = vec![
+            ("bank/accounts".to_string(), app.clone(), 1, 0, 0),
+            ("bank/broken".to_string(), app.clone(), 1, 1, 0),
+        ];
+        want.sort();
+        assert_eq!(totals_of(&env.gw, "minute"), want);
+        if conclusive {
+            return;
+        }
+        eprintln!("attempt {attempt}: the first gateway ran past its 60 s flush; again");
+    }
+    panic!("5 attempts ran past the 60 s flush interval");
 }

@@ -70,22 +70,14 @@ fn cluster(redis: &Redis, policies: &[(&str, &str)], apis: &[String], extra: &[&
     Cluster { _tmp: tmp, _backend: backend, gateways }
 }
 
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// What --redis-timeout-ms the outage tests give the gateways: far longer
+/// than any request takes on a loaded machine, so a request that waited on
+/// the dead Redis (until this timeout) stands out from one that did not,
+/// however slowly the machine answers.
+const REDIS_TIMEOUT_MS: &str = "30000";
 
-/// Sleeps past the next boundary if a window of `period_secs` ends soon.
-fn away_from_boundary(period_secs: u64, margin_ms: u64) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let left = period_secs * 1000 - now % (period_secs * 1000);
-    if left < margin_ms {
-        std::thread::sleep(Duration::from_millis(left + 50));
-    }
-}
+/// A request that took this long waited on Redis (half of [`REDIS_TIMEOUT_MS`]).
+const WAITED_ON_REDIS: Duration = Duration::from_secs(15);
 
 /// Sends `n` requests from 24 threads, spread round-robin over the
 /// gateways; returns (200s, 429s, other statuses, slowest request).
@@ -153,8 +145,8 @@ fn a_limit_holds_across_three_gateways_with_per_key_isolation() {
     let c = cluster(
         &redis,
         &[
-            ("shared", "  limit: {requests: 200, per: 1h}\n  keyBy: Api\n"),
-            ("per-customer", "  limit: {requests: 30, per: 1h}\n  keyBy: Header\n  keyName: x-customer\n"),
+            ("shared", "  limit: {requests: 200, per: 30d}\n  keyBy: Api\n"),
+            ("per-customer", "  limit: {requests: 30, per: 30d}\n  keyBy: Header\n  keyName: x-customer\n"),
         ],
         &[
             api("a", "/a", "v1", "BACKEND", "  throttling: {policy: shared}\n"),
@@ -162,7 +154,7 @@ fn a_limit_holds_across_three_gateways_with_per_key_isolation() {
         ],
         &[],
     );
-    away_from_boundary(3600, 10_000);
+    away_from_long_window_end();
     let (ok, limited, others, _) = spread(&addrs(&c), "/a/v1/x", 1000, &[]);
     assert!(others.is_empty(), "{others:?}");
     assert!((196..=200).contains(&ok), "between 0.98 N and N admitted across the gateways, got {ok}");
@@ -195,11 +187,11 @@ fn count_only_cluster_policies_flag_requests_over_the_limit() {
     let redis = Redis::start();
     let c = cluster(
         &redis,
-        &[("watch", "  limit: {requests: 5, per: 1h}\n  stopOnQuotaReach: false\n")],
+        &[("watch", "  limit: {requests: 5, per: 30d}\n  stopOnQuotaReach: false\n")],
         &[api("w", "/w", "v1", "BACKEND", "  throttling: {policy: watch}\n")],
         &[],
     );
-    away_from_boundary(3600, 10_000);
+    away_from_long_window_end();
     let mut flagged = 0;
     for i in 0..12 {
         let r = request(addrs(&c)[i % 3], "GET", "/w/v1/x", &[], b"");
@@ -231,13 +223,16 @@ fn a_refused_request_uses_no_cluster_quota() {
     let c = cluster(
         &redis,
         &[
-            ("shared", "  limit: {requests: 10, per: 1h}\n  scope: Cluster\n"),
-            ("per-client", "  limit: {requests: 1, per: 1h}\n  keyBy: Header\n  keyName: x-client\n  scope: Replica\n"),
+            ("shared", "  limit: {requests: 10, per: 30d}\n  scope: Cluster\n"),
+            (
+                "per-client",
+                "  limit: {requests: 1, per: 30d}\n  keyBy: Header\n  keyName: x-client\n  scope: Replica\n",
+            ),
         ],
         &[api_with_operation_policy("both", "/both", "BACKEND", "shared", "per-client")],
         &[],
     );
-    away_from_boundary(3600, 10_000);
+    away_from_long_window_end();
     let gw = addrs(&c)[0];
     let call = |client: &str| request(gw, "GET", "/both/v1/x", &[("x-client", client)], b"").status;
     let flood: Vec<u16> = (0..6).map(|_| call("greedy")).collect();
@@ -261,16 +256,16 @@ fn windows_reset_and_bursts_hold_cluster_wide() {
         ],
         &[],
     );
-    away_from_boundary(3, 2500);
-    let (first, _, _, _) = spread(&addrs(&c), "/s/v1/x", 36, &[]);
+    // Each measurement inside one window (again in a fresh window when a
+    // slow machine spread it over two).
+    let ((first, _, _, _), window) = in_one_window(3, || spread(&addrs(&c), "/s/v1/x", 36, &[]));
     assert!((11..=12).contains(&first), "first window: {first}");
-    away_from_boundary(3, 3000); // the next window
-    let (second, _, _, _) = spread(&addrs(&c), "/s/v1/x", 36, &[]);
+    after_window(3, window);
+    let ((second, _, _, _), _) = in_one_window(3, || spread(&addrs(&c), "/s/v1/x", 36, &[]));
     assert!((11..=12).contains(&second), "after the window reset: {second}");
 
-    away_from_boundary(10, 5000);
-    away_from_boundary(3600, 10_000);
-    let (burst, limited, _, _) = spread(&addrs(&c), "/b/v1/x", 60, &[]);
+    // (The hourly limit of 100000 is never reached: only the burst counts.)
+    let ((burst, limited, _, _), _) = in_one_window(10, || spread(&addrs(&c), "/b/v1/x", 60, &[]));
     assert!((14..=15).contains(&burst), "spike arrest 15 per 10 s across gateways: {burst} ({limited} limited)");
 }
 
@@ -279,42 +274,44 @@ fn redis_outage_open_keeps_serving_and_recovery_resumes_cluster_counting() {
     let mut redis = Redis::start();
     let c = cluster(
         &redis,
-        &[("gold", "  limit: {requests: 60, per: 1h}\n  keyBy: Header\n  keyName: x-app\n")],
+        &[("gold", "  limit: {requests: 60, per: 30d}\n  keyBy: Header\n  keyName: x-app\n")],
         &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: gold}\n")],
-        &["--redis-timeout-ms", "100", "--redis-failure-mode", "open"],
+        &["--redis-timeout-ms", REDIS_TIMEOUT_MS, "--redis-failure-mode", "open"],
     );
-    away_from_boundary(3600, 30_000);
+    away_from_long_window_end();
     redis.stop();
     // Open: traffic keeps flowing, counted per gateway (so up to 3 x 60 for one key).
     let (ok, limited, others, slowest) = spread(&addrs(&c), "/a/v1/x", 90, &[("x-app", "during-outage")]);
     assert!(others.is_empty(), "{others:?}");
     assert_eq!(ok + limited, 90);
     assert!(ok >= 60, "open mode serves: {ok}");
-    assert!(slowest < Duration::from_secs(1), "no request waits on a dead Redis: {slowest:?}");
+    // A dead Redis is noticed from its closed connection, not by waiting for
+    // the --redis-timeout-ms; and once degraded, no request asks it again.
+    assert!(slowest < WAITED_ON_REDIS, "no request waits on a dead Redis: {slowest:?}");
     for g in &c.gateways {
         let st = g.status();
         assert_eq!(st["trafficManager"]["state"], "degraded", "{st}");
         assert!(g.metrics().contains("tollgate_degraded{result=\"redis\"} 1"));
     }
     redis.restart();
-    let back = Instant::now();
     for g in &c.gateways {
         eventually(Duration::from_secs(5), || g.status()["trafficManager"]["state"] == "ok");
     }
-    assert!(back.elapsed() < Duration::from_secs(5));
     let (ok, _, _, _) = spread(&addrs(&c), "/a/v1/x", 180, &[("x-app", "after-recovery")]);
     assert!((59..=60).contains(&ok), "cluster counting resumed: {ok}");
 }
 
 #[test]
-fn redis_outage_closed_answers_503_quickly() {
+fn redis_outage_closed_answers_503_without_waiting_on_redis() {
     let mut redis = Redis::start();
     let c = cluster(
         &redis,
-        &[("gold", "  limit: {requests: 1000, per: 1h}\n  keyBy: Header\n  keyName: x-app\n")],
+        &[("gold", "  limit: {requests: 1000, per: 30d}\n  keyBy: Header\n  keyName: x-app\n")],
         &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: gold}\n"), api("free", "/free", "v1", "BACKEND", "")],
-        &["--redis-timeout-ms", "100", "--redis-failure-mode", "closed"],
+        &["--redis-timeout-ms", REDIS_TIMEOUT_MS, "--redis-failure-mode", "closed"],
     );
+    // The lease taken before the outage stays in its window.
+    away_from_long_window_end();
     let app = |gw: &Gateway, name: &str| request(gw.http, "GET", "/a/v1/x", &[("x-app", name)], b"");
     assert_eq!(app(&c.gateways[0], "before").status, 200);
     redis.stop();
@@ -323,7 +320,8 @@ fn redis_outage_closed_answers_503_quickly() {
     assert_eq!(app(&c.gateways[0], "before").status, 200, "leased quota is honoured");
     let started = Instant::now();
     let r = app(&c.gateways[0], "new-app");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    let took = started.elapsed();
+    assert!(took < WAITED_ON_REDIS, "the refusal did not wait on the dead Redis: {took:?}");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "traffic_manager_unavailable");
     assert_eq!(c.gateways[1].get("/free/v1/x").status, 200, "APIs without a cluster policy are unaffected");

@@ -1,4 +1,6 @@
-//! Hot reload: edits are served within 2 s; bad input never replaces good.
+//! Hot reload: edits are served; bad input never replaces good. (How fast an
+//! edit takes effect is measured by `make bench`, propagation section, not
+//! here: a test waits for the condition only.)
 
 mod support;
 
@@ -22,16 +24,15 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf, Proc, String, Gateway) {
 }
 
 #[test]
-fn policy_edit_is_enforced_within_two_seconds() {
+fn policy_edit_is_enforced() {
     let (_t, dir, _be, _b, gw) = setup();
     assert_eq!(gw.get("/a/v1/x").header("ratelimit-limit"), Some("1000"));
     write_atomic(&dir.join("tp.yaml"), &policy("tier", "  limit: {requests: 1, per: 1h}\n"));
-    let took = eventually(Duration::from_secs(2), || gw.get("/a/v1/x").status == 429);
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    eventually(Duration::from_secs(2), || gw.get("/a/v1/x").status == 429);
 }
 
 #[test]
-fn added_and_removed_apis_within_two_seconds() {
+fn added_apis_are_served_and_removed_ones_withdrawn() {
     let (_t, dir, _be, b, gw) = setup();
     assert_eq!(gw.get("/b/v1/x").status, 404);
     write_atomic(&dir.join("b.yaml"), &api("b", "/b", "v1", &b, ""));
@@ -80,10 +81,13 @@ fn malformed_files_keep_the_last_good_snapshot_and_show_in_status() {
     assert!(gw.status()["errors"].as_array().unwrap().is_empty());
     assert!(gw.status()["generation"].as_u64().unwrap() > gen0);
 
-    // Temp files of an atomic writer are never read.
+    // Temp files of an atomic writer are never read: once the folder was
+    // looked at again after the write (two reloads of any outcome: the
+    // second one started after the write), there is still no error.
     std::fs::write(dir.join(".b.yaml.tmp"), "kind: [").unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(gw.status()["errors"].as_array().unwrap().is_empty());
+    let looks = all_reloads(&gw);
+    eventually(Duration::from_secs(3), || all_reloads(&gw) >= looks + 2);
+    assert!(gw.status()["errors"].as_array().unwrap().is_empty(), "{}", gw.status());
 }
 
 #[test]
@@ -108,10 +112,16 @@ fn twenty_reloads_under_load_drop_no_request() {
         .collect();
     let gen0 = gw.status()["generation"].as_u64().unwrap();
     for i in 0..20 {
+        // Traffic between every two reloads, however slowly the machine
+        // answers (a count, not a time).
+        let before = served.load(Ordering::Relaxed);
+        eventually(Duration::from_secs(3), || served.load(Ordering::Relaxed) >= before + 10);
         write_atomic(&dir.join("c.yaml"), &api("c", &format!("/c{i}"), "v1", &b, ""));
         let want = gen0 + i + 1;
         eventually(Duration::from_secs(3), || gw.status()["generation"].as_u64().unwrap() >= want);
     }
+    let before = served.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(3), || served.load(Ordering::Relaxed) >= before + 10);
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.join().unwrap();
@@ -189,7 +199,9 @@ fn a_same_size_copy_that_keeps_the_mtime_is_reloaded() {
 #[test]
 fn a_deleted_policy_still_in_use_keeps_its_last_good_version() {
     let (_t, dir, _be, b, gw) = setup();
-    write_atomic(&dir.join("tp.yaml"), &policy("tier", "  limit: {requests: 2, per: 1h}\n"));
+    // A 30-day window: no window ends (and resets the count) during the test.
+    away_from_long_window_end();
+    write_atomic(&dir.join("tp.yaml"), &policy("tier", "  limit: {requests: 2, per: 30d}\n"));
     // The new limit of 2 is live and used up (the requests that see it count).
     eventually(Duration::from_secs(3), || gw.get("/a/v1/x").status == 429);
     std::fs::remove_file(dir.join("tp.yaml")).unwrap();
@@ -203,6 +215,15 @@ fn a_deleted_policy_still_in_use_keeps_its_last_good_version() {
     eventually(Duration::from_secs(3), || gw.get("/a/v1/x").status == 200);
     eventually(Duration::from_secs(3), || gw.status()["errors"].as_array().unwrap().is_empty());
     assert_eq!(gw.status()["policies"], 0);
+}
+
+/// Reloads of any outcome (applied, unchanged, failed).
+fn all_reloads(gw: &Gateway) -> u64 {
+    gw.metrics()
+        .lines()
+        .filter(|l| l.starts_with("tollgate_config_reloads_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn unchanged_reloads(gw: &Gateway) -> u64 {

@@ -4,7 +4,6 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use support::*;
 
@@ -29,19 +28,10 @@ fn setup_with(policies: &[(&str, &str)], apis: &[String], extra: &[&str]) -> (te
     (tmp, be, gw)
 }
 
-/// Waits if a window of `period_secs` ends within the next 3 s, so a burst
-/// is not split across two windows.
-fn away_from_boundary(period_secs: u64) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let left = period_secs * 1000 - now % (period_secs * 1000);
-    if left < 3000 {
-        std::thread::sleep(Duration::from_millis(left + 50));
-    }
-}
-
+/// Sends `n` requests from 16 threads; returns (200s, 429s). The caller
+/// makes sure the windows that count them do not end meanwhile: limits per
+/// 30 days (with [`away_from_long_window_end`]) or [`in_one_window`].
 fn burst(gw: &Gateway, path: &str, n: usize, headers: &'static [(&'static str, &'static str)]) -> (usize, usize) {
-    away_from_boundary(10);
-    away_from_boundary(3600);
     let ok = Arc::new(AtomicUsize::new(0));
     let limited = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..16)
@@ -67,9 +57,10 @@ fn burst(gw: &Gateway, path: &str, n: usize, headers: &'static [(&'static str, &
 #[test]
 fn exactly_n_of_a_concurrent_burst_pass_and_429_has_headers() {
     let (_t, _b, gw) = setup(
-        &[("ten", "  limit: {requests: 40, per: 1h}\n  scope: Replica\n")],
+        &[("ten", "  limit: {requests: 40, per: 30d}\n  scope: Replica\n")],
         &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: ten}\n")],
     );
+    away_from_long_window_end();
     let (ok, limited) = burst(&gw, "/a/v1/x", 200, &[]);
     assert_eq!((ok, limited), (40, 160), "exactly N of 5N pass");
     let r = gw.get("/a/v1/x");
@@ -79,7 +70,7 @@ fn exactly_n_of_a_concurrent_burst_pass_and_429_has_headers() {
     assert_eq!(r.header("ratelimit-limit"), Some("40"));
     assert_eq!(r.header("ratelimit-remaining"), Some("0"));
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=3600).contains(&retry));
+    assert!((1..=LONG_PERIOD_SECS).contains(&retry));
     assert_eq!(r.header("ratelimit-reset"), Some(retry.to_string().as_str()));
     assert!(gw.metrics().contains("tollgate_throttled_requests_total{policy=\"bank/ten\",action=\"rejected\"} 161"));
 }
@@ -90,15 +81,17 @@ fn window_resets_on_time() {
         &[("two", "  limit: {requests: 2, per: 2s}\n")],
         &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: two}\n")],
     );
-    // Start right after a window boundary so the first two land in one window.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    std::thread::sleep(Duration::from_millis(2000 - (now.as_millis() % 2000) as u64 + 20));
-    assert_eq!(gw.get("/a/v1/x").status, 200);
-    let r = gw.get("/a/v1/x");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
-    assert_eq!(gw.get("/a/v1/x").status, 429);
-    std::thread::sleep(Duration::from_millis(2100));
+    // Three requests in one window (measured again in a fresh window if a
+    // slow machine spread them over two).
+    let ((first, second, remaining, third), window) = in_one_window(2, || {
+        let first = gw.get("/a/v1/x").status;
+        let r = gw.get("/a/v1/x");
+        (first, r.status, r.header("ratelimit-remaining").map(str::to_string), gw.get("/a/v1/x").status)
+    });
+    assert_eq!((first, second, remaining.as_deref(), third), (200, 200, Some("0"), 429));
+    // Once that window has ended, whenever the next request comes, its
+    // window is a fresh one.
+    after_window(2, window);
     assert_eq!(gw.get("/a/v1/x").status, 200, "a new window admits again");
 }
 
@@ -108,10 +101,14 @@ fn burst_is_a_spike_arrest() {
         &[("spiky", "  limit: {requests: 1000, per: 1h}\n  burst: {requests: 5, per: 10s}\n")],
         &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: spiky}\n")],
     );
-    let (ok, limited) = burst(&gw, "/a/v1/x", 30, &[]);
+    // The burst and the refused request after it in one 10 s window.
+    let ((ok, limited, refused), _) = in_one_window(10, || {
+        let (ok, limited) = burst(&gw, "/a/v1/x", 30, &[]);
+        (ok, limited, gw.get("/a/v1/x"))
+    });
     assert_eq!(ok + limited, 30);
     assert_eq!(ok, 5, "burst of 5 per 10s: {ok} passed");
-    assert!(gw.get("/a/v1/x").json()["message"].as_str().unwrap().contains("spike arrest"));
+    assert!(refused.json()["message"].as_str().unwrap().contains("spike arrest"), "{}", refused.text());
 }
 
 #[test]
@@ -119,10 +116,11 @@ fn per_key_isolation_by_header_and_conditions() {
     let (_t, _b, gw) = setup(
         &[(
             "by-customer",
-            "  limit: {requests: 3, per: 1h}\n  keyBy: Header\n  keyName: x-fapi-customer-ip-address\n  conditions:\n  - match: {headers: [{name: x-partner, value: trusted}]}\n    limit: {requests: 6, per: 1h}\n",
+            "  limit: {requests: 3, per: 30d}\n  keyBy: Header\n  keyName: x-fapi-customer-ip-address\n  conditions:\n  - match: {headers: [{name: x-partner, value: trusted}]}\n    limit: {requests: 6, per: 30d}\n",
         )],
         &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: by-customer}\n")],
     );
+    away_from_long_window_end();
     let (ok_a, _) = burst(&gw, "/a/v1/x", 10, &[("x-fapi-customer-ip-address", "203.0.113.1")]);
     let (ok_b, _) = burst(&gw, "/a/v1/x", 10, &[("x-fapi-customer-ip-address", "203.0.113.2")]);
     assert_eq!((ok_a, ok_b), (3, 3), "each header value has its own counter");
@@ -136,10 +134,11 @@ fn client_ip_keys_and_ip_range_conditions() {
     let (_t, _b, gw) = setup(
         &[(
             "by-ip",
-            "  limit: {requests: 2, per: 1h}\n  keyBy: ClientIp\n  conditions:\n  - match: {ipRanges: [10.0.0.0/8]}\n    limit: {requests: 1, per: 1h}\n  - match: {ipRanges: [127.0.0.0/8]}\n    limit: {requests: 4, per: 1h}\n",
+            "  limit: {requests: 2, per: 30d}\n  keyBy: ClientIp\n  conditions:\n  - match: {ipRanges: [10.0.0.0/8]}\n    limit: {requests: 1, per: 30d}\n  - match: {ipRanges: [127.0.0.0/8]}\n    limit: {requests: 4, per: 30d}\n",
         )],
         &[api("a", "/a", "v1", "BACKEND", "  throttling: {policy: by-ip}\n")],
     );
+    away_from_long_window_end();
     let (ok, _) = burst(&gw, "/a/v1/x", 10, &[]);
     assert_eq!(ok, 4, "loopback clients match the 127.0.0.0/8 condition");
 }
@@ -148,8 +147,8 @@ fn client_ip_keys_and_ip_range_conditions() {
 fn count_only_policies_flag_instead_of_reject_and_operation_policies_apply_too() {
     let (_t, _b, gw) = setup(
         &[
-            ("soft", "  limit: {requests: 2, per: 1h}\n  stopOnQuotaReach: false\n"),
-            ("op", "  limit: {requests: 3, per: 1h}\n"),
+            ("soft", "  limit: {requests: 2, per: 30d}\n  stopOnQuotaReach: false\n"),
+            ("op", "  limit: {requests: 3, per: 30d}\n"),
         ],
         &[api(
             "a",
@@ -159,6 +158,7 @@ fn count_only_policies_flag_instead_of_reject_and_operation_policies_apply_too()
             "  throttling: {policy: soft}\n  operations:\n  - {method: GET, path: /x, throttling: {policy: op}}\n  - {method: GET, path: /y}\n",
         )],
     );
+    away_from_long_window_end();
     let codes: Vec<u16> = (0..4).map(|_| gw.get("/a/v1/y").status).collect();
     assert_eq!(codes, vec![200, 200, 200, 200], "count-only never rejects");
     let r = gw.get("/a/v1/y");
@@ -174,10 +174,10 @@ fn count_only_policies_flag_instead_of_reject_and_operation_policies_apply_too()
 #[test]
 fn forged_token_claims_do_not_mint_counters() {
     let (_t, _be, gw) = setup(
-        &[("per-sub", "  limit: {requests: 3, per: 1h}\n  keyBy: Claim\n  keyName: sub\n")],
+        &[("per-sub", "  limit: {requests: 3, per: 30d}\n  keyBy: Claim\n  keyName: sub\n")],
         &[api("open", "/open", "v1", "BACKEND", "  throttling: {policy: per-sub}\n")],
     );
-    away_from_boundary(3600);
+    away_from_long_window_end();
     let statuses: Vec<u16> = (0..6)
         .map(|i| {
             // {"alg":"none"}.{"sub":"forged-<i>"}.
@@ -200,12 +200,12 @@ fn forged_token_claims_do_not_mint_counters() {
 fn a_request_refused_by_one_policy_uses_no_quota_of_the_others() {
     let (_t, _be, gw) = setup(
         &[
-            ("shared", "  limit: {requests: 10, per: 1h}\n"),
-            ("per-client", "  limit: {requests: 1, per: 1h}\n  keyBy: Header\n  keyName: x-client\n"),
+            ("shared", "  limit: {requests: 10, per: 30d}\n"),
+            ("per-client", "  limit: {requests: 1, per: 30d}\n  keyBy: Header\n  keyName: x-client\n"),
         ],
         &[api_with_operation_policy("both", "/both", "BACKEND", "shared", "per-client")],
     );
-    away_from_boundary(3600);
+    away_from_long_window_end();
     let call = |client: &str| request(gw.http, "GET", "/both/v1/x", &[("x-client", client)], b"").status;
     let flood: Vec<u16> = (0..6).map(|_| call("greedy")).collect();
     assert_eq!(flood, vec![200, 429, 429, 429, 429, 429]);
@@ -220,7 +220,7 @@ fn a_request_refused_by_one_policy_uses_no_quota_of_the_others() {
 /// --trusted-proxies peer, the right-most untrusted entry is the client.
 #[test]
 fn forwarded_addresses_count_only_from_trusted_proxies() {
-    let policies = [("by-ip", "  limit: {requests: 2, per: 1h}\n  keyBy: ClientIp\n")];
+    let policies = [("by-ip", "  limit: {requests: 2, per: 30d}\n  keyBy: ClientIp\n")];
     let apis = [api("a", "/a", "v1", "BACKEND", "  throttling: {policy: by-ip}\n")];
     let call = |gw: &Gateway, xff: &str| {
         let r = request(
@@ -233,7 +233,7 @@ fn forwarded_addresses_count_only_from_trusted_proxies() {
         let seen = if r.status == 200 { r.json()["headers"].clone() } else { serde_json::Value::Null };
         (r.status, seen)
     };
-    away_from_boundary(3600);
+    away_from_long_window_end();
 
     // Untrusted: spoofed headers are replaced; every request is the peer's.
     let (_t1, _b1, plain) = setup(&policies, &apis);

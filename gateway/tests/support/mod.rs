@@ -36,6 +36,9 @@ pub fn free_port() -> u16 {
     panic!("no free TCP port in {BASE}..{}", BASE + SPAN)
 }
 
+/// Shortest deadline of a condition wait ([`eventually`]).
+pub const CONDITION_FLOOR: Duration = Duration::from_secs(120);
+
 /// A child process killed on drop.
 pub struct Proc(pub Child);
 
@@ -46,8 +49,10 @@ impl Drop for Proc {
     }
 }
 
+/// Waits until something listens on `addr`. The deadline only bounds a hang
+/// (a process that never opens its port); it does not time the machine.
 pub fn wait_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         assert!(Instant::now() < deadline, "{addr} did not open");
         std::thread::sleep(Duration::from_millis(20));
@@ -75,7 +80,9 @@ pub struct Gateway {
     pub log: PathBuf,
 }
 
-/// Starts a gateway on `dir` with extra flags; waits for /readyz.
+/// Starts a gateway on `dir` with extra flags; waits for /readyz (or for the
+/// process to exit). The start-up deadline only bounds a hang: a gateway
+/// starting slowly on a loaded machine is not a failure.
 pub fn gateway(dir: &Path, extra: &[&str]) -> Gateway {
     let p = |_| -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
     let (http, https, mgmt, mgmt_tls) = (p(0), p(1), p(2), p(3));
@@ -95,7 +102,7 @@ pub fn gateway(dir: &Path, extra: &[&str]) -> Gateway {
         .spawn()
         .unwrap();
     let mut g = Gateway { proc: Proc(child), http, https, mgmt, mgmt_tls, log };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         if let Ok(r) = try_request(g.mgmt, "GET", "/readyz", &[], b"")
             && r.status == 200
@@ -156,8 +163,9 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Resp> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // Generous: these bound a hang, they do not time the answer.
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(30))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
     exchange(&mut s, method, path, headers, body)
 }
 
@@ -226,8 +234,16 @@ pub fn write_atomic(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Polls `f` until it returns true or `timeout` passes; returns the time taken.
+/// Polls `f` until it returns true; returns the time taken.
+///
+/// A test waits for conditions, never for time: the deadline only bounds a
+/// hang (a condition that never comes true) and does not time the machine.
+/// So whatever `timeout` a caller names, the wait lasts at least
+/// [`CONDITION_FLOOR`]: a short deadline (2 s, 3 s...) cannot fail a test on a
+/// loaded machine. How fast a change takes effect is measured by the
+/// benchmarks (`make bench`), not here.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let timeout = timeout.max(CONDITION_FLOOR);
     let start = Instant::now();
     loop {
         if f() {
@@ -235,6 +251,61 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
         }
         assert!(start.elapsed() < timeout, "condition not met within {timeout:?}");
         std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock the gateway's throttling
+/// windows are aligned to (the same machine's).
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// The longest throttling period (`per: 30d`). Tests whose limits must not
+/// roll over use it, so no window boundary falls inside them (with
+/// [`away_from_long_window_end`]).
+pub const LONG_PERIOD_SECS: u64 = 30 * 24 * 3600;
+
+/// Sleeps past the next boundary of `period_secs` windows when one falls
+/// within `margin`.
+pub fn away_from_boundary(period_secs: u64, margin: Duration) {
+    let period = period_secs * 1000;
+    let left = period - epoch_ms() % period;
+    if left < margin.as_millis() as u64 {
+        std::thread::sleep(Duration::from_millis(left + 50));
+    }
+}
+
+/// Makes sure the current 30-day window does not end during the test: the
+/// margin (10 minutes) bounds a hang, it does not time the machine.
+pub fn away_from_long_window_end() {
+    away_from_boundary(LONG_PERIOD_SECS, Duration::from_secs(600));
+}
+
+/// Runs `f` inside one window of `period_secs` (windows aligned to the Unix
+/// epoch), for a test of a short window that must see all of `f`'s requests
+/// in one window: starts right after a boundary (a fresh window, whatever
+/// earlier attempts counted) and, when `f` ended in a later window than it
+/// began (a loaded machine was slow), measures again in the next fresh
+/// window. Returns what `f` returned and the window's index.
+pub fn in_one_window<T>(period_secs: u64, mut f: impl FnMut() -> T) -> (T, u64) {
+    let period = period_secs * 1000;
+    for attempt in 1..=30 {
+        std::thread::sleep(Duration::from_millis(period - epoch_ms() % period + 50));
+        let window = epoch_ms() / period;
+        let out = f();
+        if epoch_ms() / period == window {
+            return (out, window);
+        }
+        eprintln!("attempt {attempt} straddled a {period_secs} s window boundary; measuring again in a fresh window");
+    }
+    panic!("30 attempts straddled a {period_secs} s window boundary")
+}
+
+/// Sleeps until window `window` of `period_secs` has ended.
+pub fn after_window(period_secs: u64, window: u64) {
+    let end = (window + 1) * period_secs * 1000;
+    while epoch_ms() < end + 20 {
+        std::thread::sleep(Duration::from_millis((end + 20).saturating_sub(epoch_ms()).max(1)));
     }
 }
 

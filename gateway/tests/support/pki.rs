@@ -165,7 +165,7 @@ impl TlsClient {
         };
         let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::IpAddress(addr.ip().into())).unwrap();
         let sock = connect_from(self.source.unwrap_or("127.0.0.1"), addr);
-        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        sock.set_read_timeout(Some(Duration::from_secs(120)))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);
         // Finish the handshake now, so a refused one is an error here.
         while tls.conn.is_handshaking() {
