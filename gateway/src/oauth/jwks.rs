@@ -251,12 +251,20 @@ pub struct ExtraTrust {
     pub ca_file: std::path::PathBuf,
 }
 
+/// The system trust store, read once per process (the first fetch).
+fn system_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        roots
+    })
+}
+
 /// The TLS settings of a fetch: the system store, plus `extra`'s CAs when
 /// the fetch is of its URL and its file exists.
 fn tls_for(uri: &str, extra: Option<&ExtraTrust>) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
+    let mut roots = system_roots().clone();
     if let Some(t) = extra.filter(|t| t.uri == uri) {
         match std::fs::read(&t.ca_file) {
             Ok(pem) => {
