@@ -40,9 +40,9 @@ pub const NAMESPACE_LABEL: &str = "tollgate.dev/e2e";
 pub const KEEP_NAMESPACES_ENV: &str = "TOLLGATE_E2E_KEEP_NAMESPACES";
 
 /// How long to wait for the apiserver to answer at all.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for CRDs to become Established and served.
-const CRD_TIMEOUT: Duration = Duration::from_secs(60);
+const CRD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Root of the repository (the workspace).
 pub fn repo_root() -> PathBuf {
