@@ -98,8 +98,9 @@ pub struct ApiDeploymentSpec {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["method", "path"]), length(max = 1000))]
     pub operations: Vec<Operation>,
 
-    /// OpenAPI 3 definition; operations are derived from it when none are
-    /// listed above.
+    /// OpenAPI 3 definition, shown by the portal; operations are derived
+    /// from it when none are listed above. It must resolve (the ConfigMap
+    /// and key exist, the document is OpenAPI 3) for the API to deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition: Option<Definition>,
 
@@ -323,12 +324,25 @@ impl Method {
     }
 }
 
-/// An OpenAPI definition.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// An OpenAPI 3 definition: a ConfigMap key holding it, or the document
+/// itself. The portal shows it (descriptions, schemas, examples) with the
+/// gateway's server and security; operations are derived from it when the
+/// API lists none. The operator copies a ConfigMap's document into the
+/// artifact, so gateways never read ConfigMaps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.configMapRef) != has(self.document)",
+    "message": "definition takes exactly one of configMapRef or document"
+}]))]
 pub struct Definition {
     /// ConfigMap key holding the OpenAPI 3 document (JSON or YAML).
-    pub config_map_ref: ConfigMapKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapKeyRef>,
+    /// The OpenAPI 3 document (JSON or YAML), at most 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1048576))]
+    pub document: Option<String>,
 }
 
 /// A key of a ConfigMap in the same namespace.

@@ -23,9 +23,39 @@ struct Read {
 #[derive(Default)]
 pub struct DefinitionCache {
     read: Mutex<HashMap<Key, Read>>,
+    /// Documents written in ApiDeployments, by definition key: the
+    /// generation parsed and the result.
+    inline: Mutex<HashMap<(String, String, String), (Option<i64>, Arc<Result<Definition, String>>)>>,
 }
 
 impl DefinitionCache {
+    /// The parsed document written in an ApiDeployment (`key` from
+    /// `plan::definition_key`), parsed once per generation of the object.
+    pub fn inline(
+        &self,
+        key: &(String, String, String),
+        generation: Option<i64>,
+        text: &str,
+    ) -> Arc<Result<Definition, String>> {
+        let mut inline = self.inline.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, parsed)) = inline.get(key)
+            && *seen == generation
+            && generation.is_some()
+        {
+            return parsed.clone();
+        }
+        let parsed = Arc::new(Ok(Definition::parse(text)));
+        inline.insert(key.clone(), (generation, parsed.clone()));
+        parsed
+    }
+
+    /// Keeps only the parsed documents of ApiDeployments `live` still says
+    /// have one (deleted objects and removed documents are dropped).
+    pub fn retain_inline(&self, live: impl Fn(&str, &str) -> bool) {
+        let mut inline = self.inline.lock().unwrap_or_else(|e| e.into_inner());
+        inline.retain(|(ns, name, _), _| name.strip_prefix("ApiDeployment/").is_some_and(|n| live(ns, n)));
+    }
+
     /// The definition under `key` of ConfigMap `namespace/name`, as the
     /// metadata cache says it is now. `Err` says why it cannot be used.
     pub async fn get(

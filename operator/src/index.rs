@@ -44,11 +44,10 @@ fn seen(o: &impl ResourceExt, home: Key, definition: Option<Key>) -> Seen {
     Seen { home, generation: o.meta().generation, deleting: o.meta().deletion_timestamp.is_some(), definition }
 }
 
-/// The ConfigMap an ApiDeployment's operations come from (only when it
-/// lists no operations of its own).
+/// The ConfigMap an ApiDeployment's definition is read from.
 pub fn definition_map(api: &ApiDeployment) -> Option<Key> {
-    let def = api.spec.definition.as_ref().filter(|_| api.spec.operations.is_empty())?;
-    Some((api.namespace().unwrap_or_default(), def.config_map_ref.name.clone()))
+    let r = api.spec.definition.as_ref()?.config_map_ref.as_ref()?;
+    Some((api.namespace().unwrap_or_default(), r.name.clone()))
 }
 
 /// Records what `object` is now and returns the managers to plan: none when

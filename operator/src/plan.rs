@@ -24,7 +24,7 @@ use tollgate_crds::{
     conditions::reasons,
 };
 
-pub use decide::{ApiDecision, Decision, Definition, Definitions, Deploy, decide, namespace_allowed};
+pub use decide::{ApiDecision, Decision, Definition, Definitions, Deploy, decide, definition_key, namespace_allowed};
 pub use key_managers::{key_manager_file, key_manager_names, manager_of, render_key_manager};
 
 /// Namespace and name of an object.
@@ -218,8 +218,9 @@ fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
             ApiDecision::Deploy(d) => d,
         };
         let api = d.api;
-        let api_doc = renders.get(render_key("api", api, &format!("{mgr_ns}/{}", d.definition_hash)), || {
-            render_api(api, &mgr_ns, d.operations.to_vec())
+        let definition_hash = d.definition.map_or("", |def| def.hash.as_str());
+        let api_doc = renders.get(render_key("api", api, &format!("{mgr_ns}/{definition_hash}")), || {
+            render_api(api, &mgr_ns, d.operations.to_vec(), d.definition.map(|def| &*def.text))
         });
         let mut hasher = Sha256::new();
         hasher.update(api_doc.as_bytes());
@@ -343,14 +344,18 @@ fn to_yaml(doc: &Value) -> String {
 }
 
 /// The artifact of one ApiDeployment: the user's shape with references resolved
-/// (ApiManager namespace filled, operations derived from the definition).
-pub fn render_api(api: &ApiDeployment, mgr_ns: &str, operations: Vec<Operation>) -> String {
+/// (ApiManager namespace filled, operations derived from the definition, the
+/// definition's document in place of its ConfigMap reference).
+pub fn render_api(api: &ApiDeployment, mgr_ns: &str, operations: Vec<Operation>, document: Option<&str>) -> String {
     let mut spec = api.spec.clone();
     spec.api_manager_ref.namespace = Some(mgr_ns.to_string());
     if spec.operations.is_empty() && spec.definition.is_some() {
         spec.operations = operations;
     }
-    spec.definition = None;
+    spec.definition = document.map(|text| tollgate_crds::api_deployment::Definition {
+        config_map_ref: None,
+        document: Some(text.to_string()),
+    });
     let doc = json!({
         "apiVersion": API_VERSION,
         "kind": "ApiDeployment",

@@ -352,17 +352,57 @@ fn operations_come_from_the_openapi_definition() {
     assert_eq!(o.resolved_refs.reason, reasons::DEFINITION_NOT_FOUND);
 
     let k = ("banking".to_string(), "oas".to_string(), "openapi.yaml".to_string());
-    w.definitions.insert(k.clone(), Ok("openapi: 3.0.3\npaths:\n  /accounts:\n    get: {}\n  /accounts/{accountId}:\n    get:\n      security: [{PSUOAuth2Security: [accounts]}]\n    parameters: []\n".into()));
+    let document = "openapi: 3.0.3\ninfo: {title: Accounts, version: '3.1', description: Read the PSU's accounts}\npaths:\n  /accounts:\n    get: {description: Every account the consent covers}\n  /accounts/{accountId}:\n    get:\n      security: [{PSUOAuth2Security: [accounts]}]\n      responses: {'200': {description: One account, content: {application/json: {example: {AccountId: '22289'}}}}}\n    parameters: []\n";
+    w.definitions.insert(k.clone(), Ok(document.into()));
     let p = w.plan();
     assert!(p.outcomes[&key("banking", "accounts")].deployed.ok);
     let text = &p.files["apis/banking_accounts.yaml"];
     assert!(text.contains("/accounts/{accountId}") && !text.contains("configMapRef"), "{text}");
     let (loaded, errors) = tollgate_crds::loader::load_str(std::path::Path::new("x.yaml"), text);
     assert!(errors.is_empty() && loaded.len() == 1, "{errors:?}");
+    // The document itself reaches the artifact (for the portal), byte for byte.
+    let tollgate_crds::Resource::ApiDeployment(carried) = &loaded[0].resource else { panic!("not an API") };
+    let carried = carried.spec.definition.as_ref().expect("definition carried");
+    assert_eq!((carried.config_map_ref.as_ref(), carried.document.as_deref()), (None, Some(document)));
+    assert_eq!(carried_operations(text), vec!["GET /accounts", "GET /accounts/{accountId}"]);
+
+    // Operations listed by the API win; the document still travels with it.
+    w.apis[0].spec.operations = serde_json::from_value(json!([{ "method": "GET", "path": "/accounts" }])).unwrap();
+    let text = &w.plan().files["apis/banking_accounts.yaml"];
+    assert_eq!(carried_operations(text), vec!["GET /accounts"]);
+    assert!(text.contains("Every account the consent covers"), "{text}");
+    w.apis[0].spec.operations.clear();
+
+    // A document written in the ApiDeployment itself is used the same way.
+    let mut inline = api(
+        "banking",
+        "inline",
+        T1,
+        json!({ "context": "/inline", "definition": { "document": "openapi: 3.1.0\npaths:\n  /x:\n    post: {summary: Make an x}\n" } }),
+    );
+    inline.spec.operations.clear();
+    // (the artifact controller parses it once per generation into the inputs)
+    let inline_text = inline.spec.definition.as_ref().and_then(|d| d.document.clone()).unwrap();
+    w.definitions.insert(plan::definition_key(&inline).unwrap(), Ok(inline_text.as_str().into()));
+    w.apis.push(inline);
+    let p = w.plan();
+    assert!(p.outcomes[&key("banking", "inline")].deployed.ok, "{:?}", p.outcomes[&key("banking", "inline")]);
+    let text = &p.files["apis/banking_inline.yaml"];
+    assert_eq!(carried_operations(text), vec!["POST /x"]);
+    assert!(text.contains("Make an x"), "{text}");
+    w.apis.pop();
 
     w.definitions.insert(k, Ok("swagger: '2.0'\npaths: {}\n".into()));
     let o = &w.plan().outcomes[&key("banking", "accounts")];
     assert_eq!(o.resolved_refs.reason, reasons::INVALID_DEFINITION);
+}
+
+/// "METHOD path" of each operation in a rendered API artifact.
+fn carried_operations(text: &str) -> Vec<String> {
+    let (loaded, errors) = tollgate_crds::loader::load_str(std::path::Path::new("x.yaml"), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    let tollgate_crds::Resource::ApiDeployment(a) = &loaded[0].resource else { panic!("not an API") };
+    a.spec.operations.iter().map(|o| format!("{} {}", o.method.as_str(), o.path)).collect()
 }
 
 #[test]

@@ -243,23 +243,27 @@ async fn namespace_labels(
     Ok((out, None))
 }
 
-/// The OpenAPI documents the manager's APIs derive their operations from
-/// (read only when their ConfigMap changed since they were last read).
+/// The OpenAPI documents of the manager's APIs (a ConfigMap is read only
+/// when it changed since it was last read; a document written in the
+/// ApiDeployment is parsed once per generation).
 async fn definitions(ctx: &Context, apis: &[Arc<ApiDeployment>]) -> Result<Definitions> {
     let mut out = Definitions::new();
     for api in apis {
-        let Some(def) = &api.spec.definition else { continue };
-        if !api.spec.operations.is_empty() || api.metadata.deletion_timestamp.is_some() {
+        let (Some(def), Some(key)) = (&api.spec.definition, plan::definition_key(api)) else { continue };
+        if api.metadata.deletion_timestamp.is_some() || out.contains_key(&key) {
             continue;
         }
-        let ns = api.namespace().unwrap_or_default();
-        let r = &def.config_map_ref;
-        let key = (ns.clone(), r.name.clone(), r.key.clone());
-        if out.contains_key(&key) {
-            continue;
-        }
-        let value = ctx.definitions.get(&ctx.client, &ctx.config_maps, &ns, &r.name, &r.key).await?;
+        let value = match (&def.config_map_ref, &def.document) {
+            (Some(r), _) => ctx.definitions.get(&ctx.client, &ctx.config_maps, &key.0, &r.name, &r.key).await?,
+            (None, Some(text)) => ctx.definitions.inline(&key, api.metadata.generation, text),
+            (None, None) => continue,
+        };
         out.insert(key, (*value).clone());
     }
+    ctx.definitions.retain_inline(|ns, name| {
+        ctx.apis
+            .get(&ObjectRef::new(name).within(ns))
+            .is_some_and(|a| a.spec.definition.as_ref().is_some_and(|d| d.document.is_some()))
+    });
     Ok(out)
 }

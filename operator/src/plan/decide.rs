@@ -4,7 +4,7 @@
 //! routes, creation times and the references the inputs resolve to, and
 //! renders nothing; the plan renders the artifacts of what was decided.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
@@ -24,6 +24,8 @@ pub struct Definition {
     pub hash: String,
     /// The operations it declares, or why it is not a usable OpenAPI 3 document.
     pub operations: Result<Vec<Operation>, String>,
+    /// The document itself, carried into the artifact for the portal.
+    pub text: Arc<str>,
 }
 
 impl Definition {
@@ -31,7 +33,28 @@ impl Definition {
         Definition {
             hash: hex::encode(&Sha256::digest(text.as_bytes())[..8]),
             operations: super::operations_from_openapi(text),
+            text: Arc::from(text),
         }
+    }
+}
+
+/// Where the definition of `api` is found in [`Definitions`]: its ConfigMap
+/// key, or for a document written in the ApiDeployment itself
+/// `(namespace, "ApiDeployment/<name>", "")` (no ConfigMap name has a '/').
+pub fn definition_key(api: &ApiDeployment) -> Option<(String, String, String)> {
+    let def = api.spec.definition.as_ref()?;
+    let ns = api.namespace().unwrap_or_default();
+    Some(match &def.config_map_ref {
+        Some(r) => (ns, r.name.clone(), r.key.clone()),
+        None => (ns, format!("ApiDeployment/{}", api.name_any()), String::new()),
+    })
+}
+
+/// Where a definition came from, for messages.
+fn definition_source(key: &(String, String, String)) -> String {
+    match key.1.strip_prefix("ApiDeployment/") {
+        Some(_) => "spec.definition.document".to_string(),
+        None => format!("ConfigMap {}/{} key {:?}", key.0, key.1, key.2),
     }
 }
 
@@ -51,10 +74,11 @@ pub struct Deploy<'a> {
     pub api: &'a ApiDeployment,
     /// `<context>/<version>`.
     pub url: String,
-    /// Operations derived from the OpenAPI definition (empty without one).
+    /// Operations derived from the OpenAPI definition (empty without one,
+    /// or when the API lists its own).
     pub operations: &'a [Operation],
-    /// Hash of that definition (empty without one).
-    pub definition_hash: &'a str,
+    /// The resolved OpenAPI definition, carried into the artifact.
+    pub definition: Option<&'a Definition>,
     /// The ThrottlePolicies it uses.
     pub policies: Vec<Key>,
     /// The trusted KeyManagers it names.
@@ -195,32 +219,26 @@ fn resolve<'a>(
         ));
     }
     let key_managers = key_managers::resolve(api, mgr_ns, trusted)?;
-    let (mut operations, mut definition_hash): (&'a [Operation], &'a str) = (&[], "");
-    if api.spec.operations.is_empty()
-        && let Some(def) = &api.spec.definition
-    {
-        let r = &def.config_map_ref;
-        let definition = match inputs.definitions.get(&(ns.clone(), r.name.clone(), r.key.clone())) {
+    let (mut operations, mut definition): (&'a [Operation], Option<&'a Definition>) = (&[], None);
+    if let Some(k) = definition_key(api) {
+        let d = match inputs.definitions.get(&k) {
             Some(Ok(d)) => d,
             Some(Err(why)) => return Err((reasons::DEFINITION_NOT_FOUND, why.clone())),
             None => {
-                return Err((
-                    reasons::DEFINITION_NOT_FOUND,
-                    format!("ConfigMap {ns}/{} key {:?} not read yet", r.name, r.key),
-                ));
+                return Err((reasons::DEFINITION_NOT_FOUND, format!("{} not read yet", definition_source(&k))));
             }
         };
-        operations = definition.operations.as_deref().map_err(|e| {
-            (
-                reasons::INVALID_DEFINITION,
-                format!("OpenAPI definition in ConfigMap {ns}/{} key {:?}: {e}", r.name, r.key),
-            )
+        let derived = d.operations.as_deref().map_err(|e| {
+            (reasons::INVALID_DEFINITION, format!("OpenAPI definition in {}: {e}", definition_source(&k)))
         })?;
-        definition_hash = &definition.hash;
+        if api.spec.operations.is_empty() {
+            operations = derived;
+        }
+        definition = Some(d);
     }
     policies.sort();
     policies.dedup();
-    Ok(Deploy { api, url: String::new(), operations, definition_hash, policies, key_managers })
+    Ok(Deploy { api, url: String::new(), operations, definition, policies, key_managers })
 }
 
 /// Names an API refers to, looked up in its own namespace `ns` first, then
