@@ -361,7 +361,7 @@ async fn operations_follow_the_openapi_definition_configmap_as_it_changes() {
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let put = |paths: &str| {
         json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "accounts-openapi" },
-                "data": { "openapi.yaml": format!("openapi: 3.0.3\ninfo: {{title: accounts, version: '1'}}\npaths:\n{paths}") } })
+                "data": { "openapi.yaml": format!("openapi: 3.0.3\ninfo: {{title: accounts, version: '1', description: Accounts the PSU shares}}\npaths:\n{paths}") } })
     };
     let pp = PatchParams::apply("e2e").force();
     maps.patch("accounts-openapi", &pp, &Patch::Apply(put("  /accounts:\n    get: {}\n"))).await.unwrap();
@@ -369,6 +369,22 @@ async fn operations_follow_the_openapi_definition_configmap_as_it_changes() {
     let file = artifact(artifacts, &ns, &ns, "accounts");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("/accounts") && !text.contains("/balances"), "{text}");
+    // The document itself travels in the artifact (the portal shows it);
+    // the gateways never read the ConfigMap.
+    assert!(text.contains("Accounts the PSU shares") && !text.contains("configMapRef"), "{text}");
+
+    // A document written in the ApiDeployment itself is planned the same way.
+    let mut inline = api(
+        "inline",
+        json!({ "name": "apim" }),
+        "v1",
+        json!({ "context": "/inline", "definition": { "document": "openapi: 3.1.0\npaths:\n  /payments:\n    post: {summary: Pay}\n" } }),
+    );
+    inline["spec"]["operations"] = json!([]);
+    apply_manifest(&client, &ns, &inline).await.unwrap();
+    expect(&client, &ns, "inline", "Deployed", "True", "Deployed").await;
+    let inline_text = std::fs::read_to_string(artifact(artifacts, &ns, &ns, "inline")).unwrap();
+    assert!(inline_text.contains("path: /payments") && inline_text.contains("summary: Pay"), "{inline_text}");
 
     // An edit adds an operation: the artifact follows.
     maps.patch("accounts-openapi", &pp, &Patch::Apply(put("  /accounts:\n    get: {}\n  /balances:\n    get: {}\n")))

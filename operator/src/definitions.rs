@@ -12,6 +12,11 @@ use kube::{Api, Client, core::PartialObjectMeta, runtime::reflector::ObjectRef, 
 
 use crate::plan::{Definition, Key};
 
+/// A definition's place in `plan::Definitions`.
+type DefinitionKey = (String, String, String);
+/// A parsed document, or why it cannot be used.
+type Parsed = Arc<Result<Definition, String>>;
+
 /// The data of one ConfigMap at one resourceVersion, parsed per key on use.
 struct Read {
     resource_version: String,
@@ -25,18 +30,13 @@ pub struct DefinitionCache {
     read: Mutex<HashMap<Key, Read>>,
     /// Documents written in ApiDeployments, by definition key: the
     /// generation parsed and the result.
-    inline: Mutex<HashMap<(String, String, String), (Option<i64>, Arc<Result<Definition, String>>)>>,
+    inline: Mutex<HashMap<DefinitionKey, (Option<i64>, Parsed)>>,
 }
 
 impl DefinitionCache {
     /// The parsed document written in an ApiDeployment (`key` from
     /// `plan::definition_key`), parsed once per generation of the object.
-    pub fn inline(
-        &self,
-        key: &(String, String, String),
-        generation: Option<i64>,
-        text: &str,
-    ) -> Arc<Result<Definition, String>> {
+    pub fn inline(&self, key: &DefinitionKey, generation: Option<i64>, text: &str) -> Parsed {
         let mut inline = self.inline.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((seen, parsed)) = inline.get(key)
             && *seen == generation

@@ -167,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn a_definition_touches_the_managers_of_the_apis_that_derive_operations_from_it() {
+    fn a_definition_touches_the_managers_of_the_apis_that_use_it() {
         let index = Index::default();
         let with_definition = |name: &str, manager: &str, own_operations: bool| {
             let mut a = api("a", name, manager, None);
@@ -180,13 +180,17 @@ mod tests {
         };
         index.api(&with_definition("x", "m1", false), false);
         index.api(&with_definition("y", "m2", false), false);
-        index.api(&with_definition("z", "m3", true), false); // its own operations win
+        // Its own operations win, but the document is still carried for the portal.
+        index.api(&with_definition("z", "m3", true), false);
         index.api(&api("a", "w", "m4", None), false);
-        assert_eq!(index.config_map("a", "spec"), [key("a", "m1"), key("a", "m2")]);
+        let mut inline = api("a", "v", "m5", None);
+        inline.spec.definition = serde_json::from_value(json!({"document": "openapi: 3.0.3\npaths: {}\n"})).unwrap();
+        index.api(&inline, false);
+        assert_eq!(index.config_map("a", "spec"), [key("a", "m1"), key("a", "m2"), key("a", "m3")]);
         assert!(index.config_map("b", "spec").is_empty(), "another namespace");
         assert!(index.config_map("a", "other").is_empty());
         index.api(&with_definition("y", "m2", false), true);
-        assert_eq!(index.config_map("a", "spec"), [key("a", "m1")], "a deleted API is forgotten");
+        assert_eq!(index.config_map("a", "spec"), [key("a", "m1"), key("a", "m3")], "a deleted API is forgotten");
     }
 
     #[test]

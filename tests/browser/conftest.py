@@ -94,6 +94,54 @@ spec:
   operations:
   - {{method: POST, path: /domestic-payment-consents}}
   - {{method: GET, path: "/domestic-payments/{{paymentId}}"}}
+  definition:
+    document: |
+      openapi: 3.0.3
+      info:
+        title: Payment Initiation API
+        version: v3.1.10
+        description: Initiate domestic payments a customer has consented to.
+      servers:
+      - url: http://payments.internal:9000/backend
+      paths:
+        /domestic-payment-consents:
+          post:
+            summary: Create a domestic payment consent
+            description: Stages a payment for the customer to authorise at the bank.
+            requestBody:
+              content:
+                application/json:
+                  schema:
+                    $ref: '#/components/schemas/OBWriteDomesticConsent4'
+                  example:
+                    Data:
+                      Initiation:
+                        InstructedAmount:
+                          Amount: '165.88'
+                          Currency: GBP
+            responses:
+              '201':
+                description: Consent created
+        /domestic-payments/{{paymentId}}:
+          get:
+            summary: Get a domestic payment
+            responses:
+              '200':
+                description: The payment
+        /file-payments:
+          post:
+            summary: Not served by this gateway
+            responses:
+              '201':
+                description: File payment created
+      components:
+        schemas:
+          OBWriteDomesticConsent4:
+            type: object
+            description: A domestic payment to consent to
+            properties:
+              Data:
+                type: object
 """
 
 

@@ -75,6 +75,30 @@ def test_api_page_renders_its_openapi_document(context, env):
     shot(page, "api")
 
 
+def test_api_page_shows_its_definitions_descriptions_schemas_and_examples(context, env):
+    # The payments API has an OpenAPI definition: the console shows its
+    # words, schemas and examples, with the gateway as the server and only
+    # the operations the gateway serves.
+    page = context.new_page()
+    page.goto(env.portal + "apis/bank/payments")
+    expect(page.get_by_role("heading", level=1, name="Payment Initiation", exact=True)).to_have_count(1)
+    swagger = page.locator("#swagger")
+    expect(swagger.get_by_role("heading", name=re.compile(r"^Payment Initiation API"))).to_be_visible()
+    expect(swagger.get_by_text("Initiate domestic payments a customer has consented to.", exact=True)).to_be_visible()
+    expect(swagger.locator(".opblock")).to_have_count(2)
+    expect(swagger.locator(".servers")).to_contain_text(f"{env.gateway_url}/open-banking/payments/v3.1")
+    expect(swagger.locator(".servers")).not_to_contain_text("payments.internal")
+    consent = swagger.locator(".opblock-post")
+    expect(consent.locator(".opblock-summary-description")).to_have_text("Create a domestic payment consent")
+    consent.locator(".opblock-summary-control").click()
+    expect(consent.get_by_text("Stages a payment for the customer to authorise at the bank.", exact=True)).to_be_visible()
+    expect(consent.locator(".body-param__example, .microlight").first).to_contain_text("165.88")
+    models = swagger.locator("section.models")
+    models.get_by_role("button", name="Schemas", exact=True).click()
+    expect(models.get_by_text("OBWriteDomesticConsent4", exact=True)).to_be_visible()
+    shot(page, "api-definition")
+
+
 def test_sign_up_create_subscribe_get_a_key_and_call_the_api(context, env):
     page = context.new_page()
     sign_up(page, env, email())

@@ -247,7 +247,7 @@ pub async fn openapi_document(State(p): State<Portal>, Path((namespace, name)): 
         )
             .into_response();
     };
-    let doc = super::openapi::document(&api.id, &api.spec, &p.gateway_url, &api.versioned_path);
+    let doc = p.documents.get(&api, &p.gateway_url);
     let mut r = ([(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response();
     r.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
     r

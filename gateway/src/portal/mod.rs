@@ -50,6 +50,8 @@ pub struct Portal {
     /// console's server, and allowed by the CSP's connect-src).
     pub gateway_url: Arc<str>,
     pub name: Arc<str>,
+    /// The APIs' OpenAPI documents, built once per compiled API.
+    pub documents: Arc<openapi::Documents>,
 }
 
 /// The portal's routes.
@@ -59,6 +61,7 @@ pub fn routes(state: Arc<State>, store: Arc<Store>, settings: &Settings) -> Rout
         store,
         gateway_url: settings.gateway_url.trim_end_matches('/').into(),
         name: settings.name.as_str().into(),
+        documents: Arc::new(openapi::Documents::new()),
     };
     Router::new()
         .route("/portal", get(|| async { axum::response::Redirect::permanent("/portal/") }))

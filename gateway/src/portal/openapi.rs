@@ -1,11 +1,52 @@
 //! The OpenAPI 3 document of an API as the gateway serves it: its server
 //! (the gateway URL and the API's path), its operations with their path
-//! parameters and scopes, and its security schemes. The operator derives
-//! the operations from the ApiDeployment's definition, so this is the
-//! served contract, not the backend's.
+//! parameters and scopes, and its security schemes.
+//!
+//! An API with a definition (the operator carries a ConfigMap's document
+//! into the artifact) gets that document: its descriptions, parameters,
+//! schemas and examples, with the gateway's server and security in place of
+//! the backend's, and only the operations the gateway serves. An API
+//! without one gets a document generated from its operations.
+
+use std::sync::{Arc, Weak};
 
 use serde_json::{Map, Value, json};
 use tollgate_crds::ApiDeploymentSpec;
+
+use crate::snapshot::Api;
+
+/// Served documents, built once per compiled API (an API is recompiled
+/// whenever its spec, and so its definition, changes).
+pub struct Documents {
+    built: moka::sync::Cache<String, (Weak<Api>, Arc<str>)>,
+}
+
+impl Documents {
+    pub fn new() -> Documents {
+        Documents { built: moka::sync::Cache::new(512) }
+    }
+
+    /// The JSON document of `api` served at `<gateway_url><versioned_path>`.
+    pub fn get(&self, api: &Arc<Api>, gateway_url: &str) -> Arc<str> {
+        // A live Weak keeps its allocation, so pointer equality means the
+        // very same compiled API, never a newer one at a reused address.
+        let me = Arc::downgrade(api);
+        if let Some((seen, text)) = self.built.get(&api.id)
+            && Weak::ptr_eq(&seen, &me)
+        {
+            return text;
+        }
+        let text: Arc<str> = document(&api.id, &api.spec, gateway_url, &api.versioned_path).to_string().into();
+        self.built.insert(api.id.clone(), (me, text.clone()));
+        text
+    }
+}
+
+impl Default for Documents {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// `{name}` segments of an operation path.
 fn path_params(path: &str) -> Vec<String> {
@@ -15,8 +56,96 @@ fn path_params(path: &str) -> Vec<String> {
         .collect()
 }
 
-/// The document for an API served at `<gateway_url><versioned_path>`.
+/// The document for an API served at `<gateway_url><versioned_path>`: its
+/// definition's document made to describe the gateway, else a generated one.
 pub fn document(id: &str, spec: &ApiDeploymentSpec, gateway_url: &str, versioned_path: &str) -> Value {
+    let generated = generated(id, spec, gateway_url, versioned_path);
+    let written = spec.definition.as_ref().and_then(|d| d.document.as_deref()).and_then(|text| {
+        let doc: Value = serde_saphyr::from_str(text).ok()?;
+        let is_openapi_3 = doc.get("openapi").and_then(Value::as_str).is_some_and(|v| v.starts_with('3'));
+        (is_openapi_3 && doc.is_object()).then_some(doc)
+    });
+    match written {
+        Some(doc) => served_view(doc, generated, spec),
+        None => generated,
+    }
+}
+
+/// Methods a path item may hold.
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+/// The written document as the gateway serves it: the gateway's servers and
+/// security schemes in place of the document's (backend addresses and the
+/// backend's own authentication are not what callers use), the operations
+/// the gateway does not serve left out, and served operations the document
+/// lacks added from the generated document.
+fn served_view(mut doc: Value, generated: Value, spec: &ApiDeploymentSpec) -> Value {
+    let every_path_served = spec.operations.is_empty();
+    let mut paths = Map::new();
+    if let Some(written) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in std::mem::take(written) {
+            let Value::Object(mut item) = item else { continue };
+            item.remove("servers");
+            let generated_item = generated["paths"].get(&path);
+            for method in METHODS {
+                let Some(op) = item.get_mut(method) else { continue };
+                let served = generated_item.and_then(|g| g.get(method));
+                if !every_path_served && served.is_none() {
+                    item.remove(method);
+                    continue;
+                }
+                if let Some(op) = op.as_object_mut() {
+                    op.remove("servers");
+                    op.remove("security");
+                    if let Some(security) = served.and_then(|g| g.get("security")) {
+                        op.insert("security".into(), security.clone());
+                    }
+                }
+            }
+            if METHODS.iter().any(|m| item.contains_key(*m)) {
+                paths.insert(path, Value::Object(item));
+            }
+        }
+    }
+    if !every_path_served && let Some(generated_paths) = generated["paths"].as_object() {
+        for (path, generated_item) in generated_paths {
+            let item = paths.entry(path.clone()).or_insert_with(|| json!({}));
+            for (method, op) in generated_item.as_object().into_iter().flatten() {
+                if let Some(item) = item.as_object_mut()
+                    && !item.contains_key(method)
+                {
+                    item.insert(method.clone(), op.clone());
+                }
+            }
+        }
+    }
+    let Some(obj) = doc.as_object_mut() else { return generated };
+    obj.insert("paths".into(), Value::Object(paths));
+    obj.insert("servers".into(), generated["servers"].clone());
+    obj.remove("security");
+    if let Some(security) = generated.get("security") {
+        obj.insert("security".into(), security.clone());
+    }
+    let components = obj.entry("components").or_insert_with(|| json!({}));
+    if let Some(components) = components.as_object_mut() {
+        components.remove("securitySchemes");
+        if let Some(schemes) = generated.get("components").and_then(|c| c.get("securitySchemes")) {
+            components.insert("securitySchemes".into(), schemes.clone());
+        }
+    }
+    let info = obj.entry("info").or_insert_with(|| json!({}));
+    if let Some(info) = info.as_object_mut() {
+        for field in ["title", "version"] {
+            if !info.get(field).is_some_and(Value::is_string) {
+                info.insert(field.into(), generated["info"][field].clone());
+            }
+        }
+    }
+    doc
+}
+
+/// The document generated from the API's operations and security.
+fn generated(id: &str, spec: &ApiDeploymentSpec, gateway_url: &str, versioned_path: &str) -> Value {
     let mut schemes = Map::new();
     let mut requirement = Map::new();
     if let Some(sec) = &spec.security {
@@ -108,5 +237,101 @@ mod tests {
             d["components"]["securitySchemes"]["apiKey"],
             json!({"type": "apiKey", "in": "header", "name": "x-key"})
         );
+    }
+
+    const WRITTEN: &str = r#"
+openapi: 3.0.3
+info: {title: Account and Transaction API, version: '3.1.10', description: Accounts of the PSU}
+servers: [{url: 'http://accounts.internal:8080/backend'}]
+security: [{backendBasic: []}]
+paths:
+  /accounts:
+    servers: [{url: 'http://10.0.0.7'}]
+    get:
+      summary: Get Accounts
+      description: Every account the consent covers.
+      security: [{PSUOAuth2Security: [accounts]}]
+      responses:
+        '200':
+          description: Accounts read
+          content:
+            application/json:
+              schema: {$ref: '#/components/schemas/OBReadAccount6'}
+              example: {Data: {Account: [{AccountId: '22289'}]}}
+  /accounts/{AccountId}/statements:
+    get: {summary: Statements, description: Not served by this gateway}
+components:
+  schemas:
+    OBReadAccount6: {type: object, description: The accounts, properties: {Data: {type: object}}}
+  securitySchemes:
+    backendBasic: {type: http, scheme: basic}
+"#;
+
+    fn spec_with(extra: Value) -> ApiDeploymentSpec {
+        let mut v = json!({
+            "apiManagerRef": {"name": "m"}, "context": "/aisp", "version": "v3.1",
+            "backend": {"endpoints": [{"url": "http://b"}]},
+            "security": {"oauth2": {}},
+            "definition": {"document": WRITTEN},
+        });
+        for (k, e) in extra.as_object().unwrap() {
+            v[k] = e.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_written_definition_is_shown_with_the_gateways_server_and_security() {
+        let spec = spec_with(json!({"operations": [
+            {"method": "GET", "path": "/accounts", "scopes": ["accounts"]},
+            {"method": "POST", "path": "/accounts/{AccountId}/consents"},
+        ]}));
+        let d = document("bank/aisp", &spec, "https://api.bank", "/aisp/v3.1");
+        // The document's own words, schemas and examples.
+        assert_eq!(d["info"]["title"], "Account and Transaction API");
+        assert_eq!(d["info"]["description"], "Accounts of the PSU");
+        let get = &d["paths"]["/accounts"]["get"];
+        assert_eq!(get["description"], "Every account the consent covers.");
+        let ok = &get["responses"]["200"]["content"]["application/json"];
+        assert_eq!(ok["example"]["Data"]["Account"][0]["AccountId"], "22289");
+        assert_eq!(ok["schema"]["$ref"], "#/components/schemas/OBReadAccount6");
+        assert_eq!(d["components"]["schemas"]["OBReadAccount6"]["description"], "The accounts");
+        // The gateway's server and security, never the backend's.
+        assert_eq!(d["servers"], json!([{"url": "https://api.bank/aisp/v3.1"}]));
+        assert!(d["paths"]["/accounts"].get("servers").is_none(), "{d}");
+        assert!(!d.to_string().contains("accounts.internal") && !d.to_string().contains("10.0.0.7"), "{d}");
+        assert_eq!(d["security"], json!([{"oauth2": []}]));
+        assert_eq!(get["security"], json!([{"oauth2": ["accounts"]}]));
+        assert_eq!(
+            d["components"]["securitySchemes"],
+            json!({"oauth2": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}})
+        );
+        // Only what the gateway serves: an unserved operation goes, a served
+        // one the document lacks is added.
+        assert!(d["paths"].get("/accounts/{AccountId}/statements").is_none(), "{d}");
+        assert!(d["paths"]["/accounts/{AccountId}/consents"]["post"].is_object(), "{d}");
+    }
+
+    #[test]
+    fn every_written_operation_stays_when_the_api_serves_every_path() {
+        let d = document("bank/aisp", &spec_with(json!({})), "https://api.bank", "/aisp/v3.1");
+        assert_eq!(d["paths"]["/accounts/{AccountId}/statements"]["get"]["description"], "Not served by this gateway");
+        assert!(d["paths"].get("/{path}").is_none(), "{d}");
+        // No operation scopes to show: the document's own requirement goes too.
+        assert!(d["paths"]["/accounts"]["get"].get("security").is_none(), "{d}");
+    }
+
+    #[test]
+    fn an_api_without_a_usable_document_gets_the_generated_one() {
+        for document_text in ["swagger: '2.0'\npaths: {}\n", "[not, a, map]", "openapi: [3"] {
+            let spec = spec_with(json!({"definition": {"document": document_text},
+                "operations": [{"method": "GET", "path": "/accounts"}]}));
+            let d = document("bank/aisp", &spec, "https://api.bank", "/aisp/v3.1");
+            assert_eq!(d["openapi"], "3.1.0", "{document_text}");
+            assert_eq!(d["paths"]["/accounts"]["get"]["summary"], "GET /accounts");
+        }
+        let mut spec = spec_with(json!({"operations": [{"method": "GET", "path": "/accounts"}]}));
+        spec.definition = None;
+        assert_eq!(document("bank/aisp", &spec, "https://api.bank", "/aisp/v3.1")["info"]["title"], "bank/aisp");
     }
 }
