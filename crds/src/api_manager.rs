@@ -278,6 +278,31 @@ pub struct GatewayGroup {
     /// CPU and memory requests and limits of each gateway pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Whose credentials the group's gateways accept: Production (default)
+    /// or Sandbox API keys and tokens, or Both. Credentials of another
+    /// environment get 403 wrong_environment and never reach a backend.
+    #[serde(default)]
+    pub environment: GroupEnvironment,
+}
+
+/// The credentials a gateway group accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GroupEnvironment {
+    #[default]
+    Production,
+    Sandbox,
+    Both,
+}
+
+impl GroupEnvironment {
+    /// The gateway's `--environments` value.
+    pub fn flag_value(self) -> &'static str {
+        match self {
+            GroupEnvironment::Production => "production",
+            GroupEnvironment::Sandbox => "sandbox",
+            GroupEnvironment::Both => "production,sandbox",
+        }
+    }
 }
 
 /// Listener ports and TLS of the Tollgate pods.

@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use tollgate_e2e::{
     Cluster, apply_manifest, install_crds,
-    stack::{ArtifactVolume, Gateway, Operator, OperatorAccess, OperatorSpec, backend, eventually},
+    stack::{ArtifactVolume, Gateway, Operator, OperatorAccess, OperatorSpec, backend, eventually, request},
     tollgate_resource,
 };
 
@@ -53,6 +53,13 @@ async fn all_in_one_serves_throttles_and_removes_apis() {
         work: work.path().to_path_buf(),
     });
     let (_backend, backend_addr) = backend(work.path(), "accounts-backend");
+
+    // The subscription tiers of the README's walk-through, named by no API.
+    let tiers =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policies/tiers.yaml")).unwrap();
+    for doc in serde_saphyr::from_multiple::<Value>(&tiers).expect("tiers.yaml") {
+        apply_manifest(&client, &ns, &doc).await.expect("tier");
+    }
 
     apply_manifest(
         &client,
@@ -156,8 +163,15 @@ async fn all_in_one_serves_throttles_and_removes_apis() {
     assert!(api["status"]["artifact"]["revision"].as_str().is_some_and(|r| !r.is_empty()));
     assert_eq!(api["metadata"]["finalizers"], json!(["tollgate.dev/artifact"]));
 
+    // Every tier of the namespace is in the folder, named by an API or not.
+    for tier in ["gold", "silver", "bronze"] {
+        assert!(folder.join(format!("policies/{ns}_{tier}.yaml")).is_file(), "tier {tier}");
+    }
+
     // A real gateway on the artifact folder reaches the backend.
-    let gateway = Gateway::start(&folder, work.path(), &[]);
+    let token_file = work.path().join("admin-token");
+    std::fs::write(&token_file, "e2e-admin-token-0123456789abcdef").unwrap();
+    let gateway = Gateway::start(&folder, work.path(), &["--admin-token-file", token_file.to_str().unwrap()]);
     eventually(Duration::from_secs(10), "request through the gateway", || async {
         match gateway.get("/open-banking/aisp/v3.1/accounts/1") {
             200 => Ok(()),
@@ -165,6 +179,22 @@ async fn all_in_one_serves_throttles_and_removes_apis() {
         }
     })
     .await;
+
+    // A subscription on a tier no API names (the README's example): 201.
+    let auth = [("Authorization", "Bearer e2e-admin-token-0123456789abcdef"), ("Content-Type", "application/json")];
+    let (status, body) = eventually(Duration::from_secs(60), "the store ready", || async {
+        match request(gateway.management, "POST", "/api/v1/applications", &auth, r#"{"name":"tpp-one"}"#) {
+            Ok((201, body)) => Ok((201, body)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let app: Value = serde_json::from_str(&body).unwrap();
+    let subscription = json!({ "applicationId": app["id"], "api": format!("{ns}/accounts"), "policy": "silver" });
+    let (status, body) =
+        request(gateway.management, "POST", "/api/v1/subscriptions", &auth, &subscription.to_string()).unwrap();
+    assert_eq!(status, 201, "{body}");
 
     // kubectl patch of the policy is enforced.
     let tp = tollgate_resource("ThrottlePolicy").unwrap();
@@ -196,7 +226,9 @@ async fn all_in_one_serves_throttles_and_removes_apis() {
     .await;
     eprintln!("delete -> 404 in {:?}", deleted.elapsed());
     assert!(!artifact.exists(), "the artifact was removed");
-    assert!(!folder.join(format!("policies/{ns}_gold.yaml")).exists(), "no API uses the policy any more");
+    for tier in ["gold", "silver", "bronze"] {
+        assert!(!folder.join(format!("policies/{ns}_{tier}.yaml")).exists(), "no API can use {tier} any more");
+    }
     eventually(Duration::from_secs(10), "ApiDeployment gone (finalizer released)", || async {
         match ads.get_opt("accounts").await {
             Ok(None) => Ok(()),

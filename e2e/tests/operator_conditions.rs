@@ -419,14 +419,24 @@ async fn operations_follow_the_openapi_definition_configmap_as_it_changes() {
 
 /// (status, reason, message) of an ApiManager's Ready condition.
 async fn manager_ready(client: &kube::Client, ns: &str, name: &str) -> Result<(String, String, String), String> {
+    manager_condition(client, ns, name, "Ready").await
+}
+
+/// (status, reason, message) of an ApiManager's condition `type_`.
+async fn manager_condition(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Result<(String, String, String), String> {
     let ar = tollgate_resource("ApiManager").unwrap();
     let obj =
         Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).get(name).await.map_err(|e| e.to_string())?;
     let v = serde_json::to_value(obj).unwrap();
     let c = v["status"]["conditions"]
         .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
-        .ok_or("no Ready condition yet")?;
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .ok_or(format!("no {type_} condition yet"))?;
     let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
     Ok((s("status"), s("reason"), s("message")))
 }
@@ -459,6 +469,47 @@ async fn a_missing_artifact_claim_is_named_on_the_api_manager() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_artifact_folder_the_operator_cannot_write_is_named_on_the_api_manager() {
+    // Storage that does not let the operator write (here: a file where the
+    // manager's folder goes, which stops root too) shows on the ApiManager,
+    // with the path and the OS error, instead of leaving it without status.
+    let cluster = Cluster::connect().await;
+    install_crds(&cluster.client).await;
+    let ns = cluster.namespace("folder").await;
+    let ns = ns.name().to_string();
+    let client = cluster.client.clone();
+    let work = tempfile::tempdir().unwrap();
+    let env = WatchingOperator::start(&cluster, &ns, work.path()).await;
+    let blocked = env.artifacts.join(&ns).join("apim");
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    apply_manifest(&client, &ns, &manager("apim")).await.unwrap();
+    let (ready, degraded) = eventually(Duration::from_secs(20), "Ready=False ArtifactWriteFailed", || async {
+        let ready = manager_ready(&client, &ns, "apim").await?;
+        let degraded = manager_condition(&client, &ns, "apim", "Degraded").await?;
+        match (&ready, &degraded) {
+            ((s, r, _), (d, dr, _)) if s == "False" && r == "ArtifactWriteFailed" && d == "True" && dr == r => {
+                Ok((ready, degraded))
+            }
+            _ => Err(format!("{ready:?} {degraded:?}")),
+        }
+    })
+    .await;
+    assert!(ready.2.contains(&blocked.display().to_string()) && ready.2.contains("Storage"), "{ready:?}");
+    assert_eq!(ready.2, degraded.2);
+    // Fixed storage: the problem clears.
+    std::fs::remove_file(&blocked).unwrap();
+    eventually(Duration::from_secs(40), "the folder problem cleared", || async {
+        match manager_ready(&client, &ns, "apim").await? {
+            (_, r, m) if r == "ArtifactWriteFailed" => Err(m),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    assert!(blocked.join("apis").is_dir());
 }
 
 #[tokio::test]

@@ -134,6 +134,11 @@ pub struct Args {
     /// spec.gateways is set and does not name it are not served here.
     #[arg(long, env = "TOLLGATE_GATEWAY_GROUP")]
     pub gateway_group: Option<String>,
+    /// Environments whose credentials this process accepts (production,
+    /// sandbox; comma-separated). Others get 403 wrong_environment: a
+    /// production key is never sent to a backend by a sandbox gateway.
+    #[arg(long, env = "TOLLGATE_ENVIRONMENTS", value_delimiter = ',', default_value = "production,sandbox")]
+    pub environments: Vec<String>,
     /// Seconds between lookups of backend host names (addresses are followed
     /// without a reload; the last good address is kept while DNS fails).
     #[arg(long, env = "TOLLGATE_DNS_REFRESH_SECONDS", default_value = "5")]
@@ -193,6 +198,11 @@ pub struct Args {
     /// dynamic client registration; without it /oauth2/register is off.
     #[arg(long, env = "TOLLGATE_SSA_JWKS")]
     pub ssa_jwks: Option<PathBuf>,
+    /// Where the built-in key manager keeps the keys it generates (without
+    /// --signing-key-file). Default <data-dir>/key-manager. It must outlive
+    /// the process: a new key invalidates every token issued before.
+    #[arg(long, env = "TOLLGATE_KEY_MANAGER_DIR")]
+    pub key_manager_dir: Option<PathBuf>,
     /// Lifetime of the built-in key manager's access tokens, in seconds.
     #[arg(long, env = "TOLLGATE_TOKEN_TTL_SECONDS", default_value = "3600",
           value_parser = clap::value_parser!(u64).range(60..=86400))]
@@ -284,6 +294,8 @@ pub struct Config {
     pub max_throttle_keys: usize,
     pub eject_for: Duration,
     pub gateway_group: Option<String>,
+    /// Environments whose credentials are accepted (`--environments`).
+    pub environments: Vec<crate::store::keys::Environment>,
     pub dns_refresh: Duration,
     pub redis_failure_mode: FailureMode,
     pub redis_timeout: Duration,
@@ -299,6 +311,8 @@ pub struct Config {
     pub signing_key_files: Vec<PathBuf>,
     pub response_signing_key_files: Vec<PathBuf>,
     pub ssa_jwks: Option<PathBuf>,
+    /// Where generated signing keys live (`--key-manager-dir`).
+    pub key_manager_dir: PathBuf,
     pub token_ttl: Duration,
     pub key_manager_jwks_uri: Option<String>,
     pub key_manager_ca: Option<PathBuf>,
@@ -430,11 +444,23 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!("--key-manager-jwks-uri {u:?} must be an http(s) URL")));
         }
+        let mut environments = Vec::new();
+        for e in &a.environments {
+            let env = crate::store::keys::Environment::parse(e.trim())
+                .ok_or_else(|| ConfigError::Invalid(format!("--environments: {e:?} is not production or sandbox")))?;
+            if !environments.contains(&env) {
+                environments.push(env);
+            }
+        }
+        if environments.is_empty() {
+            return Err(ConfigError::Invalid("--environments needs production, sandbox or both".into()));
+        }
         Ok(Config {
             issuer,
             signing_key_files: a.signing_key_file,
             response_signing_key_files: a.response_signing_key_file,
             ssa_jwks: a.ssa_jwks,
+            key_manager_dir: a.key_manager_dir.unwrap_or_else(|| a.data_dir.join("key-manager")),
             token_ttl: Duration::from_secs(a.token_ttl_seconds),
             key_manager_jwks_uri: a.key_manager_jwks_uri,
             key_manager_ca: a.key_manager_ca,
@@ -478,6 +504,7 @@ impl Config {
             max_throttle_keys: a.max_throttle_keys.max(1),
             eject_for: Duration::from_secs(a.eject_seconds.max(1)),
             gateway_group: a.gateway_group.filter(|g| !g.is_empty()),
+            environments,
             dns_refresh: Duration::from_secs_f64(a.dns_refresh_seconds),
             redis_failure_mode: a.redis_failure_mode,
             redis_timeout: Duration::from_millis(a.redis_timeout_ms.clamp(1, 60_000)),
@@ -536,6 +563,7 @@ struct FileKeys {
     max_throttle_keys: Option<serde_json::Value>,
     eject_seconds: Option<serde_json::Value>,
     gateway_group: Option<serde_json::Value>,
+    environments: Option<serde_json::Value>,
     dns_refresh_seconds: Option<serde_json::Value>,
     redis_failure_mode: Option<serde_json::Value>,
     redis_timeout_ms: Option<serde_json::Value>,
@@ -549,6 +577,7 @@ struct FileKeys {
     signing_key_file: Option<serde_json::Value>,
     response_signing_key_file: Option<serde_json::Value>,
     ssa_jwks: Option<serde_json::Value>,
+    key_manager_dir: Option<serde_json::Value>,
     token_ttl_seconds: Option<serde_json::Value>,
     key_manager_jwks_uri: Option<serde_json::Value>,
     key_manager_ca: Option<serde_json::Value>,
@@ -645,6 +674,7 @@ fn merge_file_layer(
         },
         eject_seconds: if pick("eject_seconds") { parsed.eject_seconds } else { from_file.eject_seconds },
         gateway_group: if pick("gateway_group") { parsed.gateway_group } else { from_file.gateway_group },
+        environments: if pick("environments") { parsed.environments } else { from_file.environments },
         redis_failure_mode: if pick("redis_failure_mode") {
             parsed.redis_failure_mode
         } else {
@@ -678,6 +708,7 @@ fn merge_file_layer(
             from_file.response_signing_key_file
         },
         ssa_jwks: if pick("ssa_jwks") { parsed.ssa_jwks } else { from_file.ssa_jwks },
+        key_manager_dir: if pick("key_manager_dir") { parsed.key_manager_dir } else { from_file.key_manager_dir },
         token_ttl_seconds: if pick("token_ttl_seconds") {
             parsed.token_ttl_seconds
         } else {
@@ -765,7 +796,22 @@ mod tests {
     }
 
     #[test]
+    fn environments_default_to_both_and_refuse_unknown_names() {
+        use crate::store::keys::Environment::{Production, Sandbox};
+        let c = Config::from_args(["gw", "--config-dir", "x"]).unwrap();
+        assert_eq!(c.environments, [Production, Sandbox]);
+        let c = Config::from_args(["gw", "--config-dir", "x", "--environments", "sandbox"]).unwrap();
+        assert_eq!(c.environments, [Sandbox]);
+        let e = Config::from_args(["gw", "--config-dir", "x", "--environments", "staging"]).unwrap_err();
+        assert!(e.to_string().contains("\"staging\" is not production or sandbox"), "{e}");
+    }
+
+    #[test]
     fn key_manager_settings() {
+        let c = Config::from_args(["gw", "--config-dir", "x", "--data-dir", "/d"]).unwrap();
+        assert_eq!(c.key_manager_dir, PathBuf::from("/d/key-manager"));
+        let c = Config::from_args(["gw", "--config-dir", "x", "--key-manager-dir", "/d/database/key-manager"]).unwrap();
+        assert_eq!(c.key_manager_dir, PathBuf::from("/d/database/key-manager"));
         let c = Config::from_args(["gw", "--config-dir", "x"]).unwrap();
         assert_eq!(c.issuer, "http://localhost:9763/oauth2");
         assert_eq!(c.token_ttl, Duration::from_secs(3600));

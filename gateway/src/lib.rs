@@ -27,3 +27,4 @@ pub mod throttle;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;
+pub mod writable;

@@ -24,6 +24,8 @@ pub struct Shared {
     pub dns: Arc<crate::dns::DnsCache>,
     /// This process's gateway group; APIs targeting other groups are skipped.
     pub gateway_group: Option<String>,
+    /// Environments whose credentials are accepted (others: 403).
+    pub environments: Vec<crate::store::keys::Environment>,
     /// Remote JWK Sets of the KeyManagers.
     pub jwks: Arc<crate::oauth::jwks::JwksCache>,
     /// Verified access tokens.

@@ -132,6 +132,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         max_keys: config.max_throttle_keys,
         gateway_group: config.gateway_group.clone(),
+        environments: config.environments.clone(),
         dns: dns.clone(),
         jwks,
         tokens: Arc::default(),
@@ -264,8 +265,8 @@ fn built_in_key_manager(
 ) -> anyhow::Result<(Option<Arc<crate::key_manager::KeyManager>>, Option<Arc<crate::oauth::Issuer>>)> {
     use crate::key_manager::{KeyManager, builtin_issuer, signing::SigningKeys};
     if config.has_role(Role::KeyManager) {
-        let keys =
-            SigningKeys::load(&config.signing_key_files, &config.data_dir).context("the key manager's signing keys")?;
+        let keys = SigningKeys::load(&config.signing_key_files, &config.key_manager_dir)
+            .context("the key manager's signing keys")?;
         let ssa = match &config.ssa_jwks {
             Some(path) => {
                 let doc = std::fs::read(path).with_context(|| format!("--ssa-jwks {}", path.display()))?;
@@ -279,7 +280,7 @@ fn built_in_key_manager(
         let answers = SigningKeys::load_for_responses(
             &config.response_signing_key_files,
             &config.signing_key_files,
-            &config.data_dir,
+            &config.key_manager_dir,
         )
         .context("the key manager's answer-signing keys")?;
         let km = KeyManager::new(&config.issuer, keys, answers, config.token_ttl, ssa, fapi);
@@ -316,14 +317,14 @@ fn signer(config: &Config) -> anyhow::Result<Option<Arc<crate::key_manager::KeyM
     let answers = SigningKeys::load_for_responses(
         &config.response_signing_key_files,
         &config.signing_key_files,
-        &config.data_dir,
+        &config.key_manager_dir,
     )
     .context("--response-signing-key-file")?;
     // The token keys are only published here; without them the answer keys
     // stand in (this process issues no tokens).
     let keys = match config.signing_key_files.is_empty() {
-        true => SigningKeys::load(&config.response_signing_key_files, &config.data_dir),
-        false => SigningKeys::load(&config.signing_key_files, &config.data_dir),
+        true => SigningKeys::load(&config.response_signing_key_files, &config.key_manager_dir),
+        false => SigningKeys::load(&config.signing_key_files, &config.key_manager_dir),
     }
     .context("--signing-key-file")?;
     let fapi = config.tls_profile == crate::config::TlsProfile::Fapi;

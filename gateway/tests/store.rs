@@ -280,6 +280,34 @@ fn postgres_bad_input() {
 }
 
 #[test]
+fn a_sandbox_gateway_refuses_production_credentials_and_never_forwards_them() {
+    // A DistributedGateways sandbox group (`--environments sandbox`): a valid,
+    // subscribed production key is refused before any backend sees it.
+    let env = Env::new(Backend::Sqlite);
+    let gw = env.gateway(&["--environments", "sandbox"]);
+    let app = new_app(&gw, "tpp-one");
+    subscribe(&gw, &app, "bank/accounts");
+    let (production, _) = new_key(&gw, &app, "production");
+    let (sandbox, _) = new_key(&gw, &app, "sandbox");
+    let refused = call(&gw, "/accounts/v1/x", Some(&production));
+    assert_eq!(
+        (refused.status, refused.json()["error"].clone()),
+        (403, json!("wrong_environment")),
+        "{}",
+        refused.text()
+    );
+    assert!(refused.text().contains("production credentials are not accepted"), "{}", refused.text());
+    assert!(refused.json().get("path").is_none(), "the backend never answered: {}", refused.text());
+    let r = call(&gw, "/accounts/v1/y", Some(&sandbox));
+    assert_eq!((r.status, r.json()["path"].clone()), (200, json!("/sandbox/y")), "{}", r.text());
+    // A production group (same database) refuses sandbox keys the same way.
+    drop(gw);
+    let gw = env.gateway(&["--environments", "production"]);
+    let r = call(&gw, "/accounts/v1/y", Some(&sandbox));
+    assert_eq!((r.status, r.json()["error"].clone()), (403, json!("wrong_environment")), "{}", r.text());
+}
+
+#[test]
 fn postgres_outage_cached_keys_pass_management_503_and_recovery() {
     let pg = std::sync::Arc::new(Postgres::start());
     let env = Env::new(Backend::Postgres(pg.clone()));

@@ -119,6 +119,23 @@ pub fn manager_key(api: &ApiDeployment) -> Key {
     (ns, r.name.clone())
 }
 
+/// Semantic checks of a ThrottlePolicy beyond the CRD schema (its
+/// `Accepted` condition; a policy that fails them is never written).
+pub fn check_policy(p: &ThrottlePolicy) -> Verdict {
+    for (i, c) in p.spec.conditions.iter().enumerate() {
+        for range in &c.match_.ip_ranges {
+            let ok = range.parse::<ipnet::IpNet>().is_ok() || range.parse::<std::net::IpAddr>().is_ok();
+            if !ok {
+                return Verdict::no(
+                    reasons::INVALID,
+                    format!("spec.conditions[{i}].match.ipRanges: {range:?} is not an IP address or CIDR range"),
+                );
+            }
+        }
+    }
+    Verdict::yes(reasons::ACCEPTED, "accepted")
+}
+
 /// Every ThrottlePolicy name an ApiDeployment uses (API level and operations).
 pub fn policy_names(api: &ApiDeployment) -> Vec<&str> {
     let mut names: Vec<&str> = api.spec.throttling.iter().map(|t| t.policy.as_str()).collect();
@@ -209,6 +226,9 @@ fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
         plan.files.insert(key_manager_file(kns, kname), doc);
     }
 
+    // The valid policies of each namespace that holds tiers, and a digest of
+    // their documents (part of the revision of every API subscribing there).
+    let mut tiers: HashMap<String, (Vec<Key>, [u8; 32])> = HashMap::new();
     for (key, d) in decision.apis {
         let d = match d {
             ApiDecision::Refused(outcome) => {
@@ -231,6 +251,30 @@ fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
             let doc = renders.get(render_key("policy", policy, ""), || render_policy(policy));
             hasher.update(doc.as_bytes());
             plan.files.insert(policy_file(pns, pname), doc);
+        }
+        for tier_ns in &d.tier_namespaces {
+            let (files, digest) = tiers.entry(tier_ns.clone()).or_insert_with(|| {
+                let mut digest = Sha256::new();
+                let mut files = Vec::new();
+                let start = (tier_ns.clone(), String::new());
+                for (k, policy) in inputs.policies.range(start..).take_while(|(k, _)| &k.0 == tier_ns) {
+                    if check_policy(policy).ok {
+                        let doc = renders.get(render_key("policy", *policy, ""), || render_policy(policy));
+                        digest.update(k.1.as_bytes());
+                        digest.update(doc.as_bytes());
+                        files.push(k.clone());
+                    }
+                }
+                (files, digest.finalize().into())
+            });
+            for (pns, pname) in files.iter() {
+                let path = policy_file(pns, pname);
+                if !plan.files.contains_key(&path) {
+                    let policy = inputs.policies[&(pns.clone(), pname.clone())];
+                    plan.files.insert(path, renders.get(render_key("policy", policy, ""), || render_policy(policy)));
+                }
+            }
+            hasher.update(*digest);
         }
         for (kns, kname) in &d.key_managers {
             // Written above with every trusted KeyManager.

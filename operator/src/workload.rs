@@ -54,10 +54,10 @@ pub const SIGNING_KEYS_MOUNT: &str = "/etc/tollgate/signing-keys";
 /// `keyManager.ssaJwksConfigMapRef`, as the file [`SSA_JWKS_FILE`].
 pub const SSA_JWKS_MOUNT: &str = "/etc/tollgate/ssa-jwks";
 pub const SSA_JWKS_FILE: &str = "jwks.json";
-/// Where a key manager without a signing-key Secret keeps the key it
-/// generates (`<data-dir>/key-manager`): an emptyDir, as the root file
-/// system is read-only and a StatefulSet's claim templates cannot change.
-pub const KEY_MANAGER_DATA: &str = "/var/lib/tollgate/key-manager";
+/// Where a key manager without a signing-key Secret keeps the keys it
+/// generates (`--key-manager-dir`): on the pod's `database` claim, so a
+/// restarted pod signs with the same key and earlier tokens still verify.
+pub const KEY_MANAGER_DATA: &str = "/var/lib/tollgate/database/key-manager";
 /// The role that runs the built-in key manager.
 pub const KEY_MANAGER_ROLE: &str = "key-manager";
 
@@ -86,6 +86,8 @@ pub struct Component {
     pub stateful_set: String,
     pub roles: Vec<&'static str>,
     pub gateway_group: Option<String>,
+    /// The credentials a gateway group accepts (None: every environment).
+    pub environment: Option<tollgate_crds::api_manager::GroupEnvironment>,
     /// None when an HPA owns the replica count.
     pub replicas: Option<i32>,
     pub autoscaling: Option<AutoscalingSpec>,
@@ -127,6 +129,7 @@ pub fn components(m: &ApiManager) -> Vec<Component> {
             stateful_set: name,
             roles: all_roles,
             gateway_group: None,
+            environment: None,
             replicas: Some(1),
             autoscaling: None,
             resources: cp_resources,
@@ -136,6 +139,7 @@ pub fn components(m: &ApiManager) -> Vec<Component> {
             stateful_set: name,
             roles: all_roles,
             gateway_group: None,
+            environment: None,
             replicas: if cp_autoscaling.is_some() { None } else { Some(cp.and_then(|c| c.replicas).unwrap_or(2)) },
             autoscaling: cp_autoscaling,
             resources: cp_resources,
@@ -146,6 +150,7 @@ pub fn components(m: &ApiManager) -> Vec<Component> {
                 stateful_set: format!("{name}-control-plane"),
                 roles: control_roles,
                 gateway_group: None,
+                environment: None,
                 replicas: if cp_autoscaling.is_some() { None } else { Some(cp.and_then(|c| c.replicas).unwrap_or(2)) },
                 autoscaling: cp_autoscaling,
                 resources: cp_resources,
@@ -156,6 +161,7 @@ pub fn components(m: &ApiManager) -> Vec<Component> {
                     stateful_set: format!("{name}-gateway-{}", g.name),
                     roles: vec!["gateway"],
                     gateway_group: Some(g.name.clone()),
+                    environment: Some(g.environment),
                     replicas: if g.autoscaling.is_some() { None } else { Some(g.replicas.unwrap_or(2)) },
                     autoscaling: g.autoscaling.clone(),
                     resources: g.resources.clone(),
@@ -386,6 +392,9 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
         format!("--management-tls=0.0.0.0:{}", l.management_tls),
         format!("--drain-seconds={}", cfg.drain_seconds),
     ];
+    if let Some(e) = c.environment {
+        args.push(format!("--environments={}", e.flag_value()));
+    }
     if let Some(g) = &c.gateway_group {
         args.push(format!("--gateway-group={g}"));
     }
@@ -620,12 +629,9 @@ fn key_manager_flags(
         }
         return;
     }
-    mounts.push(VolumeMount { name: "key-manager".into(), mount_path: KEY_MANAGER_DATA.into(), ..Default::default() });
-    volumes.push(Volume {
-        name: "key-manager".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    });
+    if km.signing_key_secret_name.is_none() {
+        args.push(format!("--key-manager-dir={KEY_MANAGER_DATA}"));
+    }
     if let Some(secret) = &km.signing_key_secret_name {
         signing_keys(&km, secret, args, mounts, volumes);
     }

@@ -187,7 +187,47 @@ fn policies_resolve_in_the_api_namespace_first_then_the_managers() {
     w.policies.push(policy("team-a", "gold", 7));
     let p = w.plan();
     assert!(p.files.contains_key("policies/team-a_gold.yaml"), "own namespace wins");
-    assert!(!p.files.contains_key("policies/platform_gold.yaml"), "unused policies are not written");
+    let api_text = &p.files["apis/team-a_accounts.yaml"];
+    assert!(api_text.contains("policy: gold"), "{api_text}");
+    // The manager's gold stays in the folder as a tier of the API (the
+    // gateway resolves the API's own gold first, as here).
+    assert!(p.files.contains_key("policies/platform_gold.yaml"));
+    // A namespace no deployed API lives in keeps its policies out.
+    w.policies.push(policy("team-b", "silver", 7));
+    assert!(!w.plan().files.contains_key("policies/team-b_silver.yaml"));
+}
+
+#[test]
+fn every_valid_policy_of_the_api_and_manager_namespaces_reaches_the_folder_as_a_tier() {
+    // The README's walk-through: tiers applied beside the APIs, named by no
+    // API's `throttling`, subscribed to through the store API.
+    let mut w = World::new(manager("platform", "apim", json!({ "allowedNamespaces": { "from": "All" } })));
+    let mut a = api("banking", "accounts", T1, json!({}));
+    a.spec.api_manager_ref.namespace = Some("platform".into());
+    w.apis.push(a);
+    w.policies.push(policy("banking", "gold", 1000));
+    w.policies.push(policy("platform", "bronze", 10));
+    let mut broken = policy("banking", "broken", 10);
+    broken.spec.conditions = serde_json::from_value(
+        json!([{ "match": { "ipRanges": ["10.0.0.0/33"] }, "limit": { "requests": 1, "per": "1m" } }]),
+    )
+    .unwrap();
+    w.policies.push(broken);
+    let p = w.plan();
+    assert!(p.files.contains_key("policies/banking_gold.yaml"), "{:?}", p.files.keys());
+    assert!(p.files.contains_key("policies/platform_bronze.yaml"), "{:?}", p.files.keys());
+    assert!(!p.files.contains_key("policies/banking_broken.yaml"), "an invalid policy is never written");
+    for (path, text) in &p.files {
+        let (loaded, errors) = tollgate_crds::loader::load_str(std::path::Path::new(path), text);
+        assert!(errors.is_empty() && loaded.len() == 1, "{path}: {errors:?}");
+    }
+    // A tier edit changes the revision of the APIs it is a tier of.
+    let before = p.outcomes[&key("banking", "accounts")].revision.clone();
+    w.policies[0] = policy("banking", "gold", 999);
+    assert_ne!(w.plan().outcomes[&key("banking", "accounts")].revision, before);
+    // A deleted tier leaves the folder.
+    w.policies.remove(0);
+    assert!(!w.plan().files.contains_key("policies/banking_gold.yaml"));
 }
 
 #[test]

@@ -145,6 +145,22 @@ fn distributed_gateways_get_one_statefulset_per_group() {
         "controlPlane": { "replicas": 2 },
         "gateways": [
             { "name": "production", "autoscaling": { "minReplicas": 2, "maxReplicas": 10, "targetCPUUtilizationPercentage": 70 } },
+            { "name": "sandbox", "replicas": 1, "environment": "Sandbox" },
+            { "name": "partners", "replicas": 1, "environment": "Both" },
+        ],
+        "database": { "external": { "urlSecretRef": { "name": "db", "key": "url" } } },
+        "trafficManager": { "redis": { "urlSecretRef": { "name": "redis", "key": "url" } } },
+    }));
+    let d = workload::desired(&m, &cfg());
+    // Each group accepts its own environment's credentials (production by default).
+    let v = json_of(&d);
+    let environments: Vec<String> = (0..4).map(|i| flags(&args_of(&v["sts"][i]), "--environments").join(" ")).collect();
+    assert_eq!(environments, ["", "production", "sandbox", "production,sandbox"]);
+    let m = manager(json!({
+        "pattern": "DistributedGateways",
+        "controlPlane": { "replicas": 2 },
+        "gateways": [
+            { "name": "production", "autoscaling": { "minReplicas": 2, "maxReplicas": 10, "targetCPUUtilizationPercentage": 70 } },
             { "name": "sandbox", "replicas": 1 },
         ],
         "database": { "external": { "urlSecretRef": { "name": "db", "key": "url" } } },
@@ -295,7 +311,7 @@ fn with_db_and_redis(mut spec: Value) -> Value {
 }
 
 #[test]
-fn all_in_one_key_manager_defaults_to_the_service_issuer_and_a_writable_key_folder() {
+fn all_in_one_key_manager_defaults_to_the_service_issuer_and_a_key_folder_that_survives_restarts() {
     let m = manager(json!({ "pattern": "AllInOne" }));
     let v = json_of(&workload::desired(&m, &cfg()));
     let sts = &v["sts"][0];
@@ -304,12 +320,17 @@ fn all_in_one_key_manager_defaults_to_the_service_issuer_and_a_writable_key_fold
     assert!(flags(&args, "--signing-key-file").is_empty(), "no Secret: the pod generates its key");
     assert!(flags(&args, "--key-manager-jwks-uri").is_empty(), "the pod runs the key manager itself");
     assert!(flags(&args, "--ssa-jwks").is_empty() && flags(&args, "--token-ttl-seconds").is_empty());
-    // The root file system is read-only: <data-dir>/key-manager must be a volume.
+    // The generated key lives on the pod's database claim (writable, kept
+    // across restarts), never in an emptyDir that a restart empties.
     let pod = &sts["spec"]["template"]["spec"];
-    let mount = named(&pod["containers"][0]["volumeMounts"], "key-manager").expect("key-manager mount");
-    assert_eq!(mount["mountPath"], "/var/lib/tollgate/key-manager");
-    assert!(mount.get("readOnly").is_none_or(|r| r == false));
-    assert!(named(&pod["volumes"], "key-manager").unwrap().get("emptyDir").is_some());
+    assert_eq!(flags(&args, "--key-manager-dir"), ["/var/lib/tollgate/database/key-manager"]);
+    let database = named(&pod["containers"][0]["volumeMounts"], "database").expect("database mount");
+    assert_eq!(database["mountPath"], "/var/lib/tollgate/database");
+    assert!(database.get("readOnly").is_none_or(|r| r == false));
+    assert!(named(&pod["volumes"], "database").is_none(), "a claim template, not a pod volume");
+    let templates = sts["spec"]["volumeClaimTemplates"].as_array().unwrap();
+    assert!(templates.iter().any(|t| t["metadata"]["name"] == "database"), "{templates:?}");
+    assert!(named(&pod["volumes"], "key-manager").is_none());
     assert!(named(&pod["volumes"], "signing-keys").is_none());
     assert_eq!(workload::unshared_signing_key(&m), None, "one pod: its own key is the only key");
     assert_eq!(workload::issuer(&m), "http://apim.banking.svc:9763/oauth2");
@@ -342,6 +363,7 @@ fn high_availability_mounts_the_listed_signing_keys_and_passes_the_key_manager_s
         ["/etc/tollgate/signing-keys/next.pem", "/etc/tollgate/signing-keys/current.pem"],
         "one flag per listed key, in order: the first signs"
     );
+    assert!(flags(&args, "--key-manager-dir").is_empty(), "nothing is generated");
     assert_eq!(flags(&args, "--ssa-jwks"), ["/etc/tollgate/ssa-jwks/jwks.json"]);
     assert_eq!(flags(&args, "--token-ttl-seconds"), ["300"]);
     assert!(flags(&args, "--key-manager-jwks-uri").is_empty());

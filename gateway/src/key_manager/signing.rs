@@ -138,17 +138,18 @@ pub struct SigningKeys {
     pub source: String,
 }
 
-/// File name of the generated token key under `<data-dir>/key-manager/`.
+/// File name of the generated token key in the key folder
+/// (`--key-manager-dir`, default `<data-dir>/key-manager/`).
 const GENERATED: &str = "signing-key.pem";
 /// File name of the generated answer-signing key beside it.
 const GENERATED_RESPONSE: &str = "response-signing-key.pem";
 
 impl SigningKeys {
-    /// Loads `files`, or (none given) the key under `data_dir`, generating it
+    /// Loads `files`, or (none given) the key in `key_dir`, generating it
     /// the first time.
-    pub fn load(files: &[PathBuf], data_dir: &Path) -> Result<SigningKeys, SigningKeyError> {
+    pub fn load(files: &[PathBuf], key_dir: &Path) -> Result<SigningKeys, SigningKeyError> {
         if files.is_empty() {
-            return Self::generated(&data_dir.join("key-manager"), GENERATED);
+            return Self::generated(key_dir, GENERATED);
         }
         Self::from_files(files)
     }
@@ -161,13 +162,13 @@ impl SigningKeys {
     pub fn load_for_responses(
         files: &[PathBuf],
         token_files: &[PathBuf],
-        data_dir: &Path,
+        key_dir: &Path,
     ) -> Result<SigningKeys, SigningKeyError> {
         if !files.is_empty() {
             return Self::from_files(files);
         }
         if token_files.is_empty() {
-            return Self::generated(&data_dir.join("key-manager"), GENERATED_RESPONSE);
+            return Self::generated(key_dir, GENERATED_RESPONSE);
         }
         tracing::warn!(
             "answers are signed with the token key (--signing-key-file); give them a key of their own with \
@@ -253,8 +254,8 @@ mod tests {
     #[test]
     fn a_generated_key_is_kept_and_its_kid_is_the_rfc7638_thumbprint() {
         let dir = tempfile::tempdir().unwrap();
-        let a = SigningKeys::load(&[], dir.path()).unwrap();
-        let b = SigningKeys::load(&[], dir.path()).unwrap();
+        let a = SigningKeys::load(&[], &dir.path().join("key-manager")).unwrap();
+        let b = SigningKeys::load(&[], &dir.path().join("key-manager")).unwrap();
         assert_eq!(a.current().kid, b.current().kid, "kept across restarts");
         let jwk = &a.jwks()["keys"][0];
         assert_eq!((jwk["kty"].as_str(), jwk["alg"].as_str()), (Some("EC"), Some("ES256")));
@@ -273,10 +274,10 @@ mod tests {
     #[test]
     fn answers_get_a_key_of_their_own_unless_only_token_keys_are_given() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = SigningKeys::load(&[], dir.path()).unwrap();
-        let answers = SigningKeys::load_for_responses(&[], &[], dir.path()).unwrap();
+        let tokens = SigningKeys::load(&[], &dir.path().join("key-manager")).unwrap();
+        let answers = SigningKeys::load_for_responses(&[], &[], &dir.path().join("key-manager")).unwrap();
         assert_ne!(tokens.current().kid, answers.current().kid, "generated: two keys");
-        let again = SigningKeys::load_for_responses(&[], &[], dir.path()).unwrap();
+        let again = SigningKeys::load_for_responses(&[], &[], &dir.path().join("key-manager")).unwrap();
         assert_eq!(answers.current().kid, again.current().kid, "kept across restarts");
         let token_file = dir.path().join("key-manager").join(GENERATED);
         let answer_file = dir.path().join("key-manager").join(GENERATED_RESPONSE);

@@ -119,6 +119,18 @@ impl AuthnStep {
 
     pub async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx, rt: &Shared) -> Flow {
         match self.authenticate(req, ctx, rt).await {
+            Ok(principal) if !rt.environments.contains(&principal.environment) => {
+                let accepted: Vec<&str> = rt.environments.iter().map(|e| e.as_str()).collect();
+                Flow::Reply(Reply::new(
+                    403,
+                    "wrong_environment",
+                    format!(
+                        "{} credentials are not accepted by this gateway (it serves {})",
+                        principal.environment.as_str(),
+                        accepted.join(" and ")
+                    ),
+                ))
+            }
             Ok(principal) => {
                 ctx.identity_headers.push(("x-tollgate-application", principal.application.clone()));
                 if let Some(c) = &principal.client_id {

@@ -280,6 +280,7 @@ pub(crate) mod test_support {
             traffic: None,
             dns: Arc::default(),
             gateway_group: None,
+            environments: vec![crate::store::keys::Environment::Production, crate::store::keys::Environment::Sandbox],
             jwks: Arc::new(crate::oauth::jwks::JwksCache::with_fetcher(
                 Arc::new(|_| Box::pin(async { Err("no network in unit tests".to_string()) })),
                 Default::default(),

@@ -101,12 +101,33 @@ pub struct Db {
 }
 
 /// The database URL: the given one, else SQLite under `<data-dir>/database`.
-pub fn database_url(data_dir: &Path, url: Option<&str>) -> std::io::Result<String> {
+/// `url` safe to print: SQLite URLs as they are, others without their user
+/// and password.
+pub fn redacted(url: &str) -> String {
+    if url.starts_with("sqlite:") {
+        return url.to_string();
+    }
+    match url.parse::<http::Uri>() {
+        Ok(u) => format!(
+            "{}://{}{}{}",
+            u.scheme_str().unwrap_or("?"),
+            u.host().unwrap_or("?"),
+            u.port_u16().map(|p| format!(":{p}")).unwrap_or_default(),
+            u.path()
+        ),
+        Err(_) => "(the database URL)".to_string(),
+    }
+}
+
+/// The database URL: `url`, or SQLite in `<data-dir>/database` (created,
+/// and checked to be writable so a wrong volume owner is reported by path,
+/// OS error and owner rather than as SQLite's "unable to open database file").
+pub fn database_url(data_dir: &Path, url: Option<&str>) -> std::result::Result<String, String> {
     match url {
         Some(u) => Ok(u.to_string()),
         None => {
             let dir = data_dir.join("database");
-            std::fs::create_dir_all(&dir)?;
+            crate::writable::ensure_writable(&dir, "the database folder")?;
             Ok(format!("sqlite://{}?mode=rwc", dir.join("tollgate.db").display()))
         }
     }
@@ -395,4 +416,31 @@ pub(crate) async fn test_db() -> (tempfile::TempDir, Db) {
     sqlx::any::install_default_drivers();
     let db = Db::connect(&url, Duration::from_secs(2)).await.unwrap();
     (tmp, db)
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn printed_urls_carry_no_credentials() {
+        assert_eq!(
+            redacted("postgres://tollgate:s3cret@db.bank.svc:5432/tollgate?sslmode=require"),
+            "postgres://db.bank.svc:5432/tollgate"
+        );
+        assert_eq!(
+            redacted("sqlite:///var/lib/tollgate/database/tollgate.db?mode=rwc"),
+            "sqlite:///var/lib/tollgate/database/tollgate.db?mode=rwc"
+        );
+        assert!(!redacted("postgres://u:p@@").contains("u:p"), "{}", redacted("postgres://u:p@@"));
+    }
+
+    #[test]
+    fn the_sqlite_folder_is_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("database"), b"a file, not a folder").unwrap();
+        let e = database_url(dir.path(), None).unwrap_err();
+        assert!(e.starts_with(&format!("the database folder {}", dir.path().join("database").display())), "{e}");
+        assert_eq!(database_url(dir.path(), Some("postgres://h/db")).unwrap(), "postgres://h/db");
+    }
 }

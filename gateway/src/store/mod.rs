@@ -53,7 +53,7 @@ impl Store {
             }
             None => None,
         };
-        let url = db::database_url(data_dir, database_url)?;
+        let url = db::database_url(data_dir, database_url).map_err(|e| anyhow::anyhow!(e))?;
         let timeout = Duration::from_secs(2);
         sqlx::any::install_default_drivers();
         let pool_db = match db::Db::connect(&url, timeout).await {
@@ -62,12 +62,16 @@ impl Store {
                 tracing::warn!(error = %e, "the database is unreachable; the store answers 503 until it is back");
                 (db::Db::connect_without_migrating(&url, timeout)?, false)
             }
-            Err(e) => anyhow::bail!("opening the database: {e}"),
+            Err(e) => anyhow::bail!("opening the database {}: {e}", db::redacted(&url)),
         };
         let mut pool_db = pool_db;
         pool_db.0.key_lookups = key_lookups;
         tracing::info!(kind = pool_db.0.kind, "store database opened");
-        let search = match search::SearchIndex::open(&data_dir.join("search-index")) {
+        let index_dir = data_dir.join("search-index");
+        let search = match crate::writable::ensure_writable(&index_dir, "the search index folder")
+            .map_err(|e| anyhow::anyhow!(e))
+            .and_then(|()| search::SearchIndex::open(&index_dir))
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!(error = %e, "the search index cannot be opened; ?q= searches fall back to substring matching");

@@ -88,11 +88,15 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
     let ns = m.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = m.name_any();
 
-    // The folder must exist before pods mount it as a subPath.
+    // The folder must exist before pods mount it as a subPath. When it
+    // cannot be made, the status says so (and the rest is still applied).
     let dir = artifacts::manager_dir(&ctx.config.artifact_dir, &ns, &name);
-    artifacts::ensure_dir(&dir)?;
+    let folder = artifacts::ensure_dir(&dir)
+        .err()
+        .map(|e| format!("{e}: the artifact volume must be writable by the operator's user (README, \"Storage\")"));
 
     let missing = Missing {
+        folder,
         secrets: missing_secrets(&ctx.client, &ns, &m).await?,
         config_maps: missing_config_maps(&ctx.client, &ns, &m).await?,
         claim: claim_problem(&ctx.client, &ns, &ctx.config.artifact_claim).await?,
@@ -324,6 +328,8 @@ pub(crate) fn claim_verdict(
 /// References of the ApiManager that do not resolve.
 #[derive(Debug, Default)]
 pub(crate) struct Missing {
+    /// Why the manager's artifact folder cannot be written.
+    pub folder: Option<String>,
     pub secrets: Vec<String>,
     pub config_maps: Vec<String>,
     /// The artifact claim's problem: (reason, message).
@@ -338,6 +344,9 @@ pub(crate) struct Missing {
 pub(crate) fn degraded(m: &ApiManager, apply_failure: Option<Verdict>, missing: &Missing) -> Verdict {
     if let Some(v) = apply_failure {
         return v;
+    }
+    if let Some(why) = &missing.folder {
+        return Verdict::yes(reasons::ARTIFACT_WRITE_FAILED, why.clone());
     }
     if !missing.secrets.is_empty() {
         let all: Vec<&str> = missing.secrets.iter().chain(&missing.config_maps).map(String::as_str).collect();
@@ -392,6 +401,8 @@ async fn write_status(
     let all_ready = sets.len() == comps.len() && not_ready.is_empty();
     let ready = if let Some((reason, why)) = &missing.claim {
         Verdict::no(reason, why.clone())
+    } else if let Some(why) = &missing.folder {
+        Verdict::no(reasons::ARTIFACT_WRITE_FAILED, why.clone())
     } else if all_ready {
         Verdict::yes(reasons::ALL_READY, "all components are ready")
     } else if sets.is_empty() {
@@ -559,15 +570,20 @@ mod tests {
     #[test]
     fn missing_references_and_apply_failures_come_first() {
         let m = ha(json!({}));
-        let maps =
-            Missing { secrets: vec![], config_maps: vec!["keyManager.ssaJwksConfigMapRef: gone".into()], claim: None };
+        let maps = Missing { config_maps: vec!["keyManager.ssaJwksConfigMapRef: gone".into()], ..Missing::default() };
         let v = degraded(&m, None, &maps);
         assert_eq!((v.ok, v.reason), (true, reasons::CONFIG_MAP_NOT_FOUND));
-        let both = Missing { secrets: vec!["db: gone".into()], config_maps: maps.config_maps.clone(), claim: None };
+        let both =
+            Missing { secrets: vec!["db: gone".into()], config_maps: maps.config_maps.clone(), ..Missing::default() };
         let v = degraded(&m, None, &both);
         assert_eq!(v.reason, reasons::SECRET_NOT_FOUND);
         assert!(v.message.contains("db: gone") && v.message.contains("ssaJwksConfigMapRef"), "{}", v.message);
         let failed = Verdict::yes(reasons::APPLY_FAILED, "boom");
         assert_eq!(degraded(&m, Some(failed.clone()), &both), failed);
+        // An artifact folder the operator cannot write: before any reference.
+        let folder = Missing { folder: Some("/artifacts/banking/apim/apis: Permission denied".into()), ..both };
+        let v = degraded(&m, None, &folder);
+        assert_eq!((v.ok, v.reason), (true, reasons::ARTIFACT_WRITE_FAILED));
+        assert!(v.message.contains("/artifacts/banking/apim/apis: Permission denied"), "{}", v.message);
     }
 }

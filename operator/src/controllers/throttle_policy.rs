@@ -10,32 +10,12 @@ use kube::{
     runtime::controller::Action,
 };
 use serde_json::json;
-use tollgate_crds::{
-    API_VERSION, ThrottlePolicy,
-    conditions::{self, reasons},
-    throttle_policy::ThrottlePolicyStatus,
-};
+use tollgate_crds::{API_VERSION, ThrottlePolicy, conditions, throttle_policy::ThrottlePolicyStatus};
 
 use super::{Context, FIELD_MANAGER};
-use crate::{error::Result, plan::Verdict, status};
+use crate::{error::Result, plan, status};
 
 const CONTROLLER: &str = "throttlepolicy";
-
-/// Semantic checks beyond the CRD schema.
-pub fn check(p: &ThrottlePolicy) -> Verdict {
-    for (i, c) in p.spec.conditions.iter().enumerate() {
-        for range in &c.match_.ip_ranges {
-            let ok = range.parse::<ipnet::IpNet>().is_ok() || range.parse::<std::net::IpAddr>().is_ok();
-            if !ok {
-                return Verdict::no(
-                    reasons::INVALID,
-                    format!("spec.conditions[{i}].match.ipRanges: {range:?} is not an IP address or CIDR range"),
-                );
-            }
-        }
-    }
-    Verdict::yes(reasons::ACCEPTED, "accepted")
-}
 
 pub async fn reconcile(p: Arc<ThrottlePolicy>, ctx: Arc<Context>) -> Result<Action> {
     ctx.started(CONTROLLER, &*p);
@@ -43,7 +23,7 @@ pub async fn reconcile(p: Arc<ThrottlePolicy>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
     let _timer = ctx.metrics.start(CONTROLLER);
-    let verdict = check(&p);
+    let verdict = plan::check_policy(&p);
     let previous = p.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = p.metadata.generation;
     let new = ThrottlePolicyStatus {

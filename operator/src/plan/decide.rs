@@ -81,6 +81,10 @@ pub struct Deploy<'a> {
     pub definition: Option<&'a Definition>,
     /// The ThrottlePolicies it uses.
     pub policies: Vec<Key>,
+    /// The namespaces whose ThrottlePolicies are its subscription tiers
+    /// (its own, then its ApiManager's): every valid policy there is written
+    /// to the folder, so any of them can be subscribed to.
+    pub tier_namespaces: Vec<String>,
     /// The trusted KeyManagers it names.
     pub key_managers: Vec<Key>,
 }
@@ -238,7 +242,11 @@ fn resolve<'a>(
     }
     policies.sort();
     policies.dedup();
-    Ok(Deploy { api, url: String::new(), operations, definition, policies, key_managers })
+    let mut tier_namespaces = vec![ns.clone()];
+    if mgr_ns != ns {
+        tier_namespaces.push(mgr_ns.to_string());
+    }
+    Ok(Deploy { api, url: String::new(), operations, definition, policies, tier_namespaces, key_managers })
 }
 
 /// Names an API refers to, looked up in its own namespace `ns` first, then
