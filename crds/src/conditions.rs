@@ -48,5 +48,8 @@ pub mod reasons {
     pub const ARTIFACT_CLAIM_NOT_FOUND: &str = "ArtifactClaimNotFound";
     pub const ARTIFACT_CLAIM_NOT_READ_WRITE_MANY: &str = "ArtifactClaimNotReadWriteMany";
     pub const ARTIFACT_CLAIM_NOT_BOUND: &str = "ArtifactClaimNotBound";
+    /// ApiManager: pods of its StatefulSets cannot run (crash loop, image
+    /// pull, container creation, scheduling); the message names each.
+    pub const PODS_FAILING: &str = "PodsFailing";
     pub const AS_EXPECTED: &str = "AsExpected";
 }

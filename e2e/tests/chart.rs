@@ -206,7 +206,7 @@ async fn chart_installs_upgrades_and_uninstalls_with_least_privilege() {
     }
 
     // What the operator may and may not do.
-    let yes: [&[&str]; 9] = [
+    let yes: [&[&str]; 10] = [
         &["list", "apideployments.tollgate.dev", "--all-namespaces"],
         &["patch", "apimanagers.tollgate.dev", "--subresource=status", "-n", "default"],
         &["update", "apimanagers.tollgate.dev", "--subresource=finalizers", "-n", "default"],
@@ -216,11 +216,12 @@ async fn chart_installs_upgrades_and_uninstalls_with_least_privilege() {
         &["create", "events.events.k8s.io", "-n", "default"],
         &["update", "leases.coordination.k8s.io", "-n", &ns],
         &["get", "secrets", "-n", &ns],
+        &["list", "pods", "-n", "default"],
     ];
     for q in yes {
         assert!(can_i(&cluster, &sa, q), "the operator should be allowed to {q:?}");
     }
-    let no: [&[&str]; 15] = [
+    let no: [&[&str]; 17] = [
         &["patch", "apimanagers.tollgate.dev", "-n", "default"],
         &["update", "apideployments.tollgate.dev", "-n", "default"],
         &["patch", "throttlepolicies.tollgate.dev", "-n", "default"],
@@ -236,6 +237,8 @@ async fn chart_installs_upgrades_and_uninstalls_with_least_privilege() {
         &["update", "leases.coordination.k8s.io", "-n", "kube-system"],
         &["delete", "customresourcedefinitions.apiextensions.k8s.io"],
         &["create", "pods", "-n", &ns],
+        &["get", "pods", "-n", "default"],
+        &["delete", "pods", "-n", "default"],
     ];
     for q in no {
         assert!(!can_i(&cluster, &sa, q), "the operator must not be allowed to {q:?}");

@@ -13,6 +13,7 @@ pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod pod_health;
 pub mod queue;
 pub mod status;
 pub mod workload;

@@ -268,10 +268,9 @@ fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
                 (files, digest.finalize().into())
             });
             for (pns, pname) in files.iter() {
-                let path = policy_file(pns, pname);
-                if !plan.files.contains_key(&path) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = plan.files.entry(policy_file(pns, pname)) {
                     let policy = inputs.policies[&(pns.clone(), pname.clone())];
-                    plan.files.insert(path, renders.get(render_key("policy", policy, ""), || render_policy(policy)));
+                    slot.insert(renders.get(render_key("policy", policy, ""), || render_policy(policy)));
                 }
             }
             hasher.update(*digest);

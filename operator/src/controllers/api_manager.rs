@@ -13,7 +13,7 @@ use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         autoscaling::v2::HorizontalPodAutoscaler,
-        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
+        core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service},
         policy::v1::PodDisruptionBudget,
     },
 };
@@ -100,6 +100,7 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
         secrets: missing_secrets(&ctx.client, &ns, &m).await?,
         config_maps: missing_config_maps(&ctx.client, &ns, &m).await?,
         claim: claim_problem(&ctx.client, &ns, &ctx.config.artifact_claim).await?,
+        failing_pods: failing_pods(&ctx.client, &ns, &name).await?,
     };
     let desired = workload::desired(&m, &ctx.workload);
     let applied = match apply_all(&ctx.client, &ns, &name, &desired).await {
@@ -212,6 +213,18 @@ async fn apply_all(client: &Client, ns: &str, name: &str, d: &workload::Desired)
     prune::<StatefulSet>(client, ns, name, &names(&d.stateful_sets)).await?;
     prune::<Service>(client, ns, name, &names(&d.services)).await?;
     Ok(sets)
+}
+
+/// The manager's pods that cannot run (see `pod_health`). Without the
+/// right to list pods (an older chart's rules) nothing is reported.
+async fn failing_pods(client: &Client, ns: &str, name: &str) -> Result<Vec<String>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("{MANAGED_BY}={MANAGED_BY_VALUE},{MANAGER_LABEL}={name}");
+    match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => Ok(crate::pod_health::failing_pods(&list.items)),
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Referenced Secrets (or keys) that do not exist. Only existence is read;
@@ -334,6 +347,8 @@ pub(crate) struct Missing {
     pub config_maps: Vec<String>,
     /// The artifact claim's problem: (reason, message).
     pub claim: Option<(&'static str, String)>,
+    /// Pods of the manager that cannot run, one line each.
+    pub failing_pods: Vec<String>,
 }
 
 /// Degraded, most pressing first: objects that could not be applied, then
@@ -347,6 +362,9 @@ pub(crate) fn degraded(m: &ApiManager, apply_failure: Option<Verdict>, missing: 
     }
     if let Some(why) = &missing.folder {
         return Verdict::yes(reasons::ARTIFACT_WRITE_FAILED, why.clone());
+    }
+    if !missing.failing_pods.is_empty() {
+        return Verdict::yes(reasons::PODS_FAILING, missing.failing_pods.join("; "));
     }
     if !missing.secrets.is_empty() {
         let all: Vec<&str> = missing.secrets.iter().chain(&missing.config_maps).map(String::as_str).collect();
@@ -407,8 +425,13 @@ async fn write_status(
         Verdict::yes(reasons::ALL_READY, "all components are ready")
     } else if sets.is_empty() {
         Verdict::no(reasons::APPLY_FAILED, "the pattern's objects could not be applied")
-    } else {
+    } else if missing.failing_pods.is_empty() {
         Verdict::no(reasons::COMPONENTS_NOT_READY, not_ready.join(", "))
+    } else {
+        Verdict::no(
+            reasons::COMPONENTS_NOT_READY,
+            format!("{}: {}", not_ready.join(", "), missing.failing_pods.join("; ")),
+        )
     };
     let progressing = if rolling.is_empty() {
         Verdict::no(reasons::STABLE, "no rollout in progress")
@@ -580,6 +603,14 @@ mod tests {
         assert!(v.message.contains("db: gone") && v.message.contains("ssaJwksConfigMapRef"), "{}", v.message);
         let failed = Verdict::yes(reasons::APPLY_FAILED, "boom");
         assert_eq!(degraded(&m, Some(failed.clone()), &both), failed);
+        // Pods that cannot run: before missing references (what to fix first).
+        let pods = Missing { failing_pods: vec!["pod apim-0: container gateway CrashLoopBackOff".into()], ..both };
+        let v = degraded(&m, None, &pods);
+        assert_eq!(
+            (v.ok, v.reason, v.message.as_str()),
+            (true, reasons::PODS_FAILING, "pod apim-0: container gateway CrashLoopBackOff")
+        );
+        let both = Missing { failing_pods: vec![], ..pods };
         // An artifact folder the operator cannot write: before any reference.
         let folder = Missing { folder: Some("/artifacts/banking/apim/apis: Permission denied".into()), ..both };
         let v = degraded(&m, None, &folder);
