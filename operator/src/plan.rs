@@ -226,9 +226,10 @@ fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
         plan.files.insert(key_manager_file(kns, kname), doc);
     }
 
-    // The valid policies of each namespace that holds tiers, and a digest of
-    // their documents (part of the revision of every API subscribing there).
-    let mut tiers: HashMap<String, (Vec<Key>, [u8; 32])> = HashMap::new();
+    // A digest of the valid policies of each namespace that holds tiers
+    // (part of the revision of every API subscribing there); their files are
+    // written when the namespace is first met.
+    let mut tiers: HashMap<String, [u8; 32]> = HashMap::new();
     for (key, d) in decision.apis {
         let d = match d {
             ApiDecision::Refused(outcome) => {
@@ -253,26 +254,19 @@ fn plan_rendered(inputs: &Inputs<'_>, renders: &mut Renders) -> Plan {
             plan.files.insert(policy_file(pns, pname), doc);
         }
         for tier_ns in &d.tier_namespaces {
-            let (files, digest) = tiers.entry(tier_ns.clone()).or_insert_with(|| {
+            let digest = tiers.entry(tier_ns.clone()).or_insert_with(|| {
                 let mut digest = Sha256::new();
-                let mut files = Vec::new();
                 let start = (tier_ns.clone(), String::new());
-                for (k, policy) in inputs.policies.range(start..).take_while(|(k, _)| &k.0 == tier_ns) {
+                for ((pns, pname), policy) in inputs.policies.range(start..).take_while(|(k, _)| &k.0 == tier_ns) {
                     if check_policy(policy).ok {
                         let doc = renders.get(render_key("policy", *policy, ""), || render_policy(policy));
-                        digest.update(k.1.as_bytes());
+                        digest.update(pname.as_bytes());
                         digest.update(doc.as_bytes());
-                        files.push(k.clone());
+                        plan.files.entry(policy_file(pns, pname)).or_insert(doc);
                     }
                 }
-                (files, digest.finalize().into())
+                digest.finalize().into()
             });
-            for (pns, pname) in files.iter() {
-                if let std::collections::btree_map::Entry::Vacant(slot) = plan.files.entry(policy_file(pns, pname)) {
-                    let policy = inputs.policies[&(pns.clone(), pname.clone())];
-                    slot.insert(renders.get(render_key("policy", policy, ""), || render_policy(policy)));
-                }
-            }
             hasher.update(*digest);
         }
         for (kns, kname) in &d.key_managers {
