@@ -15,6 +15,9 @@ use tollgate_crds::ApiDeploymentSpec;
 
 use crate::snapshot::Api;
 
+/// Bytes of built documents kept.
+const DOCUMENTS_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Served documents, built once per compiled API (an API is recompiled
 /// whenever its spec, and so its definition, changes).
 pub struct Documents {
@@ -23,7 +26,14 @@ pub struct Documents {
 
 impl Documents {
     pub fn new() -> Documents {
-        Documents { built: moka::sync::Cache::new(512) }
+        // Bounded by size, not count: a definition may be up to 1 MiB.
+        let built = moka::sync::Cache::builder()
+            .weigher(|id: &String, (_, text): &(Weak<Api>, Arc<str>)| {
+                u32::try_from(id.len() + text.len()).unwrap_or(u32::MAX)
+            })
+            .max_capacity(DOCUMENTS_BYTES)
+            .build();
+        Documents { built }
     }
 
     /// The JSON document of `api` served at `<gateway_url><versioned_path>`.
