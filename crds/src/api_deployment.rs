@@ -345,6 +345,18 @@ pub struct Definition {
     pub document: Option<String>,
 }
 
+impl Definition {
+    /// `text` (JSON or YAML) read as an OpenAPI 3 document, or why it is not
+    /// one. The operator derives operations from it, the portal shows it.
+    pub fn parse_document(text: &str) -> Result<serde_json::Value, String> {
+        let doc: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| format!("not JSON or YAML: {e}"))?;
+        if doc.get("openapi").and_then(serde_json::Value::as_str).is_none_or(|v| !v.starts_with('3')) {
+            return Err("not an OpenAPI 3 document (no `openapi: 3.x` field)".into());
+        }
+        Ok(doc)
+    }
+}
+
 /// A key of a ConfigMap in the same namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

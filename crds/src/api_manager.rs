@@ -294,17 +294,6 @@ pub enum GroupEnvironment {
     Both,
 }
 
-impl GroupEnvironment {
-    /// The gateway's `--environments` value.
-    pub fn flag_value(self) -> &'static str {
-        match self {
-            GroupEnvironment::Production => "production",
-            GroupEnvironment::Sandbox => "sandbox",
-            GroupEnvironment::Both => "production,sandbox",
-        }
-    }
-}
-
 /// Listener ports and TLS of the Tollgate pods.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -314,10 +314,7 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
 
 /// Operations (method and path) of an OpenAPI 3 document in JSON or YAML.
 pub fn operations_from_openapi(text: &str) -> Result<Vec<Operation>, String> {
-    let doc: Value = serde_saphyr::from_str(text).map_err(|e| format!("not JSON or YAML: {e}"))?;
-    if doc.get("openapi").and_then(Value::as_str).is_none_or(|v| !v.starts_with('3')) {
-        return Err("not an OpenAPI 3 document (no `openapi: 3.x` field)".into());
-    }
+    let doc = tollgate_crds::api_deployment::Definition::parse_document(text)?;
     let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
         return Err("no `paths` object".into());
     };

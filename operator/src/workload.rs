@@ -393,7 +393,13 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
         format!("--drain-seconds={}", cfg.drain_seconds),
     ];
     if let Some(e) = c.environment {
-        args.push(format!("--environments={}", e.flag_value()));
+        use tollgate_crds::api_manager::GroupEnvironment;
+        let accepted = match e {
+            GroupEnvironment::Production => "production",
+            GroupEnvironment::Sandbox => "sandbox",
+            GroupEnvironment::Both => "production,sandbox",
+        };
+        args.push(format!("--environments={accepted}"));
     }
     if let Some(g) = &c.gateway_group {
         args.push(format!("--gateway-group={g}"));

@@ -11,7 +11,7 @@
 use std::sync::{Arc, Weak};
 
 use serde_json::{Map, Value, json};
-use tollgate_crds::ApiDeploymentSpec;
+use tollgate_crds::{ApiDeploymentSpec, api_deployment::Definition};
 
 use crate::snapshot::Api;
 
@@ -70,11 +70,11 @@ fn path_params(path: &str) -> Vec<String> {
 /// definition's document made to describe the gateway, else a generated one.
 pub fn document(id: &str, spec: &ApiDeploymentSpec, gateway_url: &str, versioned_path: &str) -> Value {
     let generated = generated(id, spec, gateway_url, versioned_path);
-    let written = spec.definition.as_ref().and_then(|d| d.document.as_deref()).and_then(|text| {
-        let doc: Value = serde_saphyr::from_str(text).ok()?;
-        let is_openapi_3 = doc.get("openapi").and_then(Value::as_str).is_some_and(|v| v.starts_with('3'));
-        (is_openapi_3 && doc.is_object()).then_some(doc)
-    });
+    let written = spec
+        .definition
+        .as_ref()
+        .and_then(|d| d.document.as_deref())
+        .and_then(|text| Definition::parse_document(text).ok());
     match written {
         Some(doc) => served_view(doc, generated, spec),
         None => generated,
