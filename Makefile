@@ -7,7 +7,8 @@ CARGO ?= cargo
 APT_PACKAGES := build-essential pkg-config cmake openssl ca-certificates curl \
                 postgresql redis-server nginx haproxy wrk iproute2 psmisc \
                 chromium python3-venv fonts-dejavu-core \
-                umoci skopeo runc containerd binutils
+                umoci skopeo runc containerd binutils \
+                containernetworking-plugins iptables conntrack socat busybox-static
 
 .PHONY: test-under-load load-deps
 .PHONY: help deps rust-deps test lint fmt crds crds-check unit browser-deps browser-test browser-run build release run bench bench-quick images images-test disk-check

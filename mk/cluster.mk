@@ -5,7 +5,11 @@
 #   cluster-tools   build etcd, kube-*, kubectl, kwok, metrics-server, helm
 #                   into $(TOLLGATE_CACHE)/bin/<component>-<version>/ (cached)
 #   cluster-up      start the cluster (CLUSTER_METRICS=1 adds metrics-server);
-#                   admin kubeconfig: target/cluster/kubeconfig
+#                   admin kubeconfig: target/cluster/kubeconfig.
+#                   NODE=real: one real node (containerd, kubelet, kube-proxy,
+#                   CoreDNS, metrics-server) in a network namespace of its
+#                   own instead of kwok's fake nodes, with the images of
+#                   `make images` imported (built first); needs root
 #   cluster-down    stop it and remove target/cluster/
 #   cluster-env     print shell exports: eval "$(make -s cluster-env)"
 #
@@ -19,11 +23,13 @@ CLUSTER_BIN = $(shell $(CLUSTER_SCRIPTS)/env.sh --bin-dirs)
 
 .PHONY: cluster-tools cluster-up cluster-down cluster-env
 
-cluster-tools:
-	$(CLUSTER_SCRIPTS)/build.sh
+NODE ?= fake
 
-cluster-up: cluster-tools
-	$(CLUSTER_SCRIPTS)/up.sh
+cluster-tools:
+	CLUSTER_NODE=$(NODE) $(CLUSTER_SCRIPTS)/build.sh
+
+cluster-up: cluster-tools $(if $(filter real,$(NODE)),images)
+	CLUSTER_NODE=$(NODE) $(CLUSTER_SCRIPTS)/up.sh $(if $(filter real,$(NODE)),--metrics)
 
 cluster-down:
 	$(CLUSTER_SCRIPTS)/down.sh

@@ -4,7 +4,8 @@
 # A component whose binary is already there is skipped, so a warm run takes
 # well under a second.
 #
-# Usage: e2e/cluster/build.sh [component...]     (default: all)
+# Usage: e2e/cluster/build.sh [component...]     (default: all; with
+#        CLUSTER_NODE=real also kubelet, kube-proxy and coredns)
 # Env:   TOLLGATE_CACHE   cache root (default ~/.cache/tollgate)
 #        GO_BUILD_P       go build -p (default 2; the machine is shared)
 #        FORCE=1          rebuild even when present
@@ -23,8 +24,8 @@ GO_BUILD_P="${GO_BUILD_P:-2}"
 # module_dir NAME -> wrapper module that pins it
 module_dir() {
   case "$1" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo "${CLUSTER_DIR}" ;;
-    etcd|kwok|metrics-server|helm) echo "${CLUSTER_DIR}/$1" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) echo "${CLUSTER_DIR}" ;;
+    etcd|kwok|metrics-server|helm|coredns) echo "${CLUSTER_DIR}/$1" ;;
     *) die "unknown component $1" ;;
   esac
 }
@@ -32,11 +33,12 @@ module_dir() {
 # main_module NAME -> the module that provides the component
 main_module() {
   case "$1" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo "k8s.io/kubernetes" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) echo "k8s.io/kubernetes" ;;
     etcd) echo "go.etcd.io/etcd/server/v3" ;;
     kwok) echo "sigs.k8s.io/kwok" ;;
     metrics-server) echo "sigs.k8s.io/metrics-server" ;;
     helm) echo "helm.sh/helm/v3" ;;
+    coredns) echo "github.com/coredns/coredns" ;;
     *) die "unknown component $1" ;;
   esac
 }
@@ -44,11 +46,12 @@ main_module() {
 # package NAME -> main package to build
 package() {
   case "$1" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) echo "k8s.io/kubernetes/cmd/$1" ;;
     etcd) echo "go.etcd.io/etcd/server/v3" ;;
     kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
     metrics-server) echo "sigs.k8s.io/metrics-server/cmd/metrics-server" ;;
     helm) echo "helm.sh/helm/v3/cmd/helm" ;;
+    coredns) echo "github.com/coredns/coredns" ;;
     *) die "unknown component $1" ;;
   esac
 }
@@ -57,7 +60,7 @@ package() {
 version_ldflags() {
   local name="$1" version="$2" date="$3" flags=() pkg key val
   case "${name}" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy)
       local major minor
       major="${version#v}"; major="${major%%.*}"
       minor="${version#v*.}"; minor="${minor%%.*}"
@@ -81,6 +84,9 @@ version_ldflags() {
     helm)
       flags+=("-X" "helm.sh/helm/v3/internal/version.version=${version}"
               "-X" "helm.sh/helm/v3/internal/version.gitTreeState=clean")
+      ;;
+    coredns)
+      flags+=("-X" "github.com/coredns/coredns/coremain.GitCommit=${version}")
       ;;
     kwok) ;; # its version is a constant in the source
   esac
@@ -116,7 +122,10 @@ build_one() {
 
 main() {
   local components=("$@") total=${SECONDS} c
-  [[ ${#components[@]} -gt 0 ]] || components=("${ALL_COMPONENTS[@]}")
+  if [[ ${#components[@]} -eq 0 ]]; then
+    components=("${ALL_COMPONENTS[@]}")
+    [[ "${CLUSTER_NODE:-fake}" != real ]] || components+=("${NODE_COMPONENTS[@]}")
+  fi
   log "go: $(go version | cut -d' ' -f3-); cache: ${CACHE_BIN}"
   for c in "${components[@]}"; do
     build_one "${c}"

@@ -27,7 +27,7 @@ fi
 
 # The pid is ours only while its command line still names our binary.
 ours() { # NAME PID
-  [[ -r "/proc/$2/cmdline" ]] && tr '\0' ' ' <"/proc/$2/cmdline" | grep -q -- "$(bin_path "$1")"
+  [[ -r "/proc/$2/cmdline" ]] && tr '\0' ' ' <"/proc/$2/cmdline" | grep -q -- "$(proc_marker "$1")"
 }
 
 # running PID: the process exists and is not a zombie. (Its command line
@@ -68,6 +68,14 @@ stop_group() {
     log "stopped ${name} (pid ${pid})"
   done
 }
+
+# A real node first (its pods, containerd, kubelet, the namespace), while
+# the apiserver still answers.
+if [[ -f "${STATE_DIR}/state.env" ]] && grep -q '^NETNS=' "${STATE_DIR}/state.env"; then
+  # shellcheck source=node.sh source-path=SCRIPTDIR
+  source "${CLUSTER_DIR}/node.sh"
+  node_down
+fi
 
 # etcd last: kube-apiserver's graceful shutdown still talks to it (stopped
 # together, the apiserver hangs on etcd until KILLed).

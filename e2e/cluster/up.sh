@@ -6,8 +6,13 @@
 # data, logs, pids) lives in target/cluster/; the admin kubeconfig is
 # target/cluster/kubeconfig.
 #
-# Usage: e2e/cluster/up.sh [--metrics]
+# Usage: e2e/cluster/up.sh [--metrics] [--node=fake|real]
 # Env:   CLUSTER_METRICS=1        same as --metrics
+#        CLUSTER_NODE=real        same as --node=real: instead of kwok's fake
+#                                 nodes, one real node (containerd, kubelet,
+#                                 kube-proxy, CoreDNS) in a network namespace
+#                                 of its own, with the images of `make images`
+#                                 imported (see node.sh); needs root
 #        CLUSTER_NODES=3          number of fake nodes
 #        CLUSTER_KEEP_ON_FAILURE=1  leave processes and state after a failed start
 #        TOLLGATE_CACHE           binary cache root (see build.sh)
@@ -20,14 +25,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 METRICS="${CLUSTER_METRICS:-0}"
 NODES="${CLUSTER_NODES:-3}"
+NODE="${CLUSTER_NODE:-fake}"
 for arg in "$@"; do
   case "${arg}" in
     --metrics) METRICS=1 ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --node=*) NODE="${arg#--node=}" ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument: ${arg}" ;;
   esac
 done
 [[ "${NODES}" =~ ^[1-9][0-9]*$ ]] || die "CLUSTER_NODES must be a positive integer"
+[[ "${NODE}" == fake || "${NODE}" == real ]] || die "CLUSTER_NODE must be fake or real, not ${NODE}"
 
 PKI="${STATE_DIR}/pki"
 LOGS="${STATE_DIR}/logs"
@@ -42,16 +50,6 @@ START=${SECONDS}
 elapsed() { echo "$((SECONDS - START))s"; }
 
 # ---------------------------------------------------------------- helpers
-
-# pid_alive NAME -> true when the recorded process of NAME still runs the
-# binary we started (guards against pid reuse).
-pid_alive() {
-  local f="${PIDS}/$1.pid" pid
-  [[ -f "${f}" ]] || return 1
-  pid="$(<"${f}")"
-  [[ -n "${pid}" && -r "/proc/${pid}/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -q -- "$(bin_path "$1")"
-}
 
 # free_port VAR: store a free 127.0.0.1 TCP port in VAR. (Not a $(...)
 # function: USED_PORTS must survive, so two components never get one port.)
@@ -69,14 +67,25 @@ free_port() {
   die "no free port found"
 }
 
-# start NAME ARGS... : run the cached binary NAME in its own session, log to
-# logs/NAME.log, record its pid.
+# start NAME ARGS... : run the cached binary NAME in its own session (in the
+# node's network namespace with NODE=real), log to logs/NAME.log, record its
+# pid.
+IN_NS=()
 start() {
-  local name="$1" bin pid
+  local name="$1" bin
   shift
   bin="$(bin_path "${name}")"
   [[ -x "${bin}" ]] || die "${bin} missing: run e2e/cluster/build.sh (or make cluster-tools)"
-  (cd "${STATE_DIR}" && exec setsid "${bin}" "$@" </dev/null >"${LOGS}/${name}.log" 2>&1) &
+  start_exe "${name}" "${bin}" "${IN_NS[@]}" "${bin}" "$@"
+}
+
+# start_exe NAME MARKER COMMAND... : like start, for any command; MARKER is a
+# string only this process's command line holds (pid_alive checks it).
+start_exe() {
+  local name="$1" marker="$2" pid
+  shift 2
+  printf '%s\n' "${marker}" >"${PIDS}/${name}.marker"
+  (cd "${STATE_DIR}" && exec setsid "$@" </dev/null >"${LOGS}/${name}.log" 2>&1) &
   pid=$!
   echo "${pid}" >"${PIDS}/${name}.pid"
   # Until the subshell has exec'd, its command line is bash's and pid_alive
@@ -110,7 +119,9 @@ wait_for() {
   done
 }
 
-kctl() { "$(bin_path kubectl)" --kubeconfig "${KUBECONFIG_FILE}" "$@"; }
+kctl() { "${IN_NS[@]}" "$(bin_path kubectl)" --kubeconfig "${KUBECONFIG_FILE}" "$@"; }
+# curl in the cluster's network (the node's namespace with NODE=real)
+ncurl() { "${IN_NS[@]}" curl "$@"; }
 
 # ---------------------------------------------------------------- certs
 
@@ -229,7 +240,7 @@ start_metrics_server() {
     --metric-resolution=10s \
     --kubelet-request-timeout=5s
   echo "METRICS_PORT=${METRICS_PORT}" >>"${STATE_FILE}"
-  wait_for metrics-server 60 curl -sfk "https://127.0.0.1:${METRICS_PORT}/livez"
+  wait_for metrics-server 60 ncurl -sfk "https://127.0.0.1:${METRICS_PORT}/livez"
   # --enable-aggregator-routing would make the aggregator dial the Service's
   # endpoint IPs, and Endpoints/EndpointSlices may not hold loopback addresses.
   # Without it the aggregator dials an ExternalName Service's name directly,
@@ -288,7 +299,16 @@ if [[ -f "${STATE_FILE}" ]]; then
   # shellcheck source=/dev/null
   source "${STATE_FILE}"
   all_alive=1
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+  if [[ -n "${NETNS:-}" ]]; then
+    # shellcheck source=node.sh source-path=SCRIPTDIR
+    source "${CLUSTER_DIR}/node.sh"
+    running_components=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy bridge-ns bridge-host)
+    [[ "${NODE}" == real ]] || all_alive=0
+  else
+    running_components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+    [[ "${NODE}" == fake ]] || all_alive=0
+  fi
+  for c in "${running_components[@]}"; do
     pid_alive "${c}" || all_alive=0
   done
   if ((all_alive)) && kctl get --raw /readyz >/dev/null 2>&1; then
@@ -308,6 +328,11 @@ fi
 for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok; do
   [[ -x "$(bin_path "${c}")" ]] || die "$(bin_path "${c}") missing: run e2e/cluster/build.sh (or make cluster-tools)"
 done
+if [[ "${NODE}" == real ]]; then
+  # shellcheck source=node.sh source-path=SCRIPTDIR
+  source "${CLUSTER_DIR}/node.sh"
+  node_check_tools
+fi
 if [[ "${METRICS}" == 1 ]]; then
   [[ -x "$(bin_path metrics-server)" ]] || die "$(bin_path metrics-server) missing: run e2e/cluster/build.sh"
 fi
@@ -337,7 +362,11 @@ free_port APISERVER_PORT
 free_port KCM_PORT
 free_port SCHEDULER_PORT
 free_port KWOK_PORT
-ADVERTISE_ADDRESS="$(pick_advertise_address)"
+if [[ "${NODE}" == real ]]; then
+  ADVERTISE_ADDRESS="${NODE_IP}"
+else
+  ADVERTISE_ADDRESS="$(pick_advertise_address)"
+fi
 cat >"${STATE_FILE}" <<EOF
 ETCD_PORT=${ETCD_PORT}
 ETCD_PEER_PORT=${ETCD_PEER_PORT}
@@ -347,10 +376,16 @@ SCHEDULER_PORT=${SCHEDULER_PORT}
 KWOK_PORT=${KWOK_PORT}
 EOF
 
+if [[ "${NODE}" == real ]]; then
+  mkdir -p "${NODE_DIR}"
+  node_netns_up
+  IN_NS=(nsenter --net="${NETNS_PATH}")
+fi
 gen_pki
 write_kubeconfig "${KUBECONFIG_FILE}" admin
 write_kubeconfig "${STATE_DIR}/controller-manager.kubeconfig" controller-manager
 write_kubeconfig "${STATE_DIR}/scheduler.kubeconfig" scheduler
+[[ "${NODE}" == real ]] && node_pki
 log "certificates and kubeconfigs written ($(elapsed))"
 
 start etcd \
@@ -364,11 +399,11 @@ start etcd \
   --unsafe-no-fsync \
   --watch-progress-notify-interval=5s \
   --log-level=warn
-wait_for etcd 30 curl -sf "http://127.0.0.1:${ETCD_PORT}/health"
+wait_for etcd 30 ncurl -sf "http://127.0.0.1:${ETCD_PORT}/health"
 log "etcd ready on 127.0.0.1:${ETCD_PORT} ($(elapsed))"
 
 apiserver_args=(
-  --bind-address=127.0.0.1
+  --bind-address="$([[ "${NODE}" == real ]] && echo 0.0.0.0 || echo 127.0.0.1)"
   --secure-port="${APISERVER_PORT}"
   --etcd-servers="http://127.0.0.1:${ETCD_PORT}"
   --tls-cert-file="${PKI}/apiserver.crt"
@@ -394,9 +429,18 @@ apiserver_args=(
   --profiling=false
 )
 [[ -n "${ADVERTISE_ADDRESS}" ]] && apiserver_args+=(--advertise-address="${ADVERTISE_ADDRESS}")
+if [[ "${NODE}" == real ]]; then
+  apiserver_args+=(
+    --kubelet-client-certificate="${PKI}/apiserver-kubelet-client.crt"
+    --kubelet-client-key="${PKI}/apiserver-kubelet-client.key"
+    --kubelet-certificate-authority="${PKI}/ca.crt"
+    --kubelet-preferred-address-types=InternalIP
+  )
+fi
 start kube-apiserver "${apiserver_args[@]}"
 wait_for kube-apiserver 90 kctl get --raw /readyz
 log "kube-apiserver ready on https://127.0.0.1:${APISERVER_PORT} ($(elapsed))"
+[[ "${NODE}" == real ]] && node_bridge_up
 
 # Controllers (1.34 names). No node-lifecycle: kwok nodes need no eviction.
 KCM_CONTROLLERS=(
@@ -438,7 +482,8 @@ start kube-controller-manager \
   --horizontal-pod-autoscaler-sync-period=5s \
   --horizontal-pod-autoscaler-downscale-stabilization=30s \
   --kube-api-qps=100 \
-  --kube-api-burst=200
+  --kube-api-burst=200 \
+  --flex-volume-plugin-dir="${STATE_DIR}/volume-plugins"
 
 start kube-scheduler \
   --kubeconfig="${STATE_DIR}/scheduler.kubeconfig" \
@@ -450,6 +495,7 @@ start kube-scheduler \
 
 # kwok: stages (node-initialize, node-heartbeat, pod-ready, pod-complete,
 # pod-delete) plus the resource-usage simulation that metrics-server scrapes.
+if [[ "${NODE}" == fake ]]; then
 kwok_config="${STATE_DIR}/kwok.yaml"
 : >"${kwok_config}"
 for f in "${CLUSTER_DIR}"/kwok/config/*.yaml; do
@@ -466,10 +512,12 @@ start kwok \
   --tls-cert-file="${PKI}/kwok.crt" \
   --tls-private-key-file="${PKI}/kwok.key" \
   --cidr="${POD_CIDR}"
+fi
 
 # Fake nodes, a default StorageClass and a pool of hostPath volumes.
 manifest="${STATE_DIR}/bootstrap.yaml"
 {
+  [[ "${NODE}" == real ]] && NODES=0
   for i in $(seq 0 $((NODES - 1))); do
     cat <<EOF
 ---
@@ -540,15 +588,30 @@ log "nodes, storage class and $((n + 1)) persistent volumes created ($(elapsed))
 # Ready means: the default ServiceAccount exists (controller-manager works),
 # every node is Ready (kwok works) and the scheduler is healthy.
 wait_for kube-controller-manager 60 kctl -n default get serviceaccount default
-wait_for kwok 60 kctl wait --for=condition=Ready --timeout=2s node --all
-wait_for kube-scheduler 30 curl -sfk "https://127.0.0.1:${SCHEDULER_PORT}/healthz"
-wait_for kube-controller-manager 30 curl -sfk "https://127.0.0.1:${KCM_PORT}/healthz"
+if [[ "${NODE}" == fake ]]; then
+  wait_for kwok 60 kctl wait --for=condition=Ready --timeout=2s node --all
+fi
+wait_for kube-scheduler 30 ncurl -sfk "https://127.0.0.1:${SCHEDULER_PORT}/healthz"
+wait_for kube-controller-manager 30 ncurl -sfk "https://127.0.0.1:${KCM_PORT}/healthz"
+
+if [[ "${NODE}" == real ]]; then
+  node_containerd_up
+  node_images_import
+  node_kubelet_up
+  node_kube_proxy_up
+  wait_for kubelet 120 kctl wait --for=condition=Ready --timeout=2s "node/${NODE_NAME}"
+  log "node ${NODE_NAME} Ready ($(elapsed))"
+  node_dns_up
+  wait_for kubelet 180 kctl -n kube-system wait --for=condition=Available --timeout=2s deployment/coredns
+  log "cluster DNS ready on ${NODE_DNS_IP} ($(elapsed))"
+  NODES=1
+fi
 
 if [[ "${METRICS}" == 1 ]]; then
   start_metrics_server
 fi
 
 STARTED_OK=1
-log "cluster up in $(elapsed): ${NODES} nodes Ready; kubectl: $(bin_path kubectl)"
+log "cluster up in $(elapsed): ${NODES} ${NODE} node(s) Ready; kubectl: $(bin_path kubectl)"
 log "use: export KUBECONFIG=${KUBECONFIG_FILE}   (or: eval \"\$(e2e/cluster/env.sh)\")"
 echo "${KUBECONFIG_FILE}"
