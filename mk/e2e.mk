@@ -24,7 +24,7 @@ E2E_ARGS ?=
 E2E_CARGO_TEST = $(CARGO) build --locked -p tollgate-operator -p tollgate-gateway --bins && \
                  $(CARGO) test -p tollgate-e2e --locked -- --test-threads=$(E2E_TEST_THREADS) $(E2E_ARGS)
 
-.PHONY: e2e
+.PHONY: e2e e2e-node
 
 # The cluster handling (KUBECONFIG, else the local control plane started and
 # stopped as needed) lives in e2e/cluster/with-cluster.sh, shared with
@@ -33,3 +33,14 @@ e2e: ## e2e tests against KUBECONFIG, else the local control plane (started and 
 	@cd "$(E2E_ROOT)" && start=$$(date +%s) && \
 	"$(E2E_CLUSTER_SCRIPTS)/with-cluster.sh" sh -c '$(E2E_CARGO_TEST)' && \
 	echo "e2e: passed in $$(( $$(date +%s) - start ))s"
+
+# The real-node suite (tests required-features = real-node): the local
+# control plane with one real node (CLUSTER_NODE=real, e2e/cluster/node.sh)
+# and the images of `make images` imported; one test at a time (they share
+# the node's CPU and the artifact volume). Needs root.
+E2E_NODE_CARGO_TEST = $(CARGO) test -p tollgate-e2e --locked --features real-node --test 'node_*' -- --test-threads=1 $(E2E_ARGS)
+
+e2e-node: images ## e2e tests on a real node (containerd, kubelet, CoreDNS in a network namespace), helm install of the chart
+	@cd "$(E2E_ROOT)" && start=$$(date +%s) && \
+	CLUSTER_NODE=real "$(E2E_CLUSTER_SCRIPTS)/with-cluster.sh" sh -c '$(E2E_NODE_CARGO_TEST)' && \
+	echo "e2e-node: passed in $$(( $$(date +%s) - start ))s"

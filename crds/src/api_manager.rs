@@ -377,6 +377,14 @@ pub struct Persistence {
     /// The `database` volume (the embedded SQLite database).
     #[serde(default)]
     pub database: VolumeSpec,
+    /// For storage that applies no fsGroup (hostPath, local volumes, many
+    /// NFS provisioners), which leaves the volumes root-owned: an init
+    /// container gives the search-index and database volumes to the
+    /// gateway's user 65532 before it starts. It runs as root with the
+    /// single capability CHOWN, so a namespace enforcing the "restricted"
+    /// Pod Security level refuses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fix_permissions: bool,
 }
 
 /// Size and class of a per-pod PersistentVolumeClaim.

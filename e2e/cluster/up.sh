@@ -302,15 +302,18 @@ if [[ -f "${STATE_FILE}" ]]; then
   if [[ -n "${NETNS:-}" ]]; then
     # shellcheck source=node.sh source-path=SCRIPTDIR
     source "${CLUSTER_DIR}/node.sh"
+    running_kind=real
     running_components=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy bridge-ns bridge-host)
-    [[ "${NODE}" == real ]] || all_alive=0
   else
+    running_kind=fake
     running_components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
-    [[ "${NODE}" == fake ]] || all_alive=0
   fi
   for c in "${running_components[@]}"; do
     pid_alive "${c}" || all_alive=0
   done
+  if ((all_alive)) && [[ "${running_kind}" != "${NODE}" ]]; then
+    die "a cluster with ${running_kind} nodes is running in ${STATE_DIR}; stop it first (make cluster-down)"
+  fi
   if ((all_alive)) && kctl get --raw /readyz >/dev/null 2>&1; then
     if [[ "${METRICS}" == 1 ]] && ! pid_alive metrics-server; then
       start_metrics_server

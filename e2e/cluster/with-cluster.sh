@@ -4,7 +4,7 @@
 #   e2e/cluster/with-cluster.sh COMMAND [ARGS...]
 # - KUBECONFIG set: that cluster (kind, k3d, a real one), untouched.
 # - Otherwise the local control plane: built if needed (cached), started
-#   with up.sh --metrics, and stopped again with down.sh at the end (also
+#   with up.sh --metrics (CLUSTER_NODE=real: with the real node), and stopped again with down.sh at the end (also
 #   when the command fails or the run is interrupted) if this script started
 #   it; a cluster that was already running stays up. Released
 #   PersistentVolumes of earlier runs are recycled first.
@@ -24,7 +24,12 @@ fi
 # shellcheck source=lib.sh source-path=SCRIPTDIR
 source "${here}/lib.sh"
 running=1
-for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+if [[ "${CLUSTER_NODE:-fake}" == real ]]; then
+  components=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet)
+else
+  components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+fi
+for c in "${components[@]}"; do
   pid=$(cat "${STATE_DIR}/pids/${c}.pid" 2>/dev/null || true)
   if [[ -z "${pid}" ]] || ! tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q -- "/${c}"; then
     running=0

@@ -14,6 +14,7 @@
 //! - [`TestNamespace`]: a uniquely named namespace per test, deleted
 //!   (best effort) when the guard is dropped, also when the test panics.
 
+pub mod node;
 pub mod stack;
 
 use std::path::PathBuf;

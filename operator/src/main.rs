@@ -14,8 +14,15 @@ use tollgate_operator::{config::Config, controllers, http, leader, metrics::Metr
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+fn main() -> anyhow::Result<()> {
+    // `tollgate-operator fix-permissions ...`: the chart's opt-in init step
+    // for an artifact volume that applies no fsGroup (exits when asked for).
+    tollgate_volumes::run_if_invoked();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(

@@ -571,6 +571,14 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
         ..Default::default()
     };
 
+    let init_containers = spec.persistence.fix_permissions.then(|| {
+        vec![fix_permissions_container(
+            container.image.clone(),
+            container.image_pull_policy.clone(),
+            &["search-index", "database"],
+        )]
+    });
+
     StatefulSet {
         metadata: meta(m, c, c.stateful_set.clone()),
         spec: Some(StatefulSetSpec {
@@ -581,6 +589,7 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(labels(m, c)), ..Default::default() }),
                 spec: Some(PodSpec {
+                    init_containers,
                     containers: vec![container],
                     volumes: Some(volumes),
                     termination_grace_period_seconds: Some(termination_grace_seconds(cfg)),
@@ -601,6 +610,39 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
                 claim_template("search-index", &spec.persistence.search_index),
                 claim_template("database", &spec.persistence.database),
             ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `spec.persistence.fixPermissions`: the gateway image's `fix-permissions`
+/// step gives the named per-pod volumes (mounted under DATA_DIR) to the
+/// gateway's user; root with CAP_CHOWN only, nothing else.
+fn fix_permissions_container(image: Option<String>, pull: Option<String>, volumes: &[&str]) -> Container {
+    let mut args = vec!["fix-permissions".to_string(), "--uid=65532".into(), "--gid=65532".into()];
+    args.extend(volumes.iter().map(|v| format!("{DATA_DIR}/{v}")));
+    Container {
+        name: "fix-permissions".into(),
+        image,
+        image_pull_policy: pull,
+        args: Some(args),
+        volume_mounts: Some(
+            volumes
+                .iter()
+                .map(|v| VolumeMount { name: (*v).into(), mount_path: format!("{DATA_DIR}/{v}"), ..Default::default() })
+                .collect(),
+        ),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["CHOWN".into()]),
+            }),
             ..Default::default()
         }),
         ..Default::default()

@@ -585,3 +585,51 @@ fn default_replicas_are_the_ones_the_field_descriptions_give() {
         .to_string();
     assert!(group.contains(&format!("Default {}.", dg[1])), "{group}");
 }
+
+#[test]
+fn fix_permissions_adds_a_chown_only_root_init_step_for_the_pod_volumes_and_nothing_by_default() {
+    let plain = workload::desired(&manager(json!({ "pattern": "AllInOne" })), &cfg());
+    let sts = serde_json::to_value(&plain.stateful_sets[0]).unwrap();
+    assert!(sts["spec"]["template"]["spec"].get("initContainers").is_none(), "opt-in only");
+
+    let d = workload::desired(
+        &manager(json!({ "pattern": "AllInOne", "persistence": { "fixPermissions": true } })),
+        &cfg(),
+    );
+    let sts = serde_json::to_value(&d.stateful_sets[0]).unwrap();
+    let pod = &sts["spec"]["template"]["spec"];
+    let init = pod["initContainers"].as_array().unwrap();
+    assert_eq!(init.len(), 1);
+    let step = &init[0];
+    assert_eq!(step["name"], "fix-permissions");
+    assert_eq!(step["image"], pod["containers"][0]["image"], "the gateway's own image");
+    assert_eq!(
+        step["args"],
+        json!([
+            "fix-permissions",
+            "--uid=65532",
+            "--gid=65532",
+            "/var/lib/tollgate/search-index",
+            "/var/lib/tollgate/database"
+        ])
+    );
+    let mounts: Vec<(&str, &str)> = step["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        mounts,
+        vec![("search-index", "/var/lib/tollgate/search-index"), ("database", "/var/lib/tollgate/database")]
+    );
+    let sc = &step["securityContext"];
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["runAsNonRoot"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"], json!({ "drop": ["ALL"], "add": ["CHOWN"] }));
+    // The gateway itself stays as locked down as without the step.
+    assert_eq!(pod["containers"][0]["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+}
