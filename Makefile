@@ -63,7 +63,7 @@ browser-test: browser-deps ## the developer portal in a real browser (system chr
 browser-run: browser-deps
 	$(BROWSER_VENV)/bin/pytest -q -p no:cacheprovider tests/browser
 
-test: disk-check deps lint crds-check unit browser-run images-test e2e ## every test (installs what it needs first)
+test: disk-check deps lint crds-check unit browser-run images-test e2e e2e-node ## every test (installs what it needs first)
 
 # The integration, browser and e2e suites while stress-ng keeps every core
 # busy: a test that passes only on a quiet machine fails here. The binaries

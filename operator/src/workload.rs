@@ -639,10 +639,7 @@ fn fix_permissions_container(image: Option<String>, pull: Option<String>, volume
             run_as_non_root: Some(false),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: Some(vec!["CHOWN".into()]),
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: Some(vec!["CHOWN".into()]) }),
             ..Default::default()
         }),
         ..Default::default()

@@ -108,14 +108,8 @@ pub fn give(folder: &Path, owner: Owner) -> Result<Report, Error> {
             chmodat(CWD, path, Mode::from_raw_mode(mode | 0o700), AtFlags::empty())
                 .map_err(|e| Error::Chmod { path: path.to_path_buf(), source: e.into() })?;
         }
-        chownat(
-            CWD,
-            path,
-            Some(Uid::from_raw(owner.uid)),
-            Some(Gid::from_raw(owner.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| Error::Chown { path: path.to_path_buf(), uid: owner.uid, gid: owner.gid, source: e.into() })?;
+        chownat(CWD, path, Some(Uid::from_raw(owner.uid)), Some(Gid::from_raw(owner.gid)), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::Chown { path: path.to_path_buf(), uid: owner.uid, gid: owner.gid, source: e.into() })?;
         report.changed += 1;
     }
     Ok(report)
