@@ -5,14 +5,16 @@
 //! ApiManager make them usable); a single-node pattern serves an API through
 //! its Service to a backend found by its DNS name; the containers run as the
 //! images' user with read-only roots and no capabilities; what the store
-//! holds survives the pod; `helm uninstall` leaves what the README says.
+//! holds survives the pod; the standby operator takes over from a deleted
+//! leader and rewrites nothing; `helm uninstall` leaves what the README says.
 
 mod node_support;
 
-use std::{os::unix::fs::MetadataExt, path::PathBuf};
+use std::{collections::BTreeMap, os::unix::fs::MetadataExt, path::PathBuf};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    coordination::v1::Lease,
     core::v1::{PersistentVolume, PersistentVolumeClaim, Pod},
 };
 use kube::api::{Api, DeleteParams, ListParams};
@@ -24,6 +26,26 @@ use serde_json::Value;
 use tollgate_e2e::{Cluster, node::NodeNet, stack::eventually};
 
 const ADMIN_TOKEN: &str = "node-e2e-admin-token-0123456789abcdef";
+
+/// The value of the metric line `name` (exact series), NaN when absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Every file under `dir`: inode and modification time.
+fn snapshot(dir: &std::path::Path) -> BTreeMap<PathBuf, (u64, i128)> {
+    let mut out = BTreeMap::new();
+    for sub in ["apis", "policies"] {
+        for e in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
+            let m = e.metadata().unwrap();
+            out.insert(e.path(), (m.ino(), i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())));
+        }
+    }
+    out
+}
 
 async fn bound_volume(client: &kube::Client, ns: &str, claim: &str) -> PathBuf {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
@@ -157,6 +179,45 @@ spec:
 
     // Uninstall in the README's order: Tollgate objects while the operator
     // runs, then the release; the claim stays (keepOnUninstall).
+    // Operator failover: the standby takes the lease over when the leader's
+    // pod is deleted, reconciles everything and rewrites nothing.
+    let folder = volume.dir.join(&ns).join("apim");
+    let before = snapshot(&folder);
+    assert!(before.keys().any(|p| p.ends_with(format!("apis/{ns}_accounts.yaml"))), "{before:?}");
+    let standby = operator_pods.iter().find(|p| **p != holder).unwrap().clone();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let deleted = std::time::Instant::now();
+    pods.delete(&holder, &DeleteParams::default()).await.expect("delete the leading operator pod");
+    eventually(WAIT, "the standby operator leads", || async {
+        let lease = leases.get("tollgate-operator").await.map_err(|e| e.to_string())?;
+        let now = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+        if now == standby { Ok(()) } else { Err(format!("holder {now}")) }
+    })
+    .await;
+    // Logged, not asserted (a loaded machine may be slow); leaseDurationSeconds is 15.
+    eprintln!("operator failover: {standby} leads {:?} after {holder} was deleted", deleted.elapsed());
+    let standby_ip: std::net::IpAddr =
+        pods.get(&standby).await.unwrap().status.and_then(|s| s.pod_ip).expect("pod IP").parse().unwrap();
+    let metrics = std::net::SocketAddr::from((standby_ip, 8080));
+    let text = eventually(WAIT, "the new leader reconciled everything and is idle", || {
+        let node = node.clone();
+        async move {
+            let text = node.request(metrics, "GET", "/metrics", &[], "").await.map_err(|e| e.to_string())?.1;
+            let reconciled = ["apideployment", "apimanager"]
+                .iter()
+                .all(|c| metric(&text, &format!("tollgate_operator_reconciles_total{{controller=\"{c}\"}}")) >= 1.0);
+            let idle = ["tollgate_operator_queue_depth", "tollgate_operator_reconciles_in_flight"]
+                .iter()
+                .all(|m| metric(&text, &format!("{m}{{controller=\"apideployment\"}}")) == 0.0);
+            if reconciled && idle { Ok(text) } else { Err(text.lines().filter(|l| l.contains("reconcil")).collect()) }
+        }
+    })
+    .await;
+    assert_eq!(metric(&text, "tollgate_operator_artifacts_written_total"), 0.0, "nothing rewritten");
+    assert_eq!(metric(&text, "tollgate_operator_artifacts_removed_total"), 0.0, "nothing removed");
+    assert_eq!(snapshot(&folder), before, "no artifact changed (same inodes and mtimes)");
+    node_support::operators_ready(&cluster, &ns).await;
+
     uninstall(&cluster, &ns);
     eventually(WAIT, "the operator pods gone", || async {
         let left =
