@@ -125,7 +125,7 @@ async fn high_availability_holds_a_cluster_limit_and_serves_through_a_rolling_re
     let ns = ns_guard.name().to_string();
     let work = tempfile::tempdir().unwrap();
     let volume = ArtifactVolume::create(&cluster, &ns).await;
-    install_chart(&cluster, &ns, &volume, &[]).await;
+    let (release, _, _) = install_chart(&cluster, &ns, &volume, &[]).await;
 
     let postgres = NodePostgres::start(&node);
     let redis = NodeRedis::start(&node, work.path());
@@ -290,7 +290,7 @@ async fn high_availability_holds_a_cluster_limit_and_serves_through_a_rolling_re
     assert!(upgrade.sent > 100, "{upgrade:?}");
     assert_eq!(upgrade.failed(), 0, "no request fails during helm upgrade: {upgrade:?}");
 
-    uninstall(&cluster, &ns);
+    uninstall(&cluster, &ns, release);
     drop(postgres);
     drop(redis);
 }

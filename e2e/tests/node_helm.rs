@@ -69,7 +69,7 @@ async fn helm_install_and_a_single_node_pattern_serve_from_real_pods_on_root_own
 
     // helm install, as the README says, plus the opt-in step for storage
     // that applies no fsGroup (hostPath).
-    let (operator_pods, holder) = install_chart(&cluster, &ns, &volume, &[]).await;
+    let (release, operator_pods, holder) = install_chart(&cluster, &ns, &volume, &[]).await;
     assert!(operator_pods.contains(&holder), "the lease holder {holder} is one of {operator_pods:?}");
     let meta = std::fs::metadata(&volume.dir).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65532, 65532), "the chart's step gave the artifact volume to the operator");
@@ -218,7 +218,7 @@ spec:
     assert_eq!(snapshot(&folder), before, "no artifact changed (same inodes and mtimes)");
     node_support::operators_ready(&cluster, &ns).await;
 
-    uninstall(&cluster, &ns);
+    uninstall(&cluster, &ns, release);
     eventually(WAIT, "the operator pods gone", || async {
         let left =
             pods.list(&ListParams::default().labels(OPERATOR_PODS)).await.map_err(|e| e.to_string())?.items.len();

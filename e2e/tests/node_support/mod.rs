@@ -149,16 +149,37 @@ impl Drop for ArtifactVolume {
     }
 }
 
+/// The installed release: uninstalled (without waiting) when dropped
+/// before [`uninstall`] ran, so a failed test leaves no cluster-wide RBAC of
+/// its release behind.
+pub struct Release {
+    ns: String,
+    kubeconfig: String,
+    armed: bool,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let _ = std::process::Command::new("helm")
+            .args(["uninstall", "tollgate", "-n", &self.ns, "--ignore-not-found"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output();
+    }
+}
+
 /// `helm install tollgate charts/tollgate -n <ns>` with the artifact claim
 /// on `volume` and the opt-in fix-permissions step, plus `extra` helm
 /// arguments; waits for both operator replicas Ready and a lease holder.
-/// Returns the operator pods' names and the holder.
+/// Returns the release, the operator pods' names and the holder.
 pub async fn install_chart(
     cluster: &Cluster,
     ns: &str,
     volume: &ArtifactVolume,
     extra: &[&str],
-) -> (Vec<String>, String) {
+) -> (Release, Vec<String>, String) {
     let chart = repo_root().join("charts/tollgate").display().to_string();
     let mut args: Vec<String> = ["install", "tollgate", &chart, "-n", ns, "--set", "artifacts.fixPermissions=true"]
         .iter()
@@ -168,7 +189,13 @@ pub async fn install_chart(
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     tool(cluster, "helm", &args);
-    operators_ready(cluster, ns).await
+    let kubeconfig = match &cluster.source {
+        tollgate_e2e::KubeconfigSource::Env(v) => v.clone(),
+        tollgate_e2e::KubeconfigSource::Local(p) => p.display().to_string(),
+    };
+    let release = Release { ns: ns.to_string(), kubeconfig, armed: true };
+    let (pods, holder) = operators_ready(cluster, ns).await;
+    (release, pods, holder)
 }
 
 /// Both operator replicas Ready and one holding the lease.
@@ -251,7 +278,8 @@ spec:
 
 /// Uninstall in the README's order: Tollgate objects while the operator
 /// runs, then the release.
-pub fn uninstall(cluster: &Cluster, ns: &str) {
+pub fn uninstall(cluster: &Cluster, ns: &str, mut release: Release) {
+    release.armed = false;
     tool(
         cluster,
         "kubectl",
