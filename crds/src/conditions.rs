@@ -51,5 +51,9 @@ pub mod reasons {
     /// ApiManager: pods of its StatefulSets cannot run (crash loop, image
     /// pull, container creation, scheduling); the message names each.
     pub const PODS_FAILING: &str = "PodsFailing";
+    /// ApiManager: Ready pods report an outside service they depend on (the
+    /// external database, Redis) unreachable; the message names each pod,
+    /// the service and its error.
+    pub const DEPENDENCY_UNREACHABLE: &str = "DependencyUnreachable";
     pub const AS_EXPECTED: &str = "AsExpected";
 }

@@ -654,7 +654,9 @@ impl Operator {
             .args(["--lease-namespace", &spec.namespaces[0], "--lease-duration-seconds", "4"])
             .args(["--identity", &spec.identity, "--metrics", &metrics.to_string()])
             .args(["--leader-election", if spec.leader_election { "true" } else { "false" }])
-            .args(["--gateway-image", &gateway_image()]);
+            .args(["--gateway-image", &gateway_image()])
+            // kwok's pods have addresses that lead nowhere: nothing may be sent there.
+            .args(["--pod-status-probes", "false"]);
         let log = spec.work.join(format!("operator-{}-{}.log", spec.identity, metrics.port()));
         let mut proc = Proc::spawn("tollgate-operator", cmd, log);
         wait_port(metrics, "tollgate-operator", &mut proc);

@@ -6,7 +6,8 @@
 //! which carry none, are counted apart); `kill -9` of one
 //! gateway under load loses at most the requests in flight on it; `helm
 //! upgrade` to images of another tag rolls operator and gateways with no
-//! failed request. The counts are printed (`--nocapture`) for the record.
+//! failed request; with the database and Redis gone the ApiManager says
+//! so. The counts are printed (`--nocapture`) for the record.
 
 mod node_support;
 
@@ -290,9 +291,45 @@ async fn high_availability_holds_a_cluster_limit_and_serves_through_a_rolling_re
     assert!(upgrade.sent > 100, "{upgrade:?}");
     assert_eq!(upgrade.failed(), 0, "no request fails during helm upgrade: {upgrade:?}");
 
-    uninstall(&cluster, &ns, release);
+    // The database and Redis go away: the ApiManager says so, naming the
+    // pods and what each cannot reach, while the pods stay Ready.
     drop(postgres);
     drop(redis);
+    let manager = eventually(WAIT, "the ApiManager reports the unreachable database and Redis", || {
+        let (node, client, ns) = (node.clone(), client.clone(), ns.clone());
+        async move {
+            // Limited traffic makes the gateways try Redis.
+            let _ = node.request(gateway, "GET", "/limited/v1/accounts/1", &[("X-Consumer", "tpp-b")], "").await;
+            let m = node_support::get(&client, &ns, "ApiManager", "apim").await?;
+            let ready = node_support::condition(&m, "Ready");
+            let degraded = node_support::condition(&m, "Degraded");
+            let message = m["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Degraded"))
+                .and_then(|c| c["message"].as_str())
+                .unwrap_or("")
+                .to_string();
+            let named =
+                message.contains("database unreachable") && message.contains("Redis (traffic manager) unreachable");
+            match (ready, degraded) {
+                (Some((r, rr)), Some((d, dr)))
+                    if r == "False"
+                        && rr == "DependencyUnreachable"
+                        && d == "True"
+                        && dr == "DependencyUnreachable"
+                        && named =>
+                {
+                    Ok(message)
+                }
+                other => Err(format!("{other:?}: {message}")),
+            }
+        }
+    })
+    .await;
+    eprintln!("with the database and Redis gone: Degraded=True DependencyUnreachable: {manager}");
+    assert!(manager.contains("pod apim-0:") && manager.contains("pod apim-1:"), "{manager}");
+
+    uninstall(&cluster, &ns, release);
 }
 
 fn restarts(pod: &Pod) -> i32 {

@@ -5,7 +5,7 @@
 //! ApiManager make them usable); a single-node pattern serves an API through
 //! its Service to a backend found by its DNS name; the containers run as the
 //! images' user with read-only roots and no capabilities; what the store
-//! holds survives the pod; the standby operator takes over from a deleted
+//! holds survives the pod; another operator pod takes over from a deleted
 //! leader and rewrites nothing; `helm uninstall` leaves what the README says.
 
 mod node_support;
@@ -179,26 +179,31 @@ spec:
 
     // Uninstall in the README's order: Tollgate objects while the operator
     // runs, then the release; the claim stays (keepOnUninstall).
-    // Operator failover: the standby takes the lease over when the leader's
+    // Operator failover: another pod takes the lease over when the leader's
     // pod is deleted, reconciles everything and rewrites nothing.
     let folder = volume.dir.join(&ns).join("apim");
     let before = snapshot(&folder);
     assert!(before.keys().any(|p| p.ends_with(format!("apis/{ns}_accounts.yaml"))), "{before:?}");
-    let standby = operator_pods.iter().find(|p| **p != holder).unwrap().clone();
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let deleted = std::time::Instant::now();
     pods.delete(&holder, &DeleteParams::default()).await.expect("delete the leading operator pod");
-    eventually(WAIT, "the standby operator leads", || async {
+    // The standby, or the pod that replaces the deleted one, whichever asks first.
+    let leader = eventually(WAIT, "another operator pod leads", || async {
         let lease = leases.get("tollgate-operator").await.map_err(|e| e.to_string())?;
         let now = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
-        if now == standby { Ok(()) } else { Err(format!("holder {now}")) }
+        if now.is_empty() || now == holder { Err(format!("holder {now:?}")) } else { Ok(now) }
     })
     .await;
     // Logged, not asserted (a loaded machine may be slow); leaseDurationSeconds is 15.
-    eprintln!("operator failover: {standby} leads {:?} after {holder} was deleted", deleted.elapsed());
-    let standby_ip: std::net::IpAddr =
-        pods.get(&standby).await.unwrap().status.and_then(|s| s.pod_ip).expect("pod IP").parse().unwrap();
-    let metrics = std::net::SocketAddr::from((standby_ip, 8080));
+    eprintln!("operator failover: {leader} leads {:?} after {holder} was deleted", deleted.elapsed());
+    let leader_ip: std::net::IpAddr = eventually(WAIT, "the new leader's address", || async {
+        let pod = pods.get(&leader).await.map_err(|e| e.to_string())?;
+        pod.status.and_then(|s| s.pod_ip).filter(|ip| !ip.is_empty()).ok_or_else(|| "no IP yet".to_string())
+    })
+    .await
+    .parse()
+    .unwrap();
+    let metrics = std::net::SocketAddr::from((leader_ip, 8080));
     let text = eventually(WAIT, "the new leader reconciled everything and is idle", || {
         let node = node.clone();
         async move {

@@ -45,6 +45,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/status/dependencies", get(dependencies))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found", "message": "no such endpoint"})))
@@ -113,6 +114,7 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         // up within a few seconds of a reload); null without a store.
         "searchIndexRevision": state.shared.store.as_ref().and_then(|s| s.search.as_ref()).map(|i| i.revision()),
         "trafficManager": state.shared.traffic.as_ref().map(|t| t.status()),
+        "database": database_health(&state).await,
         "tls": state.tls_cert.get().map(|c| c.status()),
         "clientCa": state.client_ca.get().map(|c| c.status()),
         "keyManagers": key_managers(&snap),
@@ -131,6 +133,25 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
                 "dynamicRegistration": state.shared.key_manager.as_ref().is_some_and(|k| k.ssa_keys.is_some()),
             })
         }),
+    }))
+    .into_response()
+}
+
+/// The database's health; null without a store.
+async fn database_health(state: &State) -> Option<serde_json::Value> {
+    match &state.shared.store {
+        Some(store) => Some(store.health().await),
+        None => None,
+    }
+}
+
+/// The outside services this process depends on and whether it reaches
+/// them: what the operator reads into the ApiManager's conditions (small,
+/// unlike /status with its list of APIs).
+async fn dependencies(AxState(state): AxState<Arc<State>>) -> Response {
+    axum::Json(json!({
+        "database": database_health(&state).await,
+        "trafficManager": state.shared.traffic.as_ref().map(|t| t.status()),
     }))
     .into_response()
 }

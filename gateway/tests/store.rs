@@ -327,6 +327,12 @@ fn postgres_outage_cached_keys_pass_management_503_and_recovery() {
     assert_eq!(r.json()["error"], "database_unavailable");
     let r = call(&gw, "/payments/v1/x", Some("tg_live_never_seen"));
     assert_eq!(r.status, 503, "an uncached key cannot be checked: {}", r.text());
+    // The gateway says so where the operator reads it.
+    let r = request(gw.mgmt, "GET", "/status/dependencies", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["database"]["state"], "unreachable", "{}", r.text());
+    assert!(r.json()["database"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", r.text());
+    assert_eq!(r.json()["trafficManager"], Value::Null, "no Redis configured: {}", r.text());
 
     pg.ctl_start();
     // Bounds a hang, does not time the machine.
@@ -341,6 +347,9 @@ fn postgres_outage_cached_keys_pass_management_503_and_recovery() {
         assert!(Instant::now() < deadline, "the store did not recover: {}\n{log}", r.text());
         std::thread::sleep(Duration::from_millis(200));
     }
+    let r = request(gw.mgmt, "GET", "/status/dependencies", &[], b"");
+    assert_eq!(r.json()["database"], json!({"state": "ok"}), "{}", r.text());
+    assert_eq!(request(gw.mgmt, "GET", "/status", &[], b"").json()["database"], json!({"state": "ok"}));
     // Revocation on one gateway reaches the other within the TTL.
     assert_eq!(admin(&gw, "DELETE", &format!("/api/v1/applications/{app}/keys/{key_id}"), None).status, 204);
     std::thread::sleep(Duration::from_millis(700));

@@ -54,6 +54,14 @@ pub struct Config {
     /// pods get a 5 s preStop pause, then this, plus 5 s of margin.
     #[arg(long, env = "TOLLGATE_GATEWAY_DRAIN_SECONDS", default_value_t = 20)]
     pub gateway_drain_seconds: u32,
+
+    /// Ask each Ready pod of an ApiManager (its plain management port,
+    /// `GET /status/dependencies`) whether it reaches its database and
+    /// Redis, and say so in the ApiManager's conditions. Turn off where the
+    /// operator may not connect to the pods (a NetworkPolicy) or the pods'
+    /// addresses lead nowhere (fake nodes).
+    #[arg(long, env = "TOLLGATE_POD_STATUS_PROBES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pod_status_probes: bool,
 }
 
 impl Config {

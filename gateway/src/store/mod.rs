@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The store: its database, the key cache and the admin token.
+/// How long /status waits for the database's answer.
+pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct Store {
     pub db: db::Db,
     pub cache: cache::KeyCache,
@@ -99,6 +102,18 @@ impl Store {
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "updating the search index failed"),
             }
+        }
+    }
+
+    /// Whether the database answers (`SELECT 1` within [`HEALTH_TIMEOUT`]),
+    /// for /status and /status/dependencies: `{"state": "ok"}` or
+    /// `{"state": "unreachable", "error": ...}`.
+    pub async fn health(&self) -> serde_json::Value {
+        match tokio::time::timeout(HEALTH_TIMEOUT, self.db.ping()).await {
+            Ok(Ok(())) => serde_json::json!({"state": "ok"}),
+            Ok(Err(e)) => serde_json::json!({"state": "unreachable", "error": e.to_string()}),
+            Err(_) => serde_json::json!({"state": "unreachable",
+                "error": format!("no answer within {} s", HEALTH_TIMEOUT.as_secs())}),
         }
     }
 

@@ -95,12 +95,19 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
         .err()
         .map(|e| format!("{e}: the artifact volume must be writable by the operator's user (README, \"Storage\")"));
 
+    let pods = manager_pods(&ctx.client, &ns, &name).await?;
+    let answers = if ctx.config.pod_status_probes {
+        crate::pod_status::dependencies(&pods, m.spec.listeners.management).await
+    } else {
+        Vec::new()
+    };
     let missing = Missing {
         folder,
         secrets: missing_secrets(&ctx.client, &ns, &m).await?,
         config_maps: missing_config_maps(&ctx.client, &ns, &m).await?,
         claim: claim_problem(&ctx.client, &ns, &ctx.config.artifact_claim).await?,
-        failing_pods: failing_pods(&ctx.client, &ns, &name).await?,
+        failing_pods: crate::pod_health::failing_pods(&pods),
+        dependencies: crate::dependency_health::problems(&answers),
     };
     let desired = workload::desired(&m, &ctx.workload);
     let applied = match apply_all(&ctx.client, &ns, &name, &desired).await {
@@ -113,7 +120,15 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
     };
     let ready = write_status(&m, &ctx, &applied, None, &missing).await?;
     ctx.failures.reset(&format!("apim/{ns}/{name}"));
-    Ok(Action::requeue(if ready { Duration::from_secs(300) } else { Duration::from_secs(15) }))
+    // Outside services fail without any object changing: a manager that
+    // uses them is looked at again every minute.
+    let external = m.spec.database.as_ref().is_some_and(|d| d.external.is_some())
+        || m.spec.traffic_manager.as_ref().is_some_and(|t| t.redis.is_some());
+    Ok(Action::requeue(match (ready, external) {
+        (false, _) => Duration::from_secs(15),
+        (true, true) => Duration::from_secs(60),
+        (true, false) => Duration::from_secs(300),
+    }))
 }
 
 pub fn error_policy(m: Arc<ApiManager>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -215,13 +230,13 @@ async fn apply_all(client: &Client, ns: &str, name: &str, d: &workload::Desired)
     Ok(sets)
 }
 
-/// The manager's pods that cannot run (see `pod_health`). Without the
-/// right to list pods (an older chart's rules) nothing is reported.
-async fn failing_pods(client: &Client, ns: &str, name: &str) -> Result<Vec<String>> {
+/// The manager's pods (for `pod_health` and `dependency_health`). Without
+/// the right to list pods (an older chart's rules) none.
+async fn manager_pods(client: &Client, ns: &str, name: &str) -> Result<Vec<Pod>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = format!("{MANAGED_BY}={MANAGED_BY_VALUE},{MANAGER_LABEL}={name}");
     match api.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => Ok(crate::pod_health::failing_pods(&list.items)),
+        Ok(list) => Ok(list.items),
         Err(kube::Error::Api(e)) if e.code == 403 => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }
@@ -349,6 +364,9 @@ pub(crate) struct Missing {
     pub claim: Option<(&'static str, String)>,
     /// Pods of the manager that cannot run, one line each.
     pub failing_pods: Vec<String>,
+    /// Outside services (database, Redis) Ready pods cannot reach, one line
+    /// per pod and service.
+    pub dependencies: Vec<String>,
 }
 
 /// Degraded, most pressing first: objects that could not be applied, then
@@ -365,6 +383,9 @@ pub(crate) fn degraded(m: &ApiManager, apply_failure: Option<Verdict>, missing: 
     }
     if !missing.failing_pods.is_empty() {
         return Verdict::yes(reasons::PODS_FAILING, missing.failing_pods.join("; "));
+    }
+    if !missing.dependencies.is_empty() {
+        return Verdict::yes(reasons::DEPENDENCY_UNREACHABLE, missing.dependencies.join("; "));
     }
     if !missing.secrets.is_empty() {
         let all: Vec<&str> = missing.secrets.iter().chain(&missing.config_maps).map(String::as_str).collect();
@@ -421,6 +442,8 @@ async fn write_status(
         Verdict::no(reason, why.clone())
     } else if let Some(why) = &missing.folder {
         Verdict::no(reasons::ARTIFACT_WRITE_FAILED, why.clone())
+    } else if all_ready && !missing.dependencies.is_empty() {
+        Verdict::no(reasons::DEPENDENCY_UNREACHABLE, missing.dependencies.join("; "))
     } else if all_ready {
         Verdict::yes(reasons::ALL_READY, "all components are ready")
     } else if sets.is_empty() {
@@ -616,5 +639,23 @@ mod tests {
         let v = degraded(&m, None, &folder);
         assert_eq!((v.ok, v.reason), (true, reasons::ARTIFACT_WRITE_FAILED));
         assert!(v.message.contains("/artifacts/banking/apim/apis: Permission denied"), "{}", v.message);
+    }
+
+    #[test]
+    fn unreachable_outside_services_come_after_failing_pods_and_before_missing_references() {
+        let m = ha(json!({ "signingKeySecretName": "apim-signing" }));
+        let deps = vec![
+            "pod apim-0: database unreachable: connection refused".to_string(),
+            "pod apim-1: Redis (traffic manager) unreachable, limits are counted per pod (failure mode open): timed out"
+                .to_string(),
+        ];
+        let both = Missing { secrets: vec!["db: gone".into()], dependencies: deps.clone(), ..Missing::default() };
+        let v = degraded(&m, None, &both);
+        assert_eq!((v.ok, v.reason), (true, reasons::DEPENDENCY_UNREACHABLE));
+        assert_eq!(v.message, deps.join("; "));
+        let crashing = Missing { failing_pods: vec!["pod apim-2: container gateway CrashLoopBackOff".into()], ..both };
+        assert_eq!(degraded(&m, None, &crashing).reason, reasons::PODS_FAILING);
+        let fine = Missing { dependencies: vec![], ..Missing::default() };
+        assert_eq!(degraded(&m, None, &fine).reason, reasons::AS_EXPECTED);
     }
 }
