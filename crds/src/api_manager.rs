@@ -577,9 +577,9 @@ pub struct BuiltInKeyManager {
     pub token_ttl_seconds: Option<i32>,
 
     /// DistributedGateways: also mount the signing keys on the gateway
-    /// groups, which then sign the answers of APIs with
-    /// openBanking.jws.signResponses (and hold the private key). Off by
-    /// default: without it such APIs are not served by gateway groups.
+    /// groups that serve an API with openBanking.jws.signResponses (only
+    /// those groups hold the private key), which then sign its answers. Off
+    /// by default: without it such APIs are not served by gateway groups.
     #[serde(default)]
     pub gateways_sign_responses: bool,
 }

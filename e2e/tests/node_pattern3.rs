@@ -5,7 +5,8 @@
 //! control plane is accepted by the production group; under load from load
 //! pods the production group's HPA scales up on real CPU, the new pods
 //! serve the same APIs, and it scales back down once the load is gone. The
-//! replica timeline is printed (`--nocapture`) for the record.
+//! replica timeline is printed (`--nocapture`) for the record. Only the group
+//! serving an API that signs its answers holds the signing key.
 
 mod node_support;
 
@@ -74,7 +75,7 @@ spec:
     external: {{urlSecretRef: {{name: tollgate-db, key: url}}}}
   trafficManager:
     redis: {{urlSecretRef: {{name: tollgate-redis, key: url}}}}
-  keyManager: {{signingKeySecretName: tollgate-signing-key}}
+  keyManager: {{signingKeySecretName: tollgate-signing-key, gatewaysSignResponses: true}}
   persistence: {{fixPermissions: true}}
 ---
 apiVersion: tollgate.dev/v1alpha1
@@ -94,6 +95,16 @@ spec:
   security: {{oauth2: {{}}}}
   backend: {{endpoints: [{{url: "{backend}"}}]}}
 ---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiDeployment
+metadata: {{name: signed}}
+spec:
+  apiManagerRef: {{name: apim}}
+  context: /signed
+  version: v1
+  gateways: [production]
+  openBanking: {{jws: {{signResponses: true}}}}
+  backend: {{endpoints: [{{url: "{backend}"}}]}}---
 apiVersion: tollgate.dev/v1alpha1
 kind: ApiDeployment
 metadata: {{name: rates}}
@@ -183,6 +194,27 @@ async fn distributed_gateways_trust_the_control_plane_by_dns_and_the_production_
     until_true(&client, &ns, "ApiManager", "apim", "Ready").await;
     until_true(&client, &ns, "ApiDeployment", "accounts", "Deployed").await;
     until_true(&client, &ns, "ApiDeployment", "rates", "Deployed").await;
+
+    // Only the group serving the API that signs holds the private key.
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let mounts_key = |sts: &k8s_openapi::api::apps::v1::StatefulSet| {
+        sts.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.name == "signing-keys"))
+    };
+    let keys = eventually(WAIT, "the signing keys on the production group only", || async {
+        let mut out = Vec::new();
+        for name in ["apim-control-plane", PRODUCTION, "apim-gateway-sandbox"] {
+            out.push(mounts_key(&sets.get(name).await.map_err(|e| e.to_string())?));
+        }
+        if out == [true, true, false] { Ok(out) } else { Err(format!("{out:?}")) }
+    })
+    .await;
+    assert_eq!(keys, [true, true, false]);
+    until_true(&client, &ns, "ApiDeployment", "signed", "Deployed").await;
+    until_true(&client, &ns, "ApiManager", "apim", "Ready").await;
 
     // The production gateways fetch the keys from the control plane's
     // Service by name.

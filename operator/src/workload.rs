@@ -3,7 +3,7 @@
 //! and a PodDisruptionBudget where they apply. A pure function of the
 //! ApiManager and the operator configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
     api::{
@@ -29,7 +29,7 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 use tollgate_crds::{
-    ApiManager,
+    ApiDeployment, ApiManager,
     api_deployment::ConfigMapKeyRef,
     api_manager::{AutoscalingSpec, ClientAuth, FailureMode, Pattern, PullPolicy, VolumeSpec},
     common::SecretKeyRef,
@@ -264,9 +264,20 @@ fn meta(m: &ApiManager, c: &Component, name: String) -> ObjectMeta {
 
 /// All objects of the manager.
 pub fn desired(m: &ApiManager, cfg: &WorkloadConfig) -> Desired {
+    desired_for(m, cfg, None)
+}
+
+/// [`desired`], where the gateway groups (DistributedGateways with
+/// `keyManager.gatewaysSignResponses`) hold the signing keys only when they
+/// are in `signing` (see [`signing_groups`]); `None`: every group does.
+pub fn desired_for(m: &ApiManager, cfg: &WorkloadConfig, signing: Option<&BTreeSet<String>>) -> Desired {
     let mut d = Desired::default();
     for c in components(m) {
-        d.stateful_sets.push(stateful_set(m, &c, cfg));
+        let holds_keys = match (&c.gateway_group, signing) {
+            (Some(group), Some(groups)) => groups.contains(group),
+            _ => true,
+        };
+        d.stateful_sets.push(stateful_set(m, &c, cfg, holds_keys));
         d.services.push(service(m, &c, format!("{}-headless", c.stateful_set), true));
         d.services.push(service(m, &c, c.stateful_set.clone(), false));
         if let Some(a) = &c.autoscaling {
@@ -369,7 +380,7 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> StatefulSet {
+fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig, holds_keys: bool) -> StatefulSet {
     let spec = &m.spec;
     let ns = m.namespace().unwrap_or_default();
     let l = &spec.listeners;
@@ -530,7 +541,7 @@ fn stateful_set(m: &ApiManager, c: &Component, cfg: &WorkloadConfig) -> Stateful
         });
     }
 
-    key_manager_flags(m, c, &mut args, &mut mounts, &mut volumes);
+    key_manager_flags(m, c, holds_keys, &mut args, &mut mounts, &mut volumes);
 
     let container = Container {
         name: "gateway".into(),
@@ -646,12 +657,34 @@ fn fix_permissions_container(image: Option<String>, pull: Option<String>, volume
     }
 }
 
+/// The gateway groups of `m` that serve an API signing its answers
+/// (`openBanking.jws.signResponses`) among `apis` (the manager's own,
+/// being deleted or not): an API names its groups in `gateways`, or is
+/// served by every group.
+pub fn signing_groups<'a>(m: &ApiManager, apis: impl IntoIterator<Item = &'a ApiDeployment>) -> BTreeSet<String> {
+    let all: BTreeSet<String> = m.spec.gateways.iter().map(|g| g.name.clone()).collect();
+    let mut out = BTreeSet::new();
+    for api in apis {
+        let signs = api.spec.open_banking.as_ref().and_then(|o| o.jws.as_ref()).is_some_and(|j| j.sign_responses);
+        if !signs || api.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if api.spec.gateways.is_empty() {
+            out.extend(all.iter().cloned());
+        } else {
+            out.extend(api.spec.gateways.iter().filter(|g| all.contains(*g)).cloned());
+        }
+    }
+    out
+}
+
 /// The built-in key manager's flags, files and volumes: its own settings on
 /// the pods that run it, and on the others (DistributedGateways gateway
 /// groups) the issuer and where its JWKS is.
 fn key_manager_flags(
     m: &ApiManager,
     c: &Component,
+    holds_keys: bool,
     args: &mut Vec<String>,
     mounts: &mut Vec<VolumeMount>,
     volumes: &mut Vec<Volume>,
@@ -666,8 +699,10 @@ fn key_manager_flags(
         if m.spec.listeners.tls_secret_name.is_some() {
             args.push(format!("--key-manager-ca={TLS_MOUNT}/{CLIENT_CA_KEY}"));
         }
-        // Gateway groups hold the private keys only when asked to sign answers.
+        // Gateway groups hold the private keys only when asked to sign
+        // answers, and only the groups that serve an API that signs.
         if km.gateways_sign_responses
+            && holds_keys
             && let Some(secret) = &km.signing_key_secret_name
         {
             signing_keys(&km, secret, args, mounts, volumes);

@@ -633,3 +633,55 @@ fn fix_permissions_adds_a_chown_only_root_init_step_for_the_pod_volumes_and_noth
     assert_eq!(pod["containers"][0]["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
 }
+
+#[test]
+fn only_the_gateway_groups_serving_an_api_that_signs_hold_the_signing_keys() {
+    let m = manager(with_db_and_redis(json!({
+        "pattern": "DistributedGateways",
+        "gateways": [{ "name": "production" }, { "name": "sandbox" }, { "name": "partners" }],
+        "keyManager": { "signingKeySecretName": "apim-signing", "gatewaysSignResponses": true },
+    })));
+    let api = |name: &str, gateways: Value, signs: bool, deleting: bool| -> tollgate_crds::ApiDeployment {
+        let mut a = json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiDeployment",
+            "metadata": { "name": name, "namespace": "banking" },
+            "spec": { "apiManagerRef": { "name": "apim" }, "context": format!("/{name}"), "version": "v1",
+                      "gateways": gateways,
+                      "openBanking": { "jws": { "signResponses": signs } },
+                      "backend": { "endpoints": [{ "url": "http://b" }] } },
+        });
+        if deleting {
+            a["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        serde_json::from_value(a).unwrap()
+    };
+    let apis = [
+        api("payments", json!(["production"]), true, false),
+        api("accounts", json!([]), false, false),
+        api("unknown-group", json!(["nowhere"]), true, false),
+        api("leaving", json!(["partners"]), true, true),
+    ];
+    let signing = workload::signing_groups(&m, apis.iter());
+    assert_eq!(signing.into_iter().collect::<Vec<_>>(), vec!["production".to_string()]);
+    let everywhere = workload::signing_groups(&m, [api("all", json!([]), true, false)].iter());
+    assert_eq!(everywhere.len(), 3, "an API of every group signs on every group");
+
+    let signing = workload::signing_groups(&m, apis.iter());
+    let v = json_of(&workload::desired_for(&m, &cfg(), Some(&signing)));
+    let holds = |i: usize| {
+        let pod = &v["sts"][i]["spec"]["template"]["spec"];
+        let args = args_of(&v["sts"][i]);
+        let mounted = named(&pod["volumes"], "signing-keys").is_some();
+        assert_eq!(mounted, !flags(&args, "--signing-key-file").is_empty(), "flags and volume agree");
+        (v["sts"][i]["metadata"]["name"].as_str().unwrap().to_string(), mounted)
+    };
+    assert_eq!(
+        (1..4).map(holds).collect::<Vec<_>>(),
+        vec![
+            ("apim-gateway-production".to_string(), true),
+            ("apim-gateway-sandbox".to_string(), false),
+            ("apim-gateway-partners".to_string(), false),
+        ]
+    );
+    assert!(holds(0).1, "the control plane (the key manager) always holds them");
+}

@@ -109,7 +109,18 @@ pub async fn reconcile(m: Arc<ApiManager>, ctx: Arc<Context>) -> Result<Action> 
         failing_pods: crate::pod_health::failing_pods(&pods),
         dependencies: crate::dependency_health::problems(&answers),
     };
-    let desired = workload::desired(&m, &ctx.workload);
+    // Which gateway groups serve an API that signs its answers (they alone
+    // hold the signing keys); the artifact controller asks again when that changes.
+    let key = (ns.clone(), name.clone());
+    let apis = ctx.apis.state();
+    let signing = workload::signing_groups(
+        &m,
+        apis.iter()
+            .filter(|a| crate::plan::manager_key(a) == key && ctx.watched(a.namespace().as_deref()))
+            .map(|a| &**a),
+    );
+    ctx.signing_groups.remember(&key, &signing);
+    let desired = workload::desired_for(&m, &ctx.workload, Some(&signing));
     let applied = match apply_all(&ctx.client, &ns, &name, &desired).await {
         Ok(sets) => sets,
         Err(e) => {

@@ -65,6 +65,12 @@ async fn sync(manager: &ApiManager, key: &Key, ctx: &Context) -> Result<bool> {
         .into_iter()
         .filter(|a| &manager_key(a) == key && ctx.watched(a.namespace().as_deref()))
         .collect();
+    // A gateway group starts or stops serving an API that signs: the
+    // ApiManager controller gives it the signing keys or takes them away.
+    let signing = crate::workload::signing_groups(manager, apis.iter().map(|a| &**a));
+    if ctx.signing_groups.changed(key, &signing) {
+        let _ = ctx.requeue_manager.send(ObjectRef::from_obj(manager));
+    }
     let policy_objs = ctx.policies.state();
     let policies: BTreeMap<Key, &ThrottlePolicy> =
         policy_objs.iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), &**p)).collect();

@@ -68,6 +68,10 @@ pub struct Context {
     pub plan_manager: mpsc::UnboundedSender<ObjectRef<ApiManager>>,
     /// Write the status of ApiDeployments whose decision changed.
     pub requeue_api: mpsc::UnboundedSender<ObjectRef<ApiDeployment>>,
+    /// Reconcile ApiManagers whose signing gateway groups changed.
+    pub requeue_manager: mpsc::UnboundedSender<ObjectRef<ApiManager>>,
+    /// The signing gateway groups each manager's workload was last made with.
+    pub signing_groups: SigningGroups,
     /// Write the status of KeyManagers whose verdict changed.
     pub requeue_key_manager: mpsc::UnboundedSender<ObjectRef<KeyManager>>,
     /// This replica's identity (temp file names in the artifact folders).
@@ -412,13 +416,15 @@ pub async fn run(
             _ => {}
         });
     // Every trigger is counted into its controller's queue.
+    let (manager_tx, manager_rx) = mpsc::unbounded_channel();
     let manager_ctrl = api_manager::controller(
         &client,
         &config,
         counted(manager_stream, &queues, &metrics, "apimanager"),
         managers.clone(),
         (queues.clone(), metrics.clone()),
-    );
+    )
+    .reconcile_on(counted_refs(ReceiverStream(manager_rx), &queues, &metrics, "apimanager"));
     let policy_ctrl =
         Controller::for_stream(counted(policy_stream, &queues, &metrics, "throttlepolicy"), policies.clone());
     let key_manager_ctrl =
@@ -445,6 +451,8 @@ pub async fn run(
         decisions,
         plan_manager: plan_tx,
         requeue_api: api_tx,
+        requeue_manager: manager_tx,
+        signing_groups: SigningGroups::default(),
         requeue_key_manager: km_tx,
         identity,
         gate,
@@ -577,5 +585,24 @@ impl Failures {
     }
     pub fn reset(&self, key: &str) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
+/// The signing gateway groups per manager, as last used or seen.
+#[derive(Default)]
+pub struct SigningGroups(
+    std::sync::Mutex<std::collections::HashMap<crate::plan::Key, std::collections::BTreeSet<String>>>,
+);
+
+impl SigningGroups {
+    /// Records what the workload was made with.
+    pub fn remember(&self, manager: &crate::plan::Key, groups: &std::collections::BTreeSet<String>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(manager.clone(), groups.clone());
+    }
+
+    /// Whether `groups` differs from what was last recorded (and records it).
+    pub fn changed(&self, manager: &crate::plan::Key, groups: &std::collections::BTreeSet<String>) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(manager.clone(), groups.clone()).as_ref() != Some(groups)
     }
 }
