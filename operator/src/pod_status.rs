@@ -11,8 +11,9 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
-/// How long one pod gets to answer.
-pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one pod gets to answer (its own database check takes at most
+/// 1 s).
+pub const TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest answer read.
 const MAX_BODY: usize = 64 * 1024;
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// The store: its database, the key cache and the admin token.
 /// How long /status waits for the database's answer.
-pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct Store {
     pub db: db::Db,
