@@ -693,3 +693,17 @@ impl Operator {
         body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 }
+
+/// The artifacts of a manager's folder (`apis/`, `policies/`): inode and
+/// modification time of each file, to tell "rewritten" from "left alone".
+pub fn artifact_snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, (u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    for sub in ["apis", "policies"] {
+        for e in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            out.insert(e.path(), (m.ino(), i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())));
+        }
+    }
+    out
+}

@@ -14,7 +14,8 @@ mod node_support;
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::api::Api;
 use node_support::{
-    ArtifactVolume, WAIT, backend_yaml, cluster_ip, install_chart, kubectl_apply, ready_pod, uninstall, until_true,
+    ArtifactVolume, WAIT, api_yaml, backend_yaml, cluster_ip, install_chart, kubectl_apply, ready_pod, secrets_yaml,
+    uninstall, until_true,
 };
 use tollgate_e2e::{
     Cluster,
@@ -27,47 +28,27 @@ use tollgate_e2e::{
 const CLIENTS: usize = 4;
 const LIMIT: u64 = 300;
 
-fn manifests(db: &str, redis: &str, signing_key: &str, backend_ns: &str) -> String {
-    let key = signing_key.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
-    format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-db}}
-stringData: {{url: "{db}"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-redis}}
-stringData: {{url: "{redis}"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-admin}}
-stringData: {{token: node-e2e-admin-token-0123456789abcdef}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-signing-key}}
-stringData:
-  signing-key.pem: |
-{key}
+fn manifests(db: &str, redis: &str, signing_key: &str, ns: &str) -> String {
+    let manager = r#"
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ApiManager
-metadata: {{name: apim}}
+metadata: {name: apim}
 spec:
   pattern: HighAvailability
-  adminTokenSecretRef: {{name: tollgate-admin, key: token}}
+  adminTokenSecretRef: {name: tollgate-admin, key: token}
   controlPlane:
     replicas: 2
-    resources: {{requests: {{cpu: 50m, memory: 64Mi}}, limits: {{memory: 512Mi}}}}
+    resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 512Mi}}
   database:
-    external: {{urlSecretRef: {{name: tollgate-db, key: url}}}}
+    external: {urlSecretRef: {name: tollgate-db, key: url}}
   trafficManager:
-    redis: {{urlSecretRef: {{name: tollgate-redis, key: url}}}}
-  keyManager: {{signingKeySecretName: tollgate-signing-key}}
-  persistence: {{fixPermissions: true}}
+    redis: {urlSecretRef: {name: tollgate-redis, key: url}}
+  keyManager: {signingKeySecretName: tollgate-signing-key}
+  persistence: {fixPermissions: true}
+"#;
+    let policy = format!(
+        r#"
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ThrottlePolicy
@@ -78,29 +59,16 @@ spec:
   keyBy: Header
   keyName: X-Consumer
   scope: Cluster
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiDeployment
-metadata: {{name: limited}}
-spec:
-  apiManagerRef: {{name: apim}}
-  context: /limited
-  version: v1
-  throttling: {{policy: per-consumer}}
-  backend:
-    endpoints: [{{url: "http://bank-backend.{backend_ns}.svc.cluster.local:8080/bank"}}]
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiDeployment
-metadata: {{name: accounts}}
-spec:
-  apiManagerRef: {{name: apim}}
-  context: /open-banking/aisp
-  version: v3.1
-  backend:
-    endpoints: [{{url: "http://bank-backend.{backend_ns}.svc.cluster.local:8080/bank"}}]
 "#
-    )
+    );
+    [
+        secrets_yaml(db, redis, signing_key),
+        manager.to_string(),
+        policy,
+        api_yaml(ns, "limited", "/limited", "v1", &["throttling: {policy: per-consumer}"]),
+        api_yaml(ns, "accounts", "/open-banking/aisp", "v3.1", &[]),
+    ]
+    .concat()
 }
 
 /// The StatefulSet rolled out: every replica updated and Ready.

@@ -10,7 +10,7 @@
 
 mod node_support;
 
-use std::{collections::BTreeMap, os::unix::fs::MetadataExt, path::PathBuf};
+use std::{os::unix::fs::MetadataExt, path::PathBuf};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -19,13 +19,15 @@ use k8s_openapi::api::{
 };
 use kube::api::{Api, DeleteParams, ListParams};
 use node_support::{
-    ArtifactVolume, OPERATOR_PODS, WAIT, backend_yaml, cluster_ip, condition, install_chart, kubectl_apply, ready_pod,
-    uninstall, until_true,
+    ADMIN_HEADERS, ADMIN_TOKEN, ArtifactVolume, OPERATOR_PODS, WAIT, api_yaml, backend_yaml, cluster_ip, condition,
+    install_chart, kubectl_apply, ready_pod, uninstall, until_true,
 };
 use serde_json::Value;
-use tollgate_e2e::{Cluster, node::NodeNet, stack::eventually};
-
-const ADMIN_TOKEN: &str = "node-e2e-admin-token-0123456789abcdef";
+use tollgate_e2e::{
+    Cluster,
+    node::NodeNet,
+    stack::{artifact_snapshot, eventually},
+};
 
 /// The value of the metric line `name` (exact series), NaN when absent.
 fn metric(text: &str, name: &str) -> f64 {
@@ -33,18 +35,6 @@ fn metric(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(f64::NAN)
-}
-
-/// Every file under `dir`: inode and modification time.
-fn snapshot(dir: &std::path::Path) -> BTreeMap<PathBuf, (u64, i128)> {
-    let mut out = BTreeMap::new();
-    for sub in ["apis", "policies"] {
-        for e in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
-            let m = e.metadata().unwrap();
-            out.insert(e.path(), (m.ino(), i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())));
-        }
-    }
-    out
 }
 
 async fn bound_volume(client: &kube::Client, ns: &str, claim: &str) -> PathBuf {
@@ -92,20 +82,11 @@ spec:
   pattern: AllInOne
   adminTokenSecretRef: {{name: tollgate-admin, key: token}}
   persistence: {{fixPermissions: true}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiDeployment
-metadata: {{name: accounts}}
-spec:
-  apiManagerRef: {{name: apim}}
-  context: /open-banking/aisp
-  version: v3.1
-  backend:
-    endpoints: [{{url: "http://bank-backend.{ns}.svc.cluster.local:8080/bank"}}]
 "#
     );
     kubectl_apply(&cluster, &ns, &backend_yaml(1));
     kubectl_apply(&cluster, &ns, &manifests);
+    kubectl_apply(&cluster, &ns, &api_yaml(&ns, "accounts", "/open-banking/aisp", "v3.1", &[]));
 
     let gateway_pod = ready_pod(&pods, "apim-0", None).await;
     let api = until_true(&client, &ns, "ApiDeployment", "accounts", "Deployed").await;
@@ -148,8 +129,7 @@ spec:
 
     // The store's data survives the pod.
     let management = std::net::SocketAddr::from((gateway_ip, 9763));
-    let auth =
-        [("Authorization", "Bearer node-e2e-admin-token-0123456789abcdef"), ("Content-Type", "application/json")];
+    let auth = ADMIN_HEADERS;
     let created = eventually(WAIT, "an application created", || {
         let node = node.clone();
         async move {
@@ -182,7 +162,7 @@ spec:
     // Operator failover: another pod takes the lease over when the leader's
     // pod is deleted, reconciles everything and rewrites nothing.
     let folder = volume.dir.join(&ns).join("apim");
-    let before = snapshot(&folder);
+    let before = artifact_snapshot(&folder);
     assert!(before.keys().any(|p| p.ends_with(format!("apis/{ns}_accounts.yaml"))), "{before:?}");
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let deleted = std::time::Instant::now();
@@ -220,7 +200,7 @@ spec:
     .await;
     assert_eq!(metric(&text, "tollgate_operator_artifacts_written_total"), 0.0, "nothing rewritten");
     assert_eq!(metric(&text, "tollgate_operator_artifacts_removed_total"), 0.0, "nothing removed");
-    assert_eq!(snapshot(&folder), before, "no artifact changed (same inodes and mtimes)");
+    assert_eq!(artifact_snapshot(&folder), before, "no artifact changed (same inodes and mtimes)");
     node_support::operators_ready(&cluster, &ns).await;
 
     uninstall(&cluster, &ns, release);

@@ -15,7 +15,10 @@ use std::time::Instant;
 use base64::Engine;
 use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod};
 use kube::api::{Api, ListParams};
-use node_support::{WAIT, backend_yaml, cluster_ip, install_chart, kubectl_apply, uninstall, until_true};
+use node_support::{
+    ADMIN_HEADERS, WAIT, api_yaml, backend_yaml, cluster_ip, install_chart, kubectl_apply, secrets_yaml, uninstall,
+    until_true,
+};
 use serde_json::{Value, json};
 use tollgate_e2e::{
     Cluster,
@@ -23,98 +26,57 @@ use tollgate_e2e::{
     stack::{eventually, tool},
 };
 
-const ADMIN_TOKEN: &str = "node-e2e-admin-token-0123456789abcdef";
 const PRODUCTION: &str = "apim-gateway-production";
 
 fn manifests(db: &str, redis: &str, signing_key: &str, ns: &str) -> String {
-    let key = signing_key.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
-    let backend = format!("http://bank-backend.{ns}.svc.cluster.local:8080/bank");
-    format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-db}}
-stringData: {{url: "{db}"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-redis}}
-stringData: {{url: "{redis}"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-admin}}
-stringData: {{token: {ADMIN_TOKEN}}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-signing-key}}
-stringData:
-  signing-key.pem: |
-{key}
+    let manager = r#"
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ApiManager
-metadata: {{name: apim}}
+metadata: {name: apim}
 spec:
   pattern: DistributedGateways
-  adminTokenSecretRef: {{name: tollgate-admin, key: token}}
+  adminTokenSecretRef: {name: tollgate-admin, key: token}
   controlPlane:
     replicas: 2
-    resources: {{requests: {{cpu: 50m, memory: 64Mi}}, limits: {{memory: 512Mi}}}}
+    resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 512Mi}}
   gateways:
   - name: production
     environment: Production
-    autoscaling: {{minReplicas: 1, maxReplicas: 3, targetCPUUtilizationPercentage: 50}}
-    resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{memory: 256Mi}}}}
+    autoscaling: {minReplicas: 1, maxReplicas: 3, targetCPUUtilizationPercentage: 50}
+    resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {memory: 256Mi}}
   - name: sandbox
     environment: Sandbox
     replicas: 1
-    resources: {{requests: {{cpu: 50m, memory: 64Mi}}, limits: {{memory: 256Mi}}}}
+    resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 256Mi}}
   database:
-    external: {{urlSecretRef: {{name: tollgate-db, key: url}}}}
+    external: {urlSecretRef: {name: tollgate-db, key: url}}
   trafficManager:
-    redis: {{urlSecretRef: {{name: tollgate-redis, key: url}}}}
-  keyManager: {{signingKeySecretName: tollgate-signing-key, gatewaysSignResponses: true}}
-  persistence: {{fixPermissions: true}}
+    redis: {urlSecretRef: {name: tollgate-redis, key: url}}
+  keyManager: {signingKeySecretName: tollgate-signing-key, gatewaysSignResponses: true}
+  persistence: {fixPermissions: true}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ThrottlePolicy
-metadata: {{name: unlimited}}
+metadata: {name: unlimited}
 spec:
-  limit: {{requests: 1000000000, per: 1s}}
+  limit: {requests: 1000000000, per: 1s}
   keyBy: Consumer
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiDeployment
-metadata: {{name: accounts}}
-spec:
-  apiManagerRef: {{name: apim}}
-  context: /open-banking/aisp
-  version: v3.1
-  security: {{oauth2: {{}}}}
-  backend: {{endpoints: [{{url: "{backend}"}}]}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiDeployment
-metadata: {{name: signed}}
-spec:
-  apiManagerRef: {{name: apim}}
-  context: /signed
-  version: v1
-  gateways: [production]
-  openBanking: {{jws: {{signResponses: true}}}}
-  backend: {{endpoints: [{{url: "{backend}"}}]}}---
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiDeployment
-metadata: {{name: rates}}
-spec:
-  apiManagerRef: {{name: apim}}
-  context: /rates
-  version: v1
-  backend: {{endpoints: [{{url: "{backend}"}}]}}
-"#
-    )
+"#;
+    [
+        secrets_yaml(db, redis, signing_key),
+        manager.to_string(),
+        api_yaml(ns, "accounts", "/open-banking/aisp", "v3.1", &["security: {oauth2: {}}"]),
+        api_yaml(
+            ns,
+            "signed",
+            "/signed",
+            "v1",
+            &["gateways: [production]", "openBanking: {jws: {signResponses: true}}"],
+        ),
+        api_yaml(ns, "rates", "/rates", "v1", &[]),
+    ]
+    .concat()
 }
 
 /// Load pods: busybox clients calling the production group through its
@@ -143,8 +105,7 @@ spec:
 }
 
 async fn admin(node: &NodeNet, addr: std::net::SocketAddr, path: &str, body: Value) -> Value {
-    let auth =
-        [("Authorization", "Bearer node-e2e-admin-token-0123456789abcdef"), ("Content-Type", "application/json")];
+    let auth = ADMIN_HEADERS;
     let (status, text) = node.request(addr, "POST", path, &auth, &body.to_string()).await.expect("management API");
     assert!(status == 201 || status == 200, "POST {path}: {status} {text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}"))
@@ -234,10 +195,7 @@ async fn distributed_gateways_trust_the_control_plane_by_dns_and_the_production_
     let app = eventually(WAIT, "the store answers on the control plane", || {
         let node = node.clone();
         async move {
-            let auth = [
-                ("Authorization", "Bearer node-e2e-admin-token-0123456789abcdef"),
-                ("Content-Type", "application/json"),
-            ];
+            let auth = ADMIN_HEADERS;
             match node.request(control, "POST", "/api/v1/applications", &auth, r#"{"name":"tpp-p3"}"#).await {
                 Ok((201, body)) => serde_json::from_str::<Value>(&body).map_err(|e| e.to_string()),
                 other => Err(format!("{other:?}")),

@@ -3,18 +3,13 @@
 //! replicas only the Lease holder writes, and the other takes over when the
 //! leader dies.
 
-use std::{
-    collections::BTreeMap,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use kube::api::{Api, DynamicObject};
 use serde_json::json;
 use tollgate_e2e::{
     Cluster, apply_manifest, install_crds,
-    stack::{ArtifactVolume, Operator, OperatorAccess, OperatorSpec, eventually},
+    stack::{ArtifactVolume, Operator, OperatorAccess, OperatorSpec, artifact_snapshot, eventually},
     tollgate_resource,
 };
 
@@ -55,17 +50,6 @@ async fn deployed_count(client: &kube::Client, ns: &str) -> Result<usize, String
 }
 
 /// path -> (inode, mtime in ns) of every artifact.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, i128)> {
-    let mut out = BTreeMap::new();
-    for sub in ["apis", "policies"] {
-        for e in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
-            let m = e.metadata().unwrap();
-            out.insert(e.path(), (m.ino(), i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())));
-        }
-    }
-    out
-}
-
 struct Env {
     work: tempfile::TempDir,
     access: OperatorAccess,
@@ -147,7 +131,7 @@ async fn killed_mid_reconcile_converges_and_a_clean_restart_rewrites_nothing() {
     })
     .await;
     let folder = env.artifacts().join(ns.name()).join("apim");
-    let before = snapshot(&folder);
+    let before = artifact_snapshot(&folder);
     assert_eq!(before.len(), APIS + 1, "six APIs and one policy: {before:?}");
     assert!(before.keys().all(|p| p.extension().is_some_and(|e| e == "yaml")), "no temp files left: {before:?}");
 
@@ -183,7 +167,7 @@ async fn killed_mid_reconcile_converges_and_a_clean_restart_rewrites_nothing() {
         0.0,
         "statuses were already right"
     );
-    assert_eq!(snapshot(&folder), before, "no artifact rewritten (same inodes and mtimes)");
+    assert_eq!(artifact_snapshot(&folder), before, "no artifact rewritten (same inodes and mtimes)");
 }
 
 #[tokio::test]
@@ -283,7 +267,7 @@ async fn a_stalled_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     })
     .await;
     let folder = env.artifacts().join(ns.name()).join("apim");
-    let before = snapshot(&folder);
+    let before = artifact_snapshot(&folder);
     assert!(before.contains_key(&folder.join(format!("apis/{}_api-1.yaml", ns.name()))));
 
     // It wakes with caches that know nothing of api-1: it must write
@@ -292,7 +276,7 @@ async fn a_stalled_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     let code = stalled.proc.wait_exit(tollgate_e2e::stack::CONDITION_FLOOR);
     assert_eq!(code, Some(2), "the woken leader stands down:\n{}", stalled.proc.log_tail());
     assert!(stalled.proc.log_lines("artifacts synced").lines().count() <= 1, "{}", stalled.proc.log_lines("synced"));
-    assert_eq!(snapshot(&folder), before, "nothing in the folder changed");
+    assert_eq!(artifact_snapshot(&folder), before, "nothing in the folder changed");
     assert_eq!(deployed_count(&client, ns.name()).await.unwrap(), 2);
     assert_eq!(two.metric("tollgate_operator_leader"), 1.0);
 }

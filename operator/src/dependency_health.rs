@@ -44,11 +44,7 @@ pub fn problems(answers: &[(String, Value)]) -> Vec<String> {
 }
 
 fn short(text: &str) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(ERROR_CHARS) {
-        Some((i, _)) => format!("{}...", &one_line[..i]),
-        None => one_line,
-    }
+    crate::pod_health::one_line(text, ERROR_CHARS)
 }
 
 #[cfg(test)]

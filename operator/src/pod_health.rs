@@ -76,8 +76,13 @@ fn container_problem(c: &ContainerStatus) -> Option<String> {
 
 /// `text` on one line, cut to [`MESSAGE_CHARS`] characters.
 fn short(text: &str) -> String {
+    one_line(text, MESSAGE_CHARS)
+}
+
+/// `text` on one line, cut to `max_chars` characters (with "...").
+pub(crate) fn one_line(text: &str, max_chars: usize) -> String {
     let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(MESSAGE_CHARS) {
+    match one_line.char_indices().nth(max_chars) {
         Some((i, _)) => format!("{}...", &one_line[..i]),
         None => one_line,
     }

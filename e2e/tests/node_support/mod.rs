@@ -276,6 +276,59 @@ spec:
     )
 }
 
+/// The admin token every real-node test's ApiManager uses.
+pub const ADMIN_TOKEN: &str = "node-e2e-admin-token-0123456789abcdef";
+/// Headers of a JSON call to the management API with that token.
+pub const ADMIN_HEADERS: [(&str, &str); 2] =
+    [("Authorization", "Bearer node-e2e-admin-token-0123456789abcdef"), ("Content-Type", "application/json")];
+
+/// An ApiDeployment of the manager `apim` whose backend is the bank backend
+/// of `ns` (found by its Service's DNS name); `extra`: further lines of its
+/// spec (YAML, at the spec's indentation).
+pub fn api_yaml(ns: &str, name: &str, context: &str, version: &str, extra: &[&str]) -> String {
+    let mut spec = format!("  apiManagerRef: {{name: apim}}\n  context: {context}\n  version: \"{version}\"\n");
+    for line in extra {
+        spec.push_str(&format!("  {line}\n"));
+    }
+    format!(
+        "---\napiVersion: tollgate.dev/v1alpha1\nkind: ApiDeployment\nmetadata: {{name: {name}}}\nspec:\n{spec}  \
+         backend: {{endpoints: [{{url: \"http://bank-backend.{ns}.svc.cluster.local:8080/bank\"}}]}}\n"
+    )
+}
+
+/// The Secrets of the multi-pod patterns: the database and Redis URLs, the
+/// admin token and a shared signing key (keys `url`, `url`, `token`,
+/// `signing-key.pem`).
+pub fn secrets_yaml(db: &str, redis: &str, signing_key: &str) -> String {
+    let key = signing_key.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    format!(
+        r#"
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: tollgate-db}}
+stringData: {{url: "{db}"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: tollgate-redis}}
+stringData: {{url: "{redis}"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: tollgate-admin}}
+stringData: {{token: {ADMIN_TOKEN}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: tollgate-signing-key}}
+stringData:
+  signing-key.pem: |
+{key}
+"#
+    )
+}
+
 /// Uninstall in the README's order: Tollgate objects while the operator
 /// runs, then the release.
 pub fn uninstall(cluster: &Cluster, ns: &str, mut release: Release) {
