@@ -493,3 +493,96 @@ impl Drop for NodePostgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TLS client identity for [`NodeNet::https`]: PEM certificate chain and
+/// PEM (PKCS#8) key.
+#[derive(Clone, Debug)]
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl NodeNet {
+    /// One HTTPS/1.1 request from inside the node's namespace to `addr`,
+    /// verifying the server as `server_name` against `ca_pem`, presenting
+    /// `client` when given: (status, body).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn https(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        ca_pem: &str,
+        client: Option<&ClientIdentity>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        let (server_name, ca_pem, client) = (server_name.to_string(), ca_pem.to_string(), client.cloned());
+        let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.run(move || async move {
+            https_once(addr, &server_name, &ca_pem, client.as_ref(), &method, &path, &headers, &body).await
+        })
+        .await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn https_once(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    client: Option<&ClientIdentity>,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> Result<(u16, String), String> {
+    use http_body_util::{BodyExt, Full};
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(&e))?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(id) => {
+            let certs = rustls_pemfile::certs(&mut id.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(&e))?;
+            let key = rustls_pemfile::private_key(&mut id.key_pem.as_bytes())
+                .map_err(|e| err(&e))?
+                .ok_or("no private key in the client identity")?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| err(&e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| err(&e))?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| err(&e))?;
+    let tls = connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| err(&e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, server_name);
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req.body(Full::new(hyper::body::Bytes::from(body.to_string()))).map_err(|e| err(&e))?;
+    let resp = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
+        .await
+        .map_err(|_| "no answer within 60 s".to_string())?
+        .map_err(|e| err(&e))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.map_err(|e| err(&e))?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
