@@ -5,7 +5,8 @@
 //! ApiManager make them usable); a single-node pattern serves an API through
 //! its Service to a backend found by its DNS name; the containers run as the
 //! images' user with read-only roots and no capabilities; what the store
-//! holds survives the pod; another operator pod takes over from a deleted
+//! holds (applications, API keys, the search index) and the key manager's
+//! signing key survive the pod; another operator pod takes over from a deleted
 //! leader and rewrites nothing; `helm uninstall` leaves what the README says.
 
 mod node_support;
@@ -35,6 +36,23 @@ fn metric(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// The files under `dir`, as paths relative to it.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out
 }
 
 async fn bound_volume(client: &kube::Client, ns: &str, claim: &str) -> PathBuf {
@@ -141,24 +159,65 @@ spec:
     })
     .await;
     let app: Value = serde_json::from_str(&created).unwrap();
-    pods.delete("apim-0", &DeleteParams::default()).await.expect("delete the gateway pod");
-    ready_pod(&pods, "apim-0", gateway_pod.metadata.uid.as_deref()).await;
-    let listed = eventually(WAIT, "the application after the pod was replaced", || {
+    let app_id = app["id"].as_str().unwrap().to_string();
+    let get = |path: String| {
         let node = node.clone();
         async move {
-            match node.request(management, "GET", "/api/v1/applications", &auth, "").await {
+            match node.request(management, "GET", &path, &auth, "").await {
                 Ok((200, body)) => Ok(body),
-                other => Err(format!("{other:?}")),
+                other => Err(format!("GET {path}: {other:?}")),
             }
         }
-    })
-    .await;
-    assert!(listed.contains(app["id"].as_str().unwrap()), "{listed}");
+    };
+    let (status, body) = node
+        .request(
+            management,
+            "POST",
+            &format!("/api/v1/applications/{app_id}/keys"),
+            &auth,
+            r#"{"environment":"production"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let key_id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+    // The search index answers and is on its volume; the key manager's key id.
+    let found = eventually(WAIT, "the search index finds the API", || get("/api/v1/apis?q=aisp".into())).await;
+    assert!(found.contains(&format!("{ns}/accounts")), "{found}");
+    let index_folder = bound_volume(&client, &ns, "search-index-apim-0").await;
+    let index_files = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = walk(dir).into_iter().filter(|n| !n.ends_with(".lock")).collect();
+        names.sort();
+        names
+    };
+    let index_before = index_files(&index_folder);
+    assert!(index_before.iter().any(|n| n.ends_with("meta.json")), "a search index on its volume: {index_before:?}");
+    let kids = |jwks: &str| -> Vec<String> {
+        let v: Value = serde_json::from_str(jwks).unwrap_or_default();
+        v["keys"].as_array().into_iter().flatten().filter_map(|k| k["kid"].as_str().map(str::to_string)).collect()
+    };
+    let kids_before = kids(&eventually(WAIT, "the key manager's keys", || get("/oauth2/jwks".into())).await);
+    assert!(!kids_before.is_empty());
+
+    pods.delete("apim-0", &DeleteParams::default()).await.expect("delete the gateway pod");
+    ready_pod(&pods, "apim-0", gateway_pod.metadata.uid.as_deref()).await;
+    let listed =
+        eventually(WAIT, "the application after the pod was replaced", || get("/api/v1/applications".into())).await;
+    assert!(listed.contains(&app_id), "{listed}");
+    let keys = get(format!("/api/v1/applications/{app_id}/keys")).await.unwrap();
+    assert!(keys.contains(&key_id), "the API key survives: {keys}");
+    let found = get("/api/v1/apis?q=aisp".into()).await.unwrap();
+    assert!(found.contains(&format!("{ns}/accounts")), "{found}");
+    let index_after = index_files(&index_folder);
+    assert!(
+        index_before.iter().all(|f| index_after.contains(f)),
+        "the index files were kept, not rebuilt: {index_before:?} -> {index_after:?}"
+    );
+    let kids_after = kids(&get("/oauth2/jwks".into()).await.unwrap());
+    assert_eq!(kids_after, kids_before, "the same signing key after the restart: tokens issued before still verify");
     let manager = until_true(&client, &ns, "ApiManager", "apim", "Ready").await;
     assert_eq!(condition(&manager, "Degraded").map(|c| c.0), Some("False".into()), "{manager}");
 
-    // Uninstall in the README's order: Tollgate objects while the operator
-    // runs, then the release; the claim stays (keepOnUninstall).
     // Operator failover: another pod takes the lease over when the leader's
     // pod is deleted, reconciles everything and rewrites nothing.
     let folder = volume.dir.join(&ns).join("apim");
@@ -203,6 +262,8 @@ spec:
     assert_eq!(artifact_snapshot(&folder), before, "no artifact changed (same inodes and mtimes)");
     node_support::operators_ready(&cluster, &ns).await;
 
+    // Uninstall in the README's order: Tollgate objects while the operator
+    // runs, then the release; the claim stays (keepOnUninstall).
     uninstall(&cluster, &ns, release);
     eventually(WAIT, "the operator pods gone", || async {
         let left =
