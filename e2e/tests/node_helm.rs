@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 };
 use kube::api::{Api, DeleteParams, ListParams};
 use node_support::{
-    ADMIN_HEADERS, ADMIN_TOKEN, ArtifactVolume, OPERATOR_PODS, WAIT, api_yaml, backend_yaml, cluster_ip, condition,
+    ADMIN_HEADERS, ArtifactVolume, OPERATOR_PODS, WAIT, all_in_one_yaml, api_yaml, backend_yaml, cluster_ip, condition,
     install_chart, kubectl_apply, ready_pod, uninstall, until_true,
 };
 use serde_json::Value;
@@ -85,23 +85,7 @@ async fn helm_install_and_a_single_node_pattern_serve_from_real_pods_on_root_own
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
     // A backend found by its DNS name: busybox httpd serving a ConfigMap.
-    let manifests = format!(
-        r#"
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-admin}}
-stringData: {{token: {ADMIN_TOKEN}}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiManager
-metadata: {{name: apim}}
-spec:
-  pattern: AllInOne
-  adminTokenSecretRef: {{name: tollgate-admin, key: token}}
-  persistence: {{fixPermissions: true}}
-"#
-    );
+    let manifests = all_in_one_yaml(&[]);
     kubectl_apply(&cluster, &ns, &backend_yaml(1));
     kubectl_apply(&cluster, &ns, &manifests);
     kubectl_apply(&cluster, &ns, &api_yaml(&ns, "accounts", "/open-banking/aisp", "v3.1", &[]));

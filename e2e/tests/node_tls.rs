@@ -9,8 +9,8 @@
 mod node_support;
 
 use node_support::{
-    ADMIN_HEADERS, ADMIN_TOKEN, ArtifactVolume, WAIT, api_yaml, backend_yaml, cluster_ip, install_chart, kubectl_apply,
-    uninstall, until_true,
+    ADMIN_HEADERS, ArtifactVolume, WAIT, all_in_one_yaml, api_yaml, backend_yaml, cluster_ip, install_chart,
+    kubectl_apply, uninstall, until_true,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -102,23 +102,7 @@ metadata: {{name: tpp-client-ca}}
 stringData:
   ca.crt: |
 {}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-admin}}
-stringData: {{token: {ADMIN_TOKEN}}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiManager
-metadata: {{name: apim}}
-spec:
-  pattern: AllInOne
-  adminTokenSecretRef: {{name: tollgate-admin, key: token}}
-  persistence: {{fixPermissions: true}}
-  listeners:
-    tlsSecretName: tollgate-tls
-    clientCaSecretName: tpp-client-ca
-    clientAuth: Optional
+{}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ThrottlePolicy
@@ -131,6 +115,9 @@ spec:
         indented(&server_key),
         indented(&bank_ca),
         indented(&tpps.pem()),
+        all_in_one_yaml(&[
+            "listeners: {tlsSecretName: tollgate-tls, clientCaSecretName: tpp-client-ca, clientAuth: Optional}"
+        ]),
         api_yaml(&ns, "accounts", "/open-banking/aisp", "v3.1", &["security: {oauth2: {}}"]),
     );
     kubectl_apply(&cluster, &ns, &backend_yaml(1));

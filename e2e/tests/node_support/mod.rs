@@ -296,11 +296,34 @@ pub fn api_yaml(ns: &str, name: &str, context: &str, version: &str, extra: &[&st
     )
 }
 
+/// The admin token's Secret (`tollgate-admin`, key `token`).
+pub fn admin_secret_yaml() -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: tollgate-admin}}\nstringData: {{token: {ADMIN_TOKEN}}}"
+    )
+}
+
+/// The admin Secret and an AllInOne ApiManager `apim` using it, with the
+/// fix-permissions step (hostPath storage) and `extra` spec lines.
+pub fn all_in_one_yaml(extra: &[&str]) -> String {
+    let mut spec = String::from(
+        "  pattern: AllInOne\n  adminTokenSecretRef: {name: tollgate-admin, key: token}\n  persistence: {fixPermissions: true}\n",
+    );
+    for line in extra {
+        spec.push_str(&format!("  {line}\n"));
+    }
+    format!(
+        "{}\n---\napiVersion: tollgate.dev/v1alpha1\nkind: ApiManager\nmetadata: {{name: apim}}\nspec:\n{spec}",
+        admin_secret_yaml()
+    )
+}
+
 /// The Secrets of the multi-pod patterns: the database and Redis URLs, the
 /// admin token and a shared signing key (keys `url`, `url`, `token`,
 /// `signing-key.pem`).
 pub fn secrets_yaml(db: &str, redis: &str, signing_key: &str) -> String {
     let key = signing_key.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    let admin = admin_secret_yaml();
     format!(
         r#"
 ---
@@ -313,11 +336,7 @@ apiVersion: v1
 kind: Secret
 metadata: {{name: tollgate-redis}}
 stringData: {{url: "{redis}"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: tollgate-admin}}
-stringData: {{token: {ADMIN_TOKEN}}}
+{admin}
 ---
 apiVersion: v1
 kind: Secret
