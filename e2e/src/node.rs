@@ -151,8 +151,7 @@ impl NodeNet {
         let handles = (0..clients)
             .map(|_| {
                 let (stop, path, answered) = (stop.clone(), path.to_string(), answered.clone());
-                let headers: Vec<(String, String)> =
-                    headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                let headers = owned(headers);
                 self.spawn(move || {
                     let mut counts = LoadCounts::default();
                     while !stop.load(Ordering::Relaxed) {
@@ -179,7 +178,7 @@ impl NodeNet {
         body: &str,
     ) -> std::io::Result<(u16, String)> {
         let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
-        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let headers = owned(headers);
         self.run(move || async move {
             let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             crate::stack::request(addr, &method, &path, &headers, &body)
@@ -235,6 +234,11 @@ impl NodeNet {
         }
         found
     }
+}
+
+/// Request headers a thread of its own can take along.
+fn owned(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// What happened to one request of a [`Load`].
@@ -520,7 +524,7 @@ impl NodeNet {
     ) -> Result<(u16, String), String> {
         let (server_name, ca_pem, client) = (server_name.to_string(), ca_pem.to_string(), client.cloned());
         let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
-        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let headers = owned(headers);
         self.run(move || async move {
             https_once(addr, &server_name, &ca_pem, client.as_ref(), &method, &path, &headers, &body).await
         })

@@ -14,12 +14,10 @@ mod node_support;
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::api::Api;
 use node_support::{
-    ArtifactVolume, WAIT, api_yaml, backend_yaml, cluster_ip, install_chart, kubectl_apply, ready_pod, secrets_yaml,
-    uninstall, until_true,
+    WAIT, api_yaml, backend_yaml, cluster_ip, installed, kubectl_apply, ready_pod, secrets_yaml, uninstall, until_true,
 };
 use tollgate_e2e::{
-    Cluster,
-    node::{NodeNet, NodePostgres, NodeRedis},
+    node::{NodePostgres, NodeRedis},
     repo_root,
     stack::{eventually, tool},
 };
@@ -87,20 +85,15 @@ async fn rolled_out(sets: &Api<StatefulSet>, name: &str) -> Result<(), String> {
 
 #[tokio::test]
 async fn high_availability_holds_a_cluster_limit_and_serves_through_a_rolling_restart_a_kill_and_an_upgrade() {
-    let cluster = Cluster::connect().await;
-    let node = NodeNet::of_cluster();
-    let client = cluster.client.clone();
-    let ns_guard = cluster.namespace("node-ha").await;
-    let ns = ns_guard.name().to_string();
+    let t = installed("node-ha").await;
+    let (cluster, node, client, ns) = (&t.cluster, t.node.clone(), t.cluster.client.clone(), t.ns.clone());
     let work = tempfile::tempdir().unwrap();
-    let volume = ArtifactVolume::create(&cluster, &ns).await;
-    let (release, _, _) = install_chart(&cluster, &ns, &volume, &[]).await;
 
     let postgres = NodePostgres::start(&node);
     let redis = NodeRedis::start(&node, work.path());
     let signing_key = rcgen::KeyPair::generate().expect("key").serialize_pem();
-    kubectl_apply(&cluster, &ns, &backend_yaml(2));
-    kubectl_apply(&cluster, &ns, &manifests(&postgres.url, &redis.url, &signing_key, &ns));
+    kubectl_apply(cluster, &ns, &backend_yaml(2));
+    kubectl_apply(cluster, &ns, &manifests(&postgres.url, &redis.url, &signing_key, &ns));
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
@@ -166,7 +159,7 @@ async fn high_availability_holds_a_cluster_limit_and_serves_through_a_rolling_re
         .into_iter()
         .map(|p| p.ok().and_then(|p| p.metadata.uid))
         .collect();
-    tool(&cluster, "kubectl", &["-n", &ns, "rollout", "restart", "statefulset/apim"]);
+    tool(cluster, "kubectl", &["-n", &ns, "rollout", "restart", "statefulset/apim"]);
     eventually(WAIT, "the restart rolled out", || async {
         rolled_out(&sets, "apim").await?;
         for (i, old) in before.iter().enumerate() {
@@ -229,7 +222,7 @@ async fn high_availability_holds_a_cluster_limit_and_serves_through_a_rolling_re
     let chart = repo_root().join("charts/tollgate").display().to_string();
     let (tag, gateway_tag) = (format!("image.tag={next}"), format!("gatewayImage.tag={next}"));
     tool(
-        &cluster,
+        cluster,
         "helm",
         &["upgrade", "tollgate", &chart, "-n", &ns, "--reuse-values", "--set", &tag, "--set", &gateway_tag],
     );
@@ -247,7 +240,7 @@ async fn high_availability_holds_a_cluster_limit_and_serves_through_a_rolling_re
         Ok(())
     })
     .await;
-    let (operators, _) = node_support::operators_ready(&cluster, &ns).await;
+    let (operators, _) = node_support::operators_ready(cluster, &ns).await;
     for name in &operators {
         let pod = pods.get(name).await.unwrap();
         let image = pod.spec.unwrap().containers[0].image.clone().unwrap_or_default();
@@ -297,7 +290,7 @@ async fn high_availability_holds_a_cluster_limit_and_serves_through_a_rolling_re
     eprintln!("with the database and Redis gone: Degraded=True DependencyUnreachable: {manager}");
     assert!(manager.contains("pod apim-0:") && manager.contains("pod apim-1:"), "{manager}");
 
-    uninstall(&cluster, &ns, release);
+    uninstall(cluster, &ns, t.release);
 }
 
 fn restarts(pod: &Pod) -> i32 {

@@ -20,15 +20,11 @@ use k8s_openapi::api::{
 };
 use kube::api::{Api, DeleteParams, ListParams};
 use node_support::{
-    ADMIN_HEADERS, ArtifactVolume, OPERATOR_PODS, WAIT, all_in_one_yaml, api_yaml, backend_yaml, cluster_ip, condition,
-    install_chart, kubectl_apply, ready_pod, uninstall, until_true,
+    ADMIN_HEADERS, OPERATOR_PODS, WAIT, all_in_one_yaml, api_yaml, backend_yaml, cluster_ip, condition, installed,
+    kubectl_apply, ready_pod, uninstall, until_true,
 };
 use serde_json::Value;
-use tollgate_e2e::{
-    Cluster,
-    node::NodeNet,
-    stack::{artifact_snapshot, eventually},
-};
+use tollgate_e2e::stack::{artifact_snapshot, eventually};
 
 /// The value of the metric line `name` (exact series), NaN when absent.
 fn metric(text: &str, name: &str) -> f64 {
@@ -68,16 +64,11 @@ async fn bound_volume(client: &kube::Client, ns: &str, claim: &str) -> PathBuf {
 
 #[tokio::test]
 async fn helm_install_and_a_single_node_pattern_serve_from_real_pods_on_root_owned_volumes() {
-    let cluster = Cluster::connect().await;
-    let node = NodeNet::of_cluster();
-    let client = cluster.client.clone();
-    let ns_guard = cluster.namespace("node-helm").await;
-    let ns = ns_guard.name().to_string();
-    let volume = ArtifactVolume::create(&cluster, &ns).await;
-
     // helm install, as the README says, plus the opt-in step for storage
     // that applies no fsGroup (hostPath).
-    let (release, operator_pods, holder) = install_chart(&cluster, &ns, &volume, &[]).await;
+    let t = installed("node-helm").await;
+    let (cluster, node, client, ns) = (&t.cluster, t.node.clone(), t.cluster.client.clone(), t.ns.clone());
+    let (volume, operator_pods, holder) = (&t.volume, t.operator_pods.clone(), t.holder.clone());
     assert!(operator_pods.contains(&holder), "the lease holder {holder} is one of {operator_pods:?}");
     let meta = std::fs::metadata(&volume.dir).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65532, 65532), "the chart's step gave the artifact volume to the operator");
@@ -86,9 +77,9 @@ async fn helm_install_and_a_single_node_pattern_serve_from_real_pods_on_root_own
 
     // A backend found by its DNS name: busybox httpd serving a ConfigMap.
     let manifests = all_in_one_yaml(&[]);
-    kubectl_apply(&cluster, &ns, &backend_yaml(1));
-    kubectl_apply(&cluster, &ns, &manifests);
-    kubectl_apply(&cluster, &ns, &api_yaml(&ns, "accounts", "/open-banking/aisp", "v3.1", &[]));
+    kubectl_apply(cluster, &ns, &backend_yaml(1));
+    kubectl_apply(cluster, &ns, &manifests);
+    kubectl_apply(cluster, &ns, &api_yaml(&ns, "accounts", "/open-banking/aisp", "v3.1", &[]));
 
     let gateway_pod = ready_pod(&pods, "apim-0", None).await;
     let api = until_true(&client, &ns, "ApiDeployment", "accounts", "Deployed").await;
@@ -244,11 +235,11 @@ async fn helm_install_and_a_single_node_pattern_serve_from_real_pods_on_root_own
     assert_eq!(metric(&text, "tollgate_operator_artifacts_written_total"), 0.0, "nothing rewritten");
     assert_eq!(metric(&text, "tollgate_operator_artifacts_removed_total"), 0.0, "nothing removed");
     assert_eq!(artifact_snapshot(&folder), before, "no artifact changed (same inodes and mtimes)");
-    node_support::operators_ready(&cluster, &ns).await;
+    node_support::operators_ready(cluster, &ns).await;
 
     // Uninstall in the README's order: Tollgate objects while the operator
     // runs, then the release; the claim stays (keepOnUninstall).
-    uninstall(&cluster, &ns, release);
+    uninstall(cluster, &ns, t.release);
     eventually(WAIT, "the operator pods gone", || async {
         let left =
             pods.list(&ListParams::default().labels(OPERATOR_PODS)).await.map_err(|e| e.to_string())?.items.len();

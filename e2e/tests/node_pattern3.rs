@@ -16,13 +16,12 @@ use base64::Engine;
 use k8s_openapi::api::{autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod};
 use kube::api::{Api, ListParams};
 use node_support::{
-    ADMIN_HEADERS, WAIT, api_yaml, backend_yaml, cluster_ip, install_chart, kubectl_apply, secrets_yaml, uninstall,
+    ADMIN_HEADERS, WAIT, api_yaml, backend_yaml, cluster_ip, installed, kubectl_apply, secrets_yaml, uninstall,
     until_true,
 };
 use serde_json::{Value, json};
 use tollgate_e2e::{
-    Cluster,
-    node::{NodeNet, NodePostgres, NodeRedis},
+    node::{NodePostgres, NodeRedis},
     stack::{eventually, tool},
 };
 
@@ -104,7 +103,7 @@ spec:
     )
 }
 
-async fn admin(node: &NodeNet, addr: std::net::SocketAddr, path: &str, body: Value) -> Value {
+async fn admin(node: &tollgate_e2e::node::NodeNet, addr: std::net::SocketAddr, path: &str, body: Value) -> Value {
     let auth = ADMIN_HEADERS;
     let (status, text) = node.request(addr, "POST", path, &auth, &body.to_string()).await.expect("management API");
     assert!(status == 201 || status == 200, "POST {path}: {status} {text}");
@@ -138,19 +137,14 @@ fn replicas_of(hpa: &HorizontalPodAutoscaler) -> (i32, i32) {
 
 #[tokio::test]
 async fn distributed_gateways_trust_the_control_plane_by_dns_and_the_production_group_autoscales_on_cpu() {
-    let cluster = Cluster::connect().await;
-    let node = NodeNet::of_cluster();
-    let client = cluster.client.clone();
-    let ns_guard = cluster.namespace("node-p3").await;
-    let ns = ns_guard.name().to_string();
+    let t = installed("node-p3").await;
+    let (cluster, node, client, ns) = (&t.cluster, t.node.clone(), t.cluster.client.clone(), t.ns.clone());
     let work = tempfile::tempdir().unwrap();
-    let volume = node_support::ArtifactVolume::create(&cluster, &ns).await;
-    let (release, _, _) = install_chart(&cluster, &ns, &volume, &[]).await;
     let postgres = NodePostgres::start(&node);
     let redis = NodeRedis::start(&node, work.path());
     let signing_key = rcgen::KeyPair::generate().expect("key").serialize_pem();
-    kubectl_apply(&cluster, &ns, &backend_yaml(1));
-    kubectl_apply(&cluster, &ns, &manifests(&postgres.url, &redis.url, &signing_key, &ns));
+    kubectl_apply(cluster, &ns, &backend_yaml(1));
+    kubectl_apply(cluster, &ns, &manifests(&postgres.url, &redis.url, &signing_key, &ns));
 
     until_true(&client, &ns, "ApiManager", "apim", "Ready").await;
     until_true(&client, &ns, "ApiDeployment", "accounts", "Deployed").await;
@@ -266,7 +260,7 @@ async fn distributed_gateways_trust_the_control_plane_by_dns_and_the_production_
     })
     .await;
     let timeline = Timeline::new();
-    kubectl_apply(&cluster, &ns, &load_yaml(&ns, 3));
+    kubectl_apply(cluster, &ns, &load_yaml(&ns, 3));
     let scaled = eventually(WAIT, "the production group scaled up under load", || {
         let (hpas, timeline) = (hpas.clone(), &timeline);
         async move {
@@ -316,7 +310,7 @@ async fn distributed_gateways_trust_the_control_plane_by_dns_and_the_production_
     eprintln!("scaled to {scaled}; new pods serving: {served:?}");
 
     // Without the load it scales back down.
-    tool(&cluster, "kubectl", &["-n", &ns, "delete", "deployment", "load", "--wait=true", "--timeout=300s"]);
+    tool(cluster, "kubectl", &["-n", &ns, "delete", "deployment", "load", "--wait=true", "--timeout=300s"]);
     eventually(WAIT * 2, "the production group scaled back down", || {
         let (hpas, timeline) = (hpas.clone(), &timeline);
         async move {
@@ -332,7 +326,7 @@ async fn distributed_gateways_trust_the_control_plane_by_dns_and_the_production_
     assert!(timeline.iter().any(|t| t.1 >= 2), "{timeline:?}");
     assert_eq!(timeline.last().map(|t| (t.1, t.2)), Some((1, 1)), "{timeline:?}");
 
-    uninstall(&cluster, &ns, release);
+    uninstall(cluster, &ns, t.release);
     drop(postgres);
     drop(redis);
 }

@@ -9,19 +9,15 @@
 mod node_support;
 
 use node_support::{
-    ADMIN_HEADERS, ArtifactVolume, WAIT, all_in_one_yaml, api_yaml, backend_yaml, cluster_ip, install_chart,
-    kubectl_apply, uninstall, until_true,
+    ADMIN_HEADERS, WAIT, all_in_one_yaml, api_yaml, backend_yaml, cluster_ip, installed, kubectl_apply, uninstall,
+    until_true,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
 use serde_json::{Value, json};
-use tollgate_e2e::{
-    Cluster,
-    node::{ClientIdentity, NodeNet},
-    stack::eventually,
-};
+use tollgate_e2e::{node::ClientIdentity, stack::eventually};
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -54,13 +50,8 @@ fn indented(pem: &str) -> String {
 
 #[tokio::test]
 async fn pattern_1_with_tls_serves_a_tpp_with_a_certificate_bound_token() {
-    let cluster = Cluster::connect().await;
-    let node = NodeNet::of_cluster();
-    let client = cluster.client.clone();
-    let ns_guard = cluster.namespace("node-tls").await;
-    let ns = ns_guard.name().to_string();
-    let volume = ArtifactVolume::create(&cluster, &ns).await;
-    let (release, _, _) = install_chart(&cluster, &ns, &volume, &[]).await;
+    let t = installed("node-tls").await;
+    let (cluster, node, client, ns) = (&t.cluster, t.node.clone(), t.cluster.client.clone(), t.ns.clone());
 
     // The bank's listener certificate names the Service; the TPP's CA and
     // its certificate.
@@ -120,8 +111,8 @@ spec:
         ]),
         api_yaml(&ns, "accounts", "/open-banking/aisp", "v3.1", &["security: {oauth2: {}}"]),
     );
-    kubectl_apply(&cluster, &ns, &backend_yaml(1));
-    kubectl_apply(&cluster, &ns, &manifests);
+    kubectl_apply(cluster, &ns, &backend_yaml(1));
+    kubectl_apply(cluster, &ns, &manifests);
     until_true(&client, &ns, "ApiManager", "apim", "Ready").await;
     until_true(&client, &ns, "ApiDeployment", "accounts", "Deployed").await;
 
@@ -194,5 +185,5 @@ spec:
         node.https(https, &host, &bank_ca, None, "GET", "/open-banking/aisp/v3.1/accounts/1", &auth, "").await.unwrap();
     assert_eq!(status, 401, "a certificate-bound token without its certificate: {body}");
 
-    uninstall(&cluster, &ns, release);
+    uninstall(cluster, &ns, t.release);
 }

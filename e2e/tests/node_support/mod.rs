@@ -198,6 +198,33 @@ pub async fn install_chart(
     (release, pods, holder)
 }
 
+/// What every real-node test starts from: its namespace, an artifact
+/// volume, and the chart installed there as the README says. Fields drop
+/// in order: the release (uninstalled unless [`uninstall`] ran), the
+/// volume, the namespace.
+pub struct Installed {
+    pub release: Release,
+    pub volume: ArtifactVolume,
+    pub ns_guard: tollgate_e2e::TestNamespace,
+    pub ns: String,
+    pub node: tollgate_e2e::node::NodeNet,
+    /// The operator pods and the one holding the lease.
+    pub operator_pods: Vec<String>,
+    pub holder: String,
+    pub cluster: Cluster,
+}
+
+/// Connects, makes the namespace `tg-e2e-<test>-*` and installs the chart.
+pub async fn installed(test: &str) -> Installed {
+    let cluster = Cluster::connect().await;
+    let node = tollgate_e2e::node::NodeNet::of_cluster();
+    let ns_guard = cluster.namespace(test).await;
+    let ns = ns_guard.name().to_string();
+    let volume = ArtifactVolume::create(&cluster, &ns).await;
+    let (release, operator_pods, holder) = install_chart(&cluster, &ns, &volume, &[]).await;
+    Installed { release, volume, ns_guard, ns, node, operator_pods, holder, cluster }
+}
+
 /// Both operator replicas Ready and one holding the lease.
 pub async fn operators_ready(cluster: &Cluster, ns: &str) -> (Vec<String>, String) {
     let client = cluster.client.clone();
